@@ -1,0 +1,53 @@
+"""Where Flock keeps its files: platformdirs, overridable by flags and environment."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import platformdirs
+
+APP = "flock"
+
+
+def config_dir() -> Path:
+    return Path(os.environ.get("FLOCK_CONFIG_DIR") or platformdirs.user_config_dir(APP))
+
+
+def runtime_dir(override: str | None = None) -> Path:
+    """Directory of the local ipc sockets; created 0700 so only this user reaches them."""
+    return Path(
+        override or os.environ.get("FLOCK_RUNTIME_DIR") or platformdirs.user_runtime_dir(APP)
+    )
+
+
+def ensure_private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def state_dir(node: str, override: str | None = None) -> Path:
+    base = override or os.environ.get("FLOCK_STATE_DIR")
+    if base:
+        return Path(base)
+    return Path(platformdirs.user_state_dir(APP)) / node
+
+
+def default_key_file() -> Path:
+    return config_dir() / "flock.key"
+
+
+def key_file(override: str | None = None) -> Path | None:
+    """The key file to use: flag, then FLOCK_KEY_FILE, then the default one if it exists."""
+    if override:
+        return Path(override)
+    env = os.environ.get("FLOCK_KEY_FILE")
+    if env:
+        return Path(env)
+    d = default_key_file()
+    return d if d.exists() else None
+
+
+def console_config() -> Path:
+    return config_dir() / "console.toml"

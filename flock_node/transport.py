@@ -1,0 +1,444 @@
+"""The only module that touches nng sockets.
+
+- `Bus`: Bus0 for heartbeats, departures and events (best effort, one hop, full mesh).
+- `RpcServer`: Rep0 with one context per in-flight call, so a slow handler blocks nobody;
+  repeated call ids (Req0 re-sends after a reconnect) get the first call's answer.
+- `AsyncRpc` / `SyncRpc`: Req0 clients with deadlines; errors come back as `RpcError`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import socket as _socket
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pynng
+
+from flock_node.protocol import MAX_FRAME, Codec, Envelope, Error, FrameError, Message, Request, Response
+
+log = logging.getLogger("flock.transport")
+
+BUS_BUFFER = 1024  # messages: the default 16 silently loses bursts
+RPC_CONTEXTS = 32
+
+
+class RpcError(Exception):
+    """A call failed; `code` is one of the SPEC's error codes."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+# --- addresses ------------------------------------------------------------------------------
+
+
+def ipc_addresses(runtime_dir: Path, node: str) -> tuple[str, str]:
+    return f"ipc://{runtime_dir / (node + '.bus')}", f"ipc://{runtime_dir / (node + '.rpc')}"
+
+
+def tcp_addresses(listen: str) -> tuple[str, str]:
+    """`tcp://HOST:PORT` → bus on PORT, RPC on PORT+1."""
+    if not listen.startswith("tcp://"):
+        raise ValueError(f"--listen must look like tcp://HOST:PORT, got {listen!r}")
+    hostport = listen[len("tcp://") :]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"--listen must look like tcp://HOST:PORT, got {listen!r}")
+    p = int(port)
+    if not 0 < p < 65535:
+        raise ValueError(f"port out of range in {listen!r}")
+    return f"tcp://{host}:{p}", f"tcp://{host}:{p + 1}"
+
+
+def rpc_for_bus(bus: str) -> str:
+    """The RPC address that goes with a bus address (seeds name only the bus)."""
+    if bus.startswith("ipc://") and bus.endswith(".bus"):
+        return bus[: -len(".bus")] + ".rpc"
+    if bus.startswith("tcp://"):
+        host, _, port = bus[len("tcp://") :].rpartition(":")
+        return f"tcp://{host}:{int(port) + 1}"
+    raise ValueError(f"cannot tell the RPC address for {bus!r}")
+
+
+def ipc_path(addr: str) -> str | None:
+    return addr[len("ipc://") :] if addr.startswith("ipc://") else None
+
+
+def ipc_alive(path: str) -> bool:
+    """Is something listening on this unix socket? (False for a stale file after kill -9.)"""
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    s.settimeout(0.5)
+    try:
+        s.connect(path)
+        return True
+    except OSError as e:
+        return e.errno not in (errno.ECONNREFUSED, errno.ENOENT, errno.ENOTSOCK)
+    finally:
+        s.close()
+
+
+def scan_runtime_dir(runtime_dir: Path, clean: bool = False) -> dict[str, tuple[str, str]]:
+    """Nodes listening in a runtime dir: name → (bus, rpc). `clean` removes stale sockets."""
+    out = {}
+    try:
+        entries = list(runtime_dir.glob("*.bus"))
+    except OSError:
+        return out
+    for p in entries:
+        name = p.name[: -len(".bus")]
+        if ipc_alive(str(p)):
+            out[name] = ipc_addresses(runtime_dir, name)
+        elif clean:
+            for suffix in (".bus", ".rpc"):
+                with contextlib.suppress(OSError):
+                    (runtime_dir / (name + suffix)).unlink()
+    return out
+
+
+def _listen(sock: pynng.Socket, addr: str) -> None:
+    path = ipc_path(addr)
+    if path and os.path.exists(path):
+        if ipc_alive(path):
+            raise OSError(errno.EADDRINUSE, f"{path} is in use by another agent")
+        os.unlink(path)
+    sock.listen(addr)
+    if path:
+        os.chmod(path, 0o600)
+
+
+# --- bus --------------------------------------------------------------------------------------
+
+
+class Bus:
+    """Bus0 endpoint. Received frames are decoded and verified here; bad ones are counted."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        on_message: Callable[[Envelope, Message, int], None],
+        on_pipe_removed: Callable[[int], None] | None = None,
+    ):
+        self.codec = codec
+        self.on_message = on_message
+        self.on_pipe_removed = on_pipe_removed
+        self.sock = pynng.Bus0(recv_max_size=MAX_FRAME)
+        self.sock.recv_buffer_size = BUS_BUFFER
+        self.sock.send_buffer_size = BUS_BUFFER
+        self.sock.reconnect_time_min = 100
+        self.sock.reconnect_time_max = 1000
+        self._dialed: dict[str, Any] = {}
+        self._task: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.listen_addr: str | None = None
+
+    def listen(self, addr: str) -> None:
+        _listen(self.sock, addr)
+        self.listen_addr = addr
+
+    def dial(self, addr: str) -> None:
+        if addr in self._dialed or addr == self.listen_addr:
+            return
+        try:
+            self._dialed[addr] = self.sock.dial(addr, block=False)
+        except pynng.NNGException as e:
+            log.warning("cannot dial %s: %s", addr, e)
+
+    def undial(self, addr: str) -> None:
+        d = self._dialed.pop(addr, None)
+        if d is not None:
+            with contextlib.suppress(Exception):
+                d.close()
+
+    def dialed(self) -> set[str]:
+        return set(self._dialed)
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self.on_pipe_removed is not None:
+            self.sock.add_post_pipe_remove_cb(self._pipe_removed)
+        self._task = asyncio.create_task(self._recv_loop(), name="bus-recv")
+
+    def _pipe_removed(self, pipe: pynng.Pipe) -> None:
+        # nng thread: never touch sockets here, hand it to the loop.
+        loop, cb, pid = self._loop, self.on_pipe_removed, pipe.id
+        if loop is not None and cb is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(cb, pid)
+
+    async def _recv_loop(self) -> None:
+        while True:
+            try:
+                msg = await self.sock.arecv_msg()
+            except asyncio.CancelledError:
+                raise
+            except pynng.Closed:
+                return
+            except pynng.NNGException as e:
+                log.debug("bus receive: %s", e)
+                continue
+            try:
+                env, body = self.codec.decode(msg.bytes)
+            except FrameError as e:
+                log.debug("bus frame dropped: %s", e)
+                continue
+            try:
+                self.on_message(env, body, msg.pipe.id if msg.pipe else 0)
+            except Exception:
+                log.exception("bus handler failed")
+
+    async def send(self, msg: Message) -> None:
+        try:
+            await self.sock.asend(self.codec.encode(msg))
+        except pynng.NNGException as e:
+            log.debug("bus send: %s", e)
+
+    async def close(self) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        self.sock.close()
+
+
+# --- RPC server -------------------------------------------------------------------------------
+
+Handler = Callable[[Request, Envelope], Awaitable[Response]]
+
+
+class RpcServer:
+    def __init__(self, codec: Codec, handler: Handler, contexts: int = RPC_CONTEXTS):
+        self.codec = codec
+        self.handler = handler
+        self.sock = pynng.Rep0(recv_max_size=MAX_FRAME)
+        self.sock.send_timeout = 5000
+        self.n = contexts
+        self._tasks: list[asyncio.Task] = []
+        self._ctxs: list[pynng.Context] = []
+        self._calls: OrderedDict[str, asyncio.Future] = OrderedDict()
+        self.addr: str | None = None
+
+    def listen(self, addr: str) -> None:
+        _listen(self.sock, addr)
+        self.addr = addr
+
+    def start(self) -> None:
+        for i in range(self.n):
+            ctx = self.sock.new_context()
+            self._ctxs.append(ctx)
+            self._tasks.append(asyncio.create_task(self._serve(ctx), name=f"rpc-{i}"))
+
+    async def _serve(self, ctx: pynng.Context) -> None:
+        while True:
+            try:
+                frame = await ctx.arecv()
+            except asyncio.CancelledError:
+                raise
+            except pynng.Closed:
+                return
+            except pynng.NNGException as e:
+                log.debug("rpc receive: %s", e)
+                continue
+            reply = await self._answer(frame)
+            if reply is None:
+                # Dropped: Rep0 needs a send before the next receive on this context, and a
+                # silent peer is what a bad frame deserves. A fresh context resets it.
+                with contextlib.suppress(Exception):
+                    ctx.close()
+                ctx = self.sock.new_context()
+                continue
+            try:
+                await ctx.asend(reply)
+            except asyncio.CancelledError:
+                raise
+            except pynng.NNGException as e:
+                log.debug("rpc send: %s", e)
+
+    async def _answer(self, frame: bytes) -> bytes | None:
+        try:
+            env, msg = self.codec.decode(frame, check_replay=False)
+        except FrameError as e:
+            log.debug("rpc frame dropped: %s", e)
+            if e.reason == "unauthorized":
+                return self.codec.refusal(frame, str(e))
+            return None
+        if not isinstance(msg, Request):
+            self.codec.dropped["unexpected"] = self.codec.dropped.get("unexpected", 0) + 1
+            return None
+        replayed = self.codec.key is not None and self.codec.seen(env.nonce)
+        fut = self._calls.get(msg.call_id)
+        if fut is None:
+            if replayed:
+                self.codec.dropped["replay"] = self.codec.dropped.get("replay", 0) + 1
+                return None
+            if self.codec.key is not None:
+                self.codec._remember(env.nonce, time.time())
+            fut = asyncio.get_running_loop().create_future()
+            self._calls[msg.call_id] = fut
+            while len(self._calls) > 4096:
+                self._calls.popitem(last=False)
+            try:
+                resp = await self.handler(msg, env)
+            except Exception as e:  # a handler bug must not take the agent down
+                log.exception("rpc handler %s.%s failed", msg.actor, msg.method)
+                resp = Response(msg.call_id, False, error=Error("internal", f"{type(e).__name__}: {e}"))
+            fut.set_result(resp)
+        else:
+            resp = await asyncio.shield(fut)
+        return self.codec.encode(resp)
+
+    async def close(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        for c in self._ctxs:
+            with contextlib.suppress(Exception):
+                c.close()
+        self.sock.close()
+
+
+# --- RPC clients ------------------------------------------------------------------------------
+
+
+def _request(codec: Codec, actor: str, method: str, args: dict[str, Any]) -> tuple[str, bytes]:
+    call_id = uuid.uuid4().hex
+    return call_id, codec.encode(Request(call_id, actor, method, args))
+
+
+def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
+    try:
+        _, msg = codec.decode(frame, check_replay=False)
+    except FrameError as e:
+        if e.reason == "unauthorized":
+            raise RpcError(
+                "unauthorized",
+                "the node and this client do not share the same flock key "
+                f"(check --key-file / FLOCK_KEY_FILE): {e}",
+            ) from None
+        raise RpcError("bad_response", str(e)) from None
+    if not isinstance(msg, Response) or msg.call_id != call_id:
+        raise RpcError("bad_response", "answer does not match the call")
+    if not msg.ok:
+        err = msg.error or Error("internal", "no error given")
+        raise RpcError(err.code, err.message)
+    return msg.result
+
+
+def _check_reachable(addr: str) -> None:
+    path = ipc_path(addr)
+    if path is not None and not os.path.exists(path):
+        raise RpcError("unreachable", f"no agent listening at {addr}")
+
+
+class SyncRpc:
+    """Blocking Req0 client: one socket per address, one context per call (thread-safe)."""
+
+    def __init__(self, codec: Codec, timeout: float = 5.0):
+        self.codec = codec
+        self.timeout = timeout
+        self._socks: dict[tuple[str, float], pynng.Req0] = {}
+        self._lock = threading.Lock()
+
+    def _sock(self, addr: str, timeout: float) -> pynng.Req0:
+        key = (addr, timeout)
+        with self._lock:
+            s = self._socks.get(key)
+            if s is None:
+                s = pynng.Req0(recv_max_size=MAX_FRAME)
+                # Timeouts before contexts: a context copies them when it is created.
+                s.recv_timeout = int(timeout * 1000)
+                s.send_timeout = int(timeout * 1000)
+                s.resend_time = int(max(timeout, 1.0) * 1000)
+                s.dial(addr, block=False)
+                self._socks[key] = s
+            return s
+
+    def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        timeout = self.timeout if timeout is None else timeout
+        _check_reachable(addr)
+        sock = self._sock(addr, timeout)
+        call_id, frame = _request(self.codec, actor, method, args or {})
+        ctx = sock.new_context()
+        try:
+            ctx.send(frame)
+            reply = ctx.recv_msg().bytes
+        except pynng.Timeout:
+            if not sock.pipes:
+                raise RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s") from None
+            raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
+        except pynng.NNGException as e:
+            raise RpcError("unreachable", f"{addr}: {e}") from None
+        finally:
+            ctx.close()
+        return _reply(self.codec, call_id, reply)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._socks.values():
+                s.close()
+            self._socks.clear()
+
+
+class AsyncRpc:
+    """Asyncio Req0 client for the agent and the console."""
+
+    def __init__(self, codec: Codec, timeout: float = 5.0):
+        self.codec = codec
+        self.timeout = timeout
+        self._socks: dict[str, pynng.Req0] = {}
+
+    def _sock(self, addr: str) -> pynng.Req0:
+        s = self._socks.get(addr)
+        if s is None:
+            s = pynng.Req0(recv_max_size=MAX_FRAME)
+            s.recv_timeout = 600_000
+            s.send_timeout = 600_000
+            s.resend_time = 5000
+            s.dial(addr, block=False)
+            self._socks[addr] = s
+        return s
+
+    async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:
+        timeout = self.timeout if timeout is None else timeout
+        _check_reachable(addr)
+        sock = self._sock(addr)
+        call_id, frame = _request(self.codec, actor, method, args or {})
+        ctx = sock.new_context()
+        try:
+            async with asyncio.timeout(timeout):
+                await ctx.asend(frame)
+                reply = await ctx.arecv()
+        except TimeoutError:
+            if not sock.pipes:
+                raise RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s") from None
+            raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
+        except pynng.NNGException as e:
+            raise RpcError("unreachable", f"{addr}: {e}") from None
+        finally:
+            ctx.close()
+        return _reply(self.codec, call_id, reply)
+
+    def forget(self, addr: str) -> None:
+        s = self._socks.pop(addr, None)
+        if s is not None:
+            s.close()
+
+    def close(self) -> None:
+        for s in self._socks.values():
+            s.close()
+        self._socks.clear()
