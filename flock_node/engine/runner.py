@@ -1,0 +1,435 @@
+"""The converge engine: compile, then bring each resource to its action, recording each
+result (with its remote notifications, in one store transaction) as it goes.
+
+Rules, as documented in the README:
+- A failing resource ends the main phase; the resources after it are not recorded. Delayed
+  local notifications already queued still run, then the run ends failed.
+- ctx.stop (SIGTERM) is checked between resources: the one in progress finishes (a wait or a
+  retry delay is cut short), then the run ends failed "stopped"; pending delayed notifications
+  are then recorded `skipped` rather than run.
+- A run's `total` is the number of results it recorded (notified actions included).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction, UnknownResource
+from flock_node.engine.notifications import DelayedQueue
+from flock_node.engine.recipe import Compiled, compile_recipes, restore
+from flock_node.engine.resources import CALLABLE, Resource, Wait
+from flock_node.engine.shell import run_guard
+from flock_node.store import OutboxItem, ResourceRow, Store
+
+log = logging.getLogger("flock.engine")
+
+MAX_NOTIFY_DEPTH = 32  # immediate notifications nested deeper than this are a loop
+MAX_DELAYED = 10_000  # delayed notifications run per run, against notification loops
+BATCH_LIMIT = 512  # up-to-date results buffered before one store transaction
+
+
+class Hooks(Protocol):
+    def resolve_targets(self, node: str | None, tag: str | None) -> list[str]: ...
+
+    def outbox_changed(self) -> None: ...
+
+
+@dataclass
+class RunContext:
+    """What the agent tells one run: its id, why it runs, and how to report and stop it."""
+
+    run_id: str
+    kind: str = "converge"  # converge | reaction
+    cause: dict | None = None  # reactions: {"node", "run", "resource", "notification"}
+    hops: int = 0
+    progress: Callable[[int, int, str], None] | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+
+
+class _Recorder:
+    """Writes results to the store; quiet up-to-date results are batched into one transaction.
+
+    Any result carrying information (updated, failed, outbox rows) first flushes the batch, so
+    the store always sees results in seq order.
+    """
+
+    def __init__(self, store: Store, run_id: str):
+        self.store = store
+        self.run_id = run_id
+        self.batch: list[tuple] = []
+        self._batch_fn = getattr(store, "record_results", None)
+
+    def record(self, seq, rid, action, result, duration, error, output, outbox) -> None:
+        if result == "up_to_date" and not outbox and not error:
+            self.batch.append((seq, rid, action, result, duration, error, output))
+            if len(self.batch) >= BATCH_LIMIT:
+                self.flush()
+            return
+        self.flush()
+        self.store.record_result(
+            self.run_id, seq, rid, action, result, duration, error, output, outbox=outbox
+        )
+
+    def flush(self) -> None:
+        if not self.batch:
+            return
+        batch, self.batch = self.batch, []
+        if self._batch_fn is not None:
+            self._batch_fn(self.run_id, batch)
+            return
+        _record_batch(self.store, self.run_id, batch)
+
+
+def _record_batch(store: Store, run_id: str, batch: list[tuple]) -> None:
+    """Up-to-date results in one transaction (the store has no batch API yet; see README)."""
+    now = time.time()
+    with store._tx() as db:
+        db.executemany(
+            "INSERT OR REPLACE INTO run_resources VALUES (?,?,?,?,?,?,?,?)",
+            [(run_id, *row) for row in batch],
+        )
+        db.executemany(
+            "UPDATE resources SET last_result=?, last_action=?, last_run=?, last_at=? WHERE id=?",
+            [(row[3], row[2], run_id, now, row[1]) for row in batch],
+        )
+
+
+class _Run:
+    """One run in progress: applies actions, records results, fires notifications."""
+
+    def __init__(self, engine: Engine, ctx: RunContext, lookup: Callable[[str], Resource | None]):
+        self.engine = engine
+        self.ctx = ctx
+        self.lookup = lookup
+        self.rec = _Recorder(engine.store, ctx.run_id)
+        self.seq = 0
+        self.updated = 0
+        self.error: str | None = None
+        self.stopped = False
+        self.delayed = DelayedQueue()
+        self.held_remote = False
+
+    # -- one resource, one action --------------------------------------------------------------
+    def apply(self, res: Resource, action: str, depth: int = 0) -> bool:
+        """Run `action` on `res` and its immediate notifications; False ends the run."""
+        t0 = time.perf_counter()
+        result, error, output = self._attempt(res, action)
+        items: list[OutboxItem] = []
+        if result == "updated":
+            self.updated += 1
+            items, notes = self._remote_items(res, action)
+            if notes:
+                output = (output + "\n" if output else "") + "\n".join(notes)
+        self.seq += 1
+        self.rec.record(
+            self.seq, res.id, action, result, time.perf_counter() - t0, error, output or None, items
+        )
+        if items:
+            self.held_remote |= any(i.timing == "delayed" for i in items)
+            self.engine._outbox_changed()
+        if result == "failed":
+            log.warning("%s %s failed: %s", res.id, action, error)
+            if self.stopped or not res.props.get("ignore_failure"):
+                if self.error is None and not self.stopped:
+                    self.error = f"{res.id}: {error}"
+                return False
+        if result != "updated":
+            return True
+        for n in res.notifications:
+            if n.timing == "delayed":
+                self.delayed.add(n.target, n.action)
+                continue
+            target = self.lookup(n.target)
+            if target is None:
+                return self._fail_notify(res, f"notifies unknown resource {n.target}")
+            if depth >= MAX_NOTIFY_DEPTH:
+                return self._fail_notify(
+                    res, f"immediate notifications nested deeper than {MAX_NOTIFY_DEPTH} (a loop?)"
+                )
+            if not self.apply(target, n.action, depth + 1):
+                return False
+        return True
+
+    def _fail_notify(self, res: Resource, msg: str) -> bool:
+        if self.error is None:
+            self.error = f"{res.id}: {msg}"
+        return False
+
+    def _attempt(self, res: Resource, action: str) -> tuple[str, str | None, str]:
+        """(result, error, output) of one action, with guards, waits and retries."""
+        if action == "nothing":
+            return "up_to_date", None, ""
+        props = res.props
+        for guard, want in (("only_if", True), ("not_if", False)):
+            cond = props.get(guard)
+            if cond is None:
+                continue
+            try:
+                value = self._guard(res, cond)
+            except Exception as e:
+                return "failed", f"{guard} raised {type(e).__name__}: {e}", ""
+            if value != want:
+                what = cond if isinstance(cond, str) else "callable"
+                return "skipped", None, f"skipped: {guard} {what!s} was {str(value).lower()}"
+        for w in res.waits:
+            err = self._wait(w)
+            if err:
+                return "failed", err, ""
+        attempts = 1 + props.get("retries", 0)
+        notes: list[str] = []
+        for attempt in range(1, attempts + 1):
+            try:
+                changed, output = res.act(action)
+            except ResourceFailure as e:
+                if attempt < attempts and not self.ctx.stop.is_set():
+                    notes.append(f"attempt {attempt} failed: {e}")
+                    if not self.ctx.stop.wait(props.get("retry_delay", 0.0)):
+                        continue
+                out = "\n".join([*notes, e.output]) if notes else e.output
+                suffix = f" (after {attempt} attempts)" if attempt > 1 else ""
+                return "failed", f"{e}{suffix}", out
+            except Exception as e:  # a bug in an action must not kill the worker thread
+                log.exception("%s %s crashed", res.id, action)
+                return "failed", f"{type(e).__name__}: {e}", ""
+            if notes:
+                output = "\n".join([*notes, output])
+            return ("updated" if changed else "up_to_date"), None, output
+        raise AssertionError("unreachable")
+
+    def _guard(self, res: Resource, cond: Any) -> bool:
+        if cond == CALLABLE:
+            raise RuntimeError("the guard is a callable and the recipe does not compile")
+        if callable(cond):
+            return bool(cond())
+        p = res.props
+        return run_guard(cond, cwd=p.get("cwd"), env=p.get("environment"))
+
+    def _wait(self, w: Wait) -> str | None:
+        """None once the condition holds, else why the resource fails."""
+        if w.cond is None:
+            return (
+                f"{w.kind} cannot be evaluated: the recipe does not compile and the condition "
+                f"({w.text}) was restored from the store"
+            )
+        deadline = time.monotonic() + w.timeout
+        last_error = None
+        while True:
+            try:
+                value = bool(w.cond())
+                if value == (w.kind == "wait_until"):
+                    return None
+            except Exception as e:  # an unreachable node is "not yet", not a crash
+                last_error = f"{type(e).__name__}: {e}"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                msg = f"{w.kind} timed out after {w.timeout:g} s: {w.text}"
+                return msg + (f" (last error: {last_error})" if last_error else "")
+            if self.ctx.stop.wait(min(w.interval, remaining)):
+                self.stopped = True
+                return f"stopped during {w.kind}: {w.text}"
+
+    def _remote_items(self, res: Resource, action: str) -> tuple[list[OutboxItem], list[str]]:
+        eng, ctx = self.engine, self.ctx
+        cause = {"node": eng.node, "run": ctx.run_id, "resource": res.id, "action": action}
+        items: list[OutboxItem] = []
+        notes: list[str] = []
+        for rn in res.remote_notifies:
+            names = eng._resolve(rn.node, rn.tag)
+            if not names:
+                where = f"node={rn.node}" if rn.node is not None else f"tag={rn.tag}"
+                notes.append(f"remote_notifies {rn.action} {rn.target} {where}: no node matched")
+            for name in names:
+                items.append(
+                    OutboxItem(name, rn.target, rn.action, ctx.hops + 1, dict(cause), rn.timing)
+                )
+        for row in eng.store.subscribers_of(res.id):
+            items.append(
+                OutboxItem(
+                    row["subscriber"], row["subscriber_resource"], row["action"], ctx.hops + 1,
+                    {**cause, "subscription": row["id"]}, "immediately",
+                )
+            )
+        return items, notes
+
+    # -- the end of a run ------------------------------------------------------------------------
+    def run_delayed(self) -> None:
+        """Run the delayed notifications; after a stop, record them skipped instead."""
+        count = 0
+        while (item := self.delayed.pop()) is not None:
+            target_id, action = item
+            count += 1
+            if self.stopped or self.ctx.stop.is_set() or count > MAX_DELAYED:
+                self.stopped = self.stopped or self.ctx.stop.is_set()
+                why = "stopped" if self.stopped else f"more than {MAX_DELAYED} delayed notifications"
+                self.seq += 1
+                self.rec.record(self.seq, target_id, action, "skipped", 0.0,
+                                f"delayed notification not run: {why}", None, [])
+                continue
+            target = self.lookup(target_id)
+            if target is None:
+                self._fail_notify_id(target_id, "delayed notification of an unknown resource")
+                continue
+            # A failed delayed action fails the run but the others still run: each is the
+            # reaction to a change that already happened.
+            self.apply(target, action)
+
+    def _fail_notify_id(self, rid: str, msg: str) -> None:
+        if self.error is None:
+            self.error = f"{rid}: {msg}"
+
+
+class Engine:
+    """Compiles a node's recipes and converges them; the agent calls this from a worker thread."""
+
+    def __init__(
+        self,
+        node: str,
+        recipes: list[Path],
+        store: Store,
+        hooks: Hooks | None = None,
+    ):
+        self.node = node
+        self.recipes = [Path(p) for p in recipes]
+        self.store = store
+        self.hooks = hooks
+        self._compiled: Compiled | None = None
+        self._lock = threading.Lock()  # one run at a time
+
+    # -- hooks -----------------------------------------------------------------------------------
+    def _resolve(self, node: str | None, tag: str | None) -> list[str]:
+        if self.hooks is None:
+            return [node] if node else []
+        return list(self.hooks.resolve_targets(node, tag))
+
+    def _outbox_changed(self) -> None:
+        if self.hooks is None:
+            return
+        try:
+            self.hooks.outbox_changed()
+        except Exception:
+            log.exception("outbox_changed hook failed")
+
+    # -- compile ---------------------------------------------------------------------------------
+    def compile(self) -> list[ResourceRow]:
+        """Compile all recipes in order and persist the resources; RecipeError on failure."""
+        compiled = compile_recipes(self.recipes)
+        rows = [
+            ResourceRow(
+                id=r.id, type=r.type, name=r.name, seq=r.seq, actions=list(r.actions),
+                default_action=r.action, properties=r.properties(), source=r.source,
+            )
+            for r in compiled.resources
+        ]
+        self.store.save_resources(rows)
+        self.store.set_recipe_subscriptions(compiled.wanted)
+        self._compiled = compiled
+        return rows
+
+    def resource_ids(self) -> list[str]:
+        """Ids from the last successful compile (the persisted ones before any compile)."""
+        if self._compiled is not None:
+            return [r.id for r in self._compiled.resources]
+        return [r.id for r in self.store.resources()]
+
+    def _lookup_fn(self) -> Callable[[str], Resource | None]:
+        compiled = self._compiled
+        if compiled is not None:
+            return compiled.by_id.get
+        restored: dict[str, Resource] = {}
+
+        def lookup(rid: str) -> Resource | None:
+            if rid not in restored:
+                row = self.store.resource(rid)
+                if row is None:
+                    return None
+                try:
+                    restored[rid] = restore(row)
+                except RecipeError:
+                    return None
+            return restored[rid]
+
+        return lookup
+
+    # -- runs ------------------------------------------------------------------------------------
+    def converge(self, ctx: RunContext) -> dict[str, Any]:
+        """Compile, then converge every resource in order; never raises for a failed run."""
+        with self._lock:
+            self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
+            try:
+                self.compile()
+            except RecipeError as e:
+                return self._finish(ctx, None, str(e))
+            except Exception as e:
+                log.exception("compile crashed")
+                return self._finish(ctx, None, f"compile failed: {type(e).__name__}: {e}")
+            run = _Run(self, ctx, self._lookup_fn())
+            try:
+                resources = self._compiled.resources if self._compiled else []
+                n = len(resources)
+                for k, res in enumerate(resources, 1):
+                    if ctx.stop.is_set():
+                        run.stopped = True
+                        break
+                    self._progress(ctx, k, n, res.id)
+                    if not run.apply(res, res.action):
+                        break
+                run.run_delayed()
+            except Exception as e:
+                log.exception("converge crashed")
+                run.error = run.error or f"internal error: {type(e).__name__}: {e}"
+            return self._finish(ctx, run)
+
+    def run_action(self, resource_id: str, action: str, ctx: RunContext) -> dict[str, Any]:
+        """Run `action` on a persisted resource out of band (a remote notification, a CLI call)."""
+        with self._lock:
+            lookup = self._lookup_fn()
+            res = lookup(resource_id)
+            if res is None:
+                raise UnknownResource(resource_id)
+            if action not in res.actions:
+                raise UnknownAction(resource_id, action, list(res.actions))
+            self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
+            run = _Run(self, ctx, lookup)
+            try:
+                self._progress(ctx, 1, 1, res.id)
+                run.apply(res, action)
+                run.run_delayed()
+            except Exception as e:
+                log.exception("run_action crashed")
+                run.error = run.error or f"internal error: {type(e).__name__}: {e}"
+            return self._finish(ctx, run)
+
+    @staticmethod
+    def _progress(ctx: RunContext, k: int, n: int, rid: str) -> None:
+        if ctx.progress is not None:
+            try:
+                ctx.progress(k, n, rid)
+            except Exception:
+                log.exception("progress callback failed")
+
+    def _finish(self, ctx: RunContext, run: _Run | None, error: str | None = None) -> dict[str, Any]:
+        updated = total = 0
+        if run is not None:
+            run.rec.flush()
+            updated, total = run.updated, run.seq
+            error = run.error
+            if run.stopped and error is None:
+                error = "stopped"
+            elif run.stopped:
+                error = f"stopped ({error})"
+        self.store.finish_run(ctx.run_id, error is None, error, total)
+        if run is not None and run.held_remote:
+            self._outbox_changed()  # finish_run released the delayed remote notifications
+        return {
+            "id": ctx.run_id,
+            "status": "ok" if error is None else "failed",
+            "error": error,
+            "updated": updated,
+            "total": total,
+        }
