@@ -21,7 +21,14 @@ from flock_node.engine.recipe import declare
 from flock_node.engine.resources import Resource
 
 __all__ = [
-    "file", "directory", "execute", "log", "python_block", "flock", "bind_flock", "RecipeError",
+    "file",
+    "directory",
+    "execute",
+    "log",
+    "python_block",
+    "flock",
+    "bind_flock",
+    "RecipeError",
 ]
 
 

@@ -9,6 +9,11 @@ from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction
 from flock_node.engine.runner import Engine, Hooks, RunContext
 
 __all__ = [
-    "Engine", "Hooks", "RunContext", "RecipeError", "ResourceFailure", "UnknownAction",
+    "Engine",
+    "Hooks",
+    "RunContext",
+    "RecipeError",
+    "ResourceFailure",
+    "UnknownAction",
     "UnknownResource",
 ]

@@ -30,7 +30,9 @@ class Collector:
     def add(self, res: Resource) -> None:
         prev = self.by_id.get(res.id)
         if prev is not None:
-            raise RecipeError(f"{res.source}: {res.id}: duplicate resource (first declared at {prev.source})")
+            raise RecipeError(
+                f"{res.source}: {res.id}: duplicate resource (first declared at {prev.source})"
+            )
         res.seq = len(self.resources)
         self.resources.append(res)
         self.by_id[res.id] = res

@@ -54,7 +54,9 @@ def compile_recipes(paths: list[Path]) -> Compiled:
             try:
                 source = Path(path).read_text(encoding="utf-8")
             except (OSError, UnicodeDecodeError) as e:
-                raise RecipeError(f"{path}: cannot read recipe: {getattr(e, 'strerror', None) or e}") from None
+                raise RecipeError(
+                    f"{path}: cannot read recipe: {getattr(e, 'strerror', None) or e}"
+                ) from None
             try:
                 code = compile(source, path, "exec")
             except SyntaxError as e:
@@ -79,7 +81,9 @@ def link(resources: list[Resource], by_id: dict[str, Resource]) -> Compiled:
         for sub in res.subscriptions:
             target = by_id.get(sub.target)
             if target is None:
-                errors.append(f"{sub.source}: {res.id}: subscribes to unknown resource {sub.target}")
+                errors.append(
+                    f"{sub.source}: {res.id}: subscribes to unknown resource {sub.target}"
+                )
                 continue
             target.notifications.append(Notify(sub.action, res.id, sub.timing, sub.source))
     for res in resources:
@@ -98,7 +102,7 @@ def link(resources: list[Resource], by_id: dict[str, Resource]) -> Compiled:
     wanted = [
         {"resource": res.id, "action": s.action, "node": s.node, "remote_resource": s.target}
         for res in resources
-        for s in res.remote_subscribes
+        for s in res.remote_subscriptions
     ]
     return Compiled(resources, by_id, wanted)
 

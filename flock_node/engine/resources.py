@@ -223,8 +223,8 @@ class Resource:
         self.restored = False  # rebuilt from the store: callables are not available
         self.notifications: list[Notify] = []
         self.subscriptions: list[Notify] = []  # local subscribes, moved onto their targets
-        self.remote_notifies: list[RemoteNotify] = []
-        self.remote_subscribes: list[RemoteSubscribe] = []
+        self.remote_notifications: list[RemoteNotify] = []
+        self.remote_subscriptions: list[RemoteSubscribe] = []
         self.waits: list[Wait] = []
         values: dict[str, Any] = {}
         action = props.pop("action", self.default_action)
@@ -308,11 +308,13 @@ class Resource:
         self._check_target(target, src)
         self._check_timing(timing, REMOTE_TIMINGS, src)
         if (node is None) == (tag is None):
-            raise RecipeError(f"{src}: {self.id}: remote_notifies needs exactly one of node= or tag=")
+            raise RecipeError(
+                f"{src}: {self.id}: remote_notifies needs exactly one of node= or tag="
+            )
         for what, v in (("node", node), ("tag", tag)):
             if v is not None and (not isinstance(v, str) or not v):
                 raise RecipeError(f"{src}: {self.id}: {what}= must be a non-empty string")
-        self.remote_notifies.append(RemoteNotify(action, target, node, tag, timing, src))
+        self.remote_notifications.append(RemoteNotify(action, target, node, tag, timing, src))
         return self
 
     def remote_subscribes(self, action: str, target: str, node: str) -> Resource:
@@ -327,7 +329,7 @@ class Resource:
             raise RecipeError(
                 f"{src}: {self.id}: unknown action {action!r} (allowed: {', '.join(self.actions)})"
             )
-        self.remote_subscribes.append(RemoteSubscribe(action, target, node, src))
+        self.remote_subscriptions.append(RemoteSubscribe(action, target, node, src))
         return self
 
     def _wait(self, kind: str, cond: Any, interval: Any, timeout: Any) -> Resource:
@@ -342,11 +344,15 @@ class Resource:
         self.waits.append(Wait(kind, cond, max(iv, 0.01), to, describe_condition(cond)))
         return self
 
-    def wait_until(self, cond: Callable[[], Any], interval: float = 1.0, timeout: float = 300) -> Resource:
+    def wait_until(
+        self, cond: Callable[[], Any], interval: float = 1.0, timeout: float = 300
+    ) -> Resource:
         """Before the action, poll `cond` until it is true (fail after `timeout` seconds)."""
         return self._wait("wait_until", cond, interval, timeout)
 
-    def wait_while(self, cond: Callable[[], Any], interval: float = 1.0, timeout: float = 300) -> Resource:
+    def wait_while(
+        self, cond: Callable[[], Any], interval: float = 1.0, timeout: float = 300
+    ) -> Resource:
         """Before the action, poll `cond` until it is false (fail after `timeout` seconds)."""
         return self._wait("wait_while", cond, interval, timeout)
 
@@ -360,16 +366,21 @@ class Resource:
                 {"action": n.action, "target": n.target, "timing": n.timing}
                 for n in self.notifications
             ]
-        if self.remote_notifies:
+        if self.remote_notifications:
             out["remote_notifies"] = [
-                {"action": n.action, "target": n.target, "node": n.node, "tag": n.tag,
-                 "timing": n.timing}
-                for n in self.remote_notifies
+                {
+                    "action": n.action,
+                    "target": n.target,
+                    "node": n.node,
+                    "tag": n.tag,
+                    "timing": n.timing,
+                }
+                for n in self.remote_notifications
             ]
-        if self.remote_subscribes:
+        if self.remote_subscriptions:
             out["remote_subscribes"] = [
                 {"action": n.action, "target": n.target, "node": n.node}
-                for n in self.remote_subscribes
+                for n in self.remote_subscriptions
             ]
         if self.waits:
             out["waits"] = [
@@ -382,19 +393,28 @@ class Resource:
     def restore(cls, name: str, properties: dict[str, Any], source: str) -> Resource:
         """Rebuild a resource from its persisted properties (the recipe no longer compiles)."""
         res = cls.__new__(cls)
-        res.name, res.id, res.source, res.seq, res.restored = name, f"{cls.type}[{name}]", source, 0, True
+        res.name, res.id, res.source, res.seq, res.restored = (
+            name,
+            f"{cls.type}[{name}]",
+            source,
+            0,
+            True,
+        )
         p = dict(properties)
-        res.notifications = [Notify(n["action"], n["target"], n["timing"], source) for n in p.pop("notifies", [])]
-        res.remote_notifies = [
+        res.notifications = [
+            Notify(n["action"], n["target"], n["timing"], source) for n in p.pop("notifies", [])
+        ]
+        res.remote_notifications = [
             RemoteNotify(n["action"], n["target"], n.get("node"), n.get("tag"), n["timing"], source)
             for n in p.pop("remote_notifies", [])
         ]
-        res.remote_subscribes = [
+        res.remote_subscriptions = [
             RemoteSubscribe(n["action"], n["target"], n["node"], source)
             for n in p.pop("remote_subscribes", [])
         ]
         res.waits = [
-            Wait(w["kind"], None, w["interval"], w["timeout"], w["condition"]) for w in p.pop("waits", [])
+            Wait(w["kind"], None, w["interval"], w["timeout"], w["condition"])
+            for w in p.pop("waits", [])
         ]
         res.subscriptions = []
         res.action = p.pop("action", cls.default_action)
@@ -462,9 +482,7 @@ class File(Resource):
         try:
             with open(path, "rb") as f:
                 st = os.fstat(f.fileno())
-                same = if_missing or data is None or (
-                    st.st_size == len(data) and f.read() == data
-                )
+                same = if_missing or data is None or (st.st_size == len(data) and f.read() == data)
         except FileNotFoundError:
             _write_atomic(path, data or b"", DEFAULT_FILE_MODE if mode is None else mode)
             return True, f"created {path}"
@@ -476,7 +494,9 @@ class File(Resource):
         if not same:
             _write_atomic(path, data, cur_mode if mode is None else mode)
             return True, "content changed" + (
-                f", mode {cur_mode:04o} -> {mode:04o}" if mode is not None and mode != cur_mode else ""
+                f", mode {cur_mode:04o} -> {mode:04o}"
+                if mode is not None and mode != cur_mode
+                else ""
             )
         if mode is not None and cur_mode != mode:
             try:
@@ -633,7 +653,9 @@ class PythonBlock(Resource):
 
     def setup(self) -> None:
         if self.props["block"] is None and not self.restored:
-            raise RecipeError(f"{self.source}: {self.id}: property 'block' (a callable) is required")
+            raise RecipeError(
+                f"{self.source}: {self.id}: property 'block' (a callable) is required"
+            )
 
     def action_run(self) -> tuple[bool, str]:
         block = self.props["block"]
@@ -649,6 +671,4 @@ class PythonBlock(Resource):
         return True, "" if result is None else str(result)
 
 
-TYPES: dict[str, type[Resource]] = {
-    c.type: c for c in (File, Directory, Execute, Log, PythonBlock)
-}
+TYPES: dict[str, type[Resource]] = {c.type: c for c in (File, Directory, Execute, Log, PythonBlock)}

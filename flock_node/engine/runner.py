@@ -239,7 +239,7 @@ class _Run:
         cause = {"node": eng.node, "run": ctx.run_id, "resource": res.id, "action": action}
         items: list[OutboxItem] = []
         notes: list[str] = []
-        for rn in res.remote_notifies:
+        for rn in res.remote_notifications:
             names = eng._resolve(rn.node, rn.tag)
             if not names:
                 where = f"node={rn.node}" if rn.node is not None else f"tag={rn.tag}"
@@ -251,8 +251,12 @@ class _Run:
         for row in eng.store.subscribers_of(res.id):
             items.append(
                 OutboxItem(
-                    row["subscriber"], row["subscriber_resource"], row["action"], ctx.hops + 1,
-                    {**cause, "subscription": row["id"]}, "immediately",
+                    row["subscriber"],
+                    row["subscriber_resource"],
+                    row["action"],
+                    ctx.hops + 1,
+                    {**cause, "subscription": row["id"]},
+                    "immediately",
                 )
             )
         return items, notes
@@ -266,10 +270,20 @@ class _Run:
             count += 1
             if self.stopped or self.ctx.stop.is_set() or count > MAX_DELAYED:
                 self.stopped = self.stopped or self.ctx.stop.is_set()
-                why = "stopped" if self.stopped else f"more than {MAX_DELAYED} delayed notifications"
+                why = (
+                    "stopped" if self.stopped else f"more than {MAX_DELAYED} delayed notifications"
+                )
                 self.seq += 1
-                self.rec.record(self.seq, target_id, action, "skipped", 0.0,
-                                f"delayed notification not run: {why}", None, [])
+                self.rec.record(
+                    self.seq,
+                    target_id,
+                    action,
+                    "skipped",
+                    0.0,
+                    f"delayed notification not run: {why}",
+                    None,
+                    [],
+                )
                 continue
             target = self.lookup(target_id)
             if target is None:
@@ -321,8 +335,14 @@ class Engine:
         compiled = compile_recipes(self.recipes)
         rows = [
             ResourceRow(
-                id=r.id, type=r.type, name=r.name, seq=r.seq, actions=list(r.actions),
-                default_action=r.action, properties=r.properties(), source=r.source,
+                id=r.id,
+                type=r.type,
+                name=r.name,
+                seq=r.seq,
+                actions=list(r.actions),
+                default_action=r.action,
+                properties=r.properties(),
+                source=r.source,
             )
             for r in compiled.resources
         ]
@@ -413,7 +433,9 @@ class Engine:
             except Exception:
                 log.exception("progress callback failed")
 
-    def _finish(self, ctx: RunContext, run: _Run | None, error: str | None = None) -> dict[str, Any]:
+    def _finish(
+        self, ctx: RunContext, run: _Run | None, error: str | None = None
+    ) -> dict[str, Any]:
         updated = total = 0
         if run is not None:
             run.rec.flush()
