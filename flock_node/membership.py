@@ -77,10 +77,6 @@ class Membership:
             return [Transition(m.name, old, ALIVE, "heartbeat resumed")]
         return []
 
-    def learn(self, name: str, bus: str, rpc: str, now: float) -> list[Transition]:
-        """A peer named by someone else; it stays unknown until it heartbeats itself."""
-        return []
-
     def leave(self, name: str, incarnation: int, now: float) -> list[Transition]:
         m = self._members.get(name)
         if m is None or incarnation < m.incarnation or m.state == LEFT:

@@ -198,9 +198,11 @@ class Bus:
             except Exception:
                 log.exception("bus handler failed")
 
-    async def send(self, msg: Message) -> None:
+    def send(self, msg: Message) -> None:
+        """Best effort and never blocking (callable from any thread): Bus0 drops what a full
+        peer cannot take, so nothing that must arrive goes over the bus."""
         try:
-            await self.sock.asend(self.codec.encode(msg))
+            self.sock.send(self.codec.encode(msg), block=False)
         except pynng.NNGException as e:
             log.debug("bus send: %s", e)
 

@@ -1,0 +1,684 @@
+"""The node agent: wires store, engine, membership and transport under one asyncio loop.
+
+One work queue runs converges and out-of-band reactions in order on one worker thread, so
+they never overlap; `active` is true while either runs. The outbox is drained by a delivery
+task, subscriptions we want on other nodes by a sync task, heartbeats by a third.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from flock_node import __version__, delivery
+from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership, Transition
+from flock_node.paths import ensure_private_dir
+from flock_node.protocol import (
+    Codec, Envelope, Error, Event, Heartbeat, Leave, Message, Peer, Request, Response,
+    RunProgress, RunSummary,
+)
+from flock_node.store import Store
+from flock_node.transport import (
+    AsyncRpc, Bus, RpcError, RpcServer, SyncRpc, ipc_addresses, rpc_for_bus, scan_runtime_dir,
+    tcp_addresses,
+)
+
+log = logging.getLogger("flock.agent")
+
+
+@dataclass
+class AgentConfig:
+    name: str
+    recipes: list[Path] = field(default_factory=list)
+    listen: str | None = None
+    seeds: list[str] = field(default_factory=list)
+    tags: list[str] = field(default_factory=list)
+    state_dir: Path = Path(".")
+    runtime_dir: Path = Path(".")
+    key: bytes | None = None
+    heartbeat: float = 1.0
+    ttl: float = 24 * 3600.0
+
+
+@dataclass
+class Job:
+    kind: str  # converge | reaction
+    run_id: str
+    notification: dict[str, Any] | None = None
+    started: bool = False
+    done: asyncio.Future | None = None
+
+
+class BadRequest(Exception):
+    pass
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig):
+        self.cfg = cfg
+        self.name = cfg.name
+        ensure_private_dir(cfg.runtime_dir)
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(cfg.state_dir / "flock.db", node=cfg.name, ttl=cfg.ttl)
+        self.incarnation = self.store.next_incarnation()
+        if cfg.listen:
+            self.bus_addr, self.rpc_addr = tcp_addresses(cfg.listen)
+        else:
+            self.bus_addr, self.rpc_addr = ipc_addresses(cfg.runtime_dir, cfg.name)
+        self.codec = Codec(cfg.key, cfg.name)
+        self.membership = Membership(cfg.name)
+        self.started = time.time()
+        self._pipes: dict[int, str] = {}  # bus pipe id → node name
+        self._seq = 0
+        self._queue: list[Job] = []
+        self._current: Job | None = None
+        self._progress: RunProgress | None = None
+        self._wake_work = asyncio.Event()
+        self._wake_outbox = asyncio.Event()
+        self._wake_subs = asyncio.Event()
+        self._stopping = threading.Event()
+        self._stopped = asyncio.Event()
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="converge")
+        self._tasks: list[asyncio.Task] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.compile_error: str | None = None
+        from flock_node.engine import Engine  # the engine pulls in the DSL
+
+        self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)
+
+    # -- engine hooks (called from the worker thread) -------------------------------------
+    def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
+        if node is not None and not any(c in node for c in "*?["):
+            return [node]  # a named node is queued even if unknown now: it may come back
+        names = set(self.membership.match(node, tag))
+        if (node is None or _glob(node, self.name)) and (tag is None or tag in self.cfg.tags):
+            names.add(self.name)
+        return sorted(names)
+
+    def outbox_changed(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake_outbox.set)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.bus = Bus(self.codec, self._on_bus, self._on_pipe_removed)
+        self.server = RpcServer(self.codec, self._handle)
+        self.rpc = AsyncRpc(self.codec, timeout=2.0)
+        self.bus.listen(self.bus_addr)
+        self.server.listen(self.rpc_addr)
+        self.bus.start()
+        self.server.start()
+        self._bind_recipe_flock()
+        interrupted = self.store.recover_interrupted_runs()
+        if interrupted:
+            log.warning("closed %d run(s) interrupted by the last stop", len(interrupted))
+        await self._compile_at_start()
+        for n in self.store.inbox_pending():
+            self._enqueue_reaction(n)
+        log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
+                 self.bus_addr, self.rpc_addr)
+        self._tasks = [
+            self._spawn(self._heartbeat_loop(), "heartbeat"),
+            self._spawn(self._work_loop(), "work"),
+            self._spawn(self._delivery_loop(), "delivery"),
+            self._spawn(self._subscription_loop(), "subscriptions"),
+        ]
+        await self._stopped.wait()
+        await self._shutdown()
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coro, name=name)
+
+        def done(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                log.error("task %s crashed; stopping the agent", name, exc_info=t.exception())
+                self._stopping.set()
+                self._stopped.set()
+
+        task.add_done_callback(done)
+        return task
+
+    def request_stop(self) -> None:
+        """SIGTERM/SIGINT: finish the resource in progress, persist, announce, exit."""
+        if self._stopping.is_set():
+            return
+        log.info("stopping: finishing the resource in progress")
+        self._stopping.set()
+        if self._current is None:
+            self._stopped.set()
+
+    async def _shutdown(self) -> None:
+        with contextlib.suppress(Exception):
+            self.bus.send(Leave(self.name, self.incarnation))
+            await asyncio.sleep(0.05)  # let the goodbye leave the socket buffers
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        await self.server.close()
+        await self.bus.close()
+        self.rpc.close()
+        self._recipe_rpc.close()
+        self._executor.shutdown(wait=True)
+        self.store.close()
+        log.info("node %s stopped", self.name)
+
+    async def _compile_at_start(self) -> None:
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.compile)
+            self.compile_error = None
+        except Exception as e:  # RecipeError: keep serving the persisted resources
+            self.compile_error = str(e)
+            log.error("recipe does not compile: %s", e)
+
+    def _bind_recipe_flock(self) -> None:
+        from flock_node.client import Flock
+        from flock_node.dsl import bind_flock
+
+        self._recipe_rpc = SyncRpc(Codec(self.cfg.key, self.name), timeout=2.0)
+        bind_flock(Flock(self._recipe_rpc, resolver=self._resolve_addr))
+
+    def _resolve_addr(self, name: str) -> str | None:
+        if name == self.name:
+            return self.rpc_addr
+        m = self.membership.get(name)
+        if m is not None:
+            return m.rpc
+        local = scan_runtime_dir(self.cfg.runtime_dir).get(name)
+        return local[1] if local else None
+
+    # -- heartbeats and discovery ----------------------------------------------------------
+    def heartbeat_msg(self) -> Heartbeat:
+        self._seq += 1
+        counts = self.store.outbox_counts()
+        last = self.store.last_run()
+        return Heartbeat(
+            node=self.name, incarnation=self.incarnation, seq=self._seq, bus=self.bus_addr,
+            rpc=self.rpc_addr, interval=self.cfg.heartbeat, version=__version__,
+            tags=list(self.cfg.tags), active=self.active, run=self._progress,
+            last_run=_summary(last), pending=counts.get("pending", 0) + counts.get("held", 0),
+            dead=counts.get("dead", 0), started=self.started,
+            peers=[Peer(m.name, m.bus, m.rpc) for m in self.membership.members()
+                   if m.state in (ALIVE, SUSPECT)],
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        n = 0
+        while True:
+            if n % 5 == 0:
+                self._discover()
+            n += 1
+            self.bus.send(self.heartbeat_msg())
+            for t in self.membership.tick(time.monotonic()):
+                self._transition(t)
+            await asyncio.sleep(self.cfg.heartbeat)
+
+    def _discover(self) -> None:
+        for seed in self.cfg.seeds:
+            self.bus.dial(seed)
+        for name, (bus, _) in scan_runtime_dir(self.cfg.runtime_dir, clean=True).items():
+            if name != self.name and not self._connected(name):
+                self.bus.dial(bus)
+
+    def _connected(self, name: str) -> bool:
+        return name in self._pipes.values()
+
+    def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
+        now = time.monotonic()
+        if isinstance(msg, Heartbeat):
+            if msg.node == self.name:
+                return
+            self._pipes[pipe] = msg.node
+            for t in self.membership.heartbeat(msg, now):
+                self._transition(t)
+            for p in msg.peers:
+                if p.name != self.name and self.membership.get(p.name) is None:
+                    self.bus.dial(p.bus)
+        elif isinstance(msg, Leave):
+            for t in self.membership.leave(msg.node, msg.incarnation, now):
+                self._transition(t)
+
+    def _on_pipe_removed(self, pipe: int) -> None:
+        name = self._pipes.pop(pipe, None)
+        if name and name not in self._pipes.values():
+            for t in self.membership.disconnected(name, time.monotonic()):
+                self._transition(t)
+
+    def _transition(self, t: Transition) -> None:
+        log.info("%s: %s → %s (%s)", t.name, t.old or "new", t.new, t.reason)
+        if t.new == ALIVE:
+            self._wake_outbox.set()  # someone came (back): retry what waits for it
+            self._wake_subs.set()
+        if t.new in (DOWN, LEFT):
+            m = self.membership.get(t.name)
+            if m is not None and m.bus not in self.cfg.seeds and not m.bus.startswith("ipc://"):
+                self.bus.undial(m.bus)
+
+    def emit(self, event: str, **data: Any) -> None:
+        if self._loop is None:
+            return
+        self.bus.send(Event(self.name, event, time.time(), data))
+
+    # -- the work queue ----------------------------------------------------------------------
+    @property
+    def active(self) -> bool:
+        return self._current is not None
+
+    def run_chef(self) -> tuple[str, bool]:
+        """Queue a converge; join the one already waiting if there is one."""
+        for job in self._queue:
+            if job.kind == "converge" and not job.started:
+                return job.run_id, True
+        job = Job("converge", _run_id())
+        self._queue.append(job)
+        self._wake_work.set()
+        return job.run_id, False
+
+    def _enqueue_reaction(self, n: dict[str, Any]) -> None:
+        self._queue.append(Job("reaction", _run_id(), notification=n))
+        self._wake_work.set()
+
+    async def _work_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                self._wake_work.clear()
+                await self._wake_work.wait()
+                continue
+            if self._stopping.is_set():
+                self._stopped.set()
+                return
+            job = self._queue.pop(0)
+            job.started = True
+            self._current = job
+            self._progress = RunProgress(job.run_id, job.kind, started=time.time())
+            self.emit("run_started", run=job.run_id, kind=job.kind,
+                      cause=_cause(job.notification))
+            self.bus.send(self.heartbeat_msg())
+            try:
+                result = await loop.run_in_executor(self._executor, self._execute, job)
+            except Exception as e:  # never leave `active` stuck on a bug
+                log.exception("run %s crashed", job.run_id)
+                result = {"id": job.run_id, "status": "failed", "error": f"internal: {e}"}
+            finally:
+                self._current = None
+                self._progress = None
+            self.emit("run_finished", run=job.run_id, kind=job.kind, status=result.get("status"),
+                      error=result.get("error"), updated=result.get("updated", 0))
+            self.bus.send(self.heartbeat_msg())
+            self._wake_outbox.set()
+            self._wake_subs.set()
+            if self._stopping.is_set():
+                self._stopped.set()
+                return
+
+    def _execute(self, job: Job) -> dict[str, Any]:
+        from flock_node.engine import RunContext
+
+        def progress(k: int, n: int, rid: str) -> None:
+            self._progress = RunProgress(job.run_id, job.kind, rid, k, n,
+                                         self._progress.started if self._progress else 0)
+            self.emit("run_progress", run=job.run_id, resource=rid, k=k, n=n)
+
+        if job.kind == "converge":
+            ctx = RunContext(job.run_id, "converge", progress=progress, stop=self._stopping)
+            result = self.engine.converge(ctx)
+            self.compile_error = None
+            return result
+        n = job.notification or {}
+        ctx = RunContext(job.run_id, "reaction", cause=_cause(n), hops=n.get("hops", 0),
+                         progress=progress, stop=self._stopping)
+        try:
+            result = self.engine.run_action(n["resource"], n["action"], ctx)
+        except Exception as e:  # resource vanished since we accepted it
+            self.store.start_run(job.run_id, "reaction", _cause(n))
+            self.store.finish_run(job.run_id, False, str(e), 0)
+            result = {"id": job.run_id, "status": "failed", "error": str(e)}
+        self.store.inbox_done(n["id"], job.run_id, result.get("status") == "ok",
+                              result.get("error"))
+        return result
+
+    # -- outbox delivery ---------------------------------------------------------------------
+    async def _delivery_loop(self) -> None:
+        while True:
+            now = time.time()
+            due = self.store.due_outbox(now)
+            by_target: dict[str, list[dict]] = {}
+            for item in due:
+                by_target.setdefault(item["target"], []).append(item)
+            if by_target:
+                await asyncio.gather(*(self._deliver_to(t, items) for t, items in by_target.items()))
+                continue
+            nxt = self.store.next_outbox_due()
+            wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
+            self._wake_outbox.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake_outbox.wait()
+
+    async def _deliver_to(self, target: str, items: list[dict]) -> None:
+        addr = self._resolve_addr(target)
+        m = self.membership.get(target)
+        for i, item in enumerate(items):
+            if addr is None:
+                err = RpcError("unknown_node", f"node {target!r} is not known in the flock (yet)")
+            elif m is not None and m.state in (DOWN, LEFT) and item["attempts"] > 0:
+                err = RpcError("unreachable", f"node {target!r} is {m.state}")
+            else:
+                try:
+                    await self.rpc.call(addr, "resource_manager", "notify", {
+                        "id": item["id"], "sender": self.name, "resource": item["resource"],
+                        "action": item["action"], "hops": item["hops"], "cause": item["cause"],
+                    }, timeout=2.0)
+                except RpcError as e:
+                    err = e
+                else:
+                    self.store.outbox_delivered(item["id"])
+                    self.emit("notification_delivered", id=item["id"], target=target,
+                              resource=item["resource"], action=item["action"])
+                    continue
+            if delivery.is_final(err.code):
+                self.store.outbox_failed(item["id"], f"{err.code}: {err.message}")
+                log.error("notification %s to %s refused: %s", item["id"], target, err)
+                self.emit("notification_failed", id=item["id"], target=target,
+                          resource=item["resource"], action=item["action"], error=str(err))
+                continue
+            # Unreachable: reschedule this one and everything else queued for the same node.
+            for rest in items[i:]:
+                st = self.store.outbox_retry(
+                    rest["id"], f"{err.code}: {err.message}",
+                    time.time() + delivery.backoff(rest["attempts"]),
+                )
+                if st == "dead":
+                    log.error("notification %s to %s dead-lettered: %s", rest["id"], target, err)
+                    self.emit("notification_dead", id=rest["id"], target=target,
+                              resource=rest["resource"], action=rest["action"], error=str(err))
+            return
+
+    # -- subscriptions we hold on others -----------------------------------------------------
+    async def _subscription_loop(self) -> None:
+        while True:
+            retry = False
+            for w in self.store.wanted_subscriptions({"pending", "removing", "failed"}):
+                retry |= not await self._sync_subscription(w)
+            self._wake_subs.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2.0 if retry else 30.0):
+                    await self._wake_subs.wait()
+
+    async def _sync_subscription(self, w: dict[str, Any]) -> bool:
+        addr = self._resolve_addr(w["node"])
+        sid = w["id"].rsplit("@", 1)[0]
+        if addr is None:
+            self.store.wanted_state(w["id"], w["state"], f"node {w['node']!r} not known yet")
+            return False
+        try:
+            if w["state"] == "removing":
+                await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid})
+                self.store.wanted_state(w["id"], "removed")
+                self.emit("subscription_removed", id=sid, node=w["node"])
+            else:
+                await self.rpc.call(addr, "resource_manager", "subscribe", {
+                    "resource": w["remote_resource"], "subscriber": self.name,
+                    "subscriber_resource": w["resource"], "action": w["action"],
+                })
+                self.store.wanted_state(w["id"], "registered")
+                self.emit("subscription_registered", id=sid, node=w["node"],
+                          resource=w["remote_resource"])
+            return True
+        except RpcError as e:
+            if e.code == "unknown_subscription" and w["state"] == "removing":
+                self.store.wanted_state(w["id"], "removed")
+                return True
+            final = delivery.is_final(e.code)
+            self.store.wanted_state(w["id"], "failed" if final else w["state"], str(e))
+            return final
+
+    # -- RPC ---------------------------------------------------------------------------------
+    async def _handle(self, req: Request, env: Envelope) -> Response:
+        fn = _METHODS.get((req.actor, req.method))
+        if fn is None:
+            known = sorted(f"{a}.{m}" for a, m in _METHODS)
+            return Response(req.call_id, False, error=Error(
+                "unknown_method", f"no method {req.actor}.{req.method}; known: {', '.join(known)}"))
+        try:
+            result = await fn(self, **req.args)
+        except TypeError as e:
+            return Response(req.call_id, False, error=Error("bad_request", str(e)))
+        except BadRequest as e:
+            return Response(req.call_id, False, error=Error("bad_request", str(e)))
+        except RpcError as e:
+            return Response(req.call_id, False, error=Error(e.code, e.message))
+        return Response(req.call_id, True, result=msgspec.to_builtins(result))
+
+    async def api_run_chef(self) -> dict[str, Any]:
+        if self._stopping.is_set():
+            raise RpcError("stopping", f"{self.name} is shutting down")
+        run_id, joined = self.run_chef()
+        return {"run_id": run_id, "queued": joined or self.active, "joined": joined}
+
+    async def api_active(self) -> bool:
+        return self.active
+
+    async def api_status(self) -> dict[str, Any]:
+        counts = self.store.outbox_counts()
+        last = self.store.last_run()
+        cur = None
+        if self._current is not None:
+            p = self._progress
+            cur = {"id": self._current.run_id, "kind": self._current.kind,
+                   "resource": p.resource if p else "", "k": p.k if p else 0,
+                   "n": p.n if p else 0}
+        return {
+            "name": self.name, "version": __version__, "tags": list(self.cfg.tags),
+            "incarnation": self.incarnation, "address": self.rpc_addr, "bus": self.bus_addr,
+            "active": self.active, "current_run": cur,
+            "queued": [j.run_id for j in self._queue],
+            "last_run": _last_run(last),
+            "pending": counts.get("pending", 0) + counts.get("held", 0),
+            "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
+            "uptime": time.time() - self.started, "compile_error": self.compile_error,
+            "dropped_frames": dict(self.codec.dropped),
+        }
+
+    async def api_history(self, limit: int = 20) -> list[dict[str, Any]]:
+        return self.store.history(_int(limit, "limit"))
+
+    async def api_run(self, id: str) -> dict[str, Any] | None:
+        return self.store.run(str(id))
+
+    async def api_members(self) -> list[dict[str, Any]]:
+        own = await self.api_status()
+        out = [{
+            "name": self.name, "state": ALIVE, "address": self.rpc_addr, "bus": self.bus_addr,
+            "rpc": self.rpc_addr, "incarnation": self.incarnation, "active": self.active,
+            "run": msgspec.to_builtins(self._progress), "last_run": own["last_run"],
+            "pending": own["pending"], "dead_letters": own["dead_letters"],
+            "tags": list(self.cfg.tags), "version": __version__, "age": 0.0,
+        }]
+        now = time.monotonic()
+        for m in self.membership.members():
+            hb: Heartbeat = m.info
+            out.append({
+                "name": m.name, "state": m.state, "address": m.rpc, "bus": m.bus, "rpc": m.rpc,
+                "incarnation": m.incarnation, "active": hb.active if m.state == ALIVE else False,
+                "run": msgspec.to_builtins(hb.run), "last_run": _summary_dict(hb.last_run),
+                "pending": hb.pending, "dead_letters": hb.dead, "tags": list(m.tags),
+                "version": hb.version, "age": now - m.last_seen,
+            })
+        return out
+
+    async def api_outbox(self, status: str | None = None, limit: int = 100) -> list[dict]:
+        return self.store.outbox([status] if status else None, _int(limit, "limit"))
+
+    # resource_manager
+    async def rm_resources(self) -> list[dict[str, Any]]:
+        return [msgspec.to_builtins(r.__dict__) for r in self.store.resources()]
+
+    def _check_target(self, resource: str, action: str | None) -> None:
+        r = self.store.resource(resource)
+        if r is None:
+            known = ", ".join(x.id for x in self.store.resources()[:20]) or "none"
+            raise RpcError("unknown_resource", f"{self.name} has no resource {resource}; it has: {known}")
+        if action is not None and action not in r.actions:
+            raise RpcError("unknown_action",
+                           f"{resource} on {self.name} has no action {action!r}; "
+                           f"allowed: {', '.join(r.actions)}")
+
+    async def rm_notify(self, resource: str, action: str, id: str | None = None,
+                        sender: str = "", hops: int = 1, cause: dict | None = None) -> dict:
+        """Accept a notification (de-duplicated by id) and queue its reaction."""
+        if not isinstance(resource, str) or not isinstance(action, str):
+            raise BadRequest("resource and action must be strings")
+        hops = _int(hops, "hops")
+        why = delivery.hop_refusal(hops)
+        if why:
+            log.error("refused notification %s from %s: %s", id, sender, why)
+            self.emit("notification_refused", id=id, sender=sender, resource=resource,
+                      action=action, error=why)
+            raise RpcError("hop_limit", why)
+        self._check_target(resource, action)
+        nid = id or "n-" + uuid.uuid4().hex
+        cause = dict(cause or {})
+        fresh = self.store.inbox_accept(nid, sender or "?", resource, action, hops, cause)
+        if fresh:
+            n = {"id": nid, "sender": sender, "resource": resource, "action": action,
+                 "hops": hops, "cause": cause}
+            self._enqueue_reaction(n)
+            self.emit("notification_received", id=nid, sender=sender, resource=resource,
+                      action=action)
+        return {"id": nid, "accepted": True, "duplicate": not fresh}
+
+    async def rm_subscribe(self, resource: str, subscriber: str, subscriber_resource: str,
+                           action: str) -> dict:
+        """Another node asks to run `action` on its resource when our `resource` is updated."""
+        self._check_target(resource, None)
+        sid = self.store.add_subscription(resource, subscriber, subscriber_resource, action)
+        return {"id": sid}
+
+    async def rm_subscribe_to(self, resource: str, action: str, node: str,
+                              remote_resource: str) -> dict:
+        """Wire by hand: our `resource` runs `action` when `node`'s `remote_resource` updates."""
+        self._check_target(resource, action)
+        wid = self.store.add_wanted(node, remote_resource, resource, action)
+        w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
+        ok = await self._sync_subscription(w)
+        w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
+        if not ok and w["state"] == "failed":
+            self.store.wanted_state(wid, "removed")
+            raise RpcError("bad_request", w["last_error"] or "refused")
+        return {"id": wid.rsplit("@", 1)[0], "state": w["state"], "error": w["last_error"]}
+
+    async def rm_unsubscribe(self, id: str) -> dict:
+        if self.store.remove_subscription(id):
+            return {"id": id, "removed": "incoming"}
+        for w in self.store.wanted_subscriptions():
+            if w["id"] == id or w["id"].rsplit("@", 1)[0] == id:
+                self.store.wanted_state(w["id"], "removing")
+                ok = await self._sync_subscription({**w, "state": "removing"})
+                return {"id": id, "removed": "outgoing", "remote_done": ok}
+        raise RpcError("unknown_subscription", f"{self.name} has no subscription {id!r}")
+
+    async def rm_subscriptions(self) -> dict[str, list[dict]]:
+        incoming = self.store.subscriptions()
+        outgoing = []
+        for w in self.store.wanted_subscriptions():
+            outgoing.append({**w, "id": w["id"].rsplit("@", 1)[0]})
+        return {"incoming": incoming, "outgoing": outgoing}
+
+
+_METHODS = {
+    ("flock_api", "run_chef"): Agent.api_run_chef,
+    ("flock_api", "active"): Agent.api_active,
+    ("flock_api", "status"): Agent.api_status,
+    ("flock_api", "history"): Agent.api_history,
+    ("flock_api", "run"): Agent.api_run,
+    ("flock_api", "members"): Agent.api_members,
+    ("flock_api", "outbox"): Agent.api_outbox,
+    ("resource_manager", "resources"): Agent.rm_resources,
+    ("resource_manager", "notify"): Agent.rm_notify,
+    ("resource_manager", "subscribe"): Agent.rm_subscribe,
+    ("resource_manager", "subscribe_to"): Agent.rm_subscribe_to,
+    ("resource_manager", "unsubscribe"): Agent.rm_unsubscribe,
+    ("resource_manager", "subscriptions"): Agent.rm_subscriptions,
+}
+
+
+def _int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise BadRequest(f"{name} must be an integer, got {v!r}")
+    return v
+
+
+def _glob(pattern: str, name: str) -> bool:
+    from fnmatch import fnmatchcase
+
+    return fnmatchcase(name, pattern)
+
+
+def _run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
+def _cause(n: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not n:
+        return None
+    c = dict(n.get("cause") or {})
+    c.setdefault("node", n.get("sender"))
+    c["notification"] = n.get("id")
+    c["hops"] = n.get("hops")
+    return c
+
+
+def _summary(last: dict[str, Any] | None) -> RunSummary | None:
+    if not last:
+        return None
+    return RunSummary(id=last["id"], status=last["status"], kind=last["kind"],
+                      started=last["started"], duration=last["duration"] or 0.0,
+                      updated=last["updated"], error=last["error"])
+
+
+def _summary_dict(s: RunSummary | None) -> dict[str, Any] | None:
+    return _last_run_from(msgspec.to_builtins(s)) if s else None
+
+
+def _last_run(last: dict[str, Any] | None) -> dict[str, Any] | None:
+    return _last_run_from(last) if last else None
+
+
+def _last_run_from(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": d["id"], "status": d["status"], "kind": d.get("kind", "converge"),
+        "started": d.get("started"), "duration": d.get("duration"),
+        "updated": d.get("updated", 0), "error": d.get("error"),
+    }
+
+
+def run_agent(cfg: AgentConfig) -> int:
+    """Run until SIGTERM/SIGINT; exit code 0 on a clean stop."""
+    agent = Agent(cfg)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.request_stop)
+        await agent.run()
+
+    asyncio.run(main())
+    return 0
+

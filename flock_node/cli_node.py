@@ -1,0 +1,99 @@
+"""`flock-node run NAME ...`: the node agent's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+
+from flock_node import __version__, paths
+from flock_node.protocol import load_key
+
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flock-node", description="The Flock node agent.")
+    p.add_argument("--version", action="version", version=f"flock-node {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the agent for node NAME until SIGTERM/SIGINT")
+    r.add_argument("name", metavar="NAME")
+    r.add_argument("--recipe", action="append", default=[], metavar="FILE",
+                   help="recipe file (repeatable, converged in order)")
+    r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT (bus on PORT, RPC on PORT+1)")
+    r.add_argument("--seed", action="append", default=[], metavar="URL",
+                   help="bus address of a node to join (repeatable)")
+    r.add_argument("--tag", action="append", default=[], metavar="TAG")
+    r.add_argument("--state-dir", metavar="DIR")
+    r.add_argument("--runtime-dir", metavar="DIR")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--key-file", metavar="FILE")
+    g.add_argument("--insecure", action="store_true", help="allow TCP without a flock key")
+    r.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS")
+    r.add_argument("--ttl", type=float, default=24 * 3600.0, metavar="SECONDS",
+                   help="how long an undelivered notification is retried (default 24 h)")
+    r.add_argument("--log-level", default=os.environ.get("FLOCK_LOG_LEVEL", "info"),
+                   choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def _fail(msg: str) -> int:
+    print(f"flock-node: {msg}", file=sys.stderr)
+    return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
+    )
+    if not NAME_RE.match(args.name):
+        return _fail(f"invalid node name {args.name!r}: use letters, digits, '.', '_', '-' "
+                     "(at most 63, starting with a letter or digit)")
+    if args.heartbeat <= 0:
+        return _fail("--heartbeat must be positive")
+    recipes = []
+    for r in args.recipe:
+        rp = Path(r).resolve()
+        if not rp.is_file():
+            return _fail(f"recipe file {r} does not exist")
+        recipes.append(rp)
+    key = None
+    if not args.insecure:
+        kf = paths.key_file(args.key_file)
+        if kf is not None:
+            try:
+                key = load_key(kf)
+            except OSError as e:
+                return _fail(f"cannot read key file {kf}: {e.strerror}")
+            except ValueError as e:
+                return _fail(str(e))
+    if args.listen and key is None and not args.insecure:
+        return _fail(f"--listen {args.listen} needs a flock key: make one with `flock keygen` "
+                     "and pass --key-file (or set FLOCK_KEY_FILE), or say --insecure")
+    from flock_node.agent import AgentConfig, run_agent
+    from flock_node.transport import tcp_addresses
+
+    if args.listen:
+        try:
+            tcp_addresses(args.listen)
+        except ValueError as e:
+            return _fail(str(e))
+    cfg = AgentConfig(
+        name=args.name, recipes=recipes, listen=args.listen, seeds=args.seed, tags=args.tag,
+        state_dir=paths.state_dir(args.name, args.state_dir),
+        runtime_dir=paths.runtime_dir(args.runtime_dir), key=key, heartbeat=args.heartbeat,
+        ttl=args.ttl,
+    )
+    try:
+        return run_agent(cfg)
+    except OSError as e:
+        return _fail(str(e))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,263 @@
+"""The Python client: reach any node's actors by name.
+
+    from flock_node import Flock
+    with Flock.connect() as flock:
+        flock["bender0"].flock_api.run_chef()
+        flock["bender0"].flock_api.active()
+
+Discovery: nodes listening in the local runtime dir, plus `seeds` (bus addresses such as
+`tcp://db1:7600`; the RPC port is the next one). Any reachable node answers `members()` with
+the whole flock as it knows it, so one seed is enough.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Iterable
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any
+
+from flock_node import paths
+from flock_node.protocol import Codec, load_key
+from flock_node.transport import AsyncRpc, RpcError, SyncRpc, rpc_for_bus, scan_runtime_dir
+
+FlockError = RpcError
+
+# Positional parameter names, so `history(5)` works like `history(limit=5)`.
+_POSITIONAL = {
+    "history": ("limit",),
+    "run": ("id",),
+    "notify": ("resource", "action"),
+    "unsubscribe": ("id",),
+    "subscribe_to": ("resource", "action", "node", "remote_resource"),
+    "subscribe": ("resource", "subscriber", "subscriber_resource", "action"),
+    "outbox": ("status", "limit"),
+}
+ACTORS = ("flock_api", "resource_manager")
+
+
+def _args(method: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+    names = _POSITIONAL.get(method, ())
+    if len(args) > len(names):
+        raise TypeError(f"{method}() takes at most {len(names)} positional arguments")
+    out = dict(zip(names, args, strict=False))
+    out.update(kwargs)
+    return out
+
+
+def resolve_key(key_file: str | None = None, insecure: bool = False) -> bytes | None:
+    """The flock key for a client: --key-file, FLOCK_KEY_FILE, or the default key file."""
+    if insecure:
+        return None
+    p = paths.key_file(key_file)
+    if p is None:
+        return None
+    try:
+        return load_key(p)
+    except OSError as e:
+        raise RpcError("bad_request", f"cannot read key file {p}: {e.strerror}") from None
+    except ValueError as e:
+        raise RpcError("bad_request", str(e)) from None
+
+
+class _Discovery:
+    def __init__(self, seeds: Iterable[str], runtime_dir: str | Path | None):
+        self.seeds = [s for s in seeds]
+        self.runtime_dir = paths.runtime_dir(str(runtime_dir) if runtime_dir else None)
+        self.members: dict[str, dict[str, Any]] = {}
+
+    def entry_points(self) -> list[str]:
+        """RPC addresses to ask for the member list: local nodes first, then seeds."""
+        local = [rpc for _, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())]
+        return local + [rpc_for_bus(s) for s in self.seeds]
+
+    def merge(self, rows: list[dict[str, Any]]) -> None:
+        for r in rows:
+            old = self.members.get(r["name"])
+            if old is None or (r["incarnation"], -r.get("age", 0)) > (
+                old["incarnation"], -old.get("age", 0)
+            ):
+                self.members[r["name"]] = r
+
+    def address(self, name: str) -> str | None:
+        m = self.members.get(name)
+        if m is not None:
+            return m["rpc"]
+        local = scan_runtime_dir(self.runtime_dir).get(name)
+        return local[1] if local else None
+
+
+class _Actor:
+    def __init__(self, call: Callable[..., Any], node: str, actor: str):
+        self._call, self._node, self._actor = call, node, actor
+
+    def __getattr__(self, method: str) -> Callable[..., Any]:
+        if method.startswith("_"):
+            raise AttributeError(method)
+
+        def invoke(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+            return self._call(self._node, self._actor, method, _args(method, args, kwargs),
+                              timeout)
+
+        invoke.__name__ = method
+        return invoke
+
+
+class Node:
+    """One node's actors: `node.flock_api.active()`, `node.resource_manager.resources()`."""
+
+    def __init__(self, call: Callable[..., Any], name: str):
+        self.name = name
+        self.flock_api = _Actor(call, name, "flock_api")
+        self.resource_manager = _Actor(call, name, "resource_manager")
+
+    def __repr__(self) -> str:
+        return f"<flock node {self.name}>"
+
+
+class Flock:
+    """Blocking client. Thread-safe; usable inside recipes (`flock["x"]` in the DSL)."""
+
+    def __init__(self, rpc: SyncRpc, resolver: Callable[[str], str | None],
+                 discovery: _Discovery | None = None):
+        self._rpc = rpc
+        self._resolver = resolver
+        self._discovery = discovery
+
+    @classmethod
+    def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
+                key_file: str | None = None, insecure: bool = False,
+                timeout: float = 5.0) -> Flock:
+        """Find the flock through the local runtime dir and `seeds`."""
+        seeds = list(seeds) or _env_seeds()
+        key = resolve_key(key_file, insecure)
+        rpc = SyncRpc(Codec(key, f"client-{os.getpid()}"), timeout=timeout)
+        disc = _Discovery(seeds, runtime_dir)
+        self = cls(rpc, disc.address, disc)
+        self.refresh()
+        return self
+
+    def refresh(self) -> list[dict[str, Any]]:
+        """Ask reachable entry points for the member list (errors from dead ones ignored)."""
+        disc = self._discovery
+        if disc is None:
+            return []
+        last: RpcError | None = None
+        for addr in disc.entry_points():
+            try:
+                disc.merge(self._rpc.call(addr, "flock_api", "members", timeout=min(
+                    self._rpc.timeout, 2.0)))
+            except RpcError as e:
+                if e.code == "unauthorized":
+                    raise
+                last = e
+        if not disc.members and last is not None and disc.seeds:
+            raise last
+        return list(disc.members.values())
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """Every known node, from the freshest view any entry point gave."""
+        return sorted(self.refresh(), key=lambda m: m["name"])
+
+    def match(self, pattern: str) -> list[str]:
+        names = [m["name"] for m in self.nodes()]
+        return [n for n in names if fnmatchcase(n, pattern)]
+
+    def call(self, node: str, actor: str, method: str, args: dict[str, Any] | None = None,
+             timeout: float | None = None) -> Any:
+        addr = self._resolver(node)
+        if addr is None and self._discovery is not None:
+            self.refresh()
+            addr = self._resolver(node)
+        if addr is None:
+            raise RpcError("unknown_node", f"no node named {node!r} in the flock")
+        return self._rpc.call(addr, actor, method, args or {}, timeout)
+
+    def __getitem__(self, name: str) -> Node:
+        return Node(self.call, name)
+
+    def close(self) -> None:
+        self._rpc.close()
+
+    def __enter__(self) -> Flock:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class AsyncFlock:
+    """Asyncio flavour: `await flock["x"].flock_api.active()`."""
+
+    def __init__(self, rpc: AsyncRpc, discovery: _Discovery):
+        self._rpc = rpc
+        self._discovery = discovery
+
+    @classmethod
+    async def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
+                      key_file: str | None = None, insecure: bool = False,
+                      timeout: float = 5.0) -> AsyncFlock:
+        seeds = list(seeds) or _env_seeds()
+        key = resolve_key(key_file, insecure)
+        self = cls(AsyncRpc(Codec(key, f"client-{os.getpid()}"), timeout=timeout),
+                   _Discovery(seeds, runtime_dir))
+        await self.refresh()
+        return self
+
+    async def refresh(self) -> list[dict[str, Any]]:
+        disc = self._discovery
+        addrs = disc.entry_points()
+
+        async def ask(addr: str) -> list[dict[str, Any]] | RpcError:
+            try:
+                return await self._rpc.call(addr, "flock_api", "members",
+                                            timeout=min(self._rpc.timeout, 2.0))
+            except RpcError as e:
+                return e
+
+        results = await asyncio.gather(*(ask(a) for a in addrs))
+        fresh = _Discovery(disc.seeds, disc.runtime_dir)
+        errors = []
+        for r in results:
+            if isinstance(r, RpcError):
+                errors.append(r)
+            else:
+                fresh.merge(r)
+        if fresh.members or not errors:
+            disc.members = fresh.members
+        for e in errors:
+            if e.code == "unauthorized":
+                raise e
+        return list(disc.members.values())
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        return sorted(await self.refresh(), key=lambda m: m["name"])
+
+    async def call(self, node: str, actor: str, method: str, args: dict[str, Any] | None = None,
+                   timeout: float | None = None) -> Any:
+        addr = self._discovery.address(node)
+        if addr is None:
+            await self.refresh()
+            addr = self._discovery.address(node)
+        if addr is None:
+            raise RpcError("unknown_node", f"no node named {node!r} in the flock")
+        return await self._rpc.call(addr, actor, method, args or {}, timeout)
+
+    def __getitem__(self, name: str) -> Node:
+        return Node(self.call, name)
+
+    def close(self) -> None:
+        self._rpc.close()
+
+    async def __aenter__(self) -> AsyncFlock:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _env_seeds() -> list[str]:
+    raw = os.environ.get("FLOCK_SEEDS", "")
+    return [s for s in raw.replace(",", " ").split() if s]
