@@ -619,3 +619,17 @@ def test_delayed_queue_dedups_in_first_queued_order(items):
     while (x := q.pop()) is not None:
         out.append(x)
     assert out == list(dict.fromkeys(items))
+
+
+def test_recompile_persists_only_changes_but_always_the_latest(env):
+    env.write('file(D + "/a", content="1")')
+    eng = env.engine()
+    eng.converge(ctx())
+    eng.compile()  # unchanged: nothing rewritten, results kept
+    (row,) = env.store.resources()
+    assert row.properties["content"] == "1" and row.last_result == "updated"
+    env.write('file(D + "/a", content="2")\nlog("new")')
+    eng.compile()
+    rows = env.store.resources()
+    assert [r.id for r in rows] == [f"file[{env.dir}/a]", "log[new]"]
+    assert rows[0].properties["content"] == "2" and rows[0].last_result == "updated"

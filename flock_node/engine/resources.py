@@ -191,7 +191,12 @@ def describe_condition(cond: Callable) -> str:
     return " ".join(text.split())
 
 
+_PLAIN = (str, int, float, bool, type(None))
+
+
 def _json_safe(v: Any) -> Any:
+    if type(v) in _PLAIN:
+        return v
     if callable(v):
         return CALLABLE
     if isinstance(v, bytes):

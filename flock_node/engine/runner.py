@@ -1,7 +1,7 @@
 """The converge engine: compile, then bring each resource to its action, recording each
 result (with its remote notifications, in one store transaction) as it goes.
 
-Rules, as documented in the README:
+Rules:
 - A failing resource ends the main phase; the resources after it are not recorded. Delayed
   local notifications already queued still run, then the run ends failed.
 - ctx.stop (SIGTERM) is checked between resources: the one in progress finishes (a wait or a
@@ -87,7 +87,11 @@ class _Recorder:
 
 
 def _record_batch(store: Store, run_id: str, batch: list[tuple]) -> None:
-    """Up-to-date results in one transaction (the store has no batch API yet; see README)."""
+    """Up-to-date results in one transaction.
+
+    The store has no batch API yet (Store.record_results is proposed); until it has, this
+    writes the same rows record_result would, through the store's own transaction helper.
+    """
     now = time.time()
     with store._tx() as db:
         db.executemany(
@@ -313,6 +317,8 @@ class Engine:
         self.store = store
         self.hooks = hooks
         self._compiled: Compiled | None = None
+        self._saved_rows: list[ResourceRow] | None = None
+        self._saved_wanted: list[dict[str, str]] | None = None
         self._lock = threading.Lock()  # one run at a time
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -346,8 +352,14 @@ class Engine:
             )
             for r in compiled.resources
         ]
-        self.store.save_resources(rows)
-        self.store.set_recipe_subscriptions(compiled.wanted)
+        # An unchanged recipe compiles to the rows this engine already persisted: rewriting
+        # them is most of the cost of an up-to-date converge, so only write what changed.
+        if rows != self._saved_rows:
+            self.store.save_resources(rows)
+            self._saved_rows = rows
+        if compiled.wanted != self._saved_wanted:
+            self.store.set_recipe_subscriptions(compiled.wanted)
+            self._saved_wanted = compiled.wanted
         self._compiled = compiled
         return rows
 
