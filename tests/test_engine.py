@@ -633,3 +633,25 @@ def test_recompile_persists_only_changes_but_always_the_latest(env):
     rows = env.store.resources()
     assert [r.id for r in rows] == [f"file[{env.dir}/a]", "log[new]"]
     assert rows[0].properties["content"] == "2" and rows[0].last_result == "updated"
+
+
+def test_stop_records_pending_delayed_notifications_as_skipped(env):
+    c = ctx()
+    started = env.dir / "started"
+    env.write(
+        f"""
+        file(D + "/a", content="1").notifies("write", "log[late]")
+        execute("slow", command="touch {started}; sleep 0.3")
+        log("late", action="nothing")
+        """
+    )
+    eng = env.engine()
+    t = threading.Thread(target=eng.converge, args=(c,))
+    t.start()
+    assert wait_for(started.exists)
+    c.stop.set()
+    t.join(10)
+    run = env.store.run(c.run_id)
+    assert run["status"] == "failed" and run["error"] == "stopped"
+    assert results(run)[-1] == ("log[late]", "write", "skipped")
+    assert run["resources"][-1]["error"] == "delayed notification not run: stopped"
