@@ -25,12 +25,28 @@ from flock_node import __version__, delivery
 from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership, Transition
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
-    Codec, Envelope, Error, Event, Heartbeat, Leave, Message, Peer, Request, Response,
-    RunProgress, RunSummary,
+    Codec,
+    Envelope,
+    Error,
+    Event,
+    Heartbeat,
+    Leave,
+    Message,
+    Peer,
+    Request,
+    Response,
+    RunProgress,
+    RunSummary,
 )
 from flock_node.store import Store
 from flock_node.transport import (
-    AsyncRpc, Bus, RpcError, RpcServer, SyncRpc, ipc_addresses, rpc_for_bus, scan_runtime_dir,
+    AsyncRpc,
+    Bus,
+    RpcError,
+    RpcServer,
+    SyncRpc,
+    ipc_addresses,
+    scan_runtime_dir,
     tcp_addresses,
 )
 

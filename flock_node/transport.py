@@ -24,7 +24,16 @@ from typing import Any
 
 import pynng
 
-from flock_node.protocol import MAX_FRAME, Codec, Envelope, Error, FrameError, Message, Request, Response
+from flock_node.protocol import (
+    MAX_FRAME,
+    Codec,
+    Envelope,
+    Error,
+    FrameError,
+    Message,
+    Request,
+    Response,
+)
 
 log = logging.getLogger("flock.transport")
 
