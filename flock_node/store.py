@@ -278,6 +278,20 @@ class Store:
             for item in outbox or ():
                 self._insert_outbox(db, item, run_id, now)
 
+    def record_results(self, run_id: str, rows: list[tuple]) -> None:
+        """Many quiet results at once: (seq, resource, action, result, duration, error, output).
+        Only for results with no outbox rows (up-to-date resources), so batching is safe."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO run_resources VALUES (?,?,?,?,?,?,?,?)",
+                [(run_id, *row) for row in rows],
+            )
+            db.executemany(
+                "UPDATE resources SET last_result=?, last_action=?, last_run=?, last_at=? WHERE id=?",
+                [(row[3], row[2], run_id, now, row[1]) for row in rows],
+            )
+
     def _insert_outbox(self, db: sqlite3.Connection, item: OutboxItem, run_id: str, now: float):
         held = item.timing == "delayed"
         dedup = f"{item.target}\x1f{item.resource}\x1f{item.action}" if held else None

@@ -63,7 +63,6 @@ class _Recorder:
         self.store = store
         self.run_id = run_id
         self.batch: list[tuple] = []
-        self._batch_fn = getattr(store, "record_results", None)
 
     def record(self, seq, rid, action, result, duration, error, output, outbox) -> None:
         if result == "up_to_date" and not outbox and not error:
@@ -80,28 +79,7 @@ class _Recorder:
         if not self.batch:
             return
         batch, self.batch = self.batch, []
-        if self._batch_fn is not None:
-            self._batch_fn(self.run_id, batch)
-            return
-        _record_batch(self.store, self.run_id, batch)
-
-
-def _record_batch(store: Store, run_id: str, batch: list[tuple]) -> None:
-    """Up-to-date results in one transaction.
-
-    The store has no batch API yet (Store.record_results is proposed); until it has, this
-    writes the same rows record_result would, through the store's own transaction helper.
-    """
-    now = time.time()
-    with store._tx() as db:
-        db.executemany(
-            "INSERT OR REPLACE INTO run_resources VALUES (?,?,?,?,?,?,?,?)",
-            [(run_id, *row) for row in batch],
-        )
-        db.executemany(
-            "UPDATE resources SET last_result=?, last_action=?, last_run=?, last_at=? WHERE id=?",
-            [(row[3], row[2], run_id, now, row[1]) for row in batch],
-        )
+        self.store.record_results(self.run_id, batch)
 
 
 class _Run:
