@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.listen and key is None and not args.insecure:
         return _fail(f"--listen {args.listen} needs a flock key: make one with `flock keygen` "
                      "and pass --key-file (or set FLOCK_KEY_FILE), or say --insecure")
+    os.environ["FLOCK_NODE"] = args.name  # recipes and their commands can tell where they run
     from flock_node.agent import AgentConfig, run_agent
     from flock_node.transport import tcp_addresses
 
