@@ -1,0 +1,234 @@
+"""Membership as a pure state machine: heartbeats, departures, disconnects and a clock in,
+member states out. No sockets, no wall clock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership
+
+
+@dataclass
+class HB:
+    node: str
+    incarnation: int = 1
+    bus: str = "ipc:///x.bus"
+    rpc: str = "ipc:///x.rpc"
+    interval: float = 1.0
+    tags: list[str] = field(default_factory=list)
+
+
+def state(m: Membership, name: str) -> str | None:
+    x = m.get(name)
+    return x.state if x else None
+
+
+def test_alive_suspect_down_by_missed_heartbeats():
+    m = Membership("me")
+    t = m.heartbeat(HB("a"), 0.0)
+    assert [(x.old, x.new, x.reason) for x in t] == [(None, ALIVE, "joined")]
+    assert m.tick(2.99) == [] and state(m, "a") == ALIVE
+    t = m.tick(3.0)
+    assert [(x.old, x.new) for x in t] == [(ALIVE, SUSPECT)]
+    assert m.tick(9.9) == [] and state(m, "a") == SUSPECT
+    t = m.tick(10.0)
+    assert [(x.old, x.new) for x in t] == [(SUSPECT, DOWN)]
+    assert m.tick(100.0) == [] and state(m, "a") == DOWN
+
+
+def test_intervals_scale_with_the_senders_heartbeat():
+    m = Membership("me")
+    m.heartbeat(HB("a", interval=0.5), 0.0)
+    m.tick(1.49)
+    assert state(m, "a") == ALIVE
+    m.tick(1.5)
+    assert state(m, "a") == SUSPECT
+    m.tick(5.0)
+    assert state(m, "a") == DOWN
+
+
+def test_disconnect_is_suspect_at_once_then_down_after_two_intervals():
+    m = Membership("me")
+    m.heartbeat(HB("a"), 0.0)
+    t = m.disconnected("a", 0.5)
+    assert [(x.old, x.new, x.reason) for x in t] == [(ALIVE, SUSPECT, "connection closed")]
+    assert m.tick(2.4) == [] and state(m, "a") == SUSPECT
+    t = m.tick(2.5)
+    assert [(x.old, x.new) for x in t] == [(SUSPECT, DOWN)]
+
+
+def test_disconnect_then_back_in_time_stays_alive():
+    m = Membership("me")
+    m.heartbeat(HB("a"), 0.0)
+    m.disconnected("a", 0.5)
+    t = m.heartbeat(HB("a"), 1.0)
+    assert [(x.old, x.new, x.reason) for x in t] == [(SUSPECT, ALIVE, "heartbeat resumed")]
+    assert m.tick(3.0) == [] and state(m, "a") == ALIVE
+    assert m.get("a").disconnected_at is None
+
+
+def test_heartbeat_brings_back_suspect_and_down():
+    m = Membership("me")
+    m.heartbeat(HB("a"), 0.0)
+    m.tick(3.0)
+    assert state(m, "a") == SUSPECT
+    m.heartbeat(HB("a"), 3.5)
+    assert state(m, "a") == ALIVE
+    m.tick(20.0)
+    assert state(m, "a") == DOWN
+    t = m.heartbeat(HB("a"), 21.0)
+    assert [(x.old, x.new) for x in t] == [(DOWN, ALIVE)]
+
+
+def test_leave_is_final_for_that_incarnation():
+    m = Membership("me")
+    m.heartbeat(HB("a", 3), 0.0)
+    assert m.leave("a", 2, 0.1) == []  # an old incarnation's goodbye
+    t = m.leave("a", 3, 0.2)
+    assert [(x.old, x.new) for x in t] == [(ALIVE, LEFT)]
+    assert m.leave("a", 3, 0.3) == []
+    assert m.heartbeat(HB("a", 3), 0.4) == []  # a late heartbeat does not resurrect it
+    assert m.tick(100.0) == [] and state(m, "a") == LEFT
+    assert m.disconnected("a", 100.0) == []
+    t = m.heartbeat(HB("a", 4), 101.0)
+    assert [(x.old, x.new, x.reason) for x in t] == [(LEFT, ALIVE, "restarted")]
+
+
+def test_leave_of_unknown_is_ignored():
+    assert Membership("me").leave("ghost", 1, 0.0) == []
+    assert Membership("me").disconnected("ghost", 0.0) == []
+
+
+def test_higher_incarnation_replaces_lower_is_ignored():
+    m = Membership("me")
+    m.heartbeat(HB("a", 5, bus="ipc:///old", tags=["x"]), 0.0)
+    m.disconnected("a", 1.0)
+    t = m.heartbeat(HB("a", 6, bus="ipc:///new"), 1.5)
+    assert [(x.old, x.new, x.reason) for x in t] == [(SUSPECT, ALIVE, "restarted")]
+    a = m.get("a")
+    assert (a.incarnation, a.bus, a.tags, a.disconnected_at) == (6, "ipc:///new", [], None)
+    assert m.heartbeat(HB("a", 5, bus="ipc:///old"), 2.0) == []
+    assert m.get("a").bus == "ipc:///new" and m.get("a").last_seen == 1.5
+
+
+def test_own_name_is_ignored():
+    m = Membership("me")
+    assert m.heartbeat(HB("me"), 0.0) == []
+    assert m.get("me") is None and m.members() == []
+
+
+def test_match_by_glob_and_tag():
+    m = Membership("me")
+    m.heartbeat(HB("web-1", tags=["web", "eu"]), 0.0)
+    m.heartbeat(HB("web-2", tags=["web"]), 0.0)
+    m.heartbeat(HB("db-1", tags=["db", "eu"]), 0.0)
+    m.heartbeat(HB("web-3", tags=["web"]), 0.0)
+    m.leave("web-3", 1, 0.1)
+    assert m.match("web-*") == ["web-1", "web-2"]
+    assert m.match("web-*", include_gone=True) == ["web-1", "web-2", "web-3"]
+    assert m.match(tag="eu") == ["db-1", "web-1"]
+    assert m.match("web-*", tag="eu") == ["web-1"]
+    assert m.match("db-1") == ["db-1"]
+    assert m.match("nope*") == []
+    assert m.match() == ["db-1", "web-1", "web-2"]
+    assert [x.name for x in m.members()] == ["db-1", "web-1", "web-2", "web-3"]
+    m.forget("db-1")
+    assert m.match(tag="eu") == ["web-1"]
+
+
+# --- a model-based check ------------------------------------------------------------------
+
+NAMES = ["a", "b", "c"]
+
+
+class MembershipMachine(RuleBasedStateMachine):
+    """Drive Membership with random events; a tiny independent model predicts each state."""
+
+    def __init__(self):
+        super().__init__()
+        self.m = Membership("me")
+        self.now = 0.0
+        # model: name → dict(inc, state, last, disc)
+        self.model: dict[str, dict] = {}
+
+    def _expect_tick(self) -> None:
+        for x in self.model.values():
+            if x["state"] in (LEFT, DOWN):
+                continue
+            silent = self.now - x["last"]
+            if x["disc"] is not None and self.now - x["disc"] >= 2:
+                x["state"] = DOWN
+            elif silent >= 10:
+                x["state"] = DOWN
+            elif x["state"] == ALIVE and silent >= 3:
+                x["state"] = SUSPECT
+
+    @rule(dt=st.floats(min_value=0, max_value=4))
+    def advance(self, dt):
+        self.now += dt
+        ts = self.m.tick(self.now)
+        before = {n: x["state"] for n, x in self.model.items()}
+        self._expect_tick()
+        for t in ts:
+            assert t.old == before[t.name] and t.new == self.model[t.name]["state"]
+
+    @rule(name=st.sampled_from(NAMES + ["me"]), bump=st.integers(min_value=-1, max_value=1))
+    def heartbeat(self, name, bump):
+        x = self.model.get(name)
+        inc = max(1, (x["inc"] if x else 1) + bump)
+        self.m.heartbeat(HB(name, inc), self.now)
+        if name == "me":
+            return
+        if x is None or inc > x["inc"]:
+            self.model[name] = {"inc": inc, "state": ALIVE, "last": self.now, "disc": None}
+        elif inc == x["inc"] and x["state"] != LEFT:
+            x.update(state=ALIVE, last=self.now, disc=None)
+
+    @rule(name=st.sampled_from(NAMES))
+    def leave(self, name):
+        x = self.model.get(name)
+        inc = x["inc"] if x else 1
+        self.m.leave(name, inc, self.now)
+        if x is not None:
+            x["state"] = LEFT
+
+    @precondition(lambda self: self.model)
+    @rule(name=st.sampled_from(NAMES))
+    def disconnect(self, name):
+        self.m.disconnected(name, self.now)
+        x = self.model.get(name)
+        if x is not None and x["state"] not in (LEFT, DOWN):
+            x["disc"] = self.now
+            if x["state"] == ALIVE:
+                x["state"] = SUSPECT
+
+    @invariant()
+    def states_agree(self):
+        for name, x in self.model.items():
+            got = self.m.get(name)
+            assert got is not None
+            assert (got.state, got.incarnation) == (x["state"], x["inc"]), name
+        assert self.m.get("me") is None
+        live = sorted(n for n, x in self.model.items() if x["state"] in (ALIVE, SUSPECT))
+        assert self.m.match("*") == live
+
+
+MembershipMachine.TestCase.settings = settings(
+    max_examples=150, stateful_step_count=40, deadline=None
+)
+test_membership_machine = MembershipMachine.TestCase
+
+
+@given(st.lists(st.tuples(st.sampled_from(NAMES), st.integers(1, 5)), min_size=1, max_size=30))
+def test_incarnation_never_goes_backwards(beats):
+    m = Membership("me")
+    top: dict[str, int] = {}
+    for i, (name, inc) in enumerate(beats):
+        m.heartbeat(HB(name, inc), float(i))
+        top[name] = max(top.get(name, 0), inc)
+        assert m.get(name).incarnation == top[name]
+        assert m.get(name).state == ALIVE
