@@ -122,6 +122,8 @@ _body_enc = msgspec.msgpack.Encoder()
 _body_dec = msgspec.msgpack.Decoder(Message)
 _env_enc = msgspec.msgpack.Encoder()
 _env_dec = msgspec.msgpack.Decoder(Envelope)
+# msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 in a str field.
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
 
 
 def _mac(key: bytes, v: int, sender: str, ts: float, nonce: bytes, body: bytes) -> bytes:
@@ -168,7 +170,7 @@ class Codec:
             raise FrameError("oversize", f"{len(frame)} bytes")
         try:
             env = _env_dec.decode(frame)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except _DECODE_ERRORS as e:
             raise FrameError("malformed", str(e)) from None
         if env.v != PROTOCOL_VERSION:
             raise FrameError("version", f"protocol {env.v}, expected {PROTOCOL_VERSION}")
@@ -189,7 +191,7 @@ class Codec:
             self._remember(env.nonce, now)
         try:
             msg = _body_dec.decode(env.body)
-        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        except _DECODE_ERRORS as e:
             raise FrameError("malformed", str(e)) from None
         return env, msg
 
@@ -199,7 +201,7 @@ class Codec:
         try:
             env = _env_dec.decode(frame)
             req = _body_dec.decode(env.body)
-        except (msgspec.DecodeError, msgspec.ValidationError):
+        except _DECODE_ERRORS:
             return None
         if not isinstance(req, Request):
             return None

@@ -202,6 +202,10 @@ class Bus:
             except FrameError as e:
                 log.debug("bus frame dropped: %s", e)
                 continue
+            except Exception:  # a decoder bug must not end the receive loop
+                log.exception("bus frame dropped")
+                self.codec.dropped["malformed"] = self.codec.dropped.get("malformed", 0) + 1
+                continue
             try:
                 self.on_message(env, body, msg.pipe.id if msg.pipe else 0)
             except Exception:
@@ -261,7 +265,13 @@ class RpcServer:
             except pynng.NNGException as e:
                 log.debug("rpc receive: %s", e)
                 continue
-            reply = await self._answer(frame)
+            try:
+                reply = await self._answer(frame)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bad frame must not end this context's loop
+                log.exception("rpc frame dropped")
+                reply = None
             if reply is None:
                 # Dropped: Rep0 needs a send before the next receive on this context, and a
                 # silent peer is what a bad frame deserves. A fresh context resets it.

@@ -286,3 +286,20 @@ def test_key_files(tmp_path):
     empty.write_text("")
     with pytest.raises(ValueError):
         load_key(empty)
+
+
+def test_invalid_utf8_is_malformed_not_a_crash():
+    # msgspec raises UnicodeDecodeError for a bad str; it must become a FrameError.
+    frame = bytearray(Codec(KEY, "a").encode(Leave("0", 0)))
+    frame[2] ^= 2  # sender length 1 → 3: the str now swallows the float marker 0xcb
+    for key in (KEY, None):
+        rx = Codec(key, "b")
+        with pytest.raises(FrameError) as ei:
+            rx.decode(bytes(frame))
+        assert ei.value.reason == "malformed"
+        assert rx.refusal(bytes(frame), "x") is None
+    body = b"\x82\xa4type\xa5leave\xa4node\xa2\xc3\x28"  # node: invalid UTF-8
+    env = Envelope(1, "a", time.time(), os.urandom(12), body, b"")
+    with pytest.raises(FrameError) as ei:
+        Codec(None, "b").decode(msgspec.msgpack.encode(env))
+    assert ei.value.reason == "malformed"
