@@ -130,7 +130,7 @@ class Ctx:
     def emit_json(self, obj: Any) -> None:
         self.print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
-    def call(self, node: str, actor: str, method: str, **kw: Any) -> Any:
+    def call(self, node: str, actor: str, method: str, /, **kw: Any) -> Any:
         try:
             return self.flock.call(node, actor, method, kw)
         except RpcError as e:

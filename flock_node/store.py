@@ -408,7 +408,8 @@ class Store:
     def outbox_delivered(self, nid: str) -> None:
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET status='delivered', done_at=?, last_error=NULL WHERE id=?",
+                "UPDATE outbox SET status='delivered', done_at=?, last_error=NULL, "
+                "attempts=attempts+1 WHERE id=?",
                 (time.time(), nid),
             )
 
@@ -416,7 +417,8 @@ class Store:
         """Refused by the receiver (unknown resource, hop limit...): final, no retry."""
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET status='failed', done_at=?, last_error=? WHERE id=?",
+                "UPDATE outbox SET status='failed', done_at=?, last_error=?, "
+                "attempts=attempts+1 WHERE id=?",
                 (time.time(), error, nid),
             )
 
