@@ -354,13 +354,20 @@ def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
         raise RpcError("bad_response", "answer does not match the call")
     if not msg.ok:
         err = msg.error or Error("internal", "no error given")
+        if err.code == "unauthorized":  # the node refused our frame: say what to check
+            raise RpcError(err.code, "the node and this client do not share the same flock key "
+                           f"(check --key-file / FLOCK_KEY_FILE / --insecure): {err.message}")
         raise RpcError(err.code, err.message)
     return msg.result
 
 
-def _check_reachable(addr: str) -> None:
+def _check_reachable(addr: str, connected: bool = False) -> None:
+    """Fail fast on a local node that is gone instead of waiting out the timeout (a socket
+    file left behind by `kill -9` refuses connections)."""
     path = ipc_path(addr)
-    if path is not None and not os.path.exists(path):
+    if path is None or connected:
+        return
+    if not os.path.exists(path) or not ipc_alive(path):
         raise RpcError("unreachable", f"no agent listening at {addr}")
 
 
@@ -390,8 +397,8 @@ class SyncRpc:
     def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
         timeout = self.timeout if timeout is None else timeout
-        _check_reachable(addr)
         sock = self._sock(addr, timeout)
+        _check_reachable(addr, bool(sock.pipes))
         call_id, frame = _request(self.codec, actor, method, args or {})
         ctx = sock.new_context()
         try:
@@ -436,8 +443,8 @@ class AsyncRpc:
     async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
                    timeout: float | None = None) -> Any:
         timeout = self.timeout if timeout is None else timeout
-        _check_reachable(addr)
         sock = self._sock(addr)
+        _check_reachable(addr, bool(sock.pipes))
         call_id, frame = _request(self.codec, actor, method, args or {})
         ctx = sock.new_context()
         try:
