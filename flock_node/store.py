@@ -485,6 +485,28 @@ class Store:
             out.append(d)
         return out
 
+    def inbox_recover(self) -> list[dict[str, Any]]:
+        """After a restart: the pending notifications to run again.
+
+        A reaction killed after its action was recorded (the action's result and its outbox
+        rows commit together) but before the inbox row was closed must not run twice: close
+        it from that record. Only one killed before its action was recorded runs again.
+        """
+        todo = []
+        for n in self.inbox_pending():
+            r = self._one(
+                "SELECT runs.id, rr.result, rr.error FROM runs JOIN run_resources rr "
+                "ON rr.run_id = runs.id AND rr.seq = 1 WHERE runs.kind = 'reaction' "
+                "AND json_extract(runs.cause, '$.notification') = ? "
+                "ORDER BY runs.started DESC LIMIT 1",
+                (n["id"],),
+            )
+            if r is None:
+                todo.append(n)
+            else:
+                self.inbox_done(n["id"], r["id"], r["result"] != "failed", r["error"])
+        return todo
+
     def inbox_done(self, nid: str, run_id: str | None, ok: bool, error: str | None) -> None:
         with self._tx() as db:
             db.execute(
