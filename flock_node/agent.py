@@ -143,7 +143,7 @@ class Agent:
         if interrupted:
             log.warning("closed %d run(s) interrupted by the last stop", len(interrupted))
         await self._compile_at_start()
-        for n in self.store.inbox_pending():
+        for n in self.store.inbox_recover():
             self._enqueue_reaction(n)
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
