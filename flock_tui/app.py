@@ -167,11 +167,14 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         t = self.query_one(FlockTable)
-        widths = {"mark": 1, "state": 7, "activity": 34, "last": 30, "pending": 6}
+        widths = {"mark": 1, "state": 7, "activity": 32, "last": 28, "pending": 6}
         for key, label in COLUMNS:
             t.add_column(label, key=key, width=widths.get(key))
         t.focus()
         self.flock_app.main_mounted()
+
+    def on_unmount(self) -> None:
+        self.flock_app.ready = False
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         return self.flock_app.allowed(action, parameters)
@@ -270,6 +273,7 @@ class FlockApp(App[int]):
         self.read_only = bool(getattr(args, "read_only", False))
         self.connect_enabled = connect
         self.config_error: str | None = None
+        self.config_from_file = config is None
         if config is None:
             try:
                 config = macros_mod.load_config(builtin_keys=builtin_keys())
@@ -318,7 +322,7 @@ class FlockApp(App[int]):
         self.push_screen(self.main)
         if self.config_error:
             self.log_error(f"console.toml: {self.config_error} (macros disabled)")
-        elif self.macros:
+        elif self.macros and self.config_from_file:
             self.log_line(Text(f"{len(self.macros)} macro(s) from {paths.console_config()}",
                                style=self.styles_.muted))
         self.set_interval(FLUSH_INTERVAL, self.flush)
@@ -351,22 +355,20 @@ class FlockApp(App[int]):
         await self.close_connections()
 
     async def close_connections(self) -> None:
+        # Cancel the receivers before closing their sockets (pynng #108).
+        for w in list(self.workers):
+            if w.group == "poll":
+                w.cancel()
+        await asyncio.sleep(0)
         if self.bus is not None:
             bus, self.bus = self.bus, None
-            task = getattr(bus, "_task", None)
-            if task is not None:
-                task.cancel()
-                try:
-                    await task
-                except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                    pass
             try:
-                bus.sock.close()
-            except Exception:  # noqa: BLE001
+                await asyncio.wait_for(bus.close(), 2.0)
+            except Exception:  # noqa: BLE001 - closing anyway
                 pass
         if self.flock is not None:
-            self.flock.close()
-            self.flock = None
+            flock, self.flock = self.flock, None
+            flock.close()
 
     # -- connection and polling -----------------------------------------------------------------
     async def poll_loop(self) -> None:
@@ -477,6 +479,8 @@ class FlockApp(App[int]):
         return self.main.query_one(FlockTable)
 
     def cursor_node(self) -> str | None:
+        if not self.ready:
+            return None
         t = self.table
         if not t.row_count:
             return None
@@ -651,7 +655,10 @@ class FlockApp(App[int]):
                 if isinstance(scr, NodeScreen) and scr.node == node:
                     scr.add_event(line)
         if self.ready:
-            self.main.query_one("#log", RichLog).write(line)
+            try:
+                self.main.query_one("#log", RichLog).write(line)
+            except Exception:  # noqa: BLE001 - shutting down
+                pass
         else:
             self.pending_log.append(line)
 

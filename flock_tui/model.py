@@ -87,7 +87,7 @@ def last_run_text(lr: dict[str, Any] | None, now: float, st: Styles) -> Text:
     t.append(f" {duration(lr.get('duration'))}", style=st.muted)
     t.append(f" {lr.get('updated', 0)} upd")
     if lr.get("kind") == "reaction":
-        t.append(" (reaction)", style=st.muted)
+        t.append(" ↺", style=st.muted)
     return t
 
 

@@ -203,7 +203,8 @@ class Wizard(ModalScreen[dict | None]):
             m = Matcher(query)
             scored = [(m.match(label), v, label) for v, label in self.all_options]
             hits = sorted((s for s in scored if s[0] > 0), key=lambda s: -s[0])
-            opts.add_options([Option(m.highlight(label), id=v) for _, v, label in hits])
+            opts.add_options([Option(_highlight(m, query, label), id=v)
+                              for _, v, label in hits])
         else:
             opts.add_options([Option(Text(label), id=v) for v, label in self.all_options])
         if opts.option_count:
@@ -273,6 +274,18 @@ class Wizard(ModalScreen[dict | None]):
             self.app.log_error(f"{self.title_text}: {err_text(e)}")  # type: ignore[attr-defined]
             return
         self.dismiss({**self.choices, "result": result})
+
+
+def _highlight(m: Matcher, query: str, label: str) -> Text:
+    """Matcher.highlight parses markup, and labels hold `[`...`]`: highlight plain Text."""
+    t = Text(label)
+    try:
+        _score, offsets = m.fuzzy_search.match(query, label)
+    except Exception:  # noqa: BLE001 - no highlight then
+        return t
+    for o in offsets:
+        t.stylize("bold reverse", o, o + 1)
+    return t
 
 
 # --- node screen -----------------------------------------------------------------------------
