@@ -361,13 +361,9 @@ def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
     return msg.result
 
 
-def _check_reachable(addr: str, connected: bool = False) -> None:
-    """Fail fast on a local node that is gone instead of waiting out the timeout (a socket
-    file left behind by `kill -9` refuses connections)."""
+def _check_reachable(addr: str) -> None:
     path = ipc_path(addr)
-    if path is None or connected:
-        return
-    if not os.path.exists(path) or not ipc_alive(path):
+    if path is not None and not os.path.exists(path):
         raise RpcError("unreachable", f"no agent listening at {addr}")
 
 
@@ -382,23 +378,37 @@ class SyncRpc:
 
     def _sock(self, addr: str, timeout: float) -> pynng.Req0:
         key = (addr, timeout)
+        local = ipc_path(addr) is not None
         with self._lock:
             s = self._socks.get(key)
+            if s is not None and local and not s.pipes:
+                # The local node went away (kill -9, restart): dial afresh, below.
+                self._socks.pop(key).close()
+                s = None
             if s is None:
                 s = pynng.Req0(recv_max_size=MAX_FRAME)
                 # Timeouts before contexts: a context copies them when it is created.
                 s.recv_timeout = int(timeout * 1000)
                 s.send_timeout = int(timeout * 1000)
                 s.resend_time = int(max(timeout, 1.0) * 1000)
-                s.dial(addr, block=False)
+                if local:
+                    # A blocking ipc dial fails at once when nobody listens (a socket file
+                    # left by kill -9), instead of the call waiting out its timeout.
+                    try:
+                        s.dial(addr, block=True)
+                    except pynng.NNGException as e:
+                        s.close()
+                        raise RpcError("unreachable", f"no agent listening at {addr} ({e})") from None
+                else:
+                    s.dial(addr, block=False)
                 self._socks[key] = s
             return s
 
     def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
              timeout: float | None = None) -> Any:
         timeout = self.timeout if timeout is None else timeout
+        _check_reachable(addr)
         sock = self._sock(addr, timeout)
-        _check_reachable(addr, bool(sock.pipes))
         call_id, frame = _request(self.codec, actor, method, args or {})
         ctx = sock.new_context()
         try:
@@ -443,8 +453,8 @@ class AsyncRpc:
     async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
                    timeout: float | None = None) -> Any:
         timeout = self.timeout if timeout is None else timeout
+        _check_reachable(addr)
         sock = self._sock(addr)
-        _check_reachable(addr, bool(sock.pipes))
         call_id, frame = _request(self.codec, actor, method, args or {})
         ctx = sock.new_context()
         try:
