@@ -1,0 +1,105 @@
+"""Write the README screenshots: drive the console against a demo flock (`make screenshots`)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from flock_node.cli import build_parser  # noqa: E402
+from flock_tui.app import FlockApp  # noqa: E402
+from flock_tui.demo import DemoFlock  # noqa: E402
+from flock_tui.macros import ConsoleConfig, Macro  # noqa: E402
+from flock_tui.screens import NodeScreen, Wizard  # noqa: E402
+
+OUT = ROOT / "screenshots"
+SIZE = (140, 40)
+MACROS = ConsoleConfig(macros=[
+    Macro(name="deploy-web", key="D", description="converge the web nodes, wait until idle",
+          steps=["run-chef bender1 --wait", "wait-until web-* idle --timeout 600",
+                 "run-chef bender2 --wait"]),
+    Macro(name="probe", key="p", description="is the cursor node busy?",
+          steps=["active {node}"]),
+])
+
+
+async def until(pilot, cond, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except Exception:  # noqa: BLE001 - not yet
+            pass
+        await pilot.pause(0.05)
+    raise RuntimeError("screenshot script: timed out waiting for the console")
+
+
+async def shoot(demo: DemoFlock) -> None:
+    args = build_parser().parse_args(["--runtime-dir", str(demo.runtime_dir), "--insecure"])
+    app = FlockApp(args, config=MACROS)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: len(app.shown) == len(demo.names))
+        await until(pilot, lambda: not any(m.get("active") for m in app.view.members.values()))
+        await pilot.pause(0.5)
+        t = app.table
+        t.move_cursor(row=t.get_row_index("bender1"))
+        await pilot.press("space")
+        t.move_cursor(row=t.get_row_index("bender0"))
+        await pilot.pause(0.3)
+        app.save_screenshot(str(OUT / "flock-table.svg"))
+
+        t.move_cursor(row=t.get_row_index("bender1"))
+        await pilot.pause(0.1)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, NodeScreen))
+        scr = app.screen
+        await until(pilot, lambda: scr.query_one("#node-runs").row_count >= 2
+                    and scr.query_one("#node-subs").row_count >= 1)
+        runs = scr.query_one("#node-runs")
+        runs.move_cursor(row=next(i for i, k in enumerate(runs.rows) if scr.history[k.value].get(
+            "cause")))
+        await pilot.pause(1.0)
+        app.save_screenshot(str(OUT / "node-screen.svg"))
+        await pilot.press("escape")
+        await until(pilot, lambda: not isinstance(app.screen, NodeScreen))
+
+        t.move_cursor(row=t.get_row_index("bender2"))
+        await pilot.press("s")
+        await until(pilot, lambda: isinstance(app.screen, Wizard) and app.screen.all_options)
+        wiz = app.screen
+        await pilot.press(*"gated", "enter")
+        await until(pilot, lambda: wiz.index == 1 and wiz.all_options)
+        await pilot.press(*"bndr0")
+        await pilot.pause(0.3)
+        app.save_screenshot(str(OUT / "subscription-wizard.svg"))
+        await pilot.press("escape", "escape")
+        await until(pilot, lambda: not isinstance(app.screen, Wizard))
+
+        await pilot.press("D")
+        await until(pilot, lambda: app.macro_state is not None and app.macro_state[1] >= 1)
+        await pilot.pause(1.0)
+        app.save_screenshot(str(OUT / "macro-running.svg"))
+        await pilot.press("escape")
+        await until(pilot, lambda: app.macro_state is None)
+
+
+def main() -> int:
+    OUT.mkdir(exist_ok=True)
+    root = Path(tempfile.mkdtemp(prefix="flock-shots-"))
+    os.environ["FLOCK_CONFIG_DIR"] = str(root / "config")
+    with DemoFlock(3, root=root) as demo:
+        asyncio.run(shoot(demo))
+    for name in ("flock-table", "node-screen", "subscription-wizard", "macro-running"):
+        print(f"wrote {OUT / name}.svg")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
