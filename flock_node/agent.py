@@ -242,7 +242,12 @@ class Agent:
             self.bus.send(self.heartbeat_msg())
             for t in self.membership.tick(time.monotonic()):
                 self._transition(t)
-            await asyncio.sleep(self.cfg.heartbeat)
+            # Tick between heartbeats too: a silent peer turns suspect within a quarter
+            # interval of its deadline (3 intervals), not up to a whole interval late.
+            for _ in range(4):
+                await asyncio.sleep(self.cfg.heartbeat / 4)
+                for t in self.membership.tick(time.monotonic()):
+                    self._transition(t)
 
     def _discover(self) -> None:
         for seed in self.cfg.seeds:
