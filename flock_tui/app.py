@@ -25,6 +25,7 @@ from textual.binding import Binding
 from textual.color import Color
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal
+from textual.coordinate import Coordinate
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, ProgressBar, RichLog, Static
 from textual.worker import Worker, get_current_worker
@@ -433,9 +434,12 @@ class FlockApp(App[int]):
         if isinstance(msg, Heartbeat):
             from flock_tui.model import merge_heartbeat
 
-            before = members.get(msg.node, {}).get("state")
-            merge_heartbeat(members, msg)
-            self.view.dirty.add(msg.node)
+            old = members.get(msg.node)
+            before = old.get("state") if old else None
+            snapshot = dict(old) if old else None
+            m = merge_heartbeat(members, msg)
+            if m != snapshot:  # idle nodes beat without changing anything
+                self.view.dirty.add(msg.node)
             if before is None:
                 self.log_line(change_text(_change(msg.node, None, "alive"), self.styles_),
                               msg.node)
@@ -502,18 +506,21 @@ class FlockApp(App[int]):
             return
         now = self.clock()
         names: Iterable[str]
-        if self._force_all or now - self._last_ago >= 1.0:
-            # "5s ago" moves every second: revisit every row once a second.
+        t = self.table
+        if self._force_all:
             names = set(self.view.members) | set(self.shown)
-            self._last_ago = now
             self._force_all = False
             self.view.dirty.clear()
+        elif now - self._last_ago >= 1.0:
+            # "5s ago" moves every second: revisit the rows on screen once a second.
+            names = self.view.dirty | self._visible_rows(t)
+            self._last_ago = now
+            self.view.dirty = set()
         elif self.view.dirty:
             names = self.view.dirty
             self.view.dirty = set()
         else:
             return
-        t = self.table
         changed = False
         added = False
         st = self.styles_
@@ -549,6 +556,18 @@ class FlockApp(App[int]):
         t.display = bool(self.shown)
         if not self.shown:
             self.main.query_one("#empty", Static).update(self.empty_message())
+
+    @staticmethod
+    def _visible_rows(t: DataTable) -> set[str]:
+        first = max(0, int(t.scroll_y) - 2)
+        last = min(t.row_count, first + t.size.height + 4)
+        out = set()
+        for i in range(first, last):
+            try:
+                out.add(t.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value)
+            except Exception:  # noqa: BLE001 - rows changed meanwhile
+                break
+        return out
 
     def empty_message(self) -> Text:
         if self.filter and self.view.members:
