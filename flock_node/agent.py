@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -76,6 +77,9 @@ class Job:
     done: asyncio.Future | None = None
 
 
+DELIVERY_BATCH = 128  # notifications per notify_batch call
+
+
 class BadRequest(Exception):
     pass
 
@@ -100,6 +104,9 @@ class Agent:
         self._queue: list[Job] = []
         self._current: Job | None = None
         self._progress: RunProgress | None = None
+        self._last_prompt = 0.0
+        self._no_batch: set[str] = set()  # targets that do not know notify_batch
+        self._prompt_timer: asyncio.TimerHandle | None = None
         self._wake_work = asyncio.Event()
         self._wake_outbox = asyncio.Event()
         self._wake_subs = asyncio.Event()
@@ -181,6 +188,8 @@ class Agent:
         with contextlib.suppress(Exception):
             self.bus.send(Leave(self.name, self.incarnation))
             await asyncio.sleep(0.05)  # let the goodbye leave the socket buffers
+        if self._prompt_timer is not None:
+            self._prompt_timer.cancel()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -283,7 +292,8 @@ class Agent:
     def _transition(self, t: Transition) -> None:
         log.info("%s: %s → %s (%s)", t.name, t.old or "new", t.new, t.reason)
         if t.new == ALIVE:
-            self._wake_outbox.set()  # someone came (back): retry what waits for it
+            self.store.outbox_due_now(t.name)  # someone came (back): retry what waits for it
+            self._wake_outbox.set()
             self._wake_subs.set()
         if t.new in (DOWN, LEFT):
             m = self.membership.get(t.name)
@@ -330,7 +340,7 @@ class Agent:
             self._progress = RunProgress(job.run_id, job.kind, started=time.time())
             self.emit("run_started", run=job.run_id, kind=job.kind,
                       cause=_cause(job.notification))
-            self.bus.send(self.heartbeat_msg())
+            self._prompt_heartbeat()
             try:
                 result = await loop.run_in_executor(self._executor, self._execute, job)
             except Exception as e:  # never leave `active` stuck on a bug
@@ -341,12 +351,28 @@ class Agent:
                 self._progress = None
             self.emit("run_finished", run=job.run_id, kind=job.kind, status=result.get("status"),
                       error=result.get("error"), updated=result.get("updated", 0))
-            self.bus.send(self.heartbeat_msg())
+            self._prompt_heartbeat()
             self._wake_outbox.set()
             self._wake_subs.set()
             if self._stopping.is_set():
                 self._stopped.set()
                 return
+
+    def _prompt_heartbeat(self) -> None:
+        """Tell the flock about a start or end of run now, but at most every 50 ms: a stream
+        of reactions must not become a stream of heartbeats. The last state always goes out."""
+        now = time.monotonic()
+        if now - self._last_prompt >= 0.05:
+            self._last_prompt = now
+            self.bus.send(self.heartbeat_msg())
+        elif self._prompt_timer is None:
+            def fire() -> None:
+                self._prompt_timer = None
+                self._last_prompt = time.monotonic()
+                self.bus.send(self.heartbeat_msg())
+
+            self._prompt_timer = asyncio.get_running_loop().call_later(
+                0.05 - (now - self._last_prompt), fire)
 
     def _execute(self, job: Job) -> dict[str, Any]:
         from flock_node.engine import RunContext
@@ -354,7 +380,8 @@ class Agent:
         def progress(k: int, n: int, rid: str) -> None:
             self._progress = RunProgress(job.run_id, job.kind, rid, k, n,
                                          self._progress.started if self._progress else 0)
-            self.emit("run_progress", run=job.run_id, resource=rid, k=k, n=n)
+            if job.kind == "converge":  # a reaction's single step is its run_started
+                self.emit("run_progress", run=job.run_id, resource=rid, k=k, n=n)
 
         if job.kind == "converge":
             ctx = RunContext(job.run_id, "converge", progress=progress, stop=self._stopping)
@@ -395,6 +422,44 @@ class Agent:
     async def _deliver_to(self, target: str, items: list[dict]) -> None:
         addr = self._resolve_addr(target)
         m = self.membership.get(target)
+        down = m is not None and m.state in (DOWN, LEFT)
+        # A backlog goes in batches: one call and one commit on each side per batch, in order.
+        while (len(items) > 1 and addr is not None and target not in self._no_batch
+               and not (down and items[0]["attempts"] > 0)):
+            chunk = items[:DELIVERY_BATCH]
+            try:
+                answers = await self.rpc.call(addr, "resource_manager", "notify_batch", {
+                    "items": [{
+                        "id": it["id"], "sender": self.name, "resource": it["resource"],
+                        "action": it["action"], "hops": it["hops"], "cause": it["cause"],
+                    } for it in chunk]}, timeout=5.0)
+            except RpcError as e:
+                if delivery.is_final(e.code) or e.code == "unknown_method":
+                    self._no_batch.add(target)  # an older node: one by one
+                    break
+                self._reschedule(target, items, e)
+                return
+            if not isinstance(answers, list) or len(answers) != len(chunk):
+                self._no_batch.add(target)
+                break
+            delivered, failed = [], []
+            for it, ans in zip(chunk, answers, strict=True):
+                err = ans.get("error") if isinstance(ans, dict) else None
+                if err:
+                    failed.append((it, RpcError(err.get("code", "bad_request"),
+                                                err.get("message", ""))))
+                else:
+                    delivered.append(it)
+            self.store.outbox_settle([it["id"] for it in delivered],
+                                     [(it["id"], f"{e.code}: {e.message}") for it, e in failed])
+            for it in delivered:
+                self.emit("notification_delivered", id=it["id"], target=target,
+                          resource=it["resource"], action=it["action"])
+            for it, e in failed:
+                log.error("notification %s to %s refused: %s", it["id"], target, e)
+                self.emit("notification_failed", id=it["id"], target=target,
+                          resource=it["resource"], action=it["action"], error=str(e))
+            items = items[len(chunk):]
         for i, item in enumerate(items):
             if addr is None:
                 err = RpcError("unknown_node", f"node {target!r} is not known in the flock (yet)")
@@ -420,16 +485,19 @@ class Agent:
                           resource=item["resource"], action=item["action"], error=str(err))
                 continue
             # Unreachable: reschedule this one and everything else queued for the same node.
-            for rest in items[i:]:
-                st = self.store.outbox_retry(
-                    rest["id"], f"{err.code}: {err.message}",
-                    time.time() + delivery.backoff(rest["attempts"]),
-                )
-                if st == "dead":
-                    log.error("notification %s to %s dead-lettered: %s", rest["id"], target, err)
-                    self.emit("notification_dead", id=rest["id"], target=target,
-                              resource=rest["resource"], action=rest["action"], error=str(err))
+            self._reschedule(target, items[i:], err)
             return
+
+    def _reschedule(self, target: str, items: list[dict], err: RpcError) -> None:
+        # One retry time for the whole queue of this target: per-item jitter would scramble
+        # the order in which its notifications arrive.
+        when = time.time() + delivery.backoff(items[0]["attempts"]) if items else 0.0
+        for rest in items:
+            st = self.store.outbox_retry(rest["id"], f"{err.code}: {err.message}", when)
+            if st == "dead":
+                log.error("notification %s to %s dead-lettered: %s", rest["id"], target, err)
+                self.emit("notification_dead", id=rest["id"], target=target,
+                          resource=rest["resource"], action=rest["action"], error=str(err))
 
     # -- subscriptions we hold on others -----------------------------------------------------
     async def _subscription_loop(self) -> None:
@@ -585,6 +653,53 @@ class Agent:
                       action=action)
         return {"id": nid, "accepted": True, "duplicate": not fresh}
 
+    async def rm_notify_batch(self, items: list) -> list[dict]:
+        """Many notifications from one sender in one call and one commit, in order; each
+        answered like `notify` (accepted/duplicate) or with its own error."""
+        if not isinstance(items, list):
+            raise BadRequest("items must be a list")
+        out: list[dict | None] = []
+        rows: list[tuple] = []
+        for it in items:
+            try:
+                if not isinstance(it, dict):
+                    raise BadRequest("each item must be a map")
+                nid, resource, action = it.get("id"), it.get("resource"), it.get("action")
+                if not all(isinstance(x, str) for x in (nid, resource, action)):
+                    raise BadRequest("id, resource and action must be strings")
+                hops = _int(it.get("hops", 1), "hops")
+                why = delivery.hop_refusal(hops)
+                if why:
+                    log.error("refused notification %s from %s: %s", nid, it.get("sender"), why)
+                    self.emit("notification_refused", id=nid, sender=it.get("sender"),
+                              resource=resource, action=action, error=why)
+                    raise RpcError("hop_limit", why)
+                self._check_target(resource, action)
+            except BadRequest as e:
+                out.append({"id": it.get("id") if isinstance(it, dict) else None,
+                            "error": {"code": "bad_request", "message": str(e)}})
+                continue
+            except RpcError as e:
+                out.append({"id": nid, "error": {"code": e.code, "message": e.message}})
+                continue
+            out.append(None)
+            rows.append((nid, str(it.get("sender") or "?"), resource, action, hops,
+                         dict(it.get("cause") or {})))
+        fresh = iter(self.store.inbox_accept_many(rows)) if rows else iter(())
+        accepted = iter(rows)
+        for i, r in enumerate(out):
+            if r is not None:
+                continue
+            nid, sender, resource, action, hops, cause = next(accepted)
+            new = next(fresh)
+            if new:
+                self._enqueue_reaction({"id": nid, "sender": sender, "resource": resource,
+                                        "action": action, "hops": hops, "cause": cause})
+                self.emit("notification_received", id=nid, sender=sender, resource=resource,
+                          action=action)
+            out[i] = {"id": nid, "accepted": True, "duplicate": not new}
+        return out
+
     async def rm_subscribe(self, resource: str, subscriber: str, subscriber_resource: str,
                            action: str) -> dict:
         """Another node asks to run `action` on its resource when our `resource` is updated."""
@@ -633,6 +748,7 @@ _METHODS = {
     ("flock_api", "outbox"): Agent.api_outbox,
     ("resource_manager", "resources"): Agent.rm_resources,
     ("resource_manager", "notify"): Agent.rm_notify,
+    ("resource_manager", "notify_batch"): Agent.rm_notify_batch,
     ("resource_manager", "subscribe"): Agent.rm_subscribe,
     ("resource_manager", "subscribe_to"): Agent.rm_subscribe_to,
     ("resource_manager", "unsubscribe"): Agent.rm_unsubscribe,
@@ -700,6 +816,9 @@ def run_agent(cfg: AgentConfig) -> int:
             loop.add_signal_handler(sig, agent.request_stop)
         await agent.run()
 
+    # The converge worker and the loop share the GIL: with the default 5 ms switch interval
+    # every nng or SQLite call that releases it can wait 5 ms to get it back.
+    sys.setswitchinterval(0.0005)
     asyncio.run(main())
     return 0
 

@@ -394,9 +394,11 @@ class Store:
                 self._insert_outbox(db, item, run_id or "", now)
 
     def due_outbox(self, now: float, limit: int = 256) -> list[dict[str, Any]]:
+        # Everything pending for a target with something due, oldest first: a target's
+        # notifications go (and arrive) in the order they were queued.
         rows = self._all(
-            "SELECT * FROM outbox WHERE status='pending' AND next_attempt<=? "
-            "ORDER BY created LIMIT ?",
+            "SELECT * FROM outbox WHERE status='pending' AND target IN (SELECT DISTINCT target"
+            " FROM outbox WHERE status='pending' AND next_attempt<=?) ORDER BY created LIMIT ?",
             (now, limit),
         )
         return [self._outbox(r) for r in rows]
@@ -411,6 +413,30 @@ class Store:
                 "UPDATE outbox SET status='delivered', done_at=?, last_error=NULL, "
                 "attempts=attempts+1 WHERE id=?",
                 (time.time(), nid),
+            )
+
+    def outbox_settle(self, delivered: list[str], failed: list[tuple[str, str]]) -> None:
+        """Many answers of one batch at once: ids delivered, (id, error) refused."""
+        now = time.time()
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE outbox SET status='delivered', done_at=?, last_error=NULL, "
+                "attempts=attempts+1 WHERE id=?",
+                [(now, nid) for nid in delivered],
+            )
+            db.executemany(
+                "UPDATE outbox SET status='failed', done_at=?, last_error=?, "
+                "attempts=attempts+1 WHERE id=?",
+                [(now, err, nid) for nid, err in failed],
+            )
+
+    def outbox_due_now(self, target: str) -> None:
+        """The target is back: what waits for it is due now, not at its backoff time."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE outbox SET next_attempt=? WHERE status='pending' AND target=? "
+                "AND next_attempt>?",
+                (time.time(), target, time.time()),
             )
 
     def outbox_failed(self, nid: str, error: str) -> None:
@@ -475,6 +501,20 @@ class Store:
                 (nid, sender, resource, action, hops, _json(cause), "pending", time.time()),
             )
             return cur.rowcount == 1
+
+    def inbox_accept_many(self, rows: list[tuple]) -> list[bool]:
+        """inbox_accept for many (nid, sender, resource, action, hops, cause) in one commit."""
+        now = time.time()
+        fresh = []
+        with self._tx() as db:
+            for nid, sender, resource, action, hops, cause in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO inbox (id, sender, resource, action, hops, cause,"
+                    " status, received) VALUES (?,?,?,?,?,?,?,?)",
+                    (nid, sender, resource, action, hops, _json(cause), "pending", now),
+                )
+                fresh.append(cur.rowcount == 1)
+        return fresh
 
     def inbox_pending(self) -> list[dict[str, Any]]:
         rows = self._all("SELECT * FROM inbox WHERE status='pending' ORDER BY received")

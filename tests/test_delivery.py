@@ -102,3 +102,39 @@ def test_kill9_mid_stream_loses_nothing_and_doubles_nothing(flock_env, victim):
     assert {s for _, s in rcv_in} == {"applied"}
     assert len(lines(out)) == N
     assert all(r["status"] == "ok" for r in reactions(f, "rcv", 50))
+
+
+def test_a_backlog_is_delivered_in_order_with_per_notification_answers(flock_env):
+    """While the receiver is down a backlog builds; it then goes in batches (notify_batch),
+    in order, each notification answered on its own: refused ones fail, the others land."""
+    env = flock_env
+    out = env.root / "order"
+    rcv_recipe = f"""
+        from flock_node.dsl import python_block
+        for k in range(5):
+            def hit(k=k):
+                with open("{out}", "a") as fh:
+                    fh.write(f"{{k}}\\n")
+            python_block(f"hit{{k}}", block=hit, action="nothing")
+    """
+    start(env, "rcv", rcv_recipe)
+    start(env, "snd", f"""
+        from flock_node.dsl import python_block
+        for k in [0, 1, 2, 9, 3, 4]:
+            python_block(f"b{{k}}", block=lambda: None).remote_notifies(
+                "run", f"python_block[hit{{k}}]", node="rcv")
+    """)
+    f = env.flock()
+    wait_for(lambda: {"rcv"} <= {m["name"] for m in f["snd"].flock_api.members()}, 5)
+    env.nodes["rcv"].stop()
+    from test_remote import converge
+
+    assert converge(f, "snd")["updated"] == 6
+    assert f["snd"].flock_api.status()["pending"] == 6
+    start(env, "rcv", rcv_recipe)
+    wait_for(lambda: quiet(f, "snd") and quiet(f, "rcv"), 20, what="the backlog to drain")
+    assert lines(out) == ["0", "1", "2", "3", "4"]
+    rows = {r["resource"]: r for r in outbox(f, "snd")}
+    assert rows["python_block[hit9]"]["status"] == "failed"
+    assert rows["python_block[hit9]"]["last_error"].startswith("unknown_resource")
+    assert all(r["status"] == "delivered" for k, r in rows.items() if k != "python_block[hit9]")

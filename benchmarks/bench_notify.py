@@ -1,0 +1,277 @@
+"""Remote notifications between two real agents on ipc: latency and sustained throughput.
+
+    .venv/bin/python benchmarks/bench_notify.py [--n 1000] [--rate 500] [--seconds 60]
+
+1. Baseline, measured in the same run: a raw pynng Req0/Rep0 round trip over ipc (200-byte
+   frames, the server in another process).
+2. Latency over N notifications, one at a time: node A's python_block[tick] is updated out of
+   band (it records time.time() when it runs) and remote_notifies B's python_block[hit], which
+   records time.time() when it starts. Latency = B's stamp - A's stamp. Target: p50 within
+   10x of the raw round trip.
+3. Sustained: RATE notifications/s from A to B for SECONDS (the stream is `notify` calls on A
+   at that rate, each one reaction on A that updates and notifies B). Checked: zero lost and
+   zero applied twice (B's inbox and B's lines against A's outbox), A's outbox drained within
+   2 s after the end of the stream.
+Not part of the test suite; exits 1 if a correctness check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pynng
+
+from flock_node.client import Flock
+
+RAW_SERVER = """
+import sys, pynng
+with pynng.Rep0(listen=sys.argv[1], recv_timeout=30000) as s:
+    print("ready", flush=True)
+    while True:
+        try:
+            m = s.recv()
+        except pynng.Timeout:
+            break
+        if m == b"quit":
+            s.send(b"bye")
+            break
+        s.send(m)
+"""
+
+
+def pct(samples: list[float], p: float) -> float:
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * p))]
+
+
+def wait_for(cond, timeout: float, what: str, interval: float = 0.005):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            v = cond()
+            if v:
+                return v
+        except Exception:  # noqa: BLE001 - not yet
+            pass
+        time.sleep(interval)
+    raise SystemExit(f"timed out after {timeout}s waiting for {what}")
+
+
+def raw_round_trip(root: Path, n: int) -> list[float]:
+    addr = f"ipc://{root}/raw.sock"
+    srv = subprocess.Popen([sys.executable, "-c", RAW_SERVER, addr], stdout=subprocess.PIPE)
+    assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+    out = []
+    with pynng.Req0(dial=addr, recv_timeout=5000, send_timeout=5000) as s:
+        msg = b"x" * 200
+        for _ in range(200):  # warm up
+            s.send(msg)
+            s.recv()
+        for _ in range(n):
+            t0 = time.perf_counter()
+            s.send(msg)
+            s.recv()
+            out.append(time.perf_counter() - t0)
+        s.send(b"quit")
+        s.recv()
+    srv.wait(5)
+    return out
+
+
+class Agents:
+    def __init__(self, root: Path):
+        self.root = root
+        self.env = dict(os.environ, FLOCK_RUNTIME_DIR=str(root / "run"),
+                        FLOCK_CONFIG_DIR=str(root / "config"), FLOCK_LOG_LEVEL="warning")
+        for k in ("FLOCK_KEY_FILE", "FLOCK_STATE_DIR", "FLOCK_SEEDS"):
+            self.env.pop(k, None)
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, recipe: str) -> None:
+        rp = self.root / f"{name}.py"
+        rp.write_text(textwrap.dedent(recipe))
+        log = open(self.root / f"{name}.log", "wb")
+        self.procs.append(subprocess.Popen(
+            [sys.executable, "-m", "flock_node.cli_node", "run", name, "--recipe", str(rp),
+             "--state-dir", str(self.root / "state" / name), "--heartbeat", "0.5"],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+SENDER = """
+    import time
+    from flock_node.dsl import python_block
+    def tick():
+        with open("{root}/a.times", "a") as fh:
+            fh.write(f"{{time.time()}}\\n")
+    python_block("tick", block=tick, action="nothing").remote_notifies(
+        "run", "python_block[hit]", node="B")
+    python_block("tick-quiet", block=lambda: None, action="nothing").remote_notifies(
+        "run", "python_block[hit]", node="B")
+"""
+RECEIVER = """
+    import time
+    from flock_node.dsl import python_block
+    def hit():
+        t = time.time()
+        with open("{root}/b.times", "a") as fh:
+            fh.write(f"{{t}}\\n")
+    python_block("hit", block=hit, action="nothing")
+"""
+
+
+def count_lines(p: Path) -> int:
+    return sum(1 for _ in open(p)) if p.exists() else 0
+
+
+def latency(f: Flock, root: Path, n: int) -> list[float]:
+    a, b = root / "a.times", root / "b.times"
+    for i in range(n):
+        f["A"].resource_manager.notify("python_block[tick]", "run", id=f"lat-{i}", sender="bench")
+        wait_for(lambda i=i: count_lines(b) > i, 10, f"notification {i}", interval=0.0002)
+    ta = [float(x) for x in a.read_text().split()]
+    tb = [float(x) for x in b.read_text().split()]
+    assert len(ta) == len(tb) == n, (len(ta), len(tb))
+    return [y - x for x, y in zip(ta, tb, strict=True)]
+
+
+def sustained(f: Flock, root: Path, rate: float, seconds: float, base_lines: int,
+              base: int) -> dict:
+    """Notify A at `rate`/s for `seconds` from a few client threads; returns the figures."""
+    total = int(rate * seconds)
+    errors: list[str] = []
+    sent = [0]
+    lock = threading.Lock()
+    t_start = time.monotonic()
+    threads = 4
+
+    def pump(k: int) -> None:
+        cli = Flock.connect(runtime_dir=root / "run", timeout=10.0)
+        for i in range(k, total, threads):
+            due = t_start + i / rate
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                cli["A"].resource_manager.notify("python_block[tick-quiet]", "run",
+                                                 id=f"s-{i}", sender="bench")
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"s-{i}: {e}")
+            with lock:
+                sent[0] += 1
+        cli.close()
+
+    ts = [threading.Thread(target=pump, args=(k,)) for k in range(threads)]
+    for t in ts:
+        t.start()
+    peak_pending = 0
+    while any(t.is_alive() for t in ts):
+        peak_pending = max(peak_pending, f["A"].flock_api.status()["pending"])
+        time.sleep(0.5)
+    for t in ts:
+        t.join()
+    t_end = time.monotonic()
+    # A may still be reacting to the tail of the stream; then its outbox must drain.
+    wait_for(lambda: not f["A"].flock_api.status()["queued"]
+             and not f["A"].flock_api.active(), 60, "A's reactions")
+    t_reacted = time.monotonic()
+    wait_for(lambda: f["A"].flock_api.status()["pending"] == 0, 60, "A's outbox to drain")
+    t_drained = time.monotonic()
+    b_lines = root / "b.times"
+    wait_for(lambda: count_lines(b_lines) >= base_lines + total
+             and not f["B"].flock_api.status()["queued"] and not f["B"].flock_api.active(),
+             60, "B to apply everything")
+    t_applied = time.monotonic()
+    db = sqlite3.connect(f"file:{root / 'state' / 'B' / 'flock.db'}?mode=ro", uri=True)
+    inbox = db.execute("SELECT COUNT(*), COUNT(DISTINCT id) FROM inbox WHERE sender='A' "
+                       "AND status='applied'").fetchone()
+    db.close()
+    dba = sqlite3.connect(f"file:{root / 'state' / 'A' / 'flock.db'}?mode=ro", uri=True)
+    delivered = dba.execute("SELECT COUNT(*) FROM outbox WHERE status='delivered'").fetchone()[0]
+    a_in = dba.execute("SELECT COUNT(*) FROM inbox WHERE id LIKE 's-%'").fetchone()[0]
+    dba.close()
+    return {
+        "total": total, "errors": errors, "stream_s": t_end - t_start,
+        "achieved_rate": total / (t_end - t_start),
+        "reacted_after_end_s": t_reacted - t_end, "drained_after_end_s": t_drained - t_end,
+        "applied_after_end_s": t_applied - t_end, "peak_pending": peak_pending,
+        "a_accepted": a_in, "a_delivered": delivered - base,
+        "b_lines": count_lines(b_lines) - base_lines, "b_inbox": inbox[0] - base,
+        "b_inbox_distinct": inbox[1] - base,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", type=int, default=1000, help="latency samples")
+    ap.add_argument("--rate", type=float, default=500.0, help="notifications per second")
+    ap.add_argument("--seconds", type=float, default=60.0, help="length of the sustained run")
+    args = ap.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="fbn"))
+    raw = raw_round_trip(root, args.n)
+    agents = Agents(root)
+    ok = True
+    try:
+        agents.start("B", RECEIVER.format(root=root))
+        agents.start("A", SENDER.format(root=root))
+        f = Flock.connect(runtime_dir=root / "run", timeout=10.0)
+        wait_for(lambda: {"B"} <= {m["name"] for m in f["A"].flock_api.members()
+                                   if m["state"] == "alive"}, 20, "A to see B")
+        for _ in range(50):  # warm up both agents (imports, SQLite pages, connections)
+            f["A"].resource_manager.notify("python_block[tick]", "run", sender="bench")
+        wait_for(lambda: count_lines(root / "b.times") == 50, 20, "warm-up")
+        (root / "a.times").unlink()
+        (root / "b.times").unlink()
+        lat = latency(f, root, args.n)
+        raw_p50, lat_p50 = statistics.median(raw), statistics.median(lat)
+        print(f"raw pynng Req0/Rep0 round trip, ipc ({args.n}): p50 {raw_p50 * 1e6:8.0f} µs  "
+              f"p99 {pct(raw, 0.99) * 1e6:8.0f} µs")
+        print(f"notification A updated → B action started ({args.n}): "
+              f"p50 {lat_p50 * 1e6:8.0f} µs  p99 {pct(lat, 0.99) * 1e6:8.0f} µs  "
+              f"max {max(lat) * 1e6:8.0f} µs")
+        ratio = lat_p50 / raw_p50
+        print(f"  p50 ratio to raw round trip: {ratio:.1f}x (target ≤ 10x) "
+              f"{'OK' if ratio <= 10 else 'MISSED'}")
+        s = sustained(f, root, args.rate, args.seconds, count_lines(root / "b.times"),
+                      50 + args.n)
+        print(f"sustained {args.rate:.0f}/s for {args.seconds:g} s: {s['total']} sent in "
+              f"{s['stream_s']:.1f} s ({s['achieved_rate']:.0f}/s), peak outbox {s['peak_pending']}")
+        print(f"  after the end: A's reactions done +{s['reacted_after_end_s']:.2f} s, "
+              f"outbox drained +{s['drained_after_end_s']:.2f} s (target ≤ 2 s), "
+              f"B applied all +{s['applied_after_end_s']:.2f} s")
+        lost = s["total"] - s["b_inbox_distinct"]
+        doubled = s["b_lines"] - s["b_inbox_distinct"]
+        print(f"  A accepted {s['a_accepted']}, delivered {s['a_delivered']}; B inbox "
+              f"{s['b_inbox']} ({s['b_inbox_distinct']} distinct), B actions {s['b_lines']}: "
+              f"lost {lost}, applied twice {doubled}, client errors {len(s['errors'])}")
+        ok = (lost == 0 and doubled == 0 and not s["errors"]
+              and s["a_delivered"] == s["total"] and s["drained_after_end_s"] <= 2.0)
+        print("sustained:", "OK" if ok else "FAILED", *s["errors"][:5])
+        f.close()
+    finally:
+        agents.stop()
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
