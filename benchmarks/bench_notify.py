@@ -8,8 +8,9 @@
    band (it records time.time() when it runs) and remote_notifies B's python_block[hit], which
    records time.time() when it starts. Latency = B's stamp - A's stamp. Target: p50 within
    10x of the raw round trip.
-3. Sustained: RATE notifications/s from A to B for SECONDS (the stream is `notify` calls on A
-   at that rate, each one reaction on A that updates and notifies B). Checked: zero lost and
+3. Sustained: RATE notifications/s from A to B for SECONDS. The stream (--source): by
+   default converges of A (run_chef at RATE/25 per second, each updating 25 python_blocks
+   that remote_notify B); or `notify` calls on A at RATE, each one reaction on A. Checked: zero lost and
    zero applied twice (B's inbox and B's lines against A's outbox), A's outbox drained within
    2 s after the end of the stream.
 Not part of the test suite; exits 1 if a correctness check fails.
@@ -128,7 +129,12 @@ SENDER = """
         "run", "python_block[hit]", node="B")
     python_block("tick-quiet", block=lambda: None, action="nothing").remote_notifies(
         "run", "python_block[hit]", node="B")
+    # The converge stream: every converge updates each of these, each notifies B once.
+    for k in range({burst}):
+        python_block(f"burst-{{k}}", block=lambda: None).remote_notifies(
+            "run", "python_block[hit]", node="B")
 """
+BURST = 25  # notifications per converge in the converge stream
 RECEIVER = """
     import time
     from flock_node.dsl import python_block
@@ -148,7 +154,7 @@ def latency(f: Flock, root: Path, n: int) -> list[float]:
     a, b = root / "a.times", root / "b.times"
     for i in range(n):
         f["A"].resource_manager.notify("python_block[tick]", "run", id=f"lat-{i}", sender="bench")
-        wait_for(lambda i=i: count_lines(b) > i, 10, f"notification {i}", interval=0.0002)
+        wait_for(lambda i=i: count_lines(b) > i, 10, f"notification {i}", interval=0.003)
     ta = [float(x) for x in a.read_text().split()]
     tb = [float(x) for x in b.read_text().split()]
     assert len(ta) == len(tb) == n, (len(ta), len(tb))
@@ -156,9 +162,11 @@ def latency(f: Flock, root: Path, n: int) -> list[float]:
 
 
 def sustained(f: Flock, root: Path, rate: float, seconds: float, base_lines: int,
-              base: int) -> dict:
+              base: int, source: str) -> dict:
     """Notify A at `rate`/s for `seconds` from a few client threads; returns the figures."""
     total = int(rate * seconds)
+    if source == "converge":
+        total -= total % BURST
     errors: list[str] = []
     sent = [0]
     lock = threading.Lock()
@@ -181,7 +189,24 @@ def sustained(f: Flock, root: Path, rate: float, seconds: float, base_lines: int
                 sent[0] += 1
         cli.close()
 
-    ts = [threading.Thread(target=pump, args=(k,)) for k in range(threads)]
+    def converges() -> None:
+        # run_chef at rate/BURST per second; each converge queues BURST notifications.
+        cli = Flock.connect(runtime_dir=root / "run", timeout=10.0)
+        for i in range(total // BURST):
+            delay = t_start + i * BURST / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            rid = cli["A"].flock_api.run_chef()["run_id"]
+            with lock:
+                sent[0] += BURST
+        wait_for(lambda: cli["A"].flock_api.run(rid) and cli["A"].flock_api.run(rid)["status"]
+                 != "running", 60, "the last converge")
+        cli.close()
+
+    if source == "converge":
+        ts = [threading.Thread(target=converges)]
+    else:
+        ts = [threading.Thread(target=pump, args=(k,)) for k in range(threads)]
     for t in ts:
         t.start()
     peak_pending = 0
@@ -209,6 +234,8 @@ def sustained(f: Flock, root: Path, rate: float, seconds: float, base_lines: int
     dba = sqlite3.connect(f"file:{root / 'state' / 'A' / 'flock.db'}?mode=ro", uri=True)
     delivered = dba.execute("SELECT COUNT(*) FROM outbox WHERE status='delivered'").fetchone()[0]
     a_in = dba.execute("SELECT COUNT(*) FROM inbox WHERE id LIKE 's-%'").fetchone()[0]
+    if source == "converge":
+        a_in = dba.execute("SELECT SUM(updated) FROM runs WHERE kind='converge'").fetchone()[0]
     dba.close()
     return {
         "total": total, "errors": errors, "stream_s": t_end - t_start,
@@ -226,6 +253,9 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=1000, help="latency samples")
     ap.add_argument("--rate", type=float, default=500.0, help="notifications per second")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the sustained run")
+    ap.add_argument("--source", choices=("converge", "notify"), default="converge",
+                    help="the stream: converges of A updating %d resources each, or one "
+                    "out-of-band notify of A per notification" % BURST)
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fbn"))
     raw = raw_round_trip(root, args.n)
@@ -233,7 +263,7 @@ def main() -> int:
     ok = True
     try:
         agents.start("B", RECEIVER.format(root=root))
-        agents.start("A", SENDER.format(root=root))
+        agents.start("A", SENDER.format(root=root, burst=BURST))
         f = Flock.connect(runtime_dir=root / "run", timeout=10.0)
         wait_for(lambda: {"B"} <= {m["name"] for m in f["A"].flock_api.members()
                                    if m["state"] == "alive"}, 20, "A to see B")
@@ -253,7 +283,7 @@ def main() -> int:
         print(f"  p50 ratio to raw round trip: {ratio:.1f}x (target ≤ 10x) "
               f"{'OK' if ratio <= 10 else 'MISSED'}")
         s = sustained(f, root, args.rate, args.seconds, count_lines(root / "b.times"),
-                      50 + args.n)
+                      50 + args.n, args.source)
         print(f"sustained {args.rate:.0f}/s for {args.seconds:g} s: {s['total']} sent in "
               f"{s['stream_s']:.1f} s ({s['achieved_rate']:.0f}/s), peak outbox {s['peak_pending']}")
         print(f"  after the end: A's reactions done +{s['reacted_after_end_s']:.2f} s, "
@@ -261,7 +291,7 @@ def main() -> int:
               f"B applied all +{s['applied_after_end_s']:.2f} s")
         lost = s["total"] - s["b_inbox_distinct"]
         doubled = s["b_lines"] - s["b_inbox_distinct"]
-        print(f"  A accepted {s['a_accepted']}, delivered {s['a_delivered']}; B inbox "
+        print(f"  A updated/accepted {s['a_accepted']}, delivered {s['a_delivered']}; B inbox "
               f"{s['b_inbox']} ({s['b_inbox_distinct']} distinct), B actions {s['b_lines']}: "
               f"lost {lost}, applied twice {doubled}, client errors {len(s['errors'])}")
         ok = (lost == 0 and doubled == 0 and not s["errors"]
