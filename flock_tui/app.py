@@ -62,7 +62,8 @@ BUILTIN_BINDINGS: list[Binding] = [
     Binding("a", "mark_all", "Mark all", show=False, id="flock.mark_all"),
     Binding("slash", "filter", "Filter", key_display="/", id="flock.filter"),
     Binding("S", "sort", "Sort", id="flock.sort"),
-    Binding("escape", "cancel", "Cancel", show=False, id="flock.cancel"),
+    Binding("escape", "cancel", "Cancel macro / clear filter", show=False,
+            id="flock.cancel"),
     Binding("question_mark", "help", "Help", key_display="?", id="flock.help"),
     Binding("q", "quit", "Quit", id="flock.quit"),
 ]
@@ -847,7 +848,6 @@ class FlockApp(App[int]):
             rows.append((binding.key_display or self.get_key_display(binding), binding.description
                          or binding.action, binding.id or ""))
         rows.append(("ctrl+p", "Command palette: every command", "app.command_palette"))
-        rows.append(("escape", "Cancel a running macro / clear the filter", "flock.cancel"))
         nb = [("esc", "Node screen: back", "node.back"), ("r", "Node screen: run chef",
                                                             "node.run_chef"),
               ("d", "Node screen: remove the selected subscription", "node.unsubscribe"),

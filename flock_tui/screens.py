@@ -85,8 +85,8 @@ class HelpScreen(ModalScreen[None]):
                     for s in m.steps:
                         lines.append(f"{'':10}$ flock {s}\n", style="dim")
                 yield Static(lines, id="help-macros")
-            yield Label("Remap any binding by id in console.toml: [keymap] \"flock.run_chef\" = \"R\""
-                        "   ·   esc closes", classes="hint")
+            yield Label(Text("Remap any binding by id in console.toml: [keymap] "
+                             "\"flock.run_chef\" = \"R\"   ·   esc closes"), classes="hint")
 
 
 # --- step-by-step picker ---------------------------------------------------------------------
@@ -178,7 +178,7 @@ class Wizard(ModalScreen[dict | None]):
         filt.focus()
         self.load_options(self.index)
 
-    @work(exclusive=True, group="wizard-options")
+    @work(exclusive=True, group="wizard-options", exit_on_error=False)
     async def load_options(self, index: int) -> None:
         step = self.steps[index]
         try:
@@ -187,7 +187,7 @@ class Wizard(ModalScreen[dict | None]):
             options = []
             self.query_one("#wizard-error", Static).update(Text(err_text(e), style="bold red"))
             self.app.log_error(f"{self.title_text}: {err_text(e)}")  # type: ignore[attr-defined]
-        if index != self.index:
+        if index != self.index or not self.is_attached:
             return
         self.all_options = options
         self.apply_filter(self.query_one("#wizard-filter", Input).value)
@@ -259,7 +259,7 @@ class Wizard(ModalScreen[dict | None]):
         self.choices.pop(self.steps[self.index].key, None)
         self.show_step()
 
-    @work(exclusive=True, group="wizard-perform")
+    @work(exclusive=True, group="wizard-perform", exit_on_error=False)
     async def do_it(self) -> None:
         if self.busy:
             return
@@ -382,7 +382,7 @@ class NodeScreen(Screen[None]):
                     "notification_received"):
             self.reload()
 
-    @work(exclusive=True, group="node-reload")
+    @work(exclusive=True, group="node-reload", exit_on_error=False)
     async def reload(self) -> None:
         flock = self.flock_app.flock
         if flock is None:
@@ -394,8 +394,12 @@ class NodeScreen(Screen[None]):
             subs = await node.resource_manager.subscriptions()
         except RpcError as e:
             self.flock_app.log_error(f"{self.node}: {err_text(e)}")
+            if not self.is_attached:
+                return
             self.query_one("#node-detail", Static).update(
                 Text(f"cannot reach {self.node}: {err_text(e)}", style="bold red"))
+            return
+        if not self.is_attached:
             return
         self.fill_resources(resources)
         self.fill_runs(history)
@@ -508,7 +512,7 @@ class NodeScreen(Screen[None]):
         if h.get("cause"):
             self.show_cause_chain(h, t)
 
-    @work(exclusive=True, group="node-cause")
+    @work(exclusive=True, group="node-cause", exit_on_error=False)
     async def show_cause_chain(self, h: dict[str, Any], base: Text) -> None:
         """Walk the cause chain node by node: each cause names the run that sent it."""
         flock = self.flock_app.flock
@@ -568,7 +572,7 @@ class NodeScreen(Screen[None]):
 
         self.app.push_screen(ConfirmScreen("Remove subscription?", body, "Remove"), done)
 
-    @work(group="node-unsub")
+    @work(group="node-unsub", exit_on_error=False)
     async def unsubscribe(self, sid: str) -> None:
         try:
             r = await self.flock_app.flock[self.node].resource_manager.unsubscribe(id=sid)
