@@ -235,7 +235,8 @@ def sustained(f: Flock, root: Path, rate: float, seconds: float, base_lines: int
     delivered = dba.execute("SELECT COUNT(*) FROM outbox WHERE status='delivered'").fetchone()[0]
     a_in = dba.execute("SELECT COUNT(*) FROM inbox WHERE id LIKE 's-%'").fetchone()[0]
     if source == "converge":
-        a_in = dba.execute("SELECT SUM(updated) FROM runs WHERE kind='converge'").fetchone()[0]
+        a_in = dba.execute("SELECT COUNT(*) FROM outbox WHERE json_extract(cause, "
+                           "'$.resource') LIKE 'python_block[burst-%'").fetchone()[0]
     dba.close()
     return {
         "total": total, "errors": errors, "stream_s": t_end - t_start,
@@ -254,8 +255,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=500.0, help="notifications per second")
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the sustained run")
     ap.add_argument("--source", choices=("converge", "notify"), default="converge",
-                    help="the stream: converges of A updating %d resources each, or one "
-                    "out-of-band notify of A per notification" % BURST)
+                    help=f"the stream: converges of A updating {BURST} resources each, or "
+                    "one out-of-band notify of A per notification")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="fbn"))
     raw = raw_round_trip(root, args.n)

@@ -10,12 +10,10 @@ python_block appends one line per reaction.
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
-
 from conftest import wait_for
-from test_remote import HB, inbox_ids, lines, outbox, quiet, reactions, start
+from test_remote import inbox_ids, lines, outbox, quiet, reactions, start
 
 N = 200
 
@@ -118,11 +116,11 @@ def test_a_backlog_is_delivered_in_order_with_per_notification_answers(flock_env
             python_block(f"hit{{k}}", block=hit, action="nothing")
     """
     start(env, "rcv", rcv_recipe)
-    start(env, "snd", f"""
+    start(env, "snd", """
         from flock_node.dsl import python_block
         for k in [0, 1, 2, 9, 3, 4]:
-            python_block(f"b{{k}}", block=lambda: None).remote_notifies(
-                "run", f"python_block[hit{{k}}]", node="rcv")
+            python_block(f"b{k}", block=lambda: None).remote_notifies(
+                "run", f"python_block[hit{k}]", node="rcv")
     """)
     f = env.flock()
     wait_for(lambda: {"rcv"} <= {m["name"] for m in f["snd"].flock_api.members()}, 5)

@@ -10,15 +10,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
-
 from conftest import FlockEnv, wait_for, write_recipe
+
 from flock_node.client import Flock
-from flock_node.transport import RpcError
 
 HB = 0.2  # short heartbeats: discovery and liveness in a fraction of a second
 
