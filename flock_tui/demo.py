@@ -92,6 +92,12 @@ def run_demo(args: argparse.Namespace) -> int:
         print("flock: --nodes must be between 1 and 100", file=sys.stderr)
         return 2
     demo = DemoFlock(args.nodes)
+
+    def _exit(signum, frame):  # SIGTERM/SIGHUP: still stop the agents we started
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _exit)
+    signal.signal(signal.SIGHUP, _exit)
     try:
         print(f"starting {args.nodes} demo nodes in {demo.root} ...", flush=True)
         demo.start()
