@@ -389,6 +389,10 @@ def cmd_history(c: Ctx) -> int:
             err = f"  {r['error']}" if r.get("error") else ""
             c.print(f"    {r['result']:<10} {r['resource']} ({r['action']}, "
                     f"{r['duration']:.2f}s){err}")
+        for n in h.get("notifications", []):
+            err = f": {n['error']}" if n.get("error") and n["status"] != "delivered" else ""
+            c.print(f"    → {n['target']} {n['resource']} {n['action']}: {n['status']}"
+                    f" after {n['attempts']} attempt(s){err}")
     return OK
 
 

@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     hops INTEGER NOT NULL,
     cause TEXT NOT NULL,            -- JSON
     hold_run TEXT,                  -- delayed notifications wait for the end of this run
+    run_id TEXT,                    -- the run whose update produced it (shown in its history)
     dedup TEXT,
     created REAL NOT NULL,
     deadline REAL NOT NULL,
@@ -80,6 +81,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     done_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, next_attempt);
+CREATE INDEX IF NOT EXISTS outbox_run ON outbox(run_id);
 CREATE TABLE IF NOT EXISTS inbox (
     id TEXT PRIMARY KEY,
     sender TEXT NOT NULL,
@@ -304,11 +306,12 @@ class Store:
                 return
         db.execute(
             "INSERT OR IGNORE INTO outbox (id, target, resource, action, status, hops, cause,"
-            " hold_run, dedup, created, deadline, next_attempt) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            " hold_run, run_id, dedup, created, deadline, next_attempt)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (
                 item.id, item.target, item.resource, item.action,
                 "held" if held else "pending", item.hops, _json(item.cause),
-                run_id if held else None, dedup, now, now + self.ttl, now,
+                run_id if held else None, run_id or None, dedup, now, now + self.ttl, now,
             ),
         )
 
@@ -333,6 +336,15 @@ class Store:
             for (rid,) in old:
                 db.execute("DELETE FROM runs WHERE id=?", (rid,))
                 db.execute("DELETE FROM run_resources WHERE run_id=?", (rid,))
+                # Settled notifications go with their run; dead letters stay until seen.
+                db.execute(
+                    "DELETE FROM outbox WHERE run_id=? AND status IN ('delivered', 'failed')",
+                    (rid,),
+                )
+            # The inbox remembers ids for de-duplication: long past any sender's TTL is enough.
+            db.execute(
+                "DELETE FROM inbox WHERE status!='pending' AND received<?", (now - 2 * self.ttl,)
+            )
 
     def recover_interrupted_runs(self) -> list[str]:
         """After a crash: close runs left 'running' and release their delayed notifications."""
@@ -382,6 +394,17 @@ class Store:
                 }
                 for x in self._all(
                     "SELECT * FROM run_resources WHERE run_id=? ORDER BY seq", (r["id"],)
+                )
+            ]
+            # What became of the remote notifications this run sent: the sender's view.
+            out["notifications"] = [
+                {
+                    "id": x["id"], "target": x["target"], "resource": x["resource"],
+                    "action": x["action"], "status": x["status"], "attempts": x["attempts"],
+                    "error": x["last_error"],
+                }
+                for x in self._all(
+                    "SELECT * FROM outbox WHERE run_id=? ORDER BY created", (r["id"],)
                 )
             ]
         return out

@@ -389,6 +389,12 @@ def test_unknown_resource_or_action_fails_at_the_sender_without_retry(flock_env,
     wait_for(lambda: time.monotonic() - t0 > 1.0, 2)
     assert outbox(f, "snd")[0]["attempts"] == 1
     assert reactions(f, "rcv") == []
+    # The refusal is recorded in the sender's history, on the run that sent it.
+    [run] = [h for h in f["snd"].flock_api.history(5) if h["kind"] == "converge"]
+    [sent] = run["notifications"]
+    assert sent["status"] == "failed" and sent["error"].startswith(code)
+    shown = env.cli("history", "snd")
+    assert f"→ rcv {res}" in shown.stdout and "failed" in shown.stdout, shown.stdout
 
 
 def test_ping_pong_stops_at_the_hop_limit(flock_env):
