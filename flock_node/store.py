@@ -81,7 +81,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     done_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_status ON outbox(status, next_attempt);
-CREATE INDEX IF NOT EXISTS outbox_run ON outbox(run_id);
 CREATE TABLE IF NOT EXISTS inbox (
     id TEXT PRIMARY KEY,
     sender TEXT NOT NULL,
@@ -172,9 +171,17 @@ class Store:
         self._db.execute("PRAGMA busy_timeout=5000")
         with self._lock:
             self._db.executescript(_SCHEMA)
+            self._migrate()
             self._db.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
             )
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older version up to this schema (additive only)."""
+        cols = {r[1] for r in self._db.execute("PRAGMA table_info(outbox)")}
+        if "run_id" not in cols:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN run_id TEXT")
+        self._db.execute("CREATE INDEX IF NOT EXISTS outbox_run ON outbox(run_id)")
 
     def close(self) -> None:
         with self._lock:
