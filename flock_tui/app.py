@@ -28,6 +28,7 @@ from textual.containers import Horizontal
 from textual.coordinate import Coordinate
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, ProgressBar, RichLog, Static
+from textual.widgets._footer import FooterKey, FooterLabel
 from textual.worker import Worker, get_current_worker
 
 from flock_node import paths
@@ -51,7 +52,6 @@ from flock_tui.screens import ConfirmScreen, HelpScreen, NodeScreen, Step, Wizar
 
 POLL_INTERVAL = 1.0
 FLUSH_INTERVAL = 0.1
-MACROS_GROUP = Binding.Group("Macros")
 
 # Built-in bindings of the flock table. Ids let console.toml's [keymap] remap them.
 BUILTIN_BINDINGS: list[Binding] = [
@@ -90,14 +90,15 @@ Screen { layers: base overlay; }
 #title { height: 1; background: $panel; color: $foreground; padding: 0 1; }
 #filter { display: none; height: 3; border: tall $accent; }
 #filter.shown { display: block; }
-#flock-table { height: 1fr; }
-#empty { display: none; height: 1fr; content-align: center middle; color: $text-muted; }
+#flock-table { height: auto; max-height: 70%; }
+#empty { display: none; height: 2fr; content-align: center middle; color: $text-muted; }
 #empty.shown { display: block; }
 #macro-bar { display: none; height: 1; background: $boost; padding: 0 1; }
 #macro-bar.shown { display: block; }
 #macro-label { width: 1fr; }
 #macro-progress { width: 40; }
-#log { height: 10; border-top: solid $primary; background: $surface; }
+#log { height: 1fr; min-height: 6; border-top: solid $primary; background: $surface;
+       overflow-x: hidden; overflow-y: auto; }
 .dialog { width: 90; height: auto; max-height: 90%; border: thick $primary;
           background: $surface; padding: 1 2; }
 ConfirmScreen, HelpScreen, Wizard { align: center middle; }
@@ -116,7 +117,9 @@ ConfirmScreen, HelpScreen, Wizard { align: center middle; }
 .pane:focus-within { border: round $accent; }
 .pane-title { color: $accent; text-style: bold; padding: 0 1; }
 .pane DataTable { height: 1fr; }
-#node-events { height: 8; border-top: solid $primary; }
+#node-events { height: 8; border-top: solid $primary; overflow-x: hidden; overflow-y: auto; }
+#node-detail-scroll { padding: 0 1; }
+FooterLabel.macros { color: $text-muted; margin: 0 1; }
 """
 
 
@@ -127,6 +130,19 @@ class FlockTable(DataTable):
 
     def action_open_node(self) -> None:
         self.screen.action_open_node()  # type: ignore[attr-defined]
+
+
+class FlockFooter(Footer):
+    """The stock footer, with the macro keys after a "macros:" label: `D deploy-web  p probe`."""
+
+    def compose(self) -> ComposeResult:
+        labelled = False
+        for w in super().compose():
+            if (not labelled and isinstance(w, FooterKey)
+                    and str(getattr(w, "action", "")).startswith("macro(")):
+                labelled = True
+                yield FooterLabel("│ macros:", classes="macros")
+            yield w
 
 
 class FlockCommands(Provider):
@@ -160,8 +176,8 @@ class MainScreen(Screen[None]):
         with Horizontal(id="macro-bar"):
             yield Static(id="macro-label")
             yield ProgressBar(id="macro-progress", show_eta=False)
-        yield RichLog(id="log", markup=False, wrap=False, max_lines=1000)
-        yield Footer()
+        yield RichLog(id="log", markup=False, wrap=True, max_lines=1000)
+        yield FlockFooter()
 
     @property
     def flock_app(self) -> FlockApp:
@@ -253,8 +269,10 @@ def make_main_screen(macro_list: list[Macro], read_only: bool) -> type[MainScree
     overridden = {m.key for m in macro_list if m.override}
     builtins = [b for b in BUILTIN_BINDINGS
                 if b.key not in overridden and not (read_only and b.id in CHANGING)]
-    extra = [Binding(m.key, f"macro({m.name!r})", m.description or m.name, id=m.binding_id,
-                     group=MACROS_GROUP)
+    # The footer shows "macros: D deploy-web  p probe" (FlockFooter); the description is the
+    # tooltip and `?` lists the steps.
+    extra = [Binding(m.key, f"macro({m.name!r})", m.name, id=m.binding_id,
+                     tooltip=m.description or " ; ".join(m.steps))
              for m in macro_list if not (read_only and m.changes_things)]
     return type("FlockMainScreen", (MainScreen,), {"BINDINGS": builtins + extra})
 
@@ -843,7 +861,15 @@ class FlockApp(App[int]):
         rows: list[tuple[str, str, str]] = []
         assert self.main is not None
         for _key, binding in _active_bindings(self.main):
-            if self.allowed(*_action_and_params(binding.action)) is False:
+            action, params = _action_and_params(binding.action)
+            if self.allowed(action, params) is False:
+                continue
+            if action == "macro":
+                m = self.macros.get(str(params[0])) if params else None
+                desc = f"Macro {binding.description}" + (
+                    f": {m.description}" if m and m.description else "")
+                rows.append((binding.key_display or self.get_key_display(binding), desc,
+                             binding.id or ""))
                 continue
             rows.append((binding.key_display or self.get_key_display(binding), binding.description
                          or binding.action, binding.id or ""))

@@ -305,3 +305,46 @@ class FlockView:
                 self.dirty.add(name)
         self.members = fresh
         return changes
+
+
+def ellipsize(s: str, width: int) -> str:
+    """Fit `s` in `width` cells with `…` in the middle: both ends of an id say the most."""
+    if len(s) <= width:
+        return s
+    if width <= 1:
+        return "…"[:max(width, 0)]
+    tail = (width - 1) // 2
+    head = width - 1 - tail
+    return s[:head] + "…" + (s[-tail:] if tail else "")
+
+
+def short_resource(rid: str, width: int, prefix: str = "") -> str:
+    """`prefix` + the resource id in `width` cells: `file[/srv/a/app.conf]`, else
+    `file[…/app.conf]`, else `app.conf`, else cut with `…` in the middle."""
+    if len(prefix) + len(rid) <= width:
+        return prefix + rid
+    kind, sep, name = rid.partition("[")
+    if sep and name.endswith("]"):
+        base = name[:-1].rstrip("/").rsplit("/", 1)[-1] or name[:-1]
+        for c in (f"{kind}[…/{base}]" if "/" in name[:-1].rstrip("/") else "", base):
+            if c and len(prefix) + len(c) <= width:
+                return prefix + c
+        rid = base
+    return ellipsize(prefix + rid, width)
+
+
+def resource_name(rid: str) -> str:
+    """The short human name of a resource id: `file[/a/b/app.conf]` → `app.conf`."""
+    kind, sep, name = rid.partition("[")
+    if not sep or not name.endswith("]"):
+        return rid
+    name = name[:-1].rstrip("/")
+    return name.rsplit("/", 1)[-1] or rid
+
+
+def short_run_id(run_id: str) -> str:
+    """`20261124-213140-12aa4a` → `12aa4a`: the date is in STARTED, the full id in the detail."""
+    parts = run_id.split("-")
+    if len(parts) == 3 and len(parts[0]) == 8 and parts[0].isdigit():
+        return parts[2]
+    return run_id

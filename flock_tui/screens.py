@@ -19,7 +19,7 @@ from textual.widgets import DataTable, Footer, Input, Label, OptionList, RichLog
 from textual.widgets.option_list import Option
 
 from flock_node.transport import RpcError
-from flock_tui.model import ago, duration
+from flock_tui.model import ago, duration, short_resource, short_run_id
 
 if TYPE_CHECKING:
     from flock_tui.app import FlockApp
@@ -185,7 +185,7 @@ class Wizard(ModalScreen[dict | None]):
             options = await step.options(dict(self.choices))
         except Exception as e:  # noqa: BLE001 - shown, never a traceback
             options = []
-            self.query_one("#wizard-error", Static).update(Text(err_text(e), style="bold red"))
+            self.query_one("#wizard-error", Static).update(Text(err_text(e), style="bold"))
             self.app.log_error(f"{self.title_text}: {err_text(e)}")  # type: ignore[attr-defined]
         if index != self.index or not self.is_attached:
             return
@@ -269,7 +269,7 @@ class Wizard(ModalScreen[dict | None]):
             result = await self.perform(dict(self.choices))
         except Exception as e:  # noqa: BLE001
             self.busy = False
-            self.query_one("#wizard-error", Static).update(Text(err_text(e), style="bold red"))
+            self.query_one("#wizard-error", Static).update(Text(err_text(e), style="bold"))
             self.query_one("#wizard-hint", Label).update("enter/y retry · esc back")
             self.app.log_error(f"{self.title_text}: {err_text(e)}")  # type: ignore[attr-defined]
             return
@@ -309,6 +309,8 @@ class NodeScreen(Screen[None]):
         self.node = node
         self.history: dict[str, dict[str, Any]] = {}
         self.subs: dict[str, dict[str, Any]] = {}
+        self.data: tuple[list[Any], list[Any], dict[str, Any]] | None = None
+        self.ready = False  # composed and mounted: the app may push events to it
 
     @property
     def flock_app(self) -> FlockApp:
@@ -325,32 +327,36 @@ class NodeScreen(Screen[None]):
                 yield DataTable(id="node-runs", cursor_type="row", zebra_stripes=True)
         with Horizontal(id="node-bottom"):
             with Vertical(classes="pane"):
-                yield Label("Subscriptions (d removes)", classes="pane-title")
+                yield Label(Text.assemble("Subscriptions  ", ("→ this node reacts  ← others "
+                                                              "react  d removes", "dim")),
+                            classes="pane-title")
                 yield DataTable(id="node-subs", cursor_type="row", zebra_stripes=True)
             with Vertical(classes="pane"):
                 yield Label("Run detail", classes="pane-title")
                 with VerticalScroll(id="node-detail-scroll"):
                     yield Static(id="node-detail")
         yield Label("Events", classes="pane-title")
-        yield RichLog(id="node-events", markup=False, wrap=False, max_lines=500)
+        yield RichLog(id="node-events", markup=False, wrap=True, max_lines=500)
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#node-resources", DataTable).add_columns(
-            "RESOURCE", "ACTION", "LAST RESULT", "WHEN", "ACTIONS")
-        self.query_one("#node-runs", DataTable).add_columns(
-            "RUN", "KIND", "STATUS", "STARTED", "TOOK", "UPD", "CAUSE")
-        self.query_one("#node-subs", DataTable).add_columns(
-            "DIR", "ID", "REACTION", "TRIGGER", "STATE")
         log = self.query_one("#node-events", RichLog)
         for line in self.flock_app.node_events.get(self.node, []):
             log.write(line)
+        self.ready = True
         self.update_title()
         self.query_one("#node-runs", DataTable).focus()
+        self.query_one("#node-detail", Static).update(Text("loading…", style="dim"))
         self.reload()
         self.set_interval(1.0, self.update_title)
 
+    def on_resize(self) -> None:
+        # Column widths follow the pane widths: refit once the new layout is known.
+        self.call_after_refresh(self.refill)
+
     def update_title(self) -> None:
+        if not self.ready:
+            return
         m = self.flock_app.view.members.get(self.node)
         st = self.flock_app.styles_
         t = Text()
@@ -374,9 +380,13 @@ class NodeScreen(Screen[None]):
         self.query_one("#node-title", Static).update(t)
 
     def add_event(self, line: Text) -> None:
+        if not self.ready:  # on_mount replays node_events, which already holds this line
+            return
         self.query_one("#node-events", RichLog).write(line)
 
     def on_flock_event(self, kind: str) -> None:
+        if not self.ready:
+            return
         self.update_title()
         if kind in ("run_finished", "subscription_registered", "subscription_removed",
                     "notification_received"):
@@ -397,25 +407,43 @@ class NodeScreen(Screen[None]):
             if not self.is_attached:
                 return
             self.query_one("#node-detail", Static).update(
-                Text(f"cannot reach {self.node}: {err_text(e)}", style="bold red"))
+                Text(f"cannot reach {self.node}: {err_text(e)}",
+                     style=f"bold {self.flock_app.styles_.error}"))
             return
         if not self.is_attached:
             return
+        self.data = (resources, history, subs)
+        self.refill()
+
+    def refill(self) -> None:
+        if self.data is None or not self.is_attached:
+            return
+        resources, history, subs = self.data
         self.fill_resources(resources)
         self.fill_runs(history)
         self.fill_subs(subs)
 
-    def _refill(self, table: DataTable, rows: list[tuple[str, list[Any]]]) -> None:
-        """Small tables: keep the cursor on the same key while replacing rows."""
-        key = None
-        if table.row_count and table.cursor_row >= 0:
-            try:
-                key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-            except Exception:  # noqa: BLE001 - no cursor yet
-                key = None
-        table.clear()
+    @staticmethod
+    def _flex(table: DataTable, fixed: list[int], flexible: int = 1) -> int:
+        """The width left for the flexible column(s) once the fixed ones and padding are in."""
+        ncols = len(fixed) + flexible
+        avail = (table.size.width or 60) - 2  # room for a vertical scrollbar
+        left = avail - sum(fixed) - 2 * table.cell_padding * ncols
+        return max(8, left // flexible)
+
+    def _refill(self, table: DataTable, columns: list[tuple[str, int]],
+                rows: list[tuple[str, list[Any]]], empty: str) -> None:
+        """Small tables: replace the rows (and widths), keeping the cursor on the same key."""
+        key = self._cursor_key(table)
+        table.clear(columns=True)
+        for label, width in columns:
+            table.add_column(label, width=width, key=label)
         for k, cells in rows:
             table.add_row(*cells, key=k)
+        if not rows:
+            filler = [Text("")] * len(columns)
+            filler[0] = Text(empty, style=self.flock_app.styles_.muted)
+            table.add_row(*filler, key="")
         if key is not None:
             try:
                 table.move_cursor(row=table.get_row_index(key))
@@ -425,54 +453,82 @@ class NodeScreen(Screen[None]):
     def fill_resources(self, resources: list[dict[str, Any]]) -> None:
         now = self.flock_app.clock()
         st = self.flock_app.styles_
+        t = self.query_one("#node-resources", DataTable)
+        act_w = max([6, *(len(str(r.get("default_action") or "")) for r in resources)])
+        fixed = [act_w, 10, 7]
+        w = self._flex(t, fixed)
         rows = []
         for r in resources:
             res = r.get("last_result") or "-"
             style = {"updated": st.accent, "up_to_date": st.success, "failed": st.error,
                      "skipped": st.muted}.get(res, "")
-            rows.append((r["id"], [Text(r["id"]), Text(str(r.get("default_action", ""))),
-                                   Text(res, style=style), Text(ago(r.get("last_at"), now)),
-                                   Text(",".join(r.get("actions", [])), style=st.muted)]))
-        self._refill(self.query_one("#node-resources", DataTable), rows)
+            rows.append((r["id"], [Text(short_resource(r["id"], w)),
+                                   Text(str(r.get("default_action") or "")),
+                                   Text(res, style=style),
+                                   Text(ago(r.get("last_at"), now), style=st.muted)]))
+        cols = [("RESOURCE", w), ("ACTION", act_w), ("RESULT", 10), ("WHEN", 7)]
+        self._refill(t, cols, rows, "no resources: the node has no recipe loaded")
 
     def fill_runs(self, history: list[dict[str, Any]]) -> None:
         now = self.flock_app.clock()
         st = self.flock_app.styles_
         self.history = {h["id"]: h for h in history}
+        t = self.query_one("#node-runs", DataTable)
+        run_w = max([6, *(len(short_run_id(h["id"])) for h in history)])
+        fixed = [run_w, 7, 7, 6, 3]
+        w = self._flex(t, fixed)
         rows = []
         for h in history:
             status = h.get("status", "?")
             style = {"ok": st.success, "failed": st.error}.get(status, st.accent)
             c = h.get("cause") or {}
-            cause = f"{c.get('node', '?')}:{c.get('resource', '?')}" if c else "-"
-            rows.append((h["id"], [Text(h["id"]), Text(h.get("kind", "")),
-                                   Text(status, style=f"bold {style}"),
+            if c:
+                cause = Text(short_resource(str(c.get("resource", "?")), w,
+                                    f"← {c.get('node', '?')} "))
+            else:
+                cause = Text(str(h.get("kind") or ""), style=st.muted)
+            dead = any(n.get("status") in ("failed", "dead")
+                       for n in h.get("notifications") or [])
+            rows.append((h["id"], [Text(short_run_id(h["id"])),
+                                   Text(status + (" ✗" if dead else ""), style=f"bold {style}"),
                                    Text(ago(h.get("started"), now)),
                                    Text(duration(h.get("duration"))),
-                                   Text(str(h.get("updated") or 0)), Text(cause)]))
-        t = self.query_one("#node-runs", DataTable)
-        self._refill(t, rows)
-        if t.row_count:
+                                   Text(str(h.get("updated") or 0)), cause]))
+        cols = [("RUN", run_w), ("STATUS", 7), ("STARTED", 7), ("TOOK", 6), ("UPD", 3),
+                ("CAUSE", w)]
+        self._refill(t, cols, rows, "no runs yet: r runs chef")
+        if rows:
             self.show_run(self._cursor_key(t))
+        else:
+            self.query_one("#node-detail", Static).update(
+                Text("no runs yet: r starts a converge", style=st.muted))
 
     def fill_subs(self, subs: dict[str, list[dict[str, Any]]]) -> None:
+        st = self.flock_app.styles_
+        t = self.query_one("#node-subs", DataTable)
+        fixed = [1, 10]
+        w = self._flex(t, fixed, 2)
         rows = []
         self.subs = {}
         for s in subs.get("outgoing", []):
             k = f"out:{s['id']}"
             self.subs[k] = s
-            rows.append((k, [Text("→ out"), Text(s["id"]),
-                             Text(f"{s['resource']} runs {s['action']}"),
-                             Text(f"{s['node']}:{s['remote_resource']} updated"),
-                             Text(f"{s.get('state', '')} ({s.get('origin', '')})")]))
+            state = str(s.get("state", ""))
+            style = {"registered": st.success, "failed": st.error}.get(state, st.warning)
+            rows.append((k, [Text("→", style=st.accent),
+                             Text(short_resource(s["remote_resource"], w, f"{s['node']} ")),
+                             Text(short_resource(s["resource"], w, f"{s['action']} ")),
+                             Text(state, style=style)]))
         for s in subs.get("incoming", []):
             k = f"in:{s['id']}"
             self.subs[k] = s
-            rows.append((k, [Text("← in"), Text(str(s["id"])),
-                             Text(f"{s['subscriber']}:{s['subscriber_resource']} runs "
-                                  f"{s['action']}"),
-                             Text(f"{self.node}:{s['resource']} updated"), Text("held here")]))
-        self._refill(self.query_one("#node-subs", DataTable), rows)
+            rows.append((k, [Text("←", style=st.muted),
+                             Text(short_resource(s["resource"], w, f"{self.node} ")),
+                             Text(short_resource(s["subscriber_resource"], w,
+                                                 f"{s['subscriber']}: {s['action']} ")),
+                             Text("held here", style=st.muted)]))
+        cols = [("", 1), ("WHEN UPDATED", w), ("RUNS", w), ("STATE", 10)]
+        self._refill(t, cols, rows, "no subscriptions: s wires one")
 
     @staticmethod
     def _cursor_key(t: DataTable) -> str | None:
@@ -491,42 +547,70 @@ class NodeScreen(Screen[None]):
         h = self.history.get(run_id or "")
         if not h:
             return
+        t = self.run_text(h)
+        self.query_one("#node-detail", Static).update(t)
+        if h.get("cause"):
+            self.show_cause_chain(h, t)
+
+    def run_text(self, h: dict[str, Any]) -> Text:
         st = self.flock_app.styles_
+        width = max(40, self.query_one("#node-detail", Static).size.width or 60)
         t = Text()
+        ok = h.get("status") == "ok"
         t.append(f"{h['id']}", style="bold")
-        t.append(f"  {h.get('kind')}  {h.get('status')}  took {duration(h.get('duration'))}"
-                 f"  {h.get('updated') or 0} updated\n")
+        t.append(f"  {h.get('kind')}  ")
+        t.append(str(h.get("status")), style=f"bold {st.success if ok else st.error}")
+        t.append(f"  took {duration(h.get('duration'))}  {h.get('updated') or 0} updated\n",
+                 style="" if ok else st.muted)
         if h.get("error"):
             t.append(f"error: {h['error']}\n", style=st.error)
         for r in h.get("resources", []):
             res = r.get("result", "")
             style = {"updated": st.accent, "up_to_date": st.success, "failed": st.error}.get(
                 res, st.muted)
-            t.append(f"  {res:<10}", style=style)
-            t.append(f" {r['resource']} ({r['action']}, {r.get('duration') or 0:.2f}s)")
+            tail = f"  {r['action']} {r.get('duration') or 0:.2f}s"
+            t.append(f"  {res:<10} ", style=style)
+            t.append(short_resource(str(r["resource"]), width - 13 - len(tail)))
+            t.append(tail + "\n", style=st.muted)
             if r.get("error"):
-                t.append(f"  {r['error']}", style=st.error)
-            t.append("\n")
-        detail = self.query_one("#node-detail", Static)
-        detail.update(t)
-        if h.get("cause"):
-            self.show_cause_chain(h, t)
+                t.append(f"{'':13}{r['error']}\n", style=st.error)
+        notes = h.get("notifications") or []
+        if notes:
+            t.append("notifications sent:\n", style="bold")
+        for n in notes:
+            status = str(n.get("status", "?"))
+            bad = status in ("failed", "dead")
+            style = {"delivered": st.success, "pending": st.warning, "held": st.muted}.get(
+                status, st.error if bad else "")
+            attempts = int(n.get("attempts") or 0)
+            tail = f": {status}" + (f" after {attempts} attempts" if attempts > 1 else "")
+            head = f"  → {n.get('target', '?')} "
+            room = width - len(head) - len(tail) - len(str(n.get("action", ""))) - 3
+            t.append(head, style="bold")
+            t.append(f"{short_resource(str(n.get('resource', '?')), room)} {n.get('action', '?')}")
+            t.append(tail + "\n", style=f"bold {style}" if bad else style)
+            if n.get("error") and status != "delivered":
+                t.append(f"      {n['error']}\n", style=st.error if bad else st.muted)
+        return t
 
     @work(exclusive=True, group="node-cause", exit_on_error=False)
     async def show_cause_chain(self, h: dict[str, Any], base: Text) -> None:
         """Walk the cause chain node by node: each cause names the run that sent it."""
         flock = self.flock_app.flock
         st = self.flock_app.styles_
+        width = max(40, self.query_one("#node-detail", Static).size.width or 60)
         t = base.copy()
         t.append("caused by:\n", style="bold")
         cause = h.get("cause")
         depth = 0
         while cause and depth < 17:
             indent = "  " * (depth + 1)
-            t.append(f"{indent}← {cause.get('node', '?')}", style="bold")
-            t.append(f":{cause.get('resource', '?')}")
-            t.append(f"  run {cause.get('run', '?')}  hop {cause.get('hops', '?')}"
-                     f"  notification {cause.get('notification', '?')}\n", style=st.muted)
+            node = str(cause.get("node", "?"))
+            t.append(f"{indent}← {node} ", style="bold")
+            t.append(short_resource(str(cause.get("resource", "?")),
+                                    width - len(indent) - len(node) - 3) + "\n")
+            t.append(f"{indent}  run {cause.get('run', '?')}  hop {cause.get('hops', '?')}\n",
+                     style=st.muted)
             depth += 1
             if flock is None or not cause.get("node") or not cause.get("run"):
                 break

@@ -55,16 +55,18 @@ async def shoot(demo: DemoFlock) -> None:
         await pilot.pause(0.3)
         app.save_screenshot(str(OUT / "flock-table.svg"))
 
-        t.move_cursor(row=t.get_row_index("bender1"))
+        # bender0: its converge notifies bender1 (the run detail shows what became of it) and
+        # bender1 subscribes to its schema file (an incoming subscription).
+        t.move_cursor(row=t.get_row_index("bender0"))
         await pilot.pause(0.1)
         await pilot.press("enter")
         await until(pilot, lambda: isinstance(app.screen, NodeScreen))
         scr = app.screen
-        await until(pilot, lambda: scr.query_one("#node-runs").row_count >= 2
-                    and scr.query_one("#node-subs").row_count >= 1)
+        await until(pilot, lambda: any(h.get("notifications") for h in scr.history.values())
+                    and any(k.startswith("in:") for k in scr.subs))
         runs = scr.query_one("#node-runs")
-        runs.move_cursor(row=next(i for i, k in enumerate(runs.rows) if scr.history[k.value].get(
-            "cause")))
+        runs.move_cursor(row=next(i for i, k in enumerate(runs.rows)
+                                  if scr.history[k.value].get("notifications")))
         await pilot.pause(1.0)
         app.save_screenshot(str(OUT / "node-screen.svg"))
         await pilot.press("escape")

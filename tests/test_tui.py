@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 
 from flock_node.cli import build_parser
 from flock_node.client import Flock
@@ -345,3 +346,74 @@ def test_log_lines_from_events():
     assert level == "error" and "[red]boom" in text.plain and "dead-lettered" in text.plain
     assert event_text(Event("b0", "run_progress", 0.0, {}), st) is None
 
+
+
+def test_short_ids_fit_their_column():
+    from flock_tui.model import ellipsize, short_resource, short_run_id
+
+    assert ellipsize("abcdefghij", 5) == "ab…ij" and ellipsize("abc", 5) == "abc"
+    rid = "file[/tmp/flock-demo-x/files/bender0/schema.sql]"
+    assert short_resource(rid, 60) == rid
+    assert short_resource(rid, 20) == "file[…/schema.sql]"
+    assert short_resource(rid, 20, "bender0 ") == "bender0 schema.sql"
+    assert len(short_resource("execute[" + "x" * 50 + "]", 12)) == 12
+    assert short_run_id("20261124-213140-12aa4a") == "12aa4a"
+    assert short_run_id("custom-id") == "custom-id"
+
+
+@aio
+async def test_run_detail_shows_notifications_and_early_events_are_safe():
+    """The run detail says what became of each remote notification; failed/dead ones in the
+    theme's error colour. Events for a node screen not composed yet are dropped, not raised."""
+    args = build_parser().parse_args(["--insecure"])
+    app = FlockApp(args, config=ConsoleConfig(), connect=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.ready, 3, "mounted")
+        scr = NodeScreen("b0")
+        app.push_screen(scr)
+        scr.add_event(Text("early"))  # not composed yet: must not raise NoMatches
+        scr.on_flock_event("run_finished")
+        await until(pilot, lambda: scr.ready, 3, "node screen mounted")
+        notes = [
+            {"id": "n-1", "target": "b1", "resource": "execute[kill all humans]",
+             "action": "run", "status": "delivered", "attempts": 1, "error": None},
+            {"id": "n-2", "target": "b2", "resource": "file[/x/app.conf]", "action": "touch",
+             "status": "dead", "attempts": 5, "error": "[bold]unreachable"},
+        ]
+        scr.fill_runs([{"id": "20261124-213140-12aa4a", "kind": "converge", "status": "ok",
+                        "started": 1.0, "duration": 1.0, "updated": 1, "cause": None,
+                        "resources": [], "notifications": notes}])
+        detail = scr.query_one("#node-detail").content
+        plain = detail.plain
+        assert "→ b1 execute[kill all humans] run: delivered" in plain
+        assert "→ b2 file[/x/app.conf] touch: dead after 5 attempts" in plain
+        assert "[bold]unreachable" in plain  # error text is not markup
+        error = app.styles_.error
+        dead_at = plain.index(": dead")
+        assert any(error in str(sp.style) and sp.start <= dead_at < sp.end
+                   for sp in detail.spans)
+        assert scr.query_one("#node-runs").get_row_at(0)[0].plain == "12aa4a"
+
+
+@aio
+async def test_footer_shows_macros_with_their_names():
+    cfg = ConsoleConfig(macros=[Macro(name="deploy-web", key="D", description="ship it",
+                                      steps=["run-chef web-*"])])
+    args = build_parser().parse_args(["--insecure"])
+    app = FlockApp(args, config=cfg, connect=False)
+    async with app.run_test(size=SIZE) as pilot:
+        from textual.widgets._footer import FooterKey, FooterLabel
+
+        await until(pilot, lambda: app.main.query("FooterLabel.macros"), 3, "macros label")
+        keys = [k for k in app.main.query(FooterKey) if k.action.startswith("macro(")]
+        assert [(k.key, k.description) for k in keys] == [("D", "deploy-web")]
+        assert "macros" in str(app.main.query_one("FooterLabel.macros", FooterLabel).content)
+        await pilot.press("question_mark")
+        from flock_tui.screens import HelpScreen
+
+        help_ = await until(pilot, lambda: isinstance(app.screen, HelpScreen) and app.screen,
+                            3, "help")
+        await until(pilot, lambda: help_.query_one("#help-table").row_count, 3, "help rows")
+        t = help_.query_one("#help-table")
+        rows = [[c.plain for c in t.get_row_at(i)] for i in range(t.row_count)]
+        assert ["D", "Macro deploy-web: ship it", "macro.deploy-web"] in rows
