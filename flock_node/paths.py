@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import platformdirs
@@ -16,9 +17,14 @@ def config_dir() -> Path:
 
 def runtime_dir(override: str | None = None) -> Path:
     """Directory of the local ipc sockets; created 0700 so only this user reaches them."""
-    return Path(
-        override or os.environ.get("FLOCK_RUNTIME_DIR") or platformdirs.user_runtime_dir(APP)
-    )
+    explicit = override or os.environ.get("FLOCK_RUNTIME_DIR")
+    if explicit:
+        return Path(explicit)
+    # Without XDG_RUNTIME_DIR platformdirs falls back to /tmp/runtime-UID and warns; the
+    # fallback is fine (the agent makes it 0700), the warning is noise in every command.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Path(platformdirs.user_runtime_dir(APP))
 
 
 def ensure_private_dir(path: Path) -> Path:

@@ -58,7 +58,9 @@ class DemoFlock:
                 raise RuntimeError(f"a demo node exited early; see logs in {self.root}")
             try:
                 with Flock.connect(runtime_dir=self.runtime_dir, insecure=True, timeout=1) as f:
-                    if sum(m["state"] == "alive" for m in f.nodes()) >= len(self.names):
+                    if sum(m["state"] == "alive" for m in f.nodes()) >= len(self.names) and (
+                        self._subscribed(f) or time.monotonic() > deadline - timeout / 2
+                    ):
                         for n in self.names:  # a first converge, so there is something to see
                             f[n].flock_api.run_chef()
                         return
@@ -66,6 +68,13 @@ class DemoFlock:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"demo nodes did not come up within {timeout:g}s; logs in {self.root}")
+
+    def _subscribed(self, f: Flock) -> bool:
+        """bender1's remote subscription has reached bender0, so bender0's first converge
+        shows it firing (it registers right after bender1 compiles, in the background)."""
+        if not {"bender0", "bender1"} <= set(self.names):
+            return True
+        return bool(f["bender0"].resource_manager.subscriptions()["incoming"])
 
     def stop(self) -> None:
         for p in self.procs:
