@@ -446,8 +446,8 @@ def cmd_subscriptions(c: Ctx) -> int:
         c.print(table(rows, ["ID", "NODE", "REACTION", "TRIGGER", "STATE"]))
     else:
         c.print("no subscriptions")
-    for n, e in errors.items():
-        c.print(f"{n}: {e}", )
+    for n, err in errors.items():
+        c.print(f"{n}: {err}")
     return _worst(errors, OK)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import threading
+from types import FrameType
 from typing import TYPE_CHECKING
 
 from flock_node.engine.errors import RecipeError
@@ -61,8 +62,8 @@ def caller_source() -> str:
     """file:line of the innermost recipe frame calling into the DSL."""
     col = active()
     files = col.files if col else set()
-    f = sys._getframe(2)
-    first = f
+    first = sys._getframe(2)
+    f: FrameType | None = first
     while f is not None:
         if f.f_code.co_filename in files:
             return f"{f.f_code.co_filename}:{f.f_lineno}"

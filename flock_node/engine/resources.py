@@ -628,7 +628,8 @@ class Execute(Resource):
             )
         if r.status not in p["returns"]:
             expected = " or ".join(str(x) for x in p["returns"])
-            status = r.status if r.status >= 0 else f"killed by signal {-r.status}"
+            code = r.status if r.status is not None else -1
+            status = code if code >= 0 else f"killed by signal {-code}"
             msg = f"command exited {status} (expected {expected})"
             if r.last_stderr_line:
                 msg += f": {r.last_stderr_line}"
