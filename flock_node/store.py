@@ -21,6 +21,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 HISTORY_LIMIT = 200  # runs kept per node, newest first
+HISTORY_SLACK = 50  # ...pruned back to HISTORY_LIMIT when this many more have accumulated
 DEFAULT_TTL = 24 * 3600.0
 
 _SCHEMA = """
@@ -164,6 +165,7 @@ class Store:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl = ttl
         self._lock = threading.RLock()
+        self._actions: dict[str, tuple[str, ...] | None] = {}  # resource id → allowed actions
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -212,6 +214,7 @@ class Store:
     def save_resources(self, rows: list[ResourceRow]) -> None:
         """Replace the persisted resources with those of the latest compile, keeping results."""
         with self._tx() as db:
+            self._actions.clear()
             old = {
                 r["id"]: r
                 for r in db.execute(
@@ -240,6 +243,17 @@ class Store:
     def resource(self, rid: str) -> ResourceRow | None:
         r = self._one("SELECT * FROM resources WHERE id=?", (rid,))
         return self._resource(r) if r else None
+
+    def resource_actions(self, rid: str) -> tuple[str, ...] | None:
+        """The actions a persisted resource allows (None: no such resource); cached until the
+        next save_resources, since every received notification checks its target."""
+        with self._lock:
+            if rid not in self._actions:
+                r = self._db.execute("SELECT actions FROM resources WHERE id=?", (rid,)).fetchone()
+                if len(self._actions) > 100_000:
+                    self._actions.clear()
+                self._actions[rid] = tuple(json.loads(r[0])) if r else None
+            return self._actions[rid]
 
     @staticmethod
     def _resource(r: sqlite3.Row) -> ResourceRow:
@@ -336,10 +350,15 @@ class Store:
                 "UPDATE outbox SET status='pending', next_attempt=? WHERE status='held' AND hold_run=?",
                 (now, run_id),
             )
-            # Keep history bounded: newest HISTORY_LIMIT runs.
+            # Keep history bounded: back to the newest HISTORY_LIMIT runs once HISTORY_SLACK
+            # more have piled up, so a stream of reactions prunes in batches, not every run.
+            over = db.execute(
+                "SELECT 1 FROM runs ORDER BY started DESC LIMIT 1 OFFSET ?",
+                (HISTORY_LIMIT + HISTORY_SLACK,),
+            ).fetchone()
             old = db.execute(
                 "SELECT id FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?", (HISTORY_LIMIT,)
-            ).fetchall()
+            ).fetchall() if over else []
             for (rid,) in old:
                 db.execute("DELETE FROM runs WHERE id=?", (rid,))
                 db.execute("DELETE FROM run_resources WHERE run_id=?", (rid,))
@@ -349,8 +368,10 @@ class Store:
                     (rid,),
                 )
             # The inbox remembers ids for de-duplication: long past any sender's TTL is enough.
+            # (IN, not !=: the inbox_status index answers it without scanning the inbox.)
             db.execute(
-                "DELETE FROM inbox WHERE status!='pending' AND received<?", (now - 2 * self.ttl,)
+                "DELETE FROM inbox WHERE status IN ('applied', 'failed') AND received<?",
+                (now - 2 * self.ttl,),
             )
 
     def recover_interrupted_runs(self) -> list[str]:
