@@ -13,6 +13,7 @@ import contextlib
 import errno
 import logging
 import os
+import queue
 import socket as _socket
 import threading
 import time
@@ -151,6 +152,10 @@ class Bus:
         self._task: asyncio.Task | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listen_addr: str | None = None
+        self._outq: queue.SimpleQueue[bytes | None] | None = None
+        self._sender: threading.Thread | None = None
+        self._sender_lock = threading.Lock()
+        self._closed = False
 
     def listen(self, addr: str) -> None:
         _listen(self.sock, addr)
@@ -213,17 +218,48 @@ class Bus:
 
     def send(self, msg: Message) -> None:
         """Best effort and never blocking (callable from any thread): Bus0 drops what a full
-        peer cannot take, so nothing that must arrive goes over the bus."""
-        try:
-            self.sock.send(self.codec.encode(msg), block=False)
-        except pynng.NNGException as e:
-            log.debug("bus send: %s", e)
+        peer cannot take, so nothing that must arrive goes over the bus.
+
+        A Bus0 send writes to every peer's socket before it returns (tens of µs), so a sender
+        thread does it: an event costs the loop or the worker an encode and a queue put."""
+        frame = self.codec.encode(msg)
+        q = self._outq if self._outq is not None else self._start_sender()
+        if q is not None:
+            q.put(frame)
+
+    def _start_sender(self) -> queue.SimpleQueue[bytes | None] | None:
+        with self._sender_lock:
+            if self._closed:
+                return None
+            if self._outq is None:
+                q: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+                self._sender = threading.Thread(target=self._send_loop, args=(q,),
+                                                name="bus-send", daemon=True)
+                self._sender.start()
+                self._outq = q
+            return self._outq
+
+    def _send_loop(self, q: queue.SimpleQueue[bytes | None]) -> None:
+        while (frame := q.get()) is not None:
+            try:
+                self.sock.send(frame, block=False)
+            except pynng.NNGException as e:
+                log.debug("bus send: %s", e)
+
+    def _stop_sender(self) -> None:
+        with self._sender_lock:
+            self._closed = True
+            q, t = self._outq, self._sender
+        if q is not None and t is not None:
+            q.put(None)  # after what is queued: a goodbye still goes out
+            t.join(2.0)
 
     async def close(self) -> None:
         if self._task:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        await asyncio.get_running_loop().run_in_executor(None, self._stop_sender)
         self.sock.close()
 
 
