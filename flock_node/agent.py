@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import signal
 import sys
 import threading
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +41,7 @@ from flock_node.protocol import (
     RunProgress,
     RunSummary,
 )
-from flock_node.store import Store
+from flock_node.store import OutboxItem, Store
 from flock_node.transport import (
     AsyncRpc,
     Bus,
@@ -101,14 +103,20 @@ class Agent:
         self.started = time.time()
         self._pipes: dict[int, str] = {}  # bus pipe id → node name
         self._seq = 0
-        self._queue: list[Job] = []
+        self._queue: deque[Job] = deque()
+        self._work_open = False  # jobs start once the startup compile is done
         self._current: Job | None = None
         self._progress: RunProgress | None = None
         self._last_prompt = 0.0
         self._no_batch: set[str] = set()  # targets that do not know notify_batch
         self._prompt_timer: asyncio.TimerHandle | None = None
-        self._wake_work = asyncio.Event()
         self._wake_outbox = asyncio.Event()
+        # Outbox rows committed by the worker, in commit order (None: query the store).
+        self._fresh: deque[list[dict[str, Any]] | None] = deque()
+        # True when every pending outbox row is in _fresh: the delivery loop may send from
+        # memory. Any retry or unknown change makes it False until a query finds none pending.
+        self._outbox_clean = False
+        self._query_sent: deque[str] = deque(maxlen=4096)  # ids last sent from a query
         self._wake_subs = asyncio.Event()
         self._stopping = threading.Event()
         self._stopped = asyncio.Event()
@@ -130,6 +138,21 @@ class Agent:
         return sorted(names)
 
     def outbox_changed(self) -> None:
+        """Outbox rows changed in a way only a query sees (delayed ones released...)."""
+        self._fresh.append(None)
+        self._wake_delivery()
+
+    def outbox_added(self, items: list[OutboxItem]) -> None:
+        """Rows just committed by the worker: immediate ones are pending now. Handing them to
+        the delivery loop in memory lets it send them without reading the outbox back."""
+        rows = [{"id": i.id, "target": i.target, "resource": i.resource, "action": i.action,
+                 "hops": i.hops, "cause": _plain(i.cause), "attempts": 0}
+                for i in items if i.timing != "delayed"]
+        if rows:
+            self._fresh.append(rows)
+            self._wake_delivery()
+
+    def _wake_delivery(self) -> None:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
@@ -154,9 +177,10 @@ class Agent:
             self._enqueue_reaction(n)
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
+        self._work_open = True
+        self._kick()
         self._tasks = [
             self._spawn(self._heartbeat_loop(), "heartbeat"),
-            self._spawn(self._work_loop(), "work"),
             self._spawn(self._delivery_loop(), "delivery"),
             self._spawn(self._subscription_loop(), "subscriptions"),
         ]
@@ -317,46 +341,55 @@ class Agent:
                 return job.run_id, True
         job = Job("converge", _run_id())
         self._queue.append(job)
-        self._wake_work.set()
+        self._kick()
         return job.run_id, False
 
     def _enqueue_reaction(self, n: dict[str, Any]) -> None:
         self._queue.append(Job("reaction", _run_id(), notification=n))
-        self._wake_work.set()
+        self._kick()
 
-    async def _work_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._queue:
-                self._wake_work.clear()
-                await self._wake_work.wait()
-                continue
-            if self._stopping.is_set():
-                self._stopped.set()
-                return
-            job = self._queue.pop(0)
-            job.started = True
-            self._current = job
-            self._progress = RunProgress(job.run_id, job.kind, started=time.time())
-            self.emit("run_started", run=job.run_id, kind=job.kind,
-                      cause=_cause(job.notification))
+    def _kick(self) -> None:
+        """Start the next job now if the worker is idle (on the loop, no task hop): a
+        reaction starts on the worker thread before its notification is even answered."""
+        if self._current is not None or not self._queue or not self._work_open:
+            return
+        if self._stopping.is_set():
+            self._stopped.set()
+            return
+        job = self._queue.popleft()
+        job.started = True
+        self._current = job
+        self._progress = RunProgress(job.run_id, job.kind, started=time.time())
+        assert self._loop is not None
+        fut = self._loop.run_in_executor(self._executor, self._execute, job)
+        fut.add_done_callback(lambda f: self._job_done(job, f))
+        # Announce after handing the job over: the worker starts while we send these.
+        self.emit("run_started", run=job.run_id, kind=job.kind, cause=_cause(job.notification))
+        self._prompt_heartbeat()
+
+    def _job_done(self, job: Job, fut: asyncio.Future) -> None:
+        try:
+            result = fut.result()
+        except BaseException as e:  # never leave `active` stuck on a bug
+            if not isinstance(e, asyncio.CancelledError):
+                log.error("run %s crashed", job.run_id, exc_info=e)
+            result = {"id": job.run_id, "status": "failed", "error": f"internal: {e}"}
+        finally:
+            self._current = None
+            self._progress = None
+        try:
+            self.emit("run_finished", run=job.run_id, kind=job.kind,
+                      status=result.get("status"), error=result.get("error"),
+                      updated=result.get("updated", 0))
             self._prompt_heartbeat()
-            try:
-                result = await loop.run_in_executor(self._executor, self._execute, job)
-            except Exception as e:  # never leave `active` stuck on a bug
-                log.exception("run %s crashed", job.run_id)
-                result = {"id": job.run_id, "status": "failed", "error": f"internal: {e}"}
-            finally:
-                self._current = None
-                self._progress = None
-            self.emit("run_finished", run=job.run_id, kind=job.kind, status=result.get("status"),
-                      error=result.get("error"), updated=result.get("updated", 0))
-            self._prompt_heartbeat()
-            self._wake_outbox.set()
-            self._wake_subs.set()
-            if self._stopping.is_set():
-                self._stopped.set()
-                return
+        except Exception:
+            log.exception("announcing the end of run %s failed", job.run_id)
+        self._wake_outbox.set()
+        self._wake_subs.set()
+        if self._stopping.is_set():
+            self._stopped.set()
+            return
+        self._kick()
 
     def _prompt_heartbeat(self) -> None:
         """Tell the flock about a start or end of run now, but at most every 50 ms: a stream
@@ -404,20 +437,46 @@ class Agent:
     # -- outbox delivery ---------------------------------------------------------------------
     async def _delivery_loop(self) -> None:
         while True:
-            now = time.time()
-            due = self.store.due_outbox(now)
-            by_target: dict[str, list[dict]] = {}
-            for item in due:
-                by_target.setdefault(item["target"], []).append(item)
-            if by_target:
-                await asyncio.gather(*(self._deliver_to(t, items) for t, items in by_target.items()))
+            if self._outbox_clean and self._fresh:
+                fresh = self._take_fresh()
+                if fresh is not None:
+                    # Fast path: nothing else is pending, so these are the whole queue.
+                    sent = set(self._query_sent)
+                    await self._deliver_all([it for it in fresh if it["id"] not in sent])
+                    continue
+                self._outbox_clean = False
+            self._fresh.clear()  # committed before the query below: it finds them
+            due = self.store.due_outbox(time.time())
+            if due:
+                self._query_sent.extend(it["id"] for it in due)
+                await self._deliver_all(due)
                 continue
             nxt = self.store.next_outbox_due()
+            self._outbox_clean = nxt is None
             wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
             self._wake_outbox.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
                     await self._wake_outbox.wait()
+
+    def _take_fresh(self) -> list[dict[str, Any]] | None:
+        out: list[dict[str, Any]] = []
+        while self._fresh:
+            rows = self._fresh.popleft()
+            if rows is None:
+                return None
+            out.extend(rows)
+        return out
+
+    async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
+        by_target: dict[str, list[dict]] = {}
+        for item in items:
+            by_target.setdefault(item["target"], []).append(item)
+        if len(by_target) == 1:
+            [(target, rows)] = by_target.items()
+            await self._deliver_to(target, rows)
+        elif by_target:
+            await asyncio.gather(*(self._deliver_to(t, rows) for t, rows in by_target.items()))
 
     async def _deliver_to(self, target: str, items: list[dict]) -> None:
         addr = self._resolve_addr(target)
@@ -489,6 +548,7 @@ class Agent:
             return
 
     def _reschedule(self, target: str, items: list[dict], err: RpcError) -> None:
+        self._outbox_clean = False  # these stay pending: the next pass reads the store
         # One retry time for the whole queue of this target: per-item jitter would scramble
         # the order in which its notifications arrive.
         when = time.time() + delivery.backoff(items[0]["attempts"]) if items else 0.0
@@ -559,7 +619,8 @@ class Agent:
         if self._stopping.is_set():
             raise RpcError("stopping", f"{self.name} is shutting down")
         run_id, joined = self.run_chef()
-        return {"run_id": run_id, "queued": joined or self.active, "joined": joined}
+        started = self._current is not None and self._current.run_id == run_id
+        return {"run_id": run_id, "queued": not started, "joined": joined}
 
     async def api_active(self) -> bool:
         return self.active
@@ -620,14 +681,14 @@ class Agent:
         return [msgspec.to_builtins(r.__dict__) for r in self.store.resources()]
 
     def _check_target(self, resource: str, action: str | None) -> None:
-        r = self.store.resource(resource)
-        if r is None:
+        actions = self.store.resource_actions(resource)
+        if actions is None:
             known = ", ".join(x.id for x in self.store.resources()[:20]) or "none"
             raise RpcError("unknown_resource", f"{self.name} has no resource {resource}; it has: {known}")
-        if action is not None and action not in r.actions:
+        if action is not None and action not in actions:
             raise RpcError("unknown_action",
                            f"{resource} on {self.name} has no action {action!r}; "
-                           f"allowed: {', '.join(r.actions)}")
+                           f"allowed: {', '.join(actions)}")
 
     async def rm_notify(self, resource: str, action: str, id: str | None = None,
                         sender: str = "", hops: int = 1, cause: dict | None = None) -> dict:
@@ -766,6 +827,11 @@ def _glob(pattern: str, name: str) -> bool:
     from fnmatch import fnmatchcase
 
     return fnmatchcase(name, pattern)
+
+
+def _plain(obj: Any) -> Any:
+    """A value as the outbox row stores it (JSON), so both delivery paths send the same."""
+    return json.loads(json.dumps(obj, default=repr, sort_keys=True))
 
 
 def _run_id() -> str:

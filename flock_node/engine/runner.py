@@ -39,6 +39,10 @@ class Hooks(Protocol):
 
     def outbox_changed(self) -> None: ...
 
+    # Optional: `outbox_added(items)` is told the rows just committed (immediate ones become
+    # pending at once), so the agent can send them without reading them back; hooks without
+    # it get `outbox_changed()`.
+
 
 @dataclass
 class RunContext:
@@ -114,7 +118,7 @@ class _Run:
         )
         if items:
             self.held_remote |= any(i.timing == "delayed" for i in items)
-            self.engine._outbox_changed()
+            self.engine._outbox_changed(items)
         if result == "failed":
             log.warning("%s %s failed: %s", res.id, action, error)
             if self.stopped or not res.props.get("ignore_failure"):
@@ -305,11 +309,15 @@ class Engine:
             return [node] if node else []
         return list(self.hooks.resolve_targets(node, tag))
 
-    def _outbox_changed(self) -> None:
+    def _outbox_changed(self, items: list[OutboxItem] | None = None) -> None:
         if self.hooks is None:
             return
         try:
-            self.hooks.outbox_changed()
+            added = getattr(self.hooks, "outbox_added", None)
+            if items is not None and added is not None:
+                added(items)
+            else:
+                self.hooks.outbox_changed()
         except Exception:
             log.exception("outbox_changed hook failed")
 
