@@ -76,6 +76,7 @@ class Job:
     run_id: str
     notification: dict[str, Any] | None = None
     started: bool = False
+    opened: bool = False  # its run row was committed with the inbox row
     done: asyncio.Future | None = None
 
 
@@ -344,9 +345,16 @@ class Agent:
         self._kick()
         return job.run_id, False
 
-    def _enqueue_reaction(self, n: dict[str, Any]) -> None:
-        self._queue.append(Job("reaction", _run_id(), notification=n))
+    def _enqueue_reaction(self, n: dict[str, Any], opened_run: str | None = None) -> None:
+        """Queue a reaction; `opened_run`: its run row is already committed (only when the
+        worker is idle, so it starts now)."""
+        self._queue.append(Job("reaction", opened_run or _run_id(), notification=n,
+                               opened=opened_run is not None))
         self._kick()
+
+    def _idle(self) -> bool:
+        return (self._current is None and not self._queue and self._work_open
+                and not self._stopping.is_set())
 
     def _kick(self) -> None:
         """Start the next job now if the worker is idle (on the loop, no task hop): a
@@ -423,7 +431,7 @@ class Agent:
             return result
         n = job.notification or {}
         ctx = RunContext(job.run_id, "reaction", cause=_cause(n), hops=n.get("hops", 0),
-                         progress=progress, stop=self._stopping)
+                         progress=progress, stop=self._stopping, opened=job.opened)
         try:
             result = self.engine.run_action(n["resource"], n["action"], ctx)
         except Exception as e:  # resource vanished since we accepted it
@@ -705,11 +713,15 @@ class Agent:
         self._check_target(resource, action)
         nid = id or "n-" + uuid.uuid4().hex
         cause = dict(cause or {})
-        fresh = self.store.inbox_accept(nid, sender or "?", resource, action, hops, cause)
+        n = {"id": nid, "sender": sender, "resource": resource, "action": action,
+             "hops": hops, "cause": cause}
+        # The worker is idle: the reaction starts now, so its run row goes in the inbox
+        # row's commit, one commit fewer before the action starts.
+        run_id = _run_id() if self._idle() else None
+        fresh = self.store.inbox_accept(nid, sender or "?", resource, action, hops, cause,
+                                        run=(run_id, _cause(n)) if run_id else None)
         if fresh:
-            n = {"id": nid, "sender": sender, "resource": resource, "action": action,
-                 "hops": hops, "cause": cause}
-            self._enqueue_reaction(n)
+            self._enqueue_reaction(n, run_id)
             self.emit("notification_received", id=nid, sender=sender, resource=resource,
                       action=action)
         return {"id": nid, "accepted": True, "duplicate": not fresh}

@@ -542,16 +542,29 @@ class Store:
 
     # -- inbox (receiver side, exactly once) -------------------------------------------------
     def inbox_accept(
-        self, nid: str, sender: str, resource: str, action: str, hops: int, cause: dict
+        self, nid: str, sender: str, resource: str, action: str, hops: int, cause: dict,
+        run: tuple[str, dict[str, Any] | None] | None = None,
     ) -> bool:
-        """Record a received notification. False if this id was already received."""
+        """Record a received notification. False if this id was already received.
+
+        `run` (run id, cause): when fresh, also start the reaction's run in the same commit
+        (what start_run does), for a reaction that starts at once."""
         with self._tx() as db:
+            now = time.time()
             cur = db.execute(
                 "INSERT OR IGNORE INTO inbox (id, sender, resource, action, hops, cause, status,"
                 " received) VALUES (?,?,?,?,?,?,?,?)",
-                (nid, sender, resource, action, hops, _json(cause), "pending", time.time()),
+                (nid, sender, resource, action, hops, _json(cause), "pending", now),
             )
-            return cur.rowcount == 1
+            fresh = cur.rowcount == 1
+            if fresh and run is not None:
+                run_id, run_cause = run
+                db.execute(
+                    "INSERT OR REPLACE INTO runs (id, kind, status, started, cause)"
+                    " VALUES (?,?,?,?,?)",
+                    (run_id, "reaction", "running", now, _json(run_cause) if run_cause else None),
+                )
+            return fresh
 
     def inbox_accept_many(self, rows: list[tuple]) -> list[bool]:
         """inbox_accept for many (nid, sender, resource, action, hops, cause) in one commit."""

@@ -54,6 +54,7 @@ class RunContext:
     hops: int = 0
     progress: Callable[[int, int, str], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    opened: bool = False  # the caller already committed the run row (start_run)
 
 
 class _Recorder:
@@ -412,7 +413,8 @@ class Engine:
                 raise UnknownResource(resource_id)
             if action not in res.actions:
                 raise UnknownAction(resource_id, action, list(res.actions))
-            self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
+            if not ctx.opened:
+                self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
             run = _Run(self, ctx, lookup)
             try:
                 self._progress(ctx, 1, 1, res.id)
