@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import os
 import shlex
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -1056,8 +1057,12 @@ def _active_bindings(screen: Screen) -> list[tuple[str, Binding]]:
 
 def run_console(args: argparse.Namespace) -> int:
     """Open the console; returns the exit code (errors show in the UI, not as tracebacks)."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("flock: the console needs a terminal; in scripts use a command "
+              "(`flock nodes`, `flock run-chef ...`; see `flock --help`)", file=sys.stderr)
+        return 2
     app = FlockApp(args)
     result = app.run()
     if app.config_error:
-        print(f"flock: {app.config_error}", file=__import__("sys").stderr)
+        print(f"flock: {app.config_error}", file=sys.stderr)
     return int(result or 0)
