@@ -55,6 +55,8 @@ from flock_node.transport import (
 
 log = logging.getLogger("flock.agent")
 
+CONVERGE_DELAY = 0.03  # seconds between accepting run_chef and starting the converge
+
 
 @dataclass
 class AgentConfig:
@@ -342,7 +344,11 @@ class Agent:
                 return job.run_id, True
         job = Job("converge", _run_id())
         self._queue.append(job)
-        self._kick()
+        # Start a moment later: the answer goes out before the converge takes the CPU (a
+        # `run-chef '*'` on one machine is acknowledged by all at once), and a burst of
+        # requests joins this run.
+        assert self._loop is not None
+        self._loop.call_later(CONVERGE_DELAY, self._kick)
         return job.run_id, False
 
     def _enqueue_reaction(self, n: dict[str, Any], opened_run: str | None = None) -> None:
@@ -627,8 +633,10 @@ class Agent:
         if self._stopping.is_set():
             raise RpcError("stopping", f"{self.name} is shutting down")
         run_id, joined = self.run_chef()
-        started = self._current is not None and self._current.run_id == run_id
-        return {"run_id": run_id, "queued": not started, "joined": joined}
+        # queued: it waits behind another run (it starts at once otherwise).
+        ahead = (self._current is not None and self._current.run_id != run_id) or any(
+            j.run_id != run_id for j in list(self._queue)[:1])
+        return {"run_id": run_id, "queued": joined or ahead, "joined": joined}
 
     async def api_active(self) -> bool:
         return self.active
