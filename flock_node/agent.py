@@ -49,6 +49,7 @@ from flock_node.transport import (
     RpcServer,
     SyncRpc,
     ipc_addresses,
+    lock_name,
     scan_runtime_dir,
     tcp_addresses,
 )
@@ -167,6 +168,10 @@ class Agent:
         self.bus = Bus(self.codec, self._on_bus, self._on_pipe_removed)
         self.server = RpcServer(self.codec, self._handle)
         self.rpc = AsyncRpc(self.codec, timeout=2.0)
+        if not self.cfg.listen:
+            # Our name in the runtime dir: refuses a second agent of the same name, and
+            # tells others scanning the dir that our sockets are not stale.
+            self._name_lock = lock_name(self.cfg.runtime_dir, self.name)
         self.bus.listen(self.bus_addr)
         self.server.listen(self.rpc_addr)
         self.bus.start()

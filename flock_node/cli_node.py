@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import re
@@ -93,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run_agent(cfg)
     except OSError as e:
+        if e.errno == errno.EADDRINUSE and e.strerror:
+            return _fail(e.strerror)
         return _fail(str(e))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import queue
@@ -100,7 +101,8 @@ def ipc_alive(path: str) -> bool:
 
 
 def scan_runtime_dir(runtime_dir: Path, clean: bool = False) -> dict[str, tuple[str, str]]:
-    """Nodes listening in a runtime dir: name → (bus, rpc). `clean` removes stale sockets."""
+    """Nodes listening in a runtime dir: name → (bus, rpc). `clean` removes the sockets of
+    agents that are gone (their name lock is free), never those of one still starting."""
     out = {}
     try:
         entries = list(runtime_dir.glob("*.bus"))
@@ -110,11 +112,39 @@ def scan_runtime_dir(runtime_dir: Path, clean: bool = False) -> dict[str, tuple[
         name = p.name[: -len(".bus")]
         if ipc_alive(str(p)):
             out[name] = ipc_addresses(runtime_dir, name)
-        elif clean:
+        elif clean and not name_locked(runtime_dir, name):
             for suffix in (".bus", ".rpc"):
                 with contextlib.suppress(OSError):
                     (runtime_dir / (name + suffix)).unlink()
     return out
+
+
+def lock_name(runtime_dir: Path, name: str) -> int:
+    """Hold NAME.lock in the runtime dir for the agent's lifetime (the kernel drops it when
+    the process dies, even by kill -9). Raises if another live agent holds it."""
+    fd = os.open(runtime_dir / (name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise OSError(errno.EADDRINUSE,
+                      f"a node named {name!r} is already running in {runtime_dir}") from None
+    return fd
+
+
+def name_locked(runtime_dir: Path, name: str) -> bool:
+    """Is an agent called `name` alive here (holding its lock)?"""
+    try:
+        fd = os.open(runtime_dir / (name + ".lock"), os.O_RDWR)
+    except OSError:
+        return False  # no lock file: an agent from before locks, or gone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def _listen(sock: pynng.Socket, addr: str) -> None:

@@ -464,3 +464,20 @@ def test_duplicate_call_id_runs_the_handler_once(tcp):
         api = f["t1"].flock_api
         wait_for(lambda: (api.run(r1.result["run_id"]) or {}).get("status") == "ok", 10)
         assert len(api.history(100)) == runs_before + 1
+
+
+def test_a_second_agent_with_the_same_name_is_refused_and_stale_sockets_are_reused(flock_env):
+    env = flock_env
+    first = env.start("twin")
+    second = env.start("twin", wait=False)
+    assert second.proc.wait(20) == 2
+    assert "a node named 'twin' is already running" in second.output()
+    # The first one is untouched and still answers.
+    with env.flock() as f:
+        assert f["twin"].flock_api.active() is False
+    # kill -9 leaves its sockets behind; the next start of that name takes them over.
+    first.kill9()
+    assert (env.runtime_dir / "twin.bus").exists()
+    env.start("twin")
+    with env.flock() as f:
+        assert f["twin"].flock_api.status()["incarnation"] == 2
