@@ -95,6 +95,11 @@ class Agent:
         self.cfg = cfg
         self.name = cfg.name
         ensure_private_dir(cfg.runtime_dir)
+        if not cfg.listen:
+            # Our name in the runtime dir, taken before anything else: refuses a second
+            # agent of the same name, and tells others scanning the dir that our sockets
+            # are not stale even while we are still starting.
+            self._name_lock = lock_name(cfg.runtime_dir, cfg.name)
         cfg.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(cfg.state_dir / "flock.db", node=cfg.name, ttl=cfg.ttl)
         self.incarnation = self.store.next_incarnation()
@@ -168,10 +173,6 @@ class Agent:
         self.bus = Bus(self.codec, self._on_bus, self._on_pipe_removed)
         self.server = RpcServer(self.codec, self._handle)
         self.rpc = AsyncRpc(self.codec, timeout=2.0)
-        if not self.cfg.listen:
-            # Our name in the runtime dir: refuses a second agent of the same name, and
-            # tells others scanning the dir that our sockets are not stale.
-            self._name_lock = lock_name(self.cfg.runtime_dir, self.name)
         self.bus.listen(self.bus_addr)
         self.server.listen(self.rpc_addr)
         self.bus.start()
