@@ -49,7 +49,15 @@ from flock_tui.model import (
     row_cells,
     sort_key,
 )
-from flock_tui.screens import ConfirmScreen, HelpScreen, NodeScreen, Step, Wizard, err_text
+from flock_tui.screens import (
+    ConfirmScreen,
+    HelpScreen,
+    NodeScreen,
+    Step,
+    Wizard,
+    cursor_key,
+    err_text,
+)
 
 POLL_INTERVAL = 1.0
 FLUSH_INTERVAL = 0.1
@@ -505,13 +513,7 @@ class FlockApp(App[int]):
     def cursor_node(self) -> str | None:
         if not self.ready:
             return None
-        t = self.table
-        if not t.row_count:
-            return None
-        try:
-            return t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001
-            return None
+        return cursor_key(self.table)
 
     def targets(self) -> list[str]:
         marked = [n for n in sorted(self.marks) if n in self.view.members]

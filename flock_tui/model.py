@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 from rich.text import Text
 
+from flock_node.cli import ago
 from flock_node.protocol import Event, Heartbeat
 
 COLUMNS: list[tuple[str, str]] = [
@@ -41,17 +42,6 @@ class Styles:
                 "left": self.muted}.get(state, "")
 
 
-def ago(ts: float | None, now: float) -> str:
-    if not ts:
-        return "-"
-    d = max(0.0, now - ts)
-    if d < 60:
-        return f"{d:.0f}s ago"
-    if d < 3600:
-        return f"{d / 60:.0f}m ago"
-    if d < 86400:
-        return f"{d / 3600:.0f}h ago"
-    return f"{d / 86400:.0f}d ago"
 
 
 def duration(d: float | None) -> str:

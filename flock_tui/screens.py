@@ -21,6 +21,16 @@ from textual.widgets.option_list import Option
 from flock_node.transport import RpcError
 from flock_tui.model import ago, duration, short_resource, short_run_id
 
+
+def cursor_key(t: DataTable) -> str | None:
+    """The row key under a table's cursor (None when the table is empty)."""
+    if not t.row_count:
+        return None
+    try:
+        return t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
+    except Exception:  # noqa: BLE001 - the cursor can briefly point past a removed row
+        return None
+
 if TYPE_CHECKING:
     from flock_tui.app import FlockApp
 
@@ -530,14 +540,7 @@ class NodeScreen(Screen[None]):
         cols = [("", 1), ("WHEN UPDATED", w), ("RUNS", w), ("STATE", 10)]
         self._refill(t, cols, rows, "no subscriptions: s wires one")
 
-    @staticmethod
-    def _cursor_key(t: DataTable) -> str | None:
-        if not t.row_count:
-            return None
-        try:
-            return t.coordinate_to_cell_key(t.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001
-            return None
+    _cursor_key = staticmethod(cursor_key)
 
     @on(DataTable.RowHighlighted, "#node-runs")
     def _run_highlighted(self, ev: DataTable.RowHighlighted) -> None:
