@@ -41,7 +41,7 @@ from flock_node.protocol import (
     RunProgress,
     RunSummary,
 )
-from flock_node.store import OutboxItem, Store
+from flock_node.store import STOPPED_BEFORE_ACTION, OutboxItem, Store
 from flock_node.transport import (
     AsyncRpc,
     Bus,
@@ -341,7 +341,9 @@ class Agent:
     # -- the work queue ----------------------------------------------------------------------
     @property
     def active(self) -> bool:
-        return self._current is not None
+        # A converge accepted but inside its start delay counts: `run_chef()` then
+        # `active()` is true, as a script waiting for the run to end expects.
+        return self._current is not None or bool(self._queue)
 
     def run_chef(self) -> tuple[str, bool]:
         """Queue a converge; join the one already waiting if there is one."""
@@ -450,9 +452,18 @@ class Agent:
             self.store.start_run(job.run_id, "reaction", _cause(n))
             self.store.finish_run(job.run_id, False, str(e), 0)
             result = {"id": job.run_id, "status": "failed", "error": str(e)}
+        if self._stopping.is_set() and self._stopped_before_action(job.run_id):
+            # SIGTERM cut its wait short: the action never ran, so the notification stays
+            # pending and runs after the restart (it was acknowledged; it must not be lost).
+            return result
         self.store.inbox_done(n["id"], job.run_id, result.get("status") == "ok",
                               result.get("error"))
         return result
+
+    def _stopped_before_action(self, run_id: str) -> bool:
+        run = self.store.run(run_id) or {}
+        first = (run.get("resources") or [{}])[0]
+        return (first.get("error") or "").startswith(STOPPED_BEFORE_ACTION)
 
     # -- outbox delivery ---------------------------------------------------------------------
     async def _delivery_loop(self) -> None:

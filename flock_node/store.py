@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 SCHEMA_VERSION = 1
+# How the engine records a resource whose wait was cut short by a stop: its action never ran.
+STOPPED_BEFORE_ACTION = "stopped during"
 HISTORY_LIMIT = 200  # runs kept per node, newest first
 HISTORY_SLACK = 50  # ...pruned back to HISTORY_LIMIT when this many more have accumulated
 DEFAULT_TTL = 24 * 3600.0
@@ -605,7 +607,7 @@ class Store:
                 "ORDER BY runs.started DESC LIMIT 1",
                 (n["id"],),
             )
-            if r is None:
+            if r is None or (r["error"] or "").startswith(STOPPED_BEFORE_ACTION):
                 todo.append(n)
             else:
                 self.inbox_done(n["id"], r["id"], r["result"] != "failed", r["error"])

@@ -509,3 +509,43 @@ def test_persisted_resources_answer_notify_when_the_recipe_no_longer_compiles(fl
     wait_for(lambda: len(lines(out)) == 1 and (env.root / "f").exists(), 10)
     wait_for(lambda: quiet(f, "rcv"), 5)
     assert all(r["status"] == "ok" for r in reactions(f, "rcv"))
+
+
+def test_a_reaction_stopped_during_its_wait_runs_after_the_restart(flock_env):
+    """SIGTERM cuts a reaction's wait_until short before its action ran: the acknowledged
+    notification must not be lost; it runs once when the node is back."""
+    env = flock_env
+    out, gate = env.root / "hits", env.root / "go"
+    text = f"""
+        import os
+        from flock_node.dsl import execute
+        execute("slow", command="echo hit >> {out}", action="nothing").wait_until(
+            lambda: os.path.exists("{gate}"), interval=0.05, timeout=600)
+    """
+    node = start(env, "c", text)
+    f = env.flock()
+    f["c"].resource_manager.notify("execute[slow]", "run", id="n-stop-1", sender="test")
+    wait_for(lambda: f["c"].flock_api.active(), 5, what="the reaction to start waiting")
+    assert node.stop() == 0
+    assert inbox_ids(node) == [("n-stop-1", "pending")]
+    gate.write_text("go")
+    start(env, "c", text)
+    f = env.flock()
+    wait_for(lambda: lines(out) == ["hit"] and quiet(f, "c"), 15, what="the reaction to run")
+    assert inbox_ids(env.nodes["c"]) == [("n-stop-1", "applied")]
+    assert lines(out) == ["hit"]
+
+
+def test_active_is_true_as_soon_as_run_chef_returns(flock_env):
+    env = flock_env
+    start(env, "c", """
+        from flock_node.dsl import execute
+        execute("short", command="sleep 0.3")
+    """)
+    f = env.flock()
+    api = f["c"].flock_api
+    for _ in range(3):
+        rid = api.run_chef()["run_id"]
+        assert api.active() is True
+        wait_for(lambda rid=rid: finished(f, "c", rid), 15, what="the run to end")
+        assert api.active() is False

@@ -25,7 +25,7 @@ from flock_node.engine.notifications import DelayedQueue
 from flock_node.engine.recipe import Compiled, compile_recipes, restore
 from flock_node.engine.resources import CALLABLE, Resource, Wait
 from flock_node.engine.shell import run_guard
-from flock_node.store import OutboxItem, ResourceRow, Store
+from flock_node.store import STOPPED_BEFORE_ACTION, OutboxItem, ResourceRow, Store
 
 log = logging.getLogger("flock.engine")
 
@@ -219,7 +219,7 @@ class _Run:
                 return msg + (f" (last error: {last_error})" if last_error else "")
             if self.ctx.stop.wait(min(w.interval, remaining)):
                 self.stopped = True
-                return f"stopped during {w.kind}: {w.text}"
+                return f"{STOPPED_BEFORE_ACTION} {w.kind}: {w.text}"
 
     def _remote_items(self, res: Resource, action: str) -> tuple[list[OutboxItem], list[str]]:
         eng, ctx = self.engine, self.ctx
