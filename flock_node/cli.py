@@ -19,7 +19,7 @@ from typing import Any
 from flock_node import __version__, paths
 from flock_node.client import Flock
 from flock_node.protocol import generate_key_file
-from flock_node.transport import RpcError
+from flock_node.transport import RpcError, rpc_for_bus, tcp_addresses
 
 OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
 STATES = ("active", "idle", "alive", "down")
@@ -32,20 +32,44 @@ class CliError(Exception):
         self.code = code
 
 
+def seed_url(text: str) -> str:
+    """A --seed: the bus address of a node, tcp://HOST:PORT or ipc://PATH.bus."""
+    try:
+        if text.startswith("tcp://"):
+            tcp_addresses(text)
+        else:
+            rpc_for_bus(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a node's bus address (tcp://HOST:PORT or ipc://PATH.bus)"
+        ) from None
+    return text
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not v > 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
+    return v
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flock",
         description="Watch and drive a flock of nodes. With no command, open the console.",
     )
     p.add_argument("--version", action="version", version=f"flock {__version__}")
-    p.add_argument("--seed", action="append", default=[], metavar="URL",
+    p.add_argument("--seed", action="append", default=[], metavar="URL", type=seed_url,
                    help="bus address of a node (tcp://HOST:PORT); repeatable")
     p.add_argument("--runtime-dir", metavar="DIR", help="where local nodes' sockets are")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--key-file", metavar="FILE")
     g.add_argument("--insecure", action="store_true")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--connect-timeout", type=float, default=5.0, metavar="S",
+    p.add_argument("--connect-timeout", type=positive_seconds, default=5.0, metavar="S",
                    help="how long to wait for a node's answer (default 5)")
     p.add_argument("--read-only", action="store_true", help="console: hide what changes anything")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -56,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("run-chef", help="start a converge on TARGET (name or glob)")
     s.add_argument("target")
     s.add_argument("--wait", action="store_true", help="wait for the runs to finish")
-    s.add_argument("--timeout", type=float, default=3600.0, metavar="S")
+    s.add_argument("--timeout", type=positive_seconds, default=3600.0, metavar="S")
     s = sub.add_parser("active", help="print true/false: is NODE converging")
     s.add_argument("node")
     s = sub.add_parser("resources", help="a node's persisted resources")
@@ -85,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=f"wait {what} every node of TARGET is in STATE")
         s.add_argument("target")
         s.add_argument("state", choices=STATES)
-        s.add_argument("--timeout", type=float, default=300.0, metavar="S")
-        s.add_argument("--interval", type=float, default=0.25, metavar="S")
+        s.add_argument("--timeout", type=positive_seconds, default=300.0, metavar="S")
+        s.add_argument("--interval", type=positive_seconds, default=0.25, metavar="S")
     s = sub.add_parser("macro", help="run a console macro headless")
     s.add_argument("name")
     s.add_argument("--node", help="value of {node} in the steps")
@@ -324,6 +348,10 @@ def _wait_runs(c: Ctx, started: dict[str, str], errors: dict[str, CliError]) -> 
                 live[n] = line
                 if not tty and not c.args.json:
                     c.print(line)
+            elif r is None and _lost(c, n, run_id):
+                errors[n] = CliError(f"{n}: run {run_id} is gone: the node restarted before "
+                                     "it started; run it again", FAILED)
+                live[n] = f"{n}: lost (node restarted)"
             else:
                 st = _progress(c, n)
                 if st != live.get(n) and not tty and not c.args.json and st.startswith("converging"):
@@ -345,6 +373,18 @@ def _wait_runs(c: Ctx, started: dict[str, str], errors: dict[str, CliError]) -> 
             break
         time.sleep(0.2)
     return results
+
+
+def _lost(c: Ctx, n: str, run_id: str) -> bool:
+    """A queued run lives only in the node's memory: a restart before it starts loses it."""
+    try:
+        st = c.flock.call(n, "flock_api", "status", timeout=2.0)
+        if run_id in st.get("queued", []) or (st.get("current_run") or {}).get("id") == run_id:
+            return False
+        # It may have run and finished between the two calls.
+        return c.flock.call(n, "flock_api", "run", {"id": run_id}, timeout=2.0) is None
+    except RpcError:
+        return False
 
 
 def _progress(c: Ctx, n: str) -> str:
@@ -479,7 +519,7 @@ def cmd_wait(c: Ctx) -> int:
     while True:
         try:
             members = {m["name"]: m for m in c.flock.nodes()}
-        except RpcError as e:
+        except (RpcError, CliError) as e:  # no node reachable yet: "not yet", keep waiting
             members, last = {}, str(e)
         if any(ch in pattern for ch in "*?["):
             names = [n for n in members if fnmatchcase(n, pattern)]

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from flock_node import __version__, paths
+from flock_node.cli import positive_seconds, seed_url
 from flock_node.protocol import load_key
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--recipe", action="append", default=[], metavar="FILE",
                    help="recipe file (repeatable, converged in order)")
     r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT (bus on PORT, RPC on PORT+1)")
-    r.add_argument("--seed", action="append", default=[], metavar="URL",
+    r.add_argument("--seed", action="append", default=[], metavar="URL", type=seed_url,
                    help="bus address of a node to join (repeatable)")
     r.add_argument("--tag", action="append", default=[], metavar="TAG")
     r.add_argument("--state-dir", metavar="DIR")
@@ -33,8 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     g = r.add_mutually_exclusive_group()
     g.add_argument("--key-file", metavar="FILE")
     g.add_argument("--insecure", action="store_true", help="allow TCP without a flock key")
-    r.add_argument("--heartbeat", type=float, default=1.0, metavar="SECONDS")
-    r.add_argument("--ttl", type=float, default=24 * 3600.0, metavar="SECONDS",
+    r.add_argument("--heartbeat", type=positive_seconds, default=1.0, metavar="SECONDS")
+    r.add_argument("--ttl", type=positive_seconds, default=24 * 3600.0, metavar="SECONDS",
                    help="how long an undelivered notification is retried (default 24 h)")
     r.add_argument("--log-level", default=os.environ.get("FLOCK_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
@@ -55,8 +56,6 @@ def main(argv: list[str] | None = None) -> int:
     if not NAME_RE.match(args.name):
         return _fail(f"invalid node name {args.name!r}: use letters, digits, '.', '_', '-' "
                      "(at most 63, starting with a letter or digit)")
-    if args.heartbeat <= 0:
-        return _fail("--heartbeat must be positive")
     recipes = []
     for r in args.recipe:
         rp = Path(r).resolve()
