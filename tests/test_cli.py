@@ -241,7 +241,9 @@ def test_run_chef_while_active_is_queued_and_joined(flock3):
             api = f["b1"].flock_api
             first = api.run_chef()
             assert first["queued"] is False
-            wait_for(api.active, 5, what="b1 to converge")
+            assert api.active() is True  # from the moment run_chef returns
+            wait_for(lambda: (api.status()["current_run"] or {}).get("id") == first["run_id"],
+                     5, what="b1 to start converging")
             second = api.run_chef()
             assert second["queued"] is True and second["joined"] is False
             third = api.run_chef()
