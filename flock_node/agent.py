@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import signal
+import sqlite3
 import sys
 import threading
 import time
@@ -100,7 +101,7 @@ class Agent:
             # agent of the same name, and tells others scanning the dir that our sockets
             # are not stale even while we are still starting.
             self._name_lock = lock_name(cfg.runtime_dir, cfg.name)
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        ensure_private_dir(cfg.state_dir)
         self.store = Store(cfg.state_dir / "flock.db", node=cfg.name, ttl=cfg.ttl)
         self.incarnation = self.store.next_incarnation()
         if cfg.listen:
@@ -133,6 +134,7 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.compile_error: str | None = None
+        self.crashed = False  # an internal task died: exit non-zero so a supervisor restarts us
         from flock_node.engine import Engine  # the engine pulls in the DSL
 
         self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)
@@ -202,6 +204,7 @@ class Agent:
         def done(t: asyncio.Task) -> None:
             if not t.cancelled() and t.exception() is not None:
                 log.error("task %s crashed; stopping the agent", name, exc_info=t.exception())
+                self.crashed = True
                 self._stopping.set()
                 self._stopped.set()
 
@@ -638,8 +641,9 @@ class Agent:
                 "unknown_method", f"no method {req.actor}.{req.method}; known: {', '.join(known)}"))
         try:
             result = await fn(self, **req.args)
-        except TypeError as e:
-            return Response(req.call_id, False, error=Error("bad_request", str(e)))
+        except (TypeError, ValueError, OverflowError, sqlite3.Error) as e:
+            # Arguments of the wrong shape: the caller's mistake, answered, not a crash.
+            return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))
         except BadRequest as e:
             return Response(req.call_id, False, error=Error("bad_request", str(e)))
         except RpcError as e:
@@ -923,5 +927,5 @@ def run_agent(cfg: AgentConfig) -> int:
     # every nng or SQLite call that releases it can wait 5 ms to get it back.
     sys.setswitchinterval(0.0005)
     asyncio.run(main())
-    return 0
+    return 1 if agent.crashed else 0
 

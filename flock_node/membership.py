@@ -126,7 +126,9 @@ class Membership:
         return self._members.get(name)
 
     def members(self) -> list[Member]:
-        return sorted(self._members.values(), key=lambda m: m.name)
+        # list() is one C call under the GIL: a snapshot even when read from the worker
+        # thread while the loop adds a member.
+        return sorted(list(self._members.values()), key=lambda m: m.name)
 
     def match(self, pattern: str | None = None, tag: str | None = None,
               include_gone: bool = False) -> list[str]:

@@ -28,8 +28,18 @@ def runtime_dir(override: str | None = None) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    """Create `path` 0700. An existing directory is used as it is, unless others could write
+    in it (then our sockets or database could be swapped under us): that is refused."""
+    if not path.exists():
+        path.mkdir(parents=True, mode=0o700)
+        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+        return path
+    st = path.stat()
+    if st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise OSError(
+            f"{path} is writable by other users or not ours (mode {st.st_mode & 0o777:o}); "
+            "use a private directory (--runtime-dir / --state-dir)"
+        )
     return path
 
 

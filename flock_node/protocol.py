@@ -228,6 +228,10 @@ def load_key(path: str | os.PathLike) -> bytes:
     """Read a key file (hex or raw); refuse an empty or world-readable one."""
     p = os.fspath(path)
     with open(p, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode & 0o777
+        if mode & 0o077:
+            raise ValueError(f"key file {p} can be read by others (mode {mode:o}); "
+                             f"run `chmod 600 {p}`")
         data = f.read().strip()
     if not data:
         raise ValueError(f"key file {p} is empty")

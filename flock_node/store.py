@@ -10,6 +10,7 @@ rows included, so a crash never separates "updated" from "notification queued".
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -168,6 +169,8 @@ class Store:
         self.ttl = ttl
         self._lock = threading.RLock()
         self._actions: dict[str, tuple[str, ...] | None] = {}  # resource id → allowed actions
+        if not self.path.exists():  # 0600: SQLite gives its -wal and -shm files the same mode
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")

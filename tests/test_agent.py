@@ -289,7 +289,9 @@ def test_tcp_listen_without_key_is_refused_and_insecure_works(tcp):
             text=True,
             timeout=30,
         )
-        assert r.returncode == 2 and r.stderr.startswith("flock-node:"), (bad, r.stderr)
+        # Our own checks say "flock-node: ..."; argparse's say "flock-node run: error: ...".
+        said = r.stderr.startswith("flock-node:") or "flock-node run: error:" in r.stderr
+        assert r.returncode == 2 and said and "Traceback" not in r.stderr, (bad, r.stderr)
 
     node = tcp.env.start("ins", "--listen", f"tcp://127.0.0.1:{p}", "--insecure")
     try:
@@ -481,3 +483,38 @@ def test_a_second_agent_with_the_same_name_is_refused_and_stale_sockets_are_reus
     env.start("twin")
     with env.flock() as f:
         assert f["twin"].flock_api.status()["incarnation"] == 2
+
+
+def test_private_files_and_refusals(flock_env, tmp_path):
+    env = flock_env
+    node = env.start("p1")
+    db = node.state_dir / "flock.db"
+    assert os.stat(node.state_dir).st_mode & 0o777 == 0o700
+    assert os.stat(db).st_mode & 0o777 == 0o600
+    # Arguments of the wrong shape are the caller's mistake: bad_request, the node lives on.
+    with env.flock() as f:
+        for method, args in (("outbox", {"status": ["x"]}), ("history", {"limit": 2**63 + 5})):
+            with pytest.raises(FlockError) as e:
+                f.call("p1", "flock_api", method, args)
+            assert e.value.code == "bad_request", e.value
+        with pytest.raises(FlockError) as e:
+            f.call("p1", "resource_manager", "unsubscribe", {"id": ["x"]})
+        assert e.value.code == "bad_request"
+        assert f["p1"].flock_api.active() is False
+    # A key file others can read is refused, naming the fix.
+    key = tmp_path / "k"
+    key.write_text(os.urandom(32).hex())
+    os.chmod(key, 0o644)
+    r = subprocess.run([sys.executable, "-m", "flock_node.cli_node", "run", "p2", "--listen",
+                        f"tcp://127.0.0.1:{free_port()}", "--key-file", str(key)],
+                       env=env.env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "chmod 600" in r.stderr, r.stderr
+    # A runtime dir others can write in is refused instead of being chmod-ed.
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    r = subprocess.run([sys.executable, "-m", "flock_node.cli_node", "run", "p3",
+                        "--runtime-dir", str(shared), "--state-dir", str(tmp_path / "s3")],
+                       env=env.env, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "writable by other users" in r.stderr, r.stderr
+    assert os.stat(shared).st_mode & 0o777 == 0o777
