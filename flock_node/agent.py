@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -544,14 +545,14 @@ class Agent:
                 else:
                     delivered.append(it)
             self.store.outbox_settle([it["id"] for it in delivered],
-                                     [(it["id"], f"{e.code}: {e.message}") for it, e in failed])
+                                     [(it["id"], f"{x.code}: {x.message}") for it, x in failed])
             for it in delivered:
                 self.emit("notification_delivered", id=it["id"], target=target,
                           resource=it["resource"], action=it["action"])
-            for it, e in failed:
-                log.error("notification %s to %s refused: %s", it["id"], target, e)
+            for it, err in failed:
+                log.error("notification %s to %s refused: %s", it["id"], target, err)
                 self.emit("notification_failed", id=it["id"], target=target,
-                          resource=it["resource"], action=it["action"], error=str(e))
+                          resource=it["resource"], action=it["action"], error=str(err))
             items = items[len(chunk):]
         for i, item in enumerate(items):
             if addr is None:
@@ -755,7 +756,7 @@ class Agent:
                       action=action)
         return {"id": nid, "accepted": True, "duplicate": not fresh}
 
-    async def rm_notify_batch(self, items: list) -> list[dict]:
+    async def rm_notify_batch(self, items: list) -> list[dict | None]:
         """Many notifications from one sender in one call and one commit, in order; each
         answered like `notify` (accepted/duplicate) or with its own error."""
         if not isinstance(items, list):
@@ -767,8 +768,12 @@ class Agent:
                 if not isinstance(it, dict):
                     raise BadRequest("each item must be a map")
                 nid, resource, action = it.get("id"), it.get("resource"), it.get("action")
-                if not all(isinstance(x, str) for x in (nid, resource, action)):
+                if not (isinstance(nid, str) and isinstance(resource, str)
+                        and isinstance(action, str)):
                     raise BadRequest("id, resource and action must be strings")
+                cause = it.get("cause") or {}
+                if not isinstance(cause, dict):
+                    raise BadRequest("cause must be a map")
                 hops = _int(it.get("hops", 1), "hops")
                 why = delivery.hop_refusal(hops)
                 if why:
@@ -785,8 +790,7 @@ class Agent:
                 out.append({"id": nid, "error": {"code": e.code, "message": e.message}})
                 continue
             out.append(None)
-            rows.append((nid, str(it.get("sender") or "?"), resource, action, hops,
-                         dict(it.get("cause") or {})))
+            rows.append((nid, str(it.get("sender") or "?"), resource, action, hops, cause))
         fresh = iter(self.store.inbox_accept_many(rows)) if rows else iter(())
         accepted = iter(rows)
         for i, r in enumerate(out):
@@ -840,7 +844,7 @@ class Agent:
         return {"incoming": incoming, "outgoing": outgoing}
 
 
-_METHODS = {
+_METHODS: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
     ("flock_api", "run_chef"): Agent.api_run_chef,
     ("flock_api", "active"): Agent.api_active,
     ("flock_api", "status"): Agent.api_status,

@@ -103,7 +103,7 @@ def ipc_alive(path: str) -> bool:
 def scan_runtime_dir(runtime_dir: Path, clean: bool = False) -> dict[str, tuple[str, str]]:
     """Nodes listening in a runtime dir: name → (bus, rpc). `clean` removes the sockets of
     agents that are gone (their name lock is free), never those of one still starting."""
-    out = {}
+    out: dict[str, tuple[str, str]] = {}
     try:
         entries = list(runtime_dir.glob("*.bus"))
     except OSError:

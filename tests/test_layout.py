@@ -29,3 +29,10 @@ def test_ruff_is_clean():
     r = subprocess.run([ruff, "check", "flock_node", "flock_tui", "tests", "benchmarks",
                         "examples"], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_agent_and_library_type_check():
+    """flock_node is the public Python API (Flock, the DSL): mypy keeps its hints honest."""
+    r = subprocess.run([sys.executable, "-m", "mypy", "flock_node"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr

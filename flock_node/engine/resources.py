@@ -608,7 +608,7 @@ class Execute(Resource):
         "environment": (_environment, None),
         "creates": (_opt_str, None),
         "returns": (_returns, lambda r: [0]),
-        "timeout": (_opt_seconds, None),
+        "timeout": (_opt_seconds, 3600.0),  # Chef's default: a hung command cannot block forever
     }
 
     def action_run(self) -> tuple[bool, str]:
