@@ -334,8 +334,10 @@ class Agent:
             self._wake_subs.set()
         if t.new in (DOWN, LEFT):
             m = self.membership.get(t.name)
-            if m is not None and m.bus not in self.cfg.seeds and not m.bus.startswith("ipc://"):
-                self.bus.undial(m.bus)
+            if m is not None:
+                self.rpc.forget(m.rpc)  # a fresh socket if it comes back
+                if m.bus not in self.cfg.seeds and not m.bus.startswith("ipc://"):
+                    self.bus.undial(m.bus)
 
     def emit(self, event: str, **data: Any) -> None:
         if self._loop is None:

@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from typing import Any
 
 ALIVE, SUSPECT, DOWN, LEFT = "alive", "suspect", "down", "left"
+FORGOTTEN = "forgotten"  # a transition only: the member is no longer listed
 
 
 @dataclass
@@ -41,8 +42,10 @@ class Transition:
 
 class Membership:
     def __init__(self, self_name: str | None = None, suspect_after: float = 3,
-                 down_after: float = 10, down_after_disconnect: float = 2):
+                 down_after: float = 10, down_after_disconnect: float = 2,
+                 forget_after: float = 3600.0):
         self.self_name = self_name
+        self.forget_after = forget_after  # seconds a left/down node stays listed
         self.suspect_after = suspect_after
         self.down_after = down_after
         self.down_after_disconnect = down_after_disconnect
@@ -98,8 +101,13 @@ class Membership:
 
     def tick(self, now: float) -> list[Transition]:
         out = []
-        for m in self._members.values():
+        for m in list(self._members.values()):
             if m.state in (LEFT, DOWN):
+                if now - m.since >= self.forget_after:
+                    # Churn must not grow the table forever; it comes back if it heartbeats.
+                    del self._members[m.name]
+                    out.append(Transition(m.name, m.state, FORGOTTEN,
+                                          f"{m.state} for {now - m.since:.0f}s"))
                 continue
             silent = now - m.last_seen
             if m.disconnected_at is not None and now - m.disconnected_at >= (

@@ -232,3 +232,24 @@ def test_incarnation_never_goes_backwards(beats):
         top[name] = max(top.get(name, 0), inc)
         assert m.get(name).incarnation == top[name]
         assert m.get(name).state == ALIVE
+
+
+def test_left_and_down_members_are_forgotten_after_a_while():
+    from flock_node.membership import FORGOTTEN
+
+    m = Membership("me", forget_after=100)
+    for name in ("a", "b", "c"):
+        m.heartbeat(HB(name), 0.0)
+    m.leave("a", 1, 1.0)
+    m.disconnected("b", 1.0)
+    m.tick(3.0)
+    assert state(m, "b") == DOWN  # connection closed, not back after 2 intervals
+    m.heartbeat(HB("c"), 100.0)
+    assert m.tick(100.5) == []
+    m.heartbeat(HB("c"), 102.5)
+    forgotten = m.tick(103.0)
+    assert sorted((t.name, t.old, t.new) for t in forgotten) == [
+        ("a", LEFT, FORGOTTEN), ("b", DOWN, FORGOTTEN)]
+    assert [x.name for x in m.members()] == ["c"]
+    m.heartbeat(HB("a", incarnation=2), 104.0)  # a restart brings it back
+    assert m.get("a").state == ALIVE
