@@ -316,3 +316,44 @@ def test_env_runtime_dir_is_private(flock3):
     for n in NODES:
         for suffix in (".bus", ".rpc"):
             assert stat.S_IMODE(os.stat(rt / (n + suffix)).st_mode) == 0o600
+
+
+def test_run_chef_wait_on_a_terminal_redraws_live_progress(flock3):
+    """On a terminal, `run-chef --wait` redraws one line per node in place (ANSI), showing
+    which node converges and which finished, then a summary; piped, it prints plain lines."""
+    import pty
+    import subprocess
+    import sys
+
+    for n in NODES:
+        flock3.mode(n, "sleep 0.6")
+    try:
+        master, slave = pty.openpty()
+        proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", "run-chef", "b*",
+                                 "--wait"], env=flock3.env.env, stdin=slave, stdout=slave,
+                                stderr=slave, close_fds=True)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not data:
+                break
+            chunks.append(data)
+        assert proc.wait(60) == 0
+        os.close(master)
+        screen = b"".join(chunks).decode(errors="replace")
+        assert "\x1b[2K" in screen and "\x1b[3F" in screen  # lines redrawn in place
+        assert "converging" in screen
+        assert "3 ok, 0 failed, 0 unreachable (3 nodes)" in screen
+        for n in NODES:
+            assert f"{n}: ok in" in screen
+    finally:
+        for n in NODES:
+            flock3.mode(n, "ok")
+    piped = flock3.cli("run-chef", "b*", "--wait")
+    assert piped.returncode == 0 and "\x1b" not in piped.stdout
+    assert sorted(line.split(":")[0] for line in piped.stdout.splitlines()
+                  if ": ok in" in line) == list(NODES)
