@@ -241,9 +241,14 @@ def cmd_nodes(c: Ctx) -> int:
                 f"{paths.runtime_dir(c.args.runtime_dir)}; add --seed for remote nodes)")
         return OK
     rows = [[n["name"], n["state"], activity(n), last_run_text(n.get("last_run")),
-             str(n.get("pending", 0)), n["address"], ",".join(n.get("tags", []))] for n in nodes]
-    c.print(table(rows, ["NAME", "STATE", "ACTIVITY", "LAST RUN", "PENDING", "ADDRESS", "TAGS"]))
+             _outbox_text(n), n["address"], ",".join(n.get("tags", []))] for n in nodes]
+    c.print(table(rows, ["NAME", "STATE", "ACTIVITY", "LAST RUN", "OUTBOX", "ADDRESS", "TAGS"]))
     return OK
+
+
+def _outbox_text(n: dict[str, Any]) -> str:
+    dead = n.get("dead_letters", 0)
+    return f"{n.get('pending', 0)}" + (f" ({dead} dead)" if dead else "")
 
 
 def cmd_status(c: Ctx) -> int:
