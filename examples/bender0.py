@@ -5,7 +5,7 @@ import os
 from flock_node.dsl import directory, execute, file, log
 
 base = os.environ.get("FLOCK_DEMO_DIR", "/tmp/flock-demo")
-directory(f"{base}/bender0")
+directory(f"{base}/bender0", recursive=True)
 
 # The seed README's remote notification: when this file changes, bender1 runs its
 # "kill all humans" execute resource, out of band, exactly once.

@@ -5,7 +5,7 @@ import os
 from flock_node.dsl import directory, execute, file
 
 base = os.environ.get("FLOCK_DEMO_DIR", "/tmp/flock-demo")
-directory(f"{base}/bender1")
+directory(f"{base}/bender1", recursive=True)
 
 # Runs only when notified: bender0's file[.../fubar] notifies it.
 execute("kill all humans", command=f"echo done >> {base}/humans", action="nothing")

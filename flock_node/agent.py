@@ -413,6 +413,8 @@ class Agent:
         except Exception:
             log.exception("announcing the end of run %s failed", job.run_id)
         self._wake_outbox.set()
+        if job.kind == "converge":
+            self.store.recheck_recipe_subscriptions()
         self._wake_subs.set()
         if self._stopping.is_set():
             self._stopped.set()
@@ -821,11 +823,12 @@ class Agent:
         self._check_target(resource, action)
         wid = self.store.add_wanted(node, remote_resource, resource, action)
         w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
-        ok = await self._sync_subscription(w)
+        await self._sync_subscription(w)
         w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
-        if not ok and w["state"] == "failed":
+        if w["state"] == "failed":  # refused by the publisher: say so, keep nothing
             self.store.wanted_state(wid, "removed")
-            raise RpcError("bad_request", w["last_error"] or "refused")
+            code, _, msg = (w["last_error"] or "bad_request: refused").partition(": ")
+            raise RpcError(code, msg)
         return {"id": wid.rsplit("@", 1)[0], "state": w["state"], "error": w["last_error"]}
 
     async def rm_unsubscribe(self, id: str) -> dict:

@@ -120,9 +120,11 @@ CREATE TABLE IF NOT EXISTS wanted_subscriptions (
 """
 
 
-def subscription_id(resource: str, subscriber: str, subscriber_resource: str, action: str) -> str:
-    """A stable id so registering the same subscription twice is a no-op."""
-    key = "\x1f".join((resource, subscriber, subscriber_resource, action))
+def subscription_id(publisher: str, resource: str, subscriber: str, subscriber_resource: str,
+                    action: str) -> str:
+    """A stable id so registering the same subscription twice is a no-op; both nodes and
+    both resources are in it, so subscriptions to the same path on two nodes differ."""
+    key = "\x1f".join((publisher, resource, subscriber, subscriber_resource, action))
     return "sub-" + uuid.uuid5(uuid.NAMESPACE_URL, "flock:" + key).hex[:16]
 
 
@@ -631,7 +633,7 @@ class Store:
     def add_subscription(
         self, resource: str, subscriber: str, subscriber_resource: str, action: str
     ) -> str:
-        sid = subscription_id(resource, subscriber, subscriber_resource, action)
+        sid = subscription_id(self.node, resource, subscriber, subscriber_resource, action)
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO subscriptions VALUES (?,?,?,?,?,?)",
@@ -679,9 +681,16 @@ class Store:
                         (now, r[0]),
                     )
 
+    def recheck_recipe_subscriptions(self) -> None:
+        """After a converge: register the recipe's subscriptions again (idempotent on the
+        publisher), so one removed on the publisher's side comes back, as the recipe says."""
+        with self._tx() as db:
+            db.execute("UPDATE wanted_subscriptions SET state='pending' "
+                       "WHERE origin='recipe' AND state='registered'")
+
     def wanted_id(self, node: str, remote_resource: str, resource: str, action: str) -> str:
         """Our row id: the remote node's subscription id, qualified by the remote node."""
-        return subscription_id(remote_resource, self.node, resource, action) + "@" + node
+        return subscription_id(node, remote_resource, self.node, resource, action) + "@" + node
 
     def add_wanted(self, node: str, remote_resource: str, resource: str, action: str) -> str:
         """A subscription wired by hand (CLI or console): kept until unsubscribed."""

@@ -549,3 +549,37 @@ def test_active_is_true_as_soon_as_run_chef_returns(flock_env):
         assert api.active() is True
         wait_for(lambda rid=rid: finished(f, "c", rid), 15, what="the run to end")
         assert api.active() is False
+
+
+def test_subscription_ids_name_the_publisher_and_recipe_ones_come_back(flock_env):
+    env = flock_env
+    out = env.root / "hits"
+    start(env, "p1", f'from flock_node.dsl import file\nfile("{env.root}/p1", content="1")\n')
+    start(env, "p2", f'from flock_node.dsl import file\nfile("{env.root}/p1", content="1")\n')
+    sub_text = f"""
+        from flock_node.dsl import execute
+        execute("hit", command="echo hit >> {out}", action="nothing").remote_subscribes(
+            "run", "file[{env.root}/p1]", node="p1")
+    """
+    start(env, "s", sub_text)
+    f = env.flock()
+    # The same resource path on two publishers: two subscriptions, two ids.
+    r1 = env.cli("--json", "subscribe", "s", "execute[hit]", "run", "--to", "p1",
+                 f"file[{env.root}/p1]")
+    r2 = env.cli("--json", "subscribe", "s", "execute[hit]", "run", "--to", "p2",
+                 f"file[{env.root}/p1]")
+    assert r1.returncode == 0 and r2.returncode == 0, r1.stderr + r2.stderr
+    assert json.loads(r1.stdout)["id"] != json.loads(r2.stdout)["id"]
+    # A refused subscription is a failure (exit 1), and nothing of it is kept.
+    bad = env.cli("subscribe", "s", "execute[hit]", "run", "--to", "p1", "file[/nope]")
+    assert bad.returncode == 1 and "unknown_resource" in bad.stderr, bad.stderr
+    assert not any(w["remote_resource"] == "file[/nope]"
+                   for w in f["s"].resource_manager.subscriptions()["outgoing"])
+    # Removed on the publisher's side, the recipe's subscription is back after s converges.
+    held = wait_for(lambda: f["p1"].resource_manager.subscriptions()["incoming"], 10)
+    recipe_sub = next(x for x in held if x["subscriber_resource"] == "execute[hit]")
+    f["p1"].resource_manager.unsubscribe(recipe_sub["id"])
+    converge(f, "s")
+    wait_for(lambda: any(x["id"] == recipe_sub["id"]
+                         for x in f["p1"].resource_manager.subscriptions()["incoming"]),
+             10, what="the recipe subscription to be registered again")
