@@ -7,6 +7,7 @@ Exit codes: 0 success, 1 the thing asked for failed (a run failed, a wait timed 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -56,23 +57,43 @@ def positive_seconds(text: str) -> float:
     return v
 
 
+def _global_flags(p: argparse.ArgumentParser, suppress: bool | None) -> None:
+    """The flags every command takes. On the commands they default to SUPPRESS, so they may
+    stand before or after the command (`flock --json nodes` = `flock nodes --json`)."""
+    d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
+    p.add_argument("--seed", action="append", default=d([]), metavar="URL", type=seed_url,
+                   help="bus address of a node (tcp://HOST:PORT); repeatable")
+    p.add_argument("--runtime-dir", metavar="DIR", default=d(None),
+                   help="where local nodes' sockets are")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--key-file", metavar="FILE", default=d(None),
+                   help="the flock key (default: FLOCK_KEY_FILE, then the config dir's)")
+    g.add_argument("--insecure", action="store_true", default=d(False),
+                   help="no key: talk to nodes started with --insecure")
+    p.add_argument("--json", action="store_true", default=d(False),
+                   help="machine-readable output")
+    p.add_argument("--connect-timeout", type=positive_seconds, default=d(5.0), metavar="S",
+                   help="how long to wait for a node's answer (default 5)")
+    p.add_argument("--read-only", action="store_true", default=d(False),
+                   help="console: hide what changes anything")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="flock",
         description="Watch and drive a flock of nodes. With no command, open the console.",
     )
     p.add_argument("--version", action="version", version=f"flock {__version__}")
-    p.add_argument("--seed", action="append", default=[], metavar="URL", type=seed_url,
-                   help="bus address of a node (tcp://HOST:PORT); repeatable")
-    p.add_argument("--runtime-dir", metavar="DIR", help="where local nodes' sockets are")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--key-file", metavar="FILE")
-    g.add_argument("--insecure", action="store_true")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--connect-timeout", type=positive_seconds, default=5.0, metavar="S",
-                   help="how long to wait for a node's answer (default 5)")
-    p.add_argument("--read-only", action="store_true", help="console: hide what changes anything")
+    _global_flags(p, None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _global_flags(common, True)
+    _add = sub.add_parser
+
+    def add_parser(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return _add(name, parents=[common], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
 
     sub.add_parser("nodes", help="list the nodes of the flock")
     s = sub.add_parser("status", help="one node's status")
@@ -233,6 +254,9 @@ def table(rows: list[list[str]], header: list[str]) -> str:
 
 def cmd_nodes(c: Ctx) -> int:
     nodes = c.flock.nodes()
+    for addr in c.flock.refused:
+        print(f"flock: {addr} refused our flock key (it runs with another key, or none)",
+              file=sys.stderr)
     if c.args.json:
         c.emit_json(nodes)
         return OK
@@ -577,6 +601,9 @@ def cmd_keygen(c: Ctx) -> int:
     else:
         c.print(f"wrote a new flock key to {target} (mode 0600); copy it to every node and "
                 "pass --key-file, or put it at the default path")
+        if not c.args.file:
+            c.print("note: `flock` and nodes started from now on use this key by default; "
+                    "nodes already running keep theirs until restarted")
     return OK
 
 
@@ -612,9 +639,18 @@ def run_command(args: argparse.Namespace, out=None) -> int:
         return COMMANDS[args.command](c)
     except CliError as e:
         print(f"flock: {e}", file=sys.stderr)
+        if args.json:  # scripts reading stdout get an answer too
+            c.emit_json({"error": str(e), "exit_code": e.code})
         return e.code
     except KeyboardInterrupt:
+        if args.command == "run-chef":
+            print("\nflock: interrupted; the runs already started go on on their nodes "
+                  "(`flock nodes` shows them)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `flock history x | head`: the reader is gone, so are we
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     finally:
         c.close()
 

@@ -126,6 +126,7 @@ class Flock:
                  discovery: _Discovery | None = None):
         self._rpc = rpc
         self._resolver = resolver
+        self.refused: list[str] = []  # entry points that refused our key at the last refresh
         self._discovery = discovery
         self._refreshed = -1e9  # monotonic time of the last refresh
 
@@ -163,14 +164,22 @@ class Flock:
                 results = list(ex.map(ask, addrs))
         else:
             results = [ask(a) for a in addrs]
-        for r in results:
+        refused: RpcError | None = None
+        self.refused = []
+        for addr, r in zip(addrs, results, strict=True):
             if isinstance(r, RpcError):
                 if r.code == "unauthorized":
-                    raise r
-                last = r
+                    refused = r
+                    self.refused.append(addr)
+                else:
+                    last = r
             else:
                 disc.merge(r)
         self._refreshed = time.monotonic()
+        # A node with another key must not hide the ones we can talk to; only when nobody
+        # answers is the key the error.
+        if not disc.members and refused is not None:
+            raise refused
         if not disc.members and last is not None and disc.seeds:
             raise last
         return list(disc.members.values())
