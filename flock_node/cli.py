@@ -98,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("nodes", help="list the nodes of the flock")
     s = sub.add_parser("status", help="one node's status")
     s.add_argument("node")
-    s = sub.add_parser("run-chef", help="start a converge on TARGET (name or glob)")
+    s = sub.add_parser("run-chef", help="start a converge on TARGET (name, glob or tag:TAG)")
     s.add_argument("target")
     s.add_argument("--wait", action="store_true", help="wait for the runs to finish")
     s.add_argument("--timeout", type=positive_seconds, default=3600.0, metavar="S")
@@ -150,6 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def is_group(target: str) -> bool:
+    """A TARGET naming several nodes: a glob (`web-*`) or a tag (`tag:web`)."""
+    return target.startswith("tag:") or any(ch in target for ch in "*?[")
+
+
+def select(nodes: list[dict[str, Any]], target: str) -> list[str]:
+    """Names of `nodes` a group TARGET matches."""
+    if target.startswith("tag:"):
+        tag = target[len("tag:"):]
+        return [n["name"] for n in nodes if tag in n.get("tags", [])]
+    return [n["name"] for n in nodes if fnmatchcase(n["name"], target)]
+
+
 class Ctx:
     def __init__(self, args: argparse.Namespace, out=None):
         self.args = args
@@ -183,17 +196,17 @@ class Ctx:
 
     def targets(self, pattern: str) -> list[str]:
         nodes = self.flock.nodes()
-        if not any(c in pattern for c in "*?["):
-            if not any(n["name"] == pattern for n in nodes):
-                raise CliError(f"node {pattern!r} could not be reached: not in the flock "
-                               f"(known: {', '.join(n['name'] for n in nodes) or 'none'})",
-                               UNREACHABLE)
-            return [pattern]
-        names = [n["name"] for n in nodes
-                 if fnmatchcase(n["name"], pattern) and n["state"] not in ("left", "down")]
-        if not names:
-            raise CliError(f"no live node matches {pattern!r}", UNREACHABLE)
-        return names
+        if is_group(pattern):
+            live = [n for n in nodes if n["state"] not in ("left", "down")]
+            names = select(live, pattern)
+            if not names:
+                raise CliError(f"no live node matches {pattern!r}", UNREACHABLE)
+            return names
+        if not any(n["name"] == pattern for n in nodes):
+            raise CliError(f"node {pattern!r} could not be reached: not in the flock "
+                           f"(known: {', '.join(n['name'] for n in nodes) or 'none'})",
+                           UNREACHABLE)
+        return [pattern]
 
     def close(self) -> None:
         if self._flock is not None:
@@ -554,8 +567,8 @@ def cmd_wait(c: Ctx) -> int:
             members = {m["name"]: m for m in c.flock.nodes()}
         except (RpcError, CliError) as e:  # no node reachable yet: "not yet", keep waiting
             members, last = {}, str(e)
-        if any(ch in pattern for ch in "*?["):
-            names = [n for n in members if fnmatchcase(n, pattern)]
+        if is_group(pattern):
+            names = select(list(members.values()), pattern)
         else:
             names = [pattern]
         if state in ("active", "idle"):

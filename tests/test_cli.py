@@ -357,3 +357,20 @@ def test_run_chef_wait_on_a_terminal_redraws_live_progress(flock3):
     assert piped.returncode == 0 and "\x1b" not in piped.stdout
     assert sorted(line.split(":")[0] for line in piped.stdout.splitlines()
                   if ": ok in" in line) == list(NODES)
+
+
+def test_tag_targets_and_flags_after_the_command(flock_env):
+    env = flock_env
+    env.start("w1", "--tag", "web")
+    env.start("w2", "--tag", "web")
+    env.start("d1", "--tag", "db")
+    with env.flock() as f:
+        wait_for(lambda: len([m for m in f["w1"].flock_api.members()
+                              if m["state"] == "alive"]) == 3, 10, what="the mesh")
+    r = env.cli("run-chef", "tag:web", "--wait", "--json")  # global flag after the command
+    assert r.returncode == 0, r.stderr
+    assert sorted(json.loads(r.stdout)["runs"]) == ["w1", "w2"]
+    w = env.cli("wait-until", "tag:web", "idle", "--timeout", "10")
+    assert w.returncode == 0, w.stderr
+    none = env.cli("run-chef", "tag:nope", "--json")
+    assert none.returncode == 3 and json.loads(none.stdout)["exit_code"] == 3
