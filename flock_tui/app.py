@@ -68,7 +68,7 @@ BUILTIN_BINDINGS: list[Binding] = [
     Binding("n", "notify", "Notify", id="flock.notify"),
     Binding("s", "subscribe", "Subscribe", id="flock.subscribe"),
     Binding("space", "mark", "Mark", id="flock.mark"),
-    Binding("a", "mark_all", "Mark all", show=False, id="flock.mark_all"),
+    Binding("a", "mark_all", "Mark all / none", show=False, id="flock.mark_all"),
     Binding("slash", "filter", "Filter", key_display="/", id="flock.filter"),
     Binding("S", "sort", "Sort", id="flock.sort"),
     Binding("escape", "cancel", "Cancel macro / clear filter", show=False,
@@ -545,6 +545,7 @@ class FlockApp(App[int]):
             return
         changed = False
         added = False
+        was_empty = not self.shown
         st = self.styles_
         with self.batch_update():
             for name in names:
@@ -571,6 +572,8 @@ class FlockApp(App[int]):
                 self.shown[name] = cells
             if added or self._resort or (changed and self.sort_column != "name"):
                 self.resort()
+            if was_empty and self.shown:
+                t.move_cursor(row=0)  # the first node in sort order, not the first to answer
         if added or changed or self._resort:
             self.update_title()
         self._resort = False
