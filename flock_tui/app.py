@@ -85,6 +85,35 @@ TABLE_KEYS = {"enter", "up", "down", "left", "right", "pageup", "pagedown", "hom
               "ctrl+home", "ctrl+end", "tab", "shift+tab", "ctrl+p", "ctrl+q", "ctrl+c"}
 
 
+def binding_ids() -> set[str]:
+    """Every binding id a [keymap] may remap: the console's own and its screens'."""
+    import flock_tui.screens as screens_mod
+
+    ids = {b.id for b in BUILTIN_BINDINGS if b.id}
+    holders = [v for mod in (globals(), vars(screens_mod)) for v in mod.values()
+               if isinstance(v, type)]
+    for cls in holders:
+        for b in getattr(cls, "BINDINGS", []):
+            if isinstance(b, Binding) and b.id:
+                ids.add(b.id)
+    return ids
+
+
+def _check_keymap(config: ConsoleConfig) -> None:
+    known = binding_ids() | {m.binding_id for m in config.macros}
+    for bid in config.keymap:
+        if bid not in known:
+            path = paths.console_config()
+            try:
+                text = path.read_text(encoding="utf-8")
+                line = next((i + 1 for i, ln in enumerate(text.splitlines())
+                             if bid in ln and "=" in ln), 1)
+            except OSError:
+                line = 1
+            raise ConfigError(f"{path}:{line}: keymap: unknown binding id {bid!r}; "
+                              f"known ids: {', '.join(sorted(known))}")
+
+
 def builtin_keys() -> set[str]:
     keys = set(TABLE_KEYS)
     for b in BUILTIN_BINDINGS:
@@ -306,6 +335,7 @@ class FlockApp(App[int]):
         if config is None:
             try:
                 config = macros_mod.load_config(builtin_keys=builtin_keys())
+                _check_keymap(config)
             except ConfigError as e:
                 self.config_error = str(e)
                 config = ConsoleConfig()

@@ -110,3 +110,21 @@ def test_headless_runs_steps_like_the_commands(flock_env, monkeypatch, capsys):
     assert out.out == "false\n"  # stopped at the failing step: no third line
     assert code == 3
     assert "stopped at step 2/3" in out.err
+
+
+def test_an_unknown_keymap_binding_id_is_reported(tmp_path, monkeypatch):
+    import argparse
+
+    from flock_tui.app import FlockApp
+
+    monkeypatch.setenv("FLOCK_CONFIG_DIR", str(tmp_path))
+    (tmp_path / "console.toml").write_text('[keymap]\n"flock.run_chef" = "R"\n'
+                                           '"flock.run_chf" = "X"\n')
+    args = argparse.Namespace(seed=[], runtime_dir=str(tmp_path / "run"), key_file=None,
+                              insecure=True, json=False, connect_timeout=1.0, read_only=False)
+    app = FlockApp(args, connect=False)
+    assert app.config_error is not None
+    assert f"{tmp_path / 'console.toml'}:3: keymap: unknown binding id 'flock.run_chf'" in (
+        app.config_error)
+    (tmp_path / "console.toml").write_text('[keymap]\n"flock.run_chef" = "R"\n')
+    assert FlockApp(args, connect=False).config_error is None
