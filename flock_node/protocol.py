@@ -211,6 +211,19 @@ class Codec:
         env = Envelope(PROTOCOL_VERSION, self.sender, time.time(), os.urandom(12), body, b"")
         return _env_enc.encode(env)
 
+    def read_refusal(self, frame: bytes, call_id: str) -> str | None:
+        """The message of an unsigned `unauthorized` answer to our call, if that is what
+        `frame` is (it proves nothing: it is only used to word the error)."""
+        try:
+            env = _env_dec.decode(frame)
+            msg = _body_dec.decode(env.body)
+        except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+            return None
+        if (isinstance(msg, Response) and msg.call_id == call_id and msg.error is not None
+                and msg.error.code == "unauthorized"):
+            return f"{env.sender} refused our call: {msg.error.message}"
+        return None
+
     def seen(self, nonce: bytes) -> bool:
         return nonce in self._nonces
 

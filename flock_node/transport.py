@@ -410,10 +410,12 @@ def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
         _, msg = codec.decode(frame, check_replay=False)
     except FrameError as e:
         if e.reason == "unauthorized":
+            # Usually the node's own unsigned refusal of our frame: its words say more.
+            said = codec.read_refusal(frame, call_id)
             raise RpcError(
                 "unauthorized",
                 "the node and this client do not share the same flock key "
-                f"(check --key-file / FLOCK_KEY_FILE): {e}",
+                f"(check --key-file / FLOCK_KEY_FILE / --insecure): {said or e}",
             ) from None
         raise RpcError("bad_response", str(e)) from None
     if not isinstance(msg, Response) or msg.call_id != call_id:
