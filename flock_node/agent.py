@@ -322,6 +322,8 @@ class Agent:
 
     def _on_pipe_removed(self, pipe: int) -> None:
         name = self._pipes.pop(pipe, None)
+        if self._stopping.is_set():
+            return  # our own sockets are closing: the peers did not go anywhere
         if name and name not in self._pipes.values():
             for t in self.membership.disconnected(name, time.monotonic()):
                 self._transition(t)
