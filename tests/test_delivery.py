@@ -37,6 +37,18 @@ RECEIVER = """
 """
 
 
+def interrupted_reactions(node) -> int:
+    """Reactions a kill -9 cut short (closed as interrupted at the next start)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{node.state_dir / 'flock.db'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT COUNT(*) FROM runs WHERE kind='reaction' AND "
+                          "error LIKE 'agent stopped during the run%'").fetchone()[0]
+    finally:
+        db.close()
+
+
 class Stream(threading.Thread):
     """Sends notify t-i to the sender for i in range(n), retrying each until accepted."""
 
@@ -100,7 +112,13 @@ def test_kill9_mid_stream_loses_nothing_and_doubles_nothing(flock_env, victim):
     rcv_in = inbox_ids(env.nodes["rcv"])
     assert sorted(i for i, _ in rcv_in) == sorted(r["id"] for r in rows)
     assert {s for _, s in rcv_in} == {"applied"}
-    assert len(lines(out)) == N
+    # Each notification's action ran once, except the one reaction the kill -9 may have cut
+    # between its side effect and the commit recording it: that one runs again after the
+    # restart (documented: a shell command's effect cannot share SQLite's transaction).
+    # Its run record says so, so a double anywhere else still fails here.
+    cut = interrupted_reactions(env.nodes["rcv"]) if victim == "rcv" else 0
+    assert cut <= 1
+    assert N <= len(lines(out)) <= N + cut, (len(lines(out)), cut)
     assert all(r["status"] == "ok" for r in reactions(f, "rcv", 50))
 
 
