@@ -27,6 +27,7 @@ from textual.color import Color
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 from textual.containers import Horizontal
 from textual.coordinate import Coordinate
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, ProgressBar, RichLog, Static
 from textual.widgets._footer import FooterKey, FooterLabel
@@ -543,7 +544,10 @@ class FlockApp(App[int]):
     def cursor_node(self) -> str | None:
         if not self.ready:
             return None
-        return cursor_key(self.table)
+        try:
+            return cursor_key(self.table)
+        except NoMatches:  # shutting down
+            return None
 
     def targets(self) -> list[str]:
         marked = [n for n in sorted(self.marks) if n in self.view.members]
@@ -558,7 +562,10 @@ class FlockApp(App[int]):
             return
         now = self.clock()
         names: Iterable[str]
-        t = self.table
+        try:
+            t = self.table
+        except NoMatches:  # the app is shutting down: its widgets are already gone
+            return
         if self._force_all:
             names = set(self.view.members) | set(self.shown)
             self._force_all = False
