@@ -717,7 +717,8 @@ class FlockApp(App[int]):
             t.append(f" · {busy} converging", style=st.accent)
         if self.marks:
             t.append(f" · {len(self.marks)} marked", style=f"bold {st.accent}")
-        t.append(f"   sort: {self.sort_column}", style=st.muted)
+        label = dict(COLUMNS).get(self.sort_column, self.sort_column).lower()
+        t.append(f"   sort: {label}", style=st.muted)
         if self.filter:
             t.append(f"   filter: {self.filter}", style=st.warning)
         if self.read_only:
