@@ -186,7 +186,10 @@ class Ctx:
         print(*a, file=self.out, flush=True)
 
     def emit_json(self, obj: Any) -> None:
-        self.print(json.dumps(obj, indent=2, sort_keys=True, default=str))
+        if getattr(self.args, "json_lines", False):  # a macro's steps: one document a line
+            self.print(json.dumps(obj, sort_keys=True, default=str))
+        else:
+            self.print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
     def call(self, node: str, actor: str, method: str, /, **kw: Any) -> Any:
         try:

@@ -371,6 +371,7 @@ def run_macro_headless(args: argparse.Namespace) -> int:
         except StepError as e:
             print(f"flock: macro {macro.name}: step {i} {step!r}: {e}", file=sys.stderr)
             return cli.USAGE
+        step_args.json_lines = True  # several documents: one per line (JSON Lines)
         code = cli.run_command(step_args)
         if code != 0:
             print(f"flock: macro {macro.name} stopped at step {i}/{len(steps)} ({step}): "
