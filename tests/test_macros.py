@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,12 @@ def test_headless_runs_steps_like_the_commands(flock_env, monkeypatch, capsys):
     assert out.out == "false\n"  # stopped at the failing step: no third line
     assert code == 3
     assert "stopped at step 2/3" in out.err
+    # With --json, each step's document is one line: the output is JSON Lines.
+    (flock_env.config_dir / "console.toml").write_text(
+        '[[macros]]\nname = "probe"\nkey = "x"\nsteps = ["status {node}", "active {node}"]\n')
+    assert main(["--insecure", "--json", "macro", "probe", "--node", "n1"]) == 0
+    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert docs[0]["name"] == "n1" and docs[1] is False
 
 
 def test_an_unknown_keymap_binding_id_is_reported(tmp_path, monkeypatch):
