@@ -720,6 +720,17 @@ class Agent:
     async def api_outbox(self, status: str | None = None, limit: int = 100) -> list[dict]:
         return self.store.outbox([status] if status else None, _int(limit, "limit"))
 
+    async def api_retry(self, ids: list[str] | None = None) -> dict[str, Any]:
+        """Send dead letters again (all, or the given notification ids) with a fresh TTL."""
+        if ids is not None and not (isinstance(ids, list)
+                                    and all(isinstance(i, str) for i in ids)):
+            raise BadRequest("ids must be a list of notification ids")
+        revived = self.store.outbox_revive(ids)
+        if revived:
+            self._outbox_clean = False
+            self._wake_outbox.set()
+        return {"retried": revived}
+
     # resource_manager
     async def rm_resources(self) -> list[dict[str, Any]]:
         return [msgspec.to_builtins(r.__dict__) for r in self.store.resources()]
@@ -859,6 +870,7 @@ _METHODS: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
     ("flock_api", "run"): Agent.api_run,
     ("flock_api", "members"): Agent.api_members,
     ("flock_api", "outbox"): Agent.api_outbox,
+    ("flock_api", "retry"): Agent.api_retry,
     ("resource_manager", "resources"): Agent.rm_resources,
     ("resource_manager", "notify"): Agent.rm_notify,
     ("resource_manager", "notify_batch"): Agent.rm_notify_batch,

@@ -109,6 +109,13 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("history", help="a node's recent runs")
     s.add_argument("node")
     s.add_argument("--limit", type=int, default=10)
+    s = sub.add_parser("outbox", help="NODE's remote notifications: pending, failed, dead")
+    s.add_argument("node")
+    s.add_argument("--status", choices=["held", "pending", "delivered", "failed", "dead"])
+    s.add_argument("--limit", type=int, default=50)
+    s = sub.add_parser("retry", help="send NODE's dead-lettered notifications again")
+    s.add_argument("node")
+    s.add_argument("ids", nargs="*", metavar="ID", help="only these (default: all dead ones)")
     s = sub.add_parser("notify", help="run ACTION on RESOURCE of NODE, out of band")
     s.add_argument("node")
     s.add_argument("resource")
@@ -481,6 +488,34 @@ def cmd_history(c: Ctx) -> int:
     return OK
 
 
+def cmd_outbox(c: Ctx) -> int:
+    rows = c.call(c.args.node, "flock_api", "outbox", status=c.args.status, limit=c.args.limit)
+    if c.args.json:
+        c.emit_json(rows)
+        return OK
+    if not rows:
+        c.print(f"{c.args.node}: no notifications" + (f" {c.args.status}" if c.args.status else ""))
+        return OK
+    c.print(table([[r["id"], r["status"], r["target"], f"{r['resource']} {r['action']}",
+                    str(r["attempts"]), ago(r["created"]), r.get("last_error") or ""]
+                   for r in rows],
+                  ["ID", "STATUS", "TARGET", "ACTION", "ATTEMPTS", "QUEUED", "LAST ERROR"]))
+    return OK
+
+
+def cmd_retry(c: Ctx) -> int:
+    r = c.call(c.args.node, "flock_api", "retry", ids=c.args.ids or None)
+    if c.args.json:
+        c.emit_json(r)
+        return OK
+    n = len(r["retried"])
+    c.print(f"{c.args.node}: {n} dead-lettered notification{'s' if n != 1 else ''} sent again")
+    if c.args.ids and n < len(c.args.ids):
+        missing = sorted(set(c.args.ids) - set(r["retried"]))
+        raise CliError(f"{c.args.node}: not dead-lettered: {', '.join(missing)}", FAILED)
+    return OK
+
+
 def cmd_notify(c: Ctx) -> int:
     r = c.call(c.args.node, "resource_manager", "notify", resource=c.args.resource,
                action=c.args.action, sender="flock-cli")
@@ -642,6 +677,7 @@ def cmd_paths(c: Ctx) -> int:
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "nodes": cmd_nodes, "status": cmd_status, "run-chef": cmd_run_chef, "active": cmd_active,
     "resources": cmd_resources, "history": cmd_history, "notify": cmd_notify,
+    "outbox": cmd_outbox, "retry": cmd_retry,
     "subscribe": cmd_subscribe, "subscriptions": cmd_subscriptions,
     "unsubscribe": cmd_unsubscribe, "wait-until": cmd_wait, "wait-while": cmd_wait,
     "keygen": cmd_keygen, "paths": cmd_paths,

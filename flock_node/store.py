@@ -537,6 +537,25 @@ class Store:
             rows = self._all("SELECT * FROM outbox ORDER BY created DESC LIMIT ?", (limit,))
         return [self._outbox(r) for r in rows]
 
+    def outbox_revive(self, ids: list[str] | None = None) -> list[str]:
+        """Send dead-lettered notifications again (all, or those `ids`), with a fresh TTL."""
+        now = time.time()
+        with self._tx() as db:
+            if ids is None:
+                rows = db.execute("SELECT id FROM outbox WHERE status='dead'").fetchall()
+            else:
+                q = ",".join("?" * len(ids))
+                rows = db.execute(
+                    f"SELECT id FROM outbox WHERE status='dead' AND id IN ({q})", tuple(ids)
+                ).fetchall() if ids else []
+            revived = [r[0] for r in rows]
+            db.executemany(
+                "UPDATE outbox SET status='pending', next_attempt=?, deadline=?, attempts=0, "
+                "done_at=NULL WHERE id=?",
+                [(now, now + self.ttl, i) for i in revived],
+            )
+        return revived
+
     def outbox_counts(self) -> dict[str, int]:
         rows = self._all("SELECT status, COUNT(*) FROM outbox GROUP BY status")
         return {r[0]: r[1] for r in rows}

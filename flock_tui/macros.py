@@ -32,7 +32,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_+\-]+$|^.$")
 # Commands a macro step may run; `macro`/`demo` would recurse or start processes.
 STEP_COMMANDS = set(cli.COMMANDS) - {"keygen"}
-READ_ONLY_COMMANDS = {"nodes", "status", "active", "resources", "history", "subscriptions",
+READ_ONLY_COMMANDS = {"nodes", "status", "outbox", "active", "resources", "history", "subscriptions",
                       "wait-until", "wait-while", "paths"}
 
 

@@ -437,6 +437,19 @@ def test_ttl_dead_letters_a_notification_to_a_node_that_never_comes(flock_env):
     assert cli.returncode == 0 and "1 dead-lettered" in cli.stdout, cli.stdout
     cli = env.cli("--json", "status", "snd")
     assert json.loads(cli.stdout)["dead_letters"] == 1
+    listed = env.cli("outbox", "snd", "--status", "dead")
+    assert listed.returncode == 0 and row["id"] in listed.stdout and "dead" in listed.stdout
+    # The node shows up at last: the operator sends the dead letter again, and it lands once.
+    out = env.root / "hits"
+    start(env, "nobody", HIT.format(out=out))
+    wait_for(lambda: knows(f, "snd", "nobody"), 10)
+    again = env.cli("retry", "snd")
+    assert again.returncode == 0 and "1 dead-lettered notification sent again" in again.stdout
+    wait_for(lambda: lines(out) == ["hit"] and quiet(f, "snd"), 10, what="the retried delivery")
+    assert outbox(f, "snd")[0]["status"] == "delivered"
+    assert f["snd"].flock_api.status()["dead_letters"] == 0
+    nothing = env.cli("retry", "snd", row["id"])
+    assert nothing.returncode == 1 and "not dead-lettered" in nothing.stderr
 
 
 # -- the CLI against real agents ---------------------------------------------------------------
