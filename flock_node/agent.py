@@ -50,6 +50,7 @@ from flock_node.transport import (
     RpcError,
     RpcServer,
     SyncRpc,
+    cancel_and_wait,
     ipc_addresses,
     lock_name,
     scan_runtime_dir,
@@ -227,11 +228,7 @@ class Agent:
             await asyncio.sleep(0.05)  # let the goodbye leave the socket buffers
         if self._prompt_timer is not None:
             self._prompt_timer.cancel()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks, 2.0)
         await self.server.close()
         await self.bus.close()
         self.rpc.close()

@@ -158,6 +158,20 @@ def _listen(sock: pynng.Socket, addr: str) -> None:
         os.chmod(path, 0o600)
 
 
+async def cancel_and_wait(tasks: list[asyncio.Task], timeout: float = 1.0) -> None:
+    """Cancel receiving tasks and give them `timeout` to end (pynng #108: before their
+    sockets close). Bounded: a pynng receive whose cancellation never completes must not
+    hang a shutdown; closing its socket afterwards ends it."""
+    live = [t for t in tasks if not t.done()]
+    for t in live:
+        t.cancel()
+    if live:
+        await asyncio.wait(live, timeout=timeout)
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: no "exception was never retrieved" noise
+
+
 # --- bus --------------------------------------------------------------------------------------
 
 
@@ -285,12 +299,10 @@ class Bus:
             t.join(2.0)
 
     async def close(self) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await cancel_and_wait([self._task] if self._task else [])
         await asyncio.get_running_loop().run_in_executor(None, self._stop_sender)
         self.sock.close()
+        await cancel_and_wait([self._task] if self._task else [])  # settled by the close
 
 
 # --- RPC server -------------------------------------------------------------------------------
@@ -386,15 +398,12 @@ class RpcServer:
         return self.codec.encode(resp)
 
     async def close(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self._tasks)
         for c in self._ctxs:
             with contextlib.suppress(Exception):
                 c.close()
         self.sock.close()
+        await cancel_and_wait(self._tasks)
 
 
 # --- RPC clients ------------------------------------------------------------------------------

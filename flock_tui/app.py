@@ -422,10 +422,12 @@ class FlockApp(App[int]):
         await asyncio.sleep(0)
         if self.bus is not None:
             bus, self.bus = self.bus, None
-            try:
-                await asyncio.wait_for(bus.close(), 2.0)
-            except Exception:  # noqa: BLE001 - closing anyway
-                pass
+            # asyncio.wait, not wait_for: on timeout it does not wait for the cancellation
+            # to finish (a pynng receive may never acknowledge it) - shutdown stays bounded.
+            closing = asyncio.ensure_future(bus.close())
+            await asyncio.wait([closing], timeout=5.0)
+            if closing.done() and not closing.cancelled():
+                closing.exception()
         if self.flock is not None:
             flock, self.flock = self.flock, None
             flock.close()
