@@ -601,7 +601,8 @@ class Agent:
     async def _subscription_loop(self) -> None:
         while True:
             retry = False
-            for w in self.store.wanted_subscriptions({"pending", "removing", "failed"}):
+            for w in self.store.wanted_subscriptions({"pending", "recheck", "removing",
+                                                      "failed"}):
                 retry |= not await self._sync_subscription(w)
             self._wake_subs.clear()
             with contextlib.suppress(TimeoutError):
@@ -625,8 +626,9 @@ class Agent:
                     "subscriber_resource": w["resource"], "action": w["action"],
                 })
                 self.store.wanted_state(w["id"], "registered")
-                self.emit("subscription_registered", id=sid, node=w["node"],
-                          resource=w["remote_resource"])
+                if w["state"] != "recheck":  # a routine re-registration is not news
+                    self.emit("subscription_registered", id=sid, node=w["node"],
+                              resource=w["remote_resource"])
             return True
         except RpcError as e:
             if e.code == "unknown_subscription" and w["state"] == "removing":
@@ -855,7 +857,8 @@ class Agent:
         incoming = self.store.subscriptions()
         outgoing = []
         for w in self.store.wanted_subscriptions():
-            outgoing.append({**w, "id": w["id"].rsplit("@", 1)[0]})
+            state = "registered" if w["state"] == "recheck" else w["state"]
+            outgoing.append({**w, "id": w["id"].rsplit("@", 1)[0], "state": state})
         return {"incoming": incoming, "outgoing": outgoing}
 
 

@@ -113,7 +113,7 @@ CREATE TABLE IF NOT EXISTS wanted_subscriptions (
     node TEXT NOT NULL,             -- remote node
     remote_resource TEXT NOT NULL,
     origin TEXT NOT NULL,           -- recipe | manual
-    state TEXT NOT NULL,            -- pending | registered | removing | failed
+    state TEXT NOT NULL,            -- pending | registered | recheck | removing | failed
     last_error TEXT,
     updated REAL NOT NULL
 );
@@ -704,7 +704,7 @@ class Store:
         """After a converge: register the recipe's subscriptions again (idempotent on the
         publisher), so one removed on the publisher's side comes back, as the recipe says."""
         with self._tx() as db:
-            db.execute("UPDATE wanted_subscriptions SET state='pending' "
+            db.execute("UPDATE wanted_subscriptions SET state='recheck' "
                        "WHERE origin='recipe' AND state='registered'")
 
     def wanted_id(self, node: str, remote_resource: str, resource: str, action: str) -> str:
