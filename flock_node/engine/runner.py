@@ -362,7 +362,6 @@ class Engine:
         self.hooks = hooks
         self._compiled: Compiled | None = None
         self._saved_rows: list[ResourceRow] | None = None
-        self._saved_wanted: list[dict[str, str]] | None = None
         self._lock = threading.Lock()  # one run at a time
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -405,9 +404,9 @@ class Engine:
         if rows != self._saved_rows:
             self.store.save_resources(rows)
             self._saved_rows = rows
-        if compiled.wanted != self._saved_wanted:
-            self.store.set_recipe_subscriptions(compiled.wanted)
-            self._saved_wanted = compiled.wanted
+        # Every compile: the recipe is the truth for the subscriptions it declares, so one
+        # removed by hand comes back at the next converge, as it would after a restart.
+        self.store.set_recipe_subscriptions(compiled.wanted)
         self._compiled = compiled
         return rows
 
