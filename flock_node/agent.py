@@ -159,7 +159,7 @@ class Agent:
         the delivery loop in memory lets it send them without reading the outbox back."""
         rows = [{"id": i.id, "target": i.target, "resource": i.resource, "action": i.action,
                  "hops": i.hops, "cause": _plain(i.cause), "attempts": 0}
-                for i in items if i.timing != "delayed"]
+                for i in items if i.timing != "delayed" and i.unmatched is None]
         self.deliverer.added(rows)
 
     def _await_view(self) -> None:

@@ -482,6 +482,10 @@ def cmd_history(c: Ctx) -> int:
             c.print(f"    {r['result']:<10} {r['resource']} ({r['action']}, "
                     f"{r['duration']:.2f}s){err}")
         for n in h.get("notifications", []):
+            if n["status"] == "unmatched":
+                c.print(f"    → {n['target']} {n['resource']} {n['action']}: not sent, "
+                        f"{n.get('error') or 'no node matched'}")
+                continue
             err = f": {n['error']}" if n.get("error") and n["status"] != "delivered" else ""
             c.print(f"    → {n['target']} {n['resource']} {n['action']}: {n['status']}"
                     f" after {n['attempts']} attempt(s){err}")

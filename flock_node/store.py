@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     target TEXT NOT NULL,           -- node name
     resource TEXT NOT NULL,
     action TEXT NOT NULL,
-    status TEXT NOT NULL,           -- held | pending | delivered | failed | dead
+    status TEXT NOT NULL,           -- held | pending | delivered | failed | dead | unmatched
     hops INTEGER NOT NULL,
     cause TEXT NOT NULL,            -- JSON
     hold_run TEXT,                  -- delayed notifications wait for the end of this run
@@ -151,6 +151,9 @@ class OutboxItem:
     cause: dict[str, Any] = field(default_factory=dict)
     timing: str = "immediately"  # immediately | delayed
     id: str = field(default_factory=lambda: "n-" + uuid.uuid4().hex)
+    # Set when `target` is a node=/tag= pattern that matched no member: kept (status
+    # 'unmatched', never sent) so the run's history says so.
+    unmatched: str | None = None
 
 
 @dataclass
@@ -335,6 +338,15 @@ class Store:
             )
 
     def _insert_outbox(self, db: sqlite3.Connection, item: OutboxItem, run_id: str, now: float):
+        if item.unmatched is not None:
+            db.execute(
+                "INSERT OR IGNORE INTO outbox (id, target, resource, action, status, hops, cause,"
+                " run_id, created, deadline, next_attempt, last_error, done_at)"
+                " VALUES (?,?,?,?,'unmatched',?,?,?,?,?,?,?,?)",
+                (item.id, item.target, item.resource, item.action, item.hops, _json(item.cause),
+                 run_id or None, now, now, now, item.unmatched, now),
+            )
+            return
         held = item.timing == "delayed"
         dedup = f"{item.target}\x1f{item.resource}\x1f{item.action}" if held else None
         if held:

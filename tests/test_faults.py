@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import wait_for
 
 from flock_node.engine import Engine, RunContext
 from flock_node.store import Store
@@ -80,3 +81,242 @@ def test_a_converge_sends_fresh_ids_each_run(tmp_path, store):
     assert len(ids) == 2
     # A notification caused by a converge starts a chain: its own id is the origin downstream.
     assert all("origin" not in r["cause"] for r in store.outbox())
+
+
+# -- with real agents ---------------------------------------------------------------------------
+HB = 0.2
+
+
+def _recipe(env, name: str, text: str) -> Path:
+    p = env.root / f"{name}.py"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def _start(env, name: str, text: str | None = None, *args: str, **kw):
+    recipes = [_recipe(env, name, text)] if text is not None else []
+    return env.start(name, *args, recipes=recipes, heartbeat=HB, **kw)
+
+
+def _lines(p: Path) -> list[str]:
+    return p.read_text().splitlines() if p.exists() else []
+
+
+def _run(f, node: str, timeout: float = 30.0) -> dict:
+    rid = f[node].flock_api.run_chef()["run_id"]
+
+    def done():
+        r = f[node].flock_api.run(rid)
+        return r if r and r["status"] != "running" else None
+
+    return wait_for(done, timeout, what=f"run {rid} on {node}")
+
+
+def _quiet(f, node: str) -> bool:
+    st = f[node].flock_api.status()
+    return not st["active"] and not st["queued"] and st["pending"] == 0
+
+
+def _knows(f, node: str, *others: str) -> bool:
+    return set(others) <= {m["name"] for m in f[node].flock_api.members()
+                           if m["state"] == "alive"}
+
+
+SINK = """
+    from flock_node.dsl import execute
+    execute("hit", command='echo "$FLOCK_NOTIFICATION" >> {out}', action="nothing")
+"""
+
+FAN = """
+    from flock_node.dsl import execute
+    for i in range({n}):
+        execute(f"s{{i}}", command="true").remote_notifies("run", "execute[hit]", node="rcv")
+"""
+
+
+# -- item 1: a dead or frozen receiver does not stop its senders --------------------------------
+def test_a_frozen_receiver_going_down_mid_call_does_not_stop_the_sender(flock_env):
+    import signal
+
+    env = flock_env
+    out = env.root / "hits"
+    rcv = _start(env, "rcv", SINK.format(out=out))
+    snd = _start(env, "snd", FAN.format(n=40))
+    f = env.flock()
+    wait_for(lambda: _knows(f, "snd", "rcv"), 5)
+    rcv.proc.send_signal(signal.SIGSTOP)
+    try:
+        _run(f, "snd")
+        # The sender's batch call hangs on the frozen node until the node turns down (10
+        # heartbeats) and its socket is dropped under the call.
+        wait_for(lambda: any(m["name"] == "rcv" and m["state"] == "down"
+                             for m in f["snd"].flock_api.members()), 10, what="rcv down")
+        wait_for(lambda: f["snd"].flock_api.outbox(None, 100)[0]["attempts"] >= 2, 15,
+                 what="a retry after the receiver went down")
+        assert snd.proc.poll() is None, snd.output()
+        assert "crashed" not in snd.output(), snd.output()
+    finally:
+        rcv.proc.send_signal(signal.SIGCONT)
+    wait_for(lambda: len(_lines(out)) >= 40 and _quiet(f, "snd"), 30, what="all delivered")
+    assert len(_lines(out)) == 40 and len(set(_lines(out))) == 40
+    assert snd.proc.poll() is None
+
+
+def test_a_crashing_loop_is_restarted_and_shown():
+    import asyncio
+
+    from flock_node.supervisor import Supervisor
+
+    async def main():
+        sup = Supervisor()
+        runs = []
+
+        async def flaky():
+            runs.append(1)
+            if len(runs) < 3:
+                raise RuntimeError(f"boom {len(runs)}")
+            await asyncio.sleep(3600)
+
+        sup.spawn("delivery", flaky)
+        for _ in range(200):
+            if len(runs) >= 3:
+                break
+            await asyncio.sleep(0.02)
+        report = sup.report()
+        for t in sup.all():
+            t.cancel()
+        return runs, report
+
+    runs, report = asyncio.run(main())
+    assert len(runs) == 3
+    assert report == [{"loop": "delivery", "crashes": 2, "last_error": "RuntimeError: boom 2",
+                       "last_at": report[0]["last_at"], "running": True}]
+
+
+# -- items 2 and 3: recovery before serving; not ready while the recipe compiles ----------------
+SLOW_SINK = """
+    import time
+    time.sleep(3)  # a slow compile: notifications land while it runs
+    from flock_node.dsl import execute
+    execute("hit", command='echo "$FLOCK_NOTIFICATION" >> {out}', action="nothing")
+"""
+
+
+@pytest.mark.parametrize("fresh", [True, False], ids=["first-start", "restart"])
+def test_notifications_landing_during_the_start_compile_apply_once(flock_env, fresh):
+    env = flock_env
+    out = env.root / "hits"
+    if not fresh:  # the receiver has a store already: a restart
+        _start(env, "rcv", SINK.format(out=out))
+        env.nodes["rcv"].stop()
+    snd = _start(env, "snd", FAN.format(n=5))
+    f = env.flock()
+    _run(f, "snd")
+    wait_for(lambda: all(r["attempts"] >= 1 for r in f["snd"].flock_api.outbox(None, 100)), 10)
+    _start(env, "rcv", SLOW_SINK.format(out=out), wait=False)
+    wait_for(lambda: len(_lines(out)) >= 5 and _quiet(f, "snd"), 40, what="all applied")
+    rows = f["snd"].flock_api.outbox(None, 100)
+    assert {r["status"] for r in rows} == {"delivered"}, rows
+    assert sorted(_lines(out)) == sorted(r["id"] for r in rows)
+    # While it compiled, the receiver said "not ready" (retryable), never a final refusal.
+    assert snd.proc.poll() is None
+
+
+# -- item 8: a full disk on the receiver is retryable ------------------------------------------
+def test_a_full_disk_on_the_receiver_loses_nothing(flock_env, tmp_path):
+    import os
+    import subprocess
+
+    env = flock_env
+    out = env.root / "hits"
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, f"this test needs root to mount a small tmpfs: {r.stderr}"
+    try:
+        _start(env, "rcv", SINK.format(out=out), "--state-dir", str(disk / "rcv"))
+        _start(env, "snd", FAN.format(n=5))
+        f = env.flock()
+        wait_for(lambda: _knows(f, "snd", "rcv"), 5)
+        filler = disk / "filler"
+        subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k"], capture_output=True)
+        _run(f, "snd")
+        wait_for(lambda: any("disk" in (r["last_error"] or "")
+                             for r in f["snd"].flock_api.outbox(None, 100)), 15,
+                 what="the receiver to refuse for a full disk")
+        rows = f["snd"].flock_api.outbox(None, 100)
+        assert {r["status"] for r in rows} == {"pending"}, rows  # retried, not failed
+        os.unlink(filler)
+        wait_for(lambda: len(_lines(out)) >= 5 and _quiet(f, "snd"), 30, what="all applied")
+        assert len(_lines(out)) == 5 and len(set(_lines(out))) == 5
+        assert env.nodes["rcv"].proc.poll() is None
+    finally:
+        for n in env.nodes.values():
+            n.stop()
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_retry_resends_refused_notifications(tmp_path, store):
+    from flock_node.store import OutboxItem
+
+    store.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1"),
+                   OutboxItem("b", "execute[y]", "run", id="n-2")], "r-1")
+    store.outbox_failed("n-1", "unknown_resource: b has no resource execute[x]")
+    store.outbox_retry("n-2", "unreachable", 1e12)  # past its deadline: dead
+    assert {r["status"] for r in store.outbox()} == {"failed", "dead"}
+    assert sorted(store.outbox_revive(None)) == ["n-1", "n-2"]
+    assert {r["status"] for r in store.outbox()} == {"pending"}
+
+
+# -- item 10: a rolling restart does not lose tag and glob notifications -------------------------
+def test_tag_and_glob_targets_reach_members_that_are_restarting(flock_env):
+    env = flock_env
+    out = env.root / "hits"
+    _start(env, "gamma", SINK.format(out=out), "--tag", "web")
+    _start(env, "src", f"""
+        from flock_node.dsl import file
+        file("{env.root}/t", action="touch") \\
+            .remote_notifies("run", "execute[hit]", tag="web") \\
+            .remote_notifies("run", "execute[hit]", node="gam*") \\
+            .remote_notifies("run", "execute[hit]", node="nobody-*")
+    """)
+    f = env.flock()
+    wait_for(lambda: _knows(f, "src", "gamma"), 5)
+    env.nodes["gamma"].stop()  # announced: left
+    wait_for(lambda: any(m["name"] == "gamma" and m["state"] == "left"
+                         for m in f["src"].flock_api.members()), 5)
+    run = _run(f, "src")
+    sent = {(n["target"], n["status"]) for n in run["notifications"]}
+    assert ("gamma", "pending") in sent
+    assert ("node=nobody-*", "unmatched") in sent
+    _start(env, "gamma", SINK.format(out=out), "--tag", "web")
+    wait_for(lambda: len(_lines(out)) >= 2 and _quiet(f, "src"), 20, what="both applied")
+    assert len(_lines(out)) == 2
+    h = env.cli("history", "src", "--limit", "1")
+    assert "node=nobody-*" in h.stdout and "no node matched" in h.stdout, h.stdout
+
+
+# -- item 11: the recipe is the truth for the subscriptions it declares --------------------------
+def test_a_recipe_subscription_removed_by_hand_comes_back_at_the_next_converge(flock_env):
+    env = flock_env
+    out = env.root / "hits"
+    _start(env, "pub", f"""
+        from flock_node.dsl import file
+        file("{env.root}/p", action="touch")
+    """)
+    _start(env, "sub", f"""
+        from flock_node.dsl import execute
+        execute("hit", command="echo hit >> {out}", action="nothing") \\
+            .remote_subscribes("run", "file[{env.root}/p]", node="pub")
+    """)
+    f = env.flock()
+    _run(f, "sub")
+    wait_for(lambda: f["pub"].resource_manager.subscriptions()["incoming"], 10)
+    sid = f["sub"].resource_manager.subscriptions()["outgoing"][0]["id"]
+    r = env.cli("unsubscribe", "sub", sid)
+    assert r.returncode == 0 and "next converge registers it again" in r.stdout, r.stdout
+    wait_for(lambda: not f["pub"].resource_manager.subscriptions()["incoming"], 10)
+    _run(f, "sub")
+    wait_for(lambda: f["pub"].resource_manager.subscriptions()["incoming"], 10,
+             what="the recipe's subscription to be registered again")

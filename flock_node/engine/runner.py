@@ -264,7 +264,12 @@ class _Run:
             names = eng._resolve(rn.node, rn.tag)
             if not names:
                 where = f"node={rn.node}" if rn.node is not None else f"tag={rn.tag}"
+                why = f"no node matched {where}"
                 notes.append(f"remote_notifies {rn.action} {rn.target} {where}: no node matched")
+                items.append(OutboxItem(where, rn.target, rn.action, ctx.hops + 1, dict(cause),
+                                        rn.timing, unmatched=why,
+                                        **self._item_id(res.id, action, where, rn.target,
+                                                        rn.action)))
             for name in names:
                 nid = self._item_id(res.id, action, name, rn.target, rn.action)
                 items.append(
