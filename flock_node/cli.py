@@ -113,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("node")
     s.add_argument("--status", choices=["held", "pending", "delivered", "failed", "dead"])
     s.add_argument("--limit", type=int, default=50)
-    s = sub.add_parser("retry", help="send NODE's dead-lettered notifications again")
+    s = sub.add_parser("retry", help="send NODE's dead-lettered and refused notifications again")
     s.add_argument("node")
     s.add_argument("ids", nargs="*", metavar="ID", help="only these (default: all dead ones)")
     s = sub.add_parser("notify", help="run ACTION on RESOURCE of NODE, out of band")
@@ -321,6 +321,12 @@ def cmd_status(c: Ctx) -> int:
                  f"{st.get('failed_notifications', 0)} refused")
     if st.get("compile_error"):
         lines.append(f"recipe:      {st['compile_error']}")
+    if st.get("ready") is False:
+        lines.append("ready:       no, compiling its recipe (notifications are retried)")
+    for lf in st.get("loop_failures") or ():
+        state = "restarted" if lf.get("running") else "restarting"
+        lines.append(f"loop:        {lf['loop']} crashed {lf['crashes']}x ({state}), last "
+                     f"{ago(lf['last_at'])}: {lf['last_error']}")
     lines.append(f"uptime:      {st['uptime']:.0f}s")
     c.print("\n".join(lines))
     return OK
@@ -513,10 +519,12 @@ def cmd_retry(c: Ctx) -> int:
         c.emit_json(r)
         return OK
     n = len(r["retried"])
-    c.print(f"{c.args.node}: {n} dead-lettered notification{'s' if n != 1 else ''} sent again")
+    c.print(f"{c.args.node}: {n} dead-lettered or refused notification{'s' if n != 1 else ''} "
+            "sent again")
     if c.args.ids and n < len(c.args.ids):
         missing = sorted(set(c.args.ids) - set(r["retried"]))
-        raise CliError(f"{c.args.node}: not dead-lettered: {', '.join(missing)}", FAILED)
+        raise CliError(f"{c.args.node}: neither dead-lettered nor refused: {', '.join(missing)}",
+                       FAILED)
     return OK
 
 

@@ -79,8 +79,8 @@ BUILTIN_BINDINGS: list[Binding] = [
 ]
 # What --read-only hides.
 CHANGING = {"flock.run_chef", "flock.notify", "flock.subscribe", "node.run_chef",
-            "node.notify", "node.subscribe", "node.unsubscribe"}
-CHANGING_ACTIONS = {"run_chef", "notify", "subscribe", "remove_subscription"}
+            "node.notify", "node.subscribe", "node.unsubscribe", "node.retry"}
+CHANGING_ACTIONS = {"run_chef", "notify", "subscribe", "remove_subscription", "retry_outbox"}
 # Keys the table itself uses (navigation): a macro on them needs `override = true`.
 TABLE_KEYS = {"enter", "up", "down", "left", "right", "pageup", "pagedown", "home", "end",
               "ctrl+home", "ctrl+end", "tab", "shift+tab", "ctrl+p", "ctrl+q", "ctrl+c"}

@@ -311,6 +311,7 @@ class NodeScreen(Screen[None]):
         Binding("n", "notify", "Notify", id="node.notify"),
         Binding("s", "subscribe", "Subscribe", id="node.subscribe"),
         Binding("d", "remove_subscription", "Remove sub", id="node.unsubscribe"),
+        Binding("t", "retry_outbox", "Retry outbox", id="node.retry"),
         Binding("f5,ctrl+r", "reload", "Reload", id="node.reload"),
     ]
 
@@ -658,6 +659,31 @@ class NodeScreen(Screen[None]):
                 self.unsubscribe(str(s["id"]))
 
         self.app.push_screen(ConfirmScreen("Remove subscription?", body, "Remove"), done)
+
+    def action_retry_outbox(self) -> None:
+        if self.flock_app.read_only:
+            self.flock_app.notify("read-only console", severity="warning")
+            return
+        body = Text(f"$ flock retry {self.node}\n\n")
+        body.append(f"{self.node} sends its dead-lettered and refused notifications again, "
+                    "with a fresh TTL.")
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.retry_outbox()
+
+        self.app.push_screen(ConfirmScreen("Retry notifications?", body, "Retry"), done)
+
+    @work(group="node-retry", exit_on_error=False)
+    async def retry_outbox(self) -> None:
+        try:
+            r = await self.flock_app.flock[self.node].flock_api.retry()
+        except (RpcError, TypeError) as e:
+            self.flock_app.log_error(f"{self.node}: retry: {err_text(e)}")
+            return
+        n = len(r.get("retried") or [])
+        self.flock_app.log_line(Text(f"{self.node}: {n} notification(s) sent again"), self.node)
+        self.reload()
 
     @work(group="node-unsub", exit_on_error=False)
     async def unsubscribe(self, sid: str) -> None:

@@ -216,6 +216,26 @@ async def test_node_screen_shows_resources_runs_subscriptions(demo):
 
 
 @aio
+async def test_node_screen_retries_the_outbox(demo):
+    app = FlockApp(make_args(demo), config=ConsoleConfig())
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot, app)
+        await move_to(pilot, app, "bender2")
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, NodeScreen), 3, "node screen")
+        await pilot.press("t")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 3, "confirmation")
+        assert "flock retry bender2" in str(app.screen.query_one("#confirm-body").content)
+        await pilot.press("y")
+
+        def log() -> str:
+            return "\n".join(x.text for x in app.main.query_one("#log").lines)
+
+        await until(pilot, lambda: "bender2: 0 notification(s) sent again" in log(), 10,
+                    "the retry's answer in the log")
+
+
+@aio
 async def test_macro_runs_and_cancels(demo):
     cfg = ConsoleConfig(macros=[
         Macro(name="probe", key="x", description="is it busy", steps=["active {node}"]),
