@@ -320,3 +320,20 @@ def test_a_recipe_subscription_removed_by_hand_comes_back_at_the_next_converge(f
     _run(f, "sub")
     wait_for(lambda: f["pub"].resource_manager.subscriptions()["incoming"], 10,
              what="the recipe's subscription to be registered again")
+
+
+# -- item 14: TTLs measure elapsed time, not the wall clock -------------------------------------
+def test_a_clock_jump_moves_pending_deadlines_with_it(store):
+    from flock_node.delivery import clock_jump
+    from flock_node.store import OutboxItem
+
+    assert clock_jump((1000.0, 50.0), (1001.0, 51.0)) is None
+    assert clock_jump((1000.0, 50.0), (1000.0 + 86_400 + 1, 51.0)) == pytest.approx(86_400)
+    assert clock_jump((1000.0, 50.0), (900.0, 51.0)) == pytest.approx(-101)
+    store.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1")], "r-1")
+    before = store.outbox()[0]
+    assert store.outbox_shift_times(86_400) == 1
+    after = store.outbox()[0]
+    assert after["deadline"] == pytest.approx(before["deadline"] + 86_400)
+    # A day later by the wall clock, but no time passed: not dead yet.
+    assert store.outbox_retry_many(["n-1"], "unreachable", before["deadline"] + 10) == set()
