@@ -240,6 +240,8 @@ class Deliverer:
             if is_final(err.code):
                 self._settle(target, [], [(item, err)])
                 continue
+            if gone and where.state not in err.message:
+                err = RpcError(err.code, f"node {target!r} is {where.state}: {err.message}")
             # Unreachable or not ready: reschedule this one and everything after it for the node.
             self._reschedule(target, items[i:], err)
             return
