@@ -418,7 +418,7 @@ class Chaos:
 
     def _apply(self, f: Fault) -> None:
         a = self.agents[f.node]
-        ev: dict[str, Any] = {"t": f.at, "node": f.node, "kind": f.kind}
+        ev: dict[str, Any] = {"t": f.at, "node": f.node, "kind": f.kind, "s": f.duration}
         if f.kind == "partition" and isinstance(self.net, Loopback):
             ev["skipped"] = "no partitions on loopback"
             self.events.append(ev)
@@ -581,6 +581,7 @@ class Chaos:
                                   if any(k != "outbox_delivered" and k != "inbox_applied"
                                          for k in q)},
                 "exits": self.exits[:10],
+                "fault_log": [" ".join(f"{k}={v}" for k, v in e.items()) for e in self.events],
                 "fault_findings": [e for e in self.events
                                    if "finding" in e or "harness_error" in e],
                 "log_findings": log_findings({a.log.name: a.output()
@@ -653,7 +654,7 @@ def pump_main(argv: list[str]) -> int:
     rpc = SyncRpc(Codec(load_key(a.key_file), "chaos-pump"), timeout=2.0)
     errors: Counter[str] = Counter()
     unacked: list[str] = []
-    t0 = time.monotonic()
+    t0 = start = time.monotonic()
     end = t0 + a.seconds
     i = 0
     with open(a.acked, "a") as out:
@@ -684,7 +685,7 @@ def pump_main(argv: list[str]) -> int:
             i += 1
     rpc.close()
     print(json.dumps({"roots_tried": i, "errors": dict(errors), "unacked": unacked,
-                      "seconds": round(time.monotonic() - t0, 1)}), flush=True)
+                      "seconds": round(time.monotonic() - start, 1)}), flush=True)
     return 0
 
 
