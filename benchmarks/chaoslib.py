@@ -66,15 +66,20 @@ class Fault:
 
 def plan_faults(rng: random.Random, count: int, window: tuple[float, float], nodes: list[str],
                 kinds: tuple[str, ...], duration: tuple[float, float]) -> list[Fault]:
-    """`count` faults spread evenly over `window` with jitter, each on a random node."""
+    """`count` faults spread evenly over `window` with jitter, each on a random node; the
+    kinds are dealt from shuffled decks, so even a short run sees every kind."""
     if count <= 0 or not nodes or not kinds:
         return []
     start, end = window
     slot = (end - start) / count
+    deck: list[str] = []
     out = []
     for k in range(count):
+        if not deck:
+            deck = list(kinds)
+            rng.shuffle(deck)
         at = start + slot * k + rng.uniform(0, slot * 0.5)
-        out.append(Fault(round(at, 3), rng.choice(nodes), rng.choice(kinds),
+        out.append(Fault(round(at, 3), rng.choice(nodes), deck.pop(),
                          round(rng.uniform(*duration), 3)))
     return out
 

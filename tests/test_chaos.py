@@ -34,6 +34,7 @@ def test_fault_plan_is_seeded_and_inside_the_window():
     assert a == plan_faults(random.Random(7), 10, (2.0, 20.0), nodes, KINDS, (1.0, 2.0))
     assert len(a) == 10 and all(2.0 <= f.at <= 20.0 and 1.0 <= f.duration <= 2.0 for f in a)
     assert [f.at for f in a] == sorted(f.at for f in a)
+    assert {f.kind for f in a[:len(KINDS)]} == set(KINDS)
 
 
 def test_log_findings_group_errors_by_shape():
@@ -46,7 +47,7 @@ def test_log_findings_group_errors_by_shape():
 
 
 def test_every_notification_applied_exactly_once_through_faults():
-    cfg = ChaosConfig(agents=4, seconds=20.0, rate=20.0, faults=6, seed=11, drain=15.0,
+    cfg = ChaosConfig(agents=4, seconds=20.0, rate=20.0, faults=8, seed=11, drain=15.0,
                       fault_s=(1.0, 2.5))
     r = run_chaos(cfg)
     print(json.dumps(r, indent=1, ensure_ascii=False))
