@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from flock_node import __version__, delivery
+from flock_node.delivery import Deliverer, Target
 from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership, Transition
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
@@ -43,7 +44,8 @@ from flock_node.protocol import (
     RunProgress,
     RunSummary,
 )
-from flock_node.store import STOPPED_BEFORE_ACTION, OutboxItem, Store
+from flock_node.store import STOPPED_BEFORE_ACTION, OutboxItem, Store, store_error
+from flock_node.supervisor import Supervisor
 from flock_node.transport import (
     AsyncRpc,
     Bus,
@@ -60,6 +62,7 @@ from flock_node.transport import (
 log = logging.getLogger("flock.agent")
 
 CONVERGE_DELAY = 0.03  # seconds between accepting run_chef and starting the converge
+VIEW_SYNC_HEARTBEATS = 3  # heartbeats a first converge waits at most to hear the flock
 
 
 @dataclass
@@ -84,9 +87,6 @@ class Job:
     started: bool = False
     opened: bool = False  # its run row was committed with the inbox row
     done: asyncio.Future | None = None
-
-
-DELIVERY_BATCH = 128  # notifications per notify_batch call
 
 
 class BadRequest(Exception):
@@ -120,15 +120,12 @@ class Agent:
         self._current: Job | None = None
         self._progress: RunProgress | None = None
         self._last_prompt = 0.0
-        self._no_batch: set[str] = set()  # targets that do not know notify_batch
         self._prompt_timer: asyncio.TimerHandle | None = None
-        self._wake_outbox = asyncio.Event()
-        # Outbox rows committed by the worker, in commit order (None: query the store).
-        self._fresh: deque[list[dict[str, Any]] | None] = deque()
-        # True when every pending outbox row is in _fresh: the delivery loop may send from
-        # memory. Any retry or unknown change makes it False until a query finds none pending.
-        self._outbox_clean = False
-        self._query_sent: deque[str] = deque(maxlen=4096)  # ids last sent from a query
+        self.ready = False  # the first compile ended: resource_manager answers for real
+        self.view_synced = threading.Event()  # heard from the seeds: targets can resolve
+        self.supervisor = Supervisor()
+        self.rpc = AsyncRpc(self.codec, timeout=2.0)
+        self.deliverer = Deliverer(self.store, self.rpc, cfg.name, self._locate, self.emit)
         self._wake_subs = asyncio.Event()
         self._stopping = threading.Event()
         self._stopped = asyncio.Event()
@@ -145,15 +142,17 @@ class Agent:
     def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
         if node is not None and not any(c in node for c in "*?["):
             return [node]  # a named node is queued even if unknown now: it may come back
-        names = set(self.membership.match(node, tag))
+        # Every member we know, gone ones too: a node restarting (left) or down for a while
+        # gets its notification when it is back; the TTL bounds how long it is waited for.
+        self._await_view()
+        names = set(self.membership.match(node, tag, include_gone=True))
         if (node is None or _glob(node, self.name)) and (tag is None or tag in self.cfg.tags):
             names.add(self.name)
         return sorted(names)
 
     def outbox_changed(self) -> None:
         """Outbox rows changed in a way only a query sees (delayed ones released...)."""
-        self._fresh.append(None)
-        self._wake_delivery()
+        self.deliverer.changed()
 
     def outbox_added(self, items: list[OutboxItem]) -> None:
         """Rows just committed by the worker: immediate ones are pending now. Handing them to
@@ -161,57 +160,48 @@ class Agent:
         rows = [{"id": i.id, "target": i.target, "resource": i.resource, "action": i.action,
                  "hops": i.hops, "cause": _plain(i.cause), "attempts": 0}
                 for i in items if i.timing != "delayed"]
-        if rows:
-            self._fresh.append(rows)
-            self._wake_delivery()
+        self.deliverer.added(rows)
 
-    def _wake_delivery(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._wake_outbox.set)
+    def _await_view(self) -> None:
+        """Before the first converge resolves a glob or tag: give the seeds and local nodes a
+        moment to be heard (bounded), so targets resolve against the flock, not an empty view."""
+        self.view_synced.wait(VIEW_SYNC_HEARTBEATS * self.cfg.heartbeat)
+
+    def _locate(self, target: str) -> Target:
+        m = self.membership.get(target)
+        return Target(self._resolve_addr(target), m.state if m is not None else None)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.bus = Bus(self.codec, self._on_bus, self._on_pipe_removed)
         self.server = RpcServer(self.codec, self._handle)
-        self.rpc = AsyncRpc(self.codec, timeout=2.0)
+        # Recover before serving: a notification accepted now must find the inbox as the
+        # last run left it, or a retry landing during the start would be queued twice.
+        interrupted = self.store.recover_interrupted_runs()
+        if interrupted:
+            log.warning("closed %d run(s) interrupted by the last stop", len(interrupted))
+        for n in self.store.inbox_recover():
+            self._enqueue_reaction(n)
         self.bus.listen(self.bus_addr)
         self.server.listen(self.rpc_addr)
         self.bus.start()
         self.server.start()
         self._bind_recipe_flock()
-        interrupted = self.store.recover_interrupted_runs()
-        if interrupted:
-            log.warning("closed %d run(s) interrupted by the last stop", len(interrupted))
+        # Heartbeats first: the flock sees us (and we it) while the recipe compiles.
+        self.supervisor.spawn("heartbeat", self._heartbeat_loop)
+        view = asyncio.create_task(self._sync_view(), name="sync-view")
         await self._compile_at_start()
-        for n in self.store.inbox_recover():
-            self._enqueue_reaction(n)
+        self.ready = True
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
         self._work_open = True
         self._kick()
-        self._tasks = [
-            self._spawn(self._heartbeat_loop(), "heartbeat"),
-            self._spawn(self._delivery_loop(), "delivery"),
-            self._spawn(self._subscription_loop(), "subscriptions"),
-        ]
+        self.supervisor.spawn("delivery", self.deliverer.run)
+        self.supervisor.spawn("subscriptions", self._subscription_loop)
+        self._tasks = [*self.supervisor.all(), view]
         await self._stopped.wait()
         await self._shutdown()
-
-    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
-        task = asyncio.create_task(coro, name=name)
-
-        def done(t: asyncio.Task) -> None:
-            if not t.cancelled() and t.exception() is not None:
-                log.error("task %s crashed; stopping the agent", name, exc_info=t.exception())
-                self.crashed = True
-                self._stopping.set()
-                self._stopped.set()
-
-        task.add_done_callback(done)
-        return task
 
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: finish the resource in progress, persist, announce, exit."""
@@ -244,6 +234,25 @@ class Agent:
         except Exception as e:  # RecipeError: keep serving the persisted resources
             self.compile_error = str(e)
             log.error("recipe does not compile: %s", e)
+
+    async def _sync_view(self) -> None:
+        """Set `view_synced` once the seeds, the local nodes and the peers they name have been
+        heard from, or after VIEW_SYNC_HEARTBEATS heartbeats, whichever comes first."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + VIEW_SYNC_HEARTBEATS * self.cfg.heartbeat
+        want_bus = set(self.cfg.seeds)
+        want = set(scan_runtime_dir(self.cfg.runtime_dir)) - {self.name}
+        try:
+            while loop.time() < deadline:
+                known = self.membership.members()
+                names = {m.name for m in known}
+                heard_of = {p.name for m in known
+                            for p in (getattr(m.info, "peers", None) or ())} - {self.name}
+                if want_bus <= {m.bus for m in known} and (want | heard_of) <= names:
+                    break
+                await asyncio.sleep(self.cfg.heartbeat / 10)
+        finally:
+            self.view_synced.set()
 
     def _bind_recipe_flock(self) -> None:
         from flock_node.client import Flock
@@ -328,8 +337,7 @@ class Agent:
     def _transition(self, t: Transition) -> None:
         log.info("%s: %s → %s (%s)", t.name, t.old or "new", t.new, t.reason)
         if t.new == ALIVE:
-            self.store.outbox_due_now(t.name)  # someone came (back): retry what waits for it
-            self._wake_outbox.set()
+            self.deliverer.target_back(t.name)  # someone came (back): retry what waits for it
             self._wake_subs.set()
         if t.new in (DOWN, LEFT):
             m = self.membership.get(t.name)
@@ -411,7 +419,7 @@ class Agent:
             self._prompt_heartbeat()
         except Exception:
             log.exception("announcing the end of run %s failed", job.run_id)
-        self._wake_outbox.set()
+        self.deliverer.wake()
         if job.kind == "converge":
             self.store.recheck_recipe_subscriptions()
         self._wake_subs.set()
@@ -472,131 +480,6 @@ class Agent:
         first = (run.get("resources") or [{}])[0]
         return (first.get("error") or "").startswith(STOPPED_BEFORE_ACTION)
 
-    # -- outbox delivery ---------------------------------------------------------------------
-    async def _delivery_loop(self) -> None:
-        while True:
-            if self._outbox_clean and self._fresh:
-                fresh = self._take_fresh()
-                if fresh is not None:
-                    # Fast path: nothing else is pending, so these are the whole queue.
-                    sent = set(self._query_sent)
-                    await self._deliver_all([it for it in fresh if it["id"] not in sent])
-                    continue
-                self._outbox_clean = False
-            self._fresh.clear()  # committed before the query below: it finds them
-            due = self.store.due_outbox(time.time())
-            if due:
-                self._query_sent.extend(it["id"] for it in due)
-                await self._deliver_all(due)
-                continue
-            nxt = self.store.next_outbox_due()
-            self._outbox_clean = nxt is None
-            wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
-            self._wake_outbox.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake_outbox.wait()
-
-    def _take_fresh(self) -> list[dict[str, Any]] | None:
-        out: list[dict[str, Any]] = []
-        while self._fresh:
-            rows = self._fresh.popleft()
-            if rows is None:
-                return None
-            out.extend(rows)
-        return out
-
-    async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
-        by_target: dict[str, list[dict]] = {}
-        for item in items:
-            by_target.setdefault(item["target"], []).append(item)
-        if len(by_target) == 1:
-            [(target, rows)] = by_target.items()
-            await self._deliver_to(target, rows)
-        elif by_target:
-            await asyncio.gather(*(self._deliver_to(t, rows) for t, rows in by_target.items()))
-
-    async def _deliver_to(self, target: str, items: list[dict]) -> None:
-        addr = self._resolve_addr(target)
-        m = self.membership.get(target)
-        down = m is not None and m.state in (DOWN, LEFT)
-        # A backlog goes in batches: one call and one commit on each side per batch, in order.
-        while (len(items) > 1 and addr is not None and target not in self._no_batch
-               and not (down and items[0]["attempts"] > 0)):
-            chunk = items[:DELIVERY_BATCH]
-            try:
-                answers = await self.rpc.call(addr, "resource_manager", "notify_batch", {
-                    "items": [{
-                        "id": it["id"], "sender": self.name, "resource": it["resource"],
-                        "action": it["action"], "hops": it["hops"], "cause": it["cause"],
-                    } for it in chunk]}, timeout=5.0)
-            except RpcError as e:
-                if delivery.is_final(e.code) or e.code == "unknown_method":
-                    self._no_batch.add(target)  # an older node: one by one
-                    break
-                self._reschedule(target, items, e)
-                return
-            if not isinstance(answers, list) or len(answers) != len(chunk):
-                self._no_batch.add(target)
-                break
-            delivered, failed = [], []
-            for it, ans in zip(chunk, answers, strict=True):
-                err = ans.get("error") if isinstance(ans, dict) else None
-                if err:
-                    failed.append((it, RpcError(err.get("code", "bad_request"),
-                                                err.get("message", ""))))
-                else:
-                    delivered.append(it)
-            self.store.outbox_settle([it["id"] for it in delivered],
-                                     [(it["id"], f"{x.code}: {x.message}") for it, x in failed])
-            for it in delivered:
-                self.emit("notification_delivered", id=it["id"], target=target,
-                          resource=it["resource"], action=it["action"])
-            for it, err in failed:
-                log.error("notification %s to %s refused: %s", it["id"], target, err)
-                self.emit("notification_failed", id=it["id"], target=target,
-                          resource=it["resource"], action=it["action"], error=str(err))
-            items = items[len(chunk):]
-        for i, item in enumerate(items):
-            if addr is None:
-                err = RpcError("unknown_node", f"node {target!r} is not known in the flock (yet)")
-            elif m is not None and m.state in (DOWN, LEFT) and item["attempts"] > 0:
-                err = RpcError("unreachable", f"node {target!r} is {m.state}")
-            else:
-                try:
-                    await self.rpc.call(addr, "resource_manager", "notify", {
-                        "id": item["id"], "sender": self.name, "resource": item["resource"],
-                        "action": item["action"], "hops": item["hops"], "cause": item["cause"],
-                    }, timeout=2.0)
-                except RpcError as e:
-                    err = e
-                else:
-                    self.store.outbox_delivered(item["id"])
-                    self.emit("notification_delivered", id=item["id"], target=target,
-                              resource=item["resource"], action=item["action"])
-                    continue
-            if delivery.is_final(err.code):
-                self.store.outbox_failed(item["id"], f"{err.code}: {err.message}")
-                log.error("notification %s to %s refused: %s", item["id"], target, err)
-                self.emit("notification_failed", id=item["id"], target=target,
-                          resource=item["resource"], action=item["action"], error=str(err))
-                continue
-            # Unreachable: reschedule this one and everything else queued for the same node.
-            self._reschedule(target, items[i:], err)
-            return
-
-    def _reschedule(self, target: str, items: list[dict], err: RpcError) -> None:
-        self._outbox_clean = False  # these stay pending: the next pass reads the store
-        # One retry time for the whole queue of this target: per-item jitter would scramble
-        # the order in which its notifications arrive.
-        when = time.time() + delivery.backoff(items[0]["attempts"]) if items else 0.0
-        for rest in items:
-            st = self.store.outbox_retry(rest["id"], f"{err.code}: {err.message}", when)
-            if st == "dead":
-                log.error("notification %s to %s dead-lettered: %s", rest["id"], target, err)
-                self.emit("notification_dead", id=rest["id"], target=target,
-                          resource=rest["resource"], action=rest["action"], error=str(err))
-
     # -- subscriptions we hold on others -----------------------------------------------------
     async def _subscription_loop(self) -> None:
         while True:
@@ -647,7 +530,15 @@ class Agent:
                 "unknown_method", f"no method {req.actor}.{req.method}; known: {', '.join(known)}"))
         try:
             result = await fn(self, **req.args)
-        except (TypeError, ValueError, OverflowError, sqlite3.Error) as e:
+        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError) as e:
+            # A value SQLite cannot take (a list where a string goes): the caller's mistake.
+            return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))
+        except sqlite3.Error as e:
+            # Our own trouble (disk full, database locked...), never the caller's: retryable.
+            code, msg = store_error(e)
+            log.error("%s.%s: %s", req.actor, req.method, msg)
+            return Response(req.call_id, False, error=Error(code, f"{self.name}: {msg}"))
+        except (TypeError, ValueError, OverflowError) as e:
             # Arguments of the wrong shape: the caller's mistake, answered, not a crash.
             return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))
         except BadRequest as e:
@@ -686,7 +577,8 @@ class Agent:
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
             "uptime": time.time() - self.started, "compile_error": self.compile_error,
-            "dropped_frames": dict(self.codec.dropped),
+            "dropped_frames": dict(self.codec.dropped), "ready": self.ready,
+            "loop_failures": self.supervisor.report(),
         }
 
     async def api_history(self, limit: int = 20) -> list[dict[str, Any]]:
@@ -720,23 +612,32 @@ class Agent:
         return self.store.outbox([status] if status else None, _int(limit, "limit"))
 
     async def api_retry(self, ids: list[str] | None = None) -> dict[str, Any]:
-        """Send dead letters again (all, or the given notification ids) with a fresh TTL."""
+        """Send dead-lettered and refused notifications again (all, or the given ids) with a
+        fresh TTL: after the receiver's disk was freed or its recipe fixed."""
         if ids is not None and not (isinstance(ids, list)
                                     and all(isinstance(i, str) for i in ids)):
             raise BadRequest("ids must be a list of notification ids")
         revived = self.store.outbox_revive(ids)
         if revived:
-            self._outbox_clean = False
-            self._wake_outbox.set()
+            self.deliverer.changed()
         return {"retried": revived}
 
     # resource_manager
     async def rm_resources(self) -> list[dict[str, Any]]:
         return [msgspec.to_builtins(r.__dict__) for r in self.store.resources()]
 
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise RpcError("not_ready", f"{self.name} is starting: its recipe is compiling")
+
     def _check_target(self, resource: str, action: str | None) -> None:
+        self._check_ready()
         actions = self.store.resource_actions(resource)
         if actions is None:
+            if self.compile_error is not None:
+                # The recipe that may declare it does not compile now: not final.
+                raise RpcError("not_ready", f"{self.name} has no resource {resource} and its "
+                               f"recipe does not compile ({self.compile_error})")
             known = ", ".join(x.id for x in self.store.resources()[:20]) or "none"
             raise RpcError("unknown_resource", f"{self.name} has no resource {resource}; it has: {known}")
         if action is not None and action not in actions:
@@ -780,6 +681,7 @@ class Agent:
         out: list[dict | None] = []
         rows: list[tuple] = []
         for it in items:
+            nid = None
             try:
                 if not isinstance(it, dict):
                     raise BadRequest("each item must be a map")
@@ -804,6 +706,12 @@ class Agent:
                 continue
             except RpcError as e:
                 out.append({"id": nid, "error": {"code": e.code, "message": e.message}})
+                if not delivery.is_final(e.code):
+                    # Not now (not ready...): none after it either, so the sender's order holds.
+                    out.extend({"id": x.get("id") if isinstance(x, dict) else None,
+                                "error": {"code": e.code, "message": e.message}}
+                               for x in items[len(out):])
+                    break
                 continue
             out.append(None)
             rows.append((nid, str(it.get("sender") or "?"), resource, action, hops, cause))
@@ -844,13 +752,23 @@ class Agent:
         return {"id": wid.rsplit("@", 1)[0], "state": w["state"], "error": w["last_error"]}
 
     async def rm_unsubscribe(self, id: str) -> dict:
+        """Remove a subscription, incoming (someone's on our resource) or outgoing (ours)."""
+        if not isinstance(id, str):
+            raise BadRequest("id must be a subscription id")
         if self.store.remove_subscription(id):
-            return {"id": id, "removed": "incoming"}
+            return {"id": id, "removed": "incoming",
+                    "note": "if the subscriber's recipe declares it (remote_subscribes), its "
+                            "next converge registers it again"}
         for w in self.store.wanted_subscriptions():
             if w["id"] == id or w["id"].rsplit("@", 1)[0] == id:
                 self.store.wanted_state(w["id"], "removing")
                 ok = await self._sync_subscription({**w, "state": "removing"})
-                return {"id": id, "removed": "outgoing", "remote_done": ok}
+                out = {"id": id, "removed": "outgoing", "remote_done": ok}
+                if w["origin"] == "recipe":
+                    out["note"] = (f"{w['resource']} declares it in the recipe "
+                                   "(remote_subscribes): the next converge registers it again; "
+                                   "remove it from the recipe to drop it for good")
+                return out
         raise RpcError("unknown_subscription", f"{self.name} has no subscription {id!r}")
 
     async def rm_subscriptions(self) -> dict[str, list[dict]]:

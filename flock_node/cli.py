@@ -577,10 +577,8 @@ def cmd_unsubscribe(c: Ctx) -> int:
         c.emit_json(r)
     else:
         c.print(f"{c.args.node}: subscription {c.args.id} removed ({r['removed']})")
-        if r["removed"] == "incoming":
-            c.print("  note: a subscription declared in the subscriber's recipe is registered "
-                    "again at its next converge; remove it there (or run `flock unsubscribe` "
-                    "on the subscribing node) to drop it for good")
+        if r.get("note"):
+            c.print(f"  note: {r['note']}")
     return OK
 
 

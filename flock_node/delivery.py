@@ -1,14 +1,29 @@
-"""Outbox retry scheduling and notification rules, kept pure so they are tested without I/O."""
+"""Outbox delivery: the pure rules (retry backoff, which refusals are final, the hop limit)
+and the `Deliverer` loop that sends the outbox to the other nodes."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import random
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from flock_node.store import Store
+from flock_node.transport import AsyncRpc, RpcError
+
+log = logging.getLogger("flock.delivery")
 
 MAX_HOPS = 16
 BACKOFF_BASE = 0.25  # seconds before the first retry
 BACKOFF_CAP = 30.0
 
-# Codes that mean "the receiver looked at it and said no": retrying will not help.
+# Codes that mean "the receiver looked at it and said no, for good": retrying will not help.
+# Everything else is the receiver's own trouble or the network's (not_ready, disk_full, busy,
+# store_error, unreachable, timeout, internal...) and is retried until the TTL ends.
 FINAL_CODES = frozenset(
     {"unknown_resource", "unknown_action", "hop_limit", "bad_request", "unauthorized"}
 )
@@ -31,3 +46,232 @@ def hop_refusal(hops: int) -> str | None:
     if hops > MAX_HOPS:
         return f"hop limit: this notification made {hops} hops (at most {MAX_HOPS}); a chain of notifications loops"
     return None
+
+
+# --- the outbox deliverer ---------------------------------------------------------------------
+
+DELIVERY_BATCH = 128  # notifications per notify_batch call
+CLOCK_JUMP = 5.0  # seconds of wall clock vs monotonic drift taken as a clock jump
+
+
+class Target(NamedTuple):
+    """Where a notification's target node is, as this node knows it."""
+
+    addr: str | None  # its RPC address, None when the node is not known at all
+    state: str | None  # membership state (alive, suspect, down, left), None if not a member
+
+
+class Deliverer:
+    """Drains the outbox: batches per target, in order, retried with backoff until the target
+    acknowledges or the TTL ends (then dead-lettered), with the receiver's inbox making every
+    notification take effect once.
+
+    Rows committed by the converge worker are handed over in memory (`added`) so an idle node
+    sends them without reading the outbox back; anything else (retries, delayed notifications
+    released, a restart) goes through a query of the store.
+    """
+
+    def __init__(self, store: Store, rpc: AsyncRpc, sender: str,
+                 locate: Callable[[str], Target], emit: Callable[..., None]):
+        self.store = store
+        self.rpc = rpc
+        self.sender = sender
+        self.locate = locate
+        self.emit = emit
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._no_batch: set[str] = set()  # targets that do not know notify_batch
+        # Outbox rows committed by the worker, in commit order (None: query the store).
+        self._fresh: deque[list[dict[str, Any]] | None] = deque()
+        # True when every pending outbox row is in _fresh: send from memory. Any retry or
+        # unknown change makes it False until a query finds none pending.
+        self._clean = False
+        self._query_sent: deque[str] = deque(maxlen=4096)  # ids last sent from a query
+        self._anchor = (time.time(), time.monotonic())
+
+    # -- called from any thread ----------------------------------------------------------------
+    def added(self, rows: list[dict[str, Any]]) -> None:
+        """Rows the worker just committed, pending now."""
+        if rows:
+            self._fresh.append(rows)
+            self.wake()
+
+    def changed(self) -> None:
+        """The outbox changed in a way only a query sees (delayed ones released, retries)."""
+        self._fresh.append(None)
+        self.wake()
+
+    def wake(self) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            self._wake.set()
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._wake.set)
+
+    def target_back(self, target: str) -> None:
+        """`target` came (back): what waits for it is due now, not at its backoff time."""
+        self.store.outbox_due_now(target)
+        self._clean = False
+        self.wake()
+
+    # -- the loop --------------------------------------------------------------------------------
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._clean = False  # (re)started: the store is the truth
+        while True:
+            self._check_clock()
+            if self._clean and self._fresh:
+                fresh = self._take_fresh()
+                if fresh is not None:
+                    # Fast path: nothing else is pending, so these are the whole queue.
+                    sent = set(self._query_sent)
+                    await self._deliver_all([it for it in fresh if it["id"] not in sent])
+                    continue
+                self._clean = False
+            self._fresh.clear()  # committed before the query below: it finds them
+            due = self.store.due_outbox(time.time())
+            if due:
+                self._query_sent.extend(it["id"] for it in due)
+                await self._deliver_all(due)
+                continue
+            nxt = self.store.next_outbox_due()
+            self._clean = nxt is None
+            wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake.wait()
+
+    def _check_clock(self) -> None:
+        """TTLs and retry times are stored as wall-clock times (they must survive a restart);
+        while we run, a jump of the wall clock moves them with it, so a TTL measures elapsed
+        time and a clock set a day ahead does not dead-letter everything pending at once."""
+        wall, mono = time.time(), time.monotonic()
+        jump = clock_jump(self._anchor, (wall, mono))
+        self._anchor = (wall, mono)
+        if jump is not None:
+            n = self.store.outbox_shift_times(jump)
+            log.warning("the wall clock jumped %+.1fs; moved %d pending notification(s)' "
+                        "deadlines and retry times with it", jump, n)
+
+    def _take_fresh(self) -> list[dict[str, Any]] | None:
+        out: list[dict[str, Any]] = []
+        while self._fresh:
+            rows = self._fresh.popleft()
+            if rows is None:
+                return None
+            out.extend(rows)
+        return out
+
+    async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
+        by_target: dict[str, list[dict]] = {}
+        for item in items:
+            by_target.setdefault(item["target"], []).append(item)
+        if len(by_target) == 1:
+            [(target, rows)] = by_target.items()
+            await self._deliver_to(target, rows)
+        elif by_target:
+            await asyncio.gather(*(self._deliver_to(t, rows) for t, rows in by_target.items()))
+
+    def _wire(self, it: dict[str, Any]) -> dict[str, Any]:
+        return {"id": it["id"], "sender": self.sender, "resource": it["resource"],
+                "action": it["action"], "hops": it["hops"], "cause": it["cause"]}
+
+    async def _deliver_to(self, target: str, items: list[dict]) -> None:
+        where = self.locate(target)
+        gone = where.state in ("down", "left")
+        # A backlog goes in batches: one call and one commit on each side per batch, in order.
+        while (len(items) > 1 and where.addr is not None and target not in self._no_batch
+               and not (gone and items[0]["attempts"] > 0)):
+            chunk = items[:DELIVERY_BATCH]
+            try:
+                answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
+                                              {"items": [self._wire(it) for it in chunk]},
+                                              timeout=5.0)
+            except RpcError as e:
+                if e.code == "unknown_method":
+                    self._no_batch.add(target)  # an older node: one by one
+                    break
+                self._reschedule(target, items, e)
+                return
+            if not isinstance(answers, list) or len(answers) != len(chunk):
+                self._no_batch.add(target)
+                break
+            delivered: list[dict] = []
+            failed: list[tuple[dict, RpcError]] = []
+            retry_from: tuple[int, RpcError] | None = None
+            for i, (it, ans) in enumerate(zip(chunk, answers, strict=True)):
+                err = ans.get("error") if isinstance(ans, dict) else None
+                if not err:
+                    delivered.append(it)
+                    continue
+                refusal = RpcError(str(err.get("code", "bad_request")),
+                                   str(err.get("message", "")))
+                if not is_final(refusal.code):
+                    retry_from = (i, refusal)  # the receiver cannot take it now: keep order
+                    break
+                failed.append((it, refusal))
+            self._settle(target, delivered, failed)
+            if retry_from is not None:
+                self._reschedule(target, items[retry_from[0]:], retry_from[1])
+                return
+            items = items[len(chunk):]
+        for i, item in enumerate(items):
+            if where.addr is None:
+                err = RpcError("unknown_node", f"node {target!r} is not known in the flock (yet)")
+            elif gone and item["attempts"] > 0:
+                err = RpcError("unreachable", f"node {target!r} is {where.state}")
+            else:
+                try:
+                    await self.rpc.call(where.addr, "resource_manager", "notify",
+                                        self._wire(item), timeout=2.0)
+                except RpcError as e:
+                    err = e
+                else:
+                    self._settle(target, [item], [])
+                    continue
+            if is_final(err.code):
+                self._settle(target, [], [(item, err)])
+                continue
+            # Unreachable or not ready: reschedule this one and everything after it for the node.
+            self._reschedule(target, items[i:], err)
+            return
+
+    def _settle(self, target: str, delivered: list[dict], failed: list[tuple[dict, RpcError]]
+                ) -> None:
+        self.store.outbox_settle([it["id"] for it in delivered],
+                                 [(it["id"], f"{x.code}: {x.message}") for it, x in failed])
+        for it in delivered:
+            self.emit("notification_delivered", id=it["id"], target=target,
+                      resource=it["resource"], action=it["action"])
+        for it, err in failed:
+            log.error("notification %s to %s refused: %s", it["id"], target, err)
+            self.emit("notification_failed", id=it["id"], target=target,
+                      resource=it["resource"], action=it["action"], error=str(err))
+
+    def _reschedule(self, target: str, items: list[dict], err: RpcError) -> None:
+        self._clean = False  # these stay pending: the next pass reads the store
+        # One retry time for the whole queue of this target: per-item jitter would scramble
+        # the order in which its notifications arrive.
+        when = time.time() + backoff(items[0]["attempts"]) if items else 0.0
+        dead = self.store.outbox_retry_many([it["id"] for it in items],
+                                            f"{err.code}: {err.message}", when)
+        for it in items:
+            if it["id"] in dead:
+                log.error("notification %s to %s dead-lettered: %s", it["id"], target, err)
+                self.emit("notification_dead", id=it["id"], target=target,
+                          resource=it["resource"], action=it["action"], error=str(err))
+
+
+def clock_jump(before: tuple[float, float], now: tuple[float, float]) -> float | None:
+    """How far the wall clock jumped between two (wall, monotonic) readings, or None when it
+    kept pace with the monotonic clock (within CLOCK_JUMP)."""
+    drift = (now[0] - before[0]) - (now[1] - before[1])
+    return drift if abs(drift) > CLOCK_JUMP else None

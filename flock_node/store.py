@@ -120,6 +120,18 @@ CREATE TABLE IF NOT EXISTS wanted_subscriptions (
 """
 
 
+def store_error(e: sqlite3.Error) -> tuple[str, str]:
+    """An error code (all retryable: the caller did nothing wrong) and message for a failure
+    of our own database."""
+    text = str(e)
+    low = text.lower()
+    if "disk is full" in low or "disk i/o" in low:
+        return "disk_full", f"its state database cannot be written ({text})"
+    if "locked" in low or "busy" in low:
+        return "busy", f"its state database is busy ({text})"
+    return "store_error", f"its state database failed ({type(e).__name__}: {text})"
+
+
 def subscription_id(publisher: str, resource: str, subscriber: str, subscriber_resource: str,
                     action: str) -> str:
     """A stable id so registering the same subscription twice is a no-op; both nodes and
@@ -525,6 +537,40 @@ class Store:
             )
             return "pending"
 
+    def outbox_retry_many(self, ids: list[str], error: str, next_attempt: float) -> set[str]:
+        """outbox_retry for a target's whole queue in one commit; returns the dead-lettered."""
+        now = time.time()
+        dead: set[str] = set()
+        with self._tx() as db:
+            for nid in ids:
+                r = db.execute("SELECT deadline FROM outbox WHERE id=? AND status='pending'",
+                               (nid,)).fetchone()
+                if r is None:
+                    continue
+                if next_attempt >= r[0]:
+                    db.execute(
+                        "UPDATE outbox SET status='dead', done_at=?, last_error=?, "
+                        "attempts=attempts+1 WHERE id=?",
+                        (now, error, nid),
+                    )
+                    dead.add(nid)
+                else:
+                    db.execute(
+                        "UPDATE outbox SET next_attempt=?, last_error=?, attempts=attempts+1 "
+                        "WHERE id=?",
+                        (next_attempt, error, nid),
+                    )
+        return dead
+
+    def outbox_shift_times(self, delta: float) -> int:
+        """The wall clock jumped by `delta`: move pending deadlines and retry times with it."""
+        with self._tx() as db:
+            return db.execute(
+                "UPDATE outbox SET deadline=deadline+?, next_attempt=next_attempt+? "
+                "WHERE status IN ('pending', 'held')",
+                (delta, delta),
+            ).rowcount
+
     def outbox(self, statuses: Iterable[str] | None = None, limit: int = 500) -> list[dict]:
         if statuses:
             st = list(statuses)
@@ -537,21 +583,26 @@ class Store:
             rows = self._all("SELECT * FROM outbox ORDER BY created DESC LIMIT ?", (limit,))
         return [self._outbox(r) for r in rows]
 
-    def outbox_revive(self, ids: list[str] | None = None) -> list[str]:
-        """Send dead-lettered notifications again (all, or those `ids`), with a fresh TTL."""
+    def outbox_revive(self, ids: list[str] | None = None,
+                      statuses: tuple[str, ...] = ("dead", "failed")) -> list[str]:
+        """Send dead-lettered or refused notifications again (all, or those `ids`), with a
+        fresh TTL: after the receiver's disk was freed or its recipe fixed."""
         now = time.time()
+        st = ",".join("?" * len(statuses))
         with self._tx() as db:
             if ids is None:
-                rows = db.execute("SELECT id FROM outbox WHERE status='dead'").fetchall()
+                rows = db.execute(f"SELECT id FROM outbox WHERE status IN ({st})",
+                                  statuses).fetchall()
             else:
                 q = ",".join("?" * len(ids))
                 rows = db.execute(
-                    f"SELECT id FROM outbox WHERE status='dead' AND id IN ({q})", tuple(ids)
+                    f"SELECT id FROM outbox WHERE status IN ({st}) AND id IN ({q})",
+                    (*statuses, *ids),
                 ).fetchall() if ids else []
             revived = [r[0] for r in rows]
             db.executemany(
                 "UPDATE outbox SET status='pending', next_attempt=?, deadline=?, attempts=0, "
-                "done_at=NULL WHERE id=?",
+                "done_at=NULL, last_error=NULL WHERE id=?",
                 [(now, now + self.ttl, i) for i in revived],
             )
         return revived

@@ -509,12 +509,18 @@ class SyncRpc:
 
 
 class AsyncRpc:
-    """Asyncio Req0 client for the agent and the console."""
+    """Asyncio Req0 client for the agent and the console.
+
+    A socket forgotten (its node went down) while calls are in flight on it is closed when the
+    last of them ends: closing it under them would turn an ordinary "unreachable" into an
+    exception from deep inside pynng."""
 
     def __init__(self, codec: Codec, timeout: float = 5.0):
         self.codec = codec
         self.timeout = timeout
         self._socks: dict[str, pynng.Req0] = {}
+        self._inflight: dict[int, int] = {}  # id(socket) → calls in flight
+        self._retired: dict[int, pynng.Req0] = {}  # forgotten, closed when idle
 
     def _sock(self, addr: str) -> pynng.Req0:
         s = self._socks.get(addr)
@@ -531,10 +537,16 @@ class AsyncRpc:
                    timeout: float | None = None) -> Any:
         timeout = self.timeout if timeout is None else timeout
         _check_reachable(addr)
-        sock = self._sock(addr)
-        call_id, frame = _request(self.codec, actor, method, args or {})
-        ctx = sock.new_context()
         try:
+            sock = self._sock(addr)
+        except pynng.NNGException as e:
+            raise RpcError("unreachable", f"{addr}: {e}") from None
+        call_id, frame = _request(self.codec, actor, method, args or {})
+        key = id(sock)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        ctx = None
+        try:
+            ctx = sock.new_context()
             async with asyncio.timeout(timeout):
                 await ctx.asend(frame)
                 reply = await ctx.arecv()
@@ -542,18 +554,40 @@ class AsyncRpc:
             if not sock.pipes:
                 raise RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s") from None
             raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
-        except pynng.NNGException as e:
+        except pynng.NNGException as e:  # Closed included: the node went while we asked
             raise RpcError("unreachable", f"{addr}: {e}") from None
         finally:
-            ctx.close()
+            if ctx is not None:
+                with contextlib.suppress(Exception):
+                    ctx.close()
+            self._release(key)
         return _reply(self.codec, call_id, reply)
 
-    def forget(self, addr: str) -> None:
-        s = self._socks.pop(addr, None)
+    def _release(self, key: int) -> None:
+        n = self._inflight.get(key, 0) - 1
+        if n > 0:
+            self._inflight[key] = n
+            return
+        self._inflight.pop(key, None)
+        s = self._retired.pop(key, None)
         if s is not None:
-            s.close()
+            with contextlib.suppress(Exception):
+                s.close()
+
+    def forget(self, addr: str) -> None:
+        """Drop the socket to `addr` (a fresh one next time); closed once no call uses it."""
+        s = self._socks.pop(addr, None)
+        if s is None:
+            return
+        if self._inflight.get(id(s)):
+            self._retired[id(s)] = s
+        else:
+            with contextlib.suppress(Exception):
+                s.close()
 
     def close(self) -> None:
-        for s in self._socks.values():
-            s.close()
+        for s in [*self._socks.values(), *self._retired.values()]:
+            with contextlib.suppress(Exception):
+                s.close()
         self._socks.clear()
+        self._retired.clear()

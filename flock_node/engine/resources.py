@@ -7,6 +7,7 @@ action is a compile error) and later brought to an action by the runner. Actions
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import os
@@ -33,6 +34,19 @@ DEFAULT_FILE_MODE = 0o666 & ~_umask
 DEFAULT_DIR_MODE = 0o777 & ~_umask
 
 log = logging.getLogger("flock.recipe")
+
+# What the run in progress tells the commands it starts (FLOCK_RUN_ID, FLOCK_NOTIFICATION...):
+# set by the runner on the worker thread, read where commands are started.
+RUN_ENV: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "flock_run_env", default=None)
+
+
+def command_env(own: dict[str, str] | None) -> dict[str, str] | None:
+    """The environment a command adds: the run's variables, then the resource's own."""
+    extra = RUN_ENV.get()
+    if not extra:
+        return own
+    return {**extra, **(own or {})}
 
 
 def parse_id(rid: str) -> tuple[str, str] | None:
@@ -619,7 +633,8 @@ class Execute(Resource):
             if os.path.lexists(full):
                 return False, f"{creates} exists"
         try:
-            r = run_command(p["command"], cwd=p["cwd"], env=p["environment"], timeout=p["timeout"])
+            r = run_command(p["command"], cwd=p["cwd"], env=command_env(p["environment"]),
+                            timeout=p["timeout"])
         except OSError as e:
             raise _fail_os("cannot start the command", e) from None
         if r.timed_out:

@@ -12,10 +12,12 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -23,7 +25,7 @@ from typing import Any, Protocol
 from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction, UnknownResource
 from flock_node.engine.notifications import DelayedQueue
 from flock_node.engine.recipe import Compiled, compile_recipes, restore
-from flock_node.engine.resources import CALLABLE, Resource, Wait
+from flock_node.engine.resources import CALLABLE, RUN_ENV, Resource, Wait, command_env
 from flock_node.engine.shell import run_guard
 from flock_node.store import STOPPED_BEFORE_ACTION, OutboxItem, ResourceRow, Store
 
@@ -55,6 +57,32 @@ class RunContext:
     progress: Callable[[int, int, str], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     opened: bool = False  # the caller already committed the run row (start_run)
+
+
+def derived_id(key: str) -> str:
+    """A notification id that is a pure function of `key`."""
+    return "n-" + uuid.uuid5(uuid.NAMESPACE_URL, "flock-notification:" + key).hex
+
+
+def chain_origin(cause: dict | None) -> str | None:
+    """The id of the first notification of the chain a reaction belongs to."""
+    if not cause:
+        return None
+    return cause.get("origin") or cause.get("notification")
+
+
+def reaction_env(ctx: RunContext) -> dict[str, str]:
+    """What a reaction's commands see about why they run: FLOCK_RUN_ID always; for a
+    reaction FLOCK_NOTIFICATION (the notification applied), FLOCK_ORIGIN (the first
+    notification of its chain) and FLOCK_SENDER."""
+    env = {"FLOCK_RUN_ID": ctx.run_id}
+    cause = ctx.cause or {}
+    if ctx.kind == "reaction" and cause.get("notification"):
+        env["FLOCK_NOTIFICATION"] = str(cause["notification"])
+        env["FLOCK_ORIGIN"] = str(chain_origin(cause))
+        if cause.get("node"):
+            env["FLOCK_SENDER"] = str(cause["node"])
+    return env
 
 
 class _Recorder:
@@ -101,6 +129,7 @@ class _Run:
         self.stopped = False
         self.delayed = DelayedQueue()
         self.held_remote = False
+        self.sent_keys: dict[str, int] = {}
 
     # -- one resource, one action --------------------------------------------------------------
     def apply(self, res: Resource, action: str, depth: int = 0) -> bool:
@@ -195,7 +224,7 @@ class _Run:
         if callable(cond):
             return bool(cond())
         p = res.props
-        return run_guard(cond, cwd=p.get("cwd"), env=p.get("environment"))
+        return run_guard(cond, cwd=p.get("cwd"), env=command_env(p.get("environment")))
 
     def _wait(self, w: Wait) -> str | None:
         """None once the condition holds, else why the resource fails."""
@@ -223,7 +252,12 @@ class _Run:
 
     def _remote_items(self, res: Resource, action: str) -> tuple[list[OutboxItem], list[str]]:
         eng, ctx = self.engine, self.ctx
-        cause = {"node": eng.node, "run": ctx.run_id, "resource": res.id, "action": action}
+        cause: dict[str, Any] = {
+            "node": eng.node, "run": ctx.run_id, "resource": res.id, "action": action
+        }
+        origin = chain_origin(ctx.cause)
+        if origin:
+            cause["origin"] = origin
         items: list[OutboxItem] = []
         notes: list[str] = []
         for rn in res.remote_notifications:
@@ -232,10 +266,14 @@ class _Run:
                 where = f"node={rn.node}" if rn.node is not None else f"tag={rn.tag}"
                 notes.append(f"remote_notifies {rn.action} {rn.target} {where}: no node matched")
             for name in names:
+                nid = self._item_id(res.id, action, name, rn.target, rn.action)
                 items.append(
-                    OutboxItem(name, rn.target, rn.action, ctx.hops + 1, dict(cause), rn.timing)
+                    OutboxItem(name, rn.target, rn.action, ctx.hops + 1, dict(cause), rn.timing,
+                               **nid)
                 )
         for row in eng.store.subscribers_of(res.id):
+            nid = self._item_id(res.id, action, row["subscriber"], row["subscriber_resource"],
+                                row["action"], row["id"])
             items.append(
                 OutboxItem(
                     row["subscriber"],
@@ -244,9 +282,23 @@ class _Run:
                     ctx.hops + 1,
                     {**cause, "subscription": row["id"]},
                     "immediately",
+                    **nid,
                 )
             )
         return items, notes
+
+    def _item_id(self, *parts: str) -> dict[str, str]:
+        """A reaction's downstream notification gets an id derived from the notification that
+        caused it, so the same reaction run again after a crash sends the same ids and the next
+        hop de-duplicates them. A converge's get fresh ones (each converge is a new cause)."""
+        parent = (self.ctx.cause or {}).get("notification") if self.ctx.kind == "reaction" else None
+        if not parent:
+            return {}
+        key = "\x1f".join((str(parent), *parts))
+        # The same resource may send the same notification twice in one run (a local notify
+        # loop): number the occurrences, deterministically.
+        k = self.sent_keys[key] = self.sent_keys.get(key, 0) + 1
+        return {"id": derived_id(f"{key}\x1f{k}")}
 
     # -- the end of a run ------------------------------------------------------------------------
     def run_delayed(self) -> None:
@@ -285,6 +337,15 @@ class _Run:
             self.error = f"{rid}: {msg}"
 
 
+@contextlib.contextmanager
+def _run_env(ctx: RunContext) -> Iterator[None]:
+    token = RUN_ENV.set(reaction_env(ctx))
+    try:
+        yield
+    finally:
+        RUN_ENV.reset(token)
+
+
 class Engine:
     """Compiles a node's recipes and converges them; the agent calls this from a worker thread."""
 
@@ -301,7 +362,6 @@ class Engine:
         self.hooks = hooks
         self._compiled: Compiled | None = None
         self._saved_rows: list[ResourceRow] | None = None
-        self._saved_wanted: list[dict[str, str]] | None = None
         self._lock = threading.Lock()  # one run at a time
 
     # -- hooks -----------------------------------------------------------------------------------
@@ -344,9 +404,9 @@ class Engine:
         if rows != self._saved_rows:
             self.store.save_resources(rows)
             self._saved_rows = rows
-        if compiled.wanted != self._saved_wanted:
-            self.store.set_recipe_subscriptions(compiled.wanted)
-            self._saved_wanted = compiled.wanted
+        # Every compile: the recipe is the truth for the subscriptions it declares, so one
+        # removed by hand comes back at the next converge, as it would after a restart.
+        self.store.set_recipe_subscriptions(compiled.wanted)
         self._compiled = compiled
         return rows
 
@@ -378,7 +438,7 @@ class Engine:
     # -- runs ------------------------------------------------------------------------------------
     def converge(self, ctx: RunContext) -> dict[str, Any]:
         """Compile, then converge every resource in order; never raises for a failed run."""
-        with self._lock:
+        with self._lock, _run_env(ctx):
             self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
             try:
                 self.compile()
@@ -406,7 +466,7 @@ class Engine:
 
     def run_action(self, resource_id: str, action: str, ctx: RunContext) -> dict[str, Any]:
         """Run `action` on a persisted resource out of band (a remote notification, a CLI call)."""
-        with self._lock:
+        with self._lock, _run_env(ctx):
             lookup = self._lookup_fn()
             res = lookup(resource_id)
             if res is None:
