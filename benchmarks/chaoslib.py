@@ -11,9 +11,9 @@ whose relay remote_notifies `execute[sink]` on `dst`; the sink appends
 lines carry `?` and only counts can be compared.
 
 Faults, drawn from a seeded RNG: kill -9 then restart, SIGSTOP for a few seconds then SIGCONT,
-SIGTERM then restart, and a partition (the node's veth in the bridge namespace set down, then
-up). Without namespaces (not root, no `ip`, netns refused) agents run on 127.0.0.1 with their
-own ports, partitions are skipped, and the result says so in `network`.
+SIGTERM then restart, a partition (the node's veth in the bridge namespace set down, then
+up), and a slow link (tbf at 64 kbit/s both ways for a few seconds; this kernel has no netem). Without namespaces (not root, no `ip`, netns refused) agents run on 127.0.0.1 with their
+own ports, partitions and slow links are skipped, and the result says so in `network`.
 
 Counted: sent (roots the pump got acknowledged), applied (distinct acknowledged origins in the
 sink file), lost (acknowledged, never applied once faults stopped and outboxes drained, within
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-KINDS = ("kill9", "stop", "term", "partition")
+KINDS = ("kill9", "stop", "term", "partition", "slow")
 PORT = 7600  # inside namespaces every agent has its own address, so one port for all
 SUBNET = "10.77.0"
 UP_MARK = "up (incarnation"
@@ -99,6 +99,22 @@ def parse_sink(lines: list[str]) -> tuple[Counter[str], int]:
     return origins, anonymous
 
 
+def doubled_kinds(lines: list[str], doubled: list[str]) -> dict[str, list[str]]:
+    """Why each doubled origin doubled: `rerun` when every line carries the same notification
+    (its action ran again, e.g. after a kill -9 between the command and the commit);
+    `distinct` when several notifications reached the sink for one root (a chain doubled)."""
+    want = set(doubled)
+    seen: dict[str, set[str]] = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 2 and parts[0] in want:
+            seen.setdefault(parts[0], set()).add(parts[1])
+    out: dict[str, list[str]] = {"rerun": [], "distinct": []}
+    for o in doubled:
+        out["rerun" if len(seen.get(o, ())) == 1 else "distinct"].append(o)
+    return out
+
+
 def tally(acked: list[str], sink_lines: list[str]) -> dict[str, Any]:
     """The promise's counters: by origin id when the sink lines carry one, else by count."""
     origins, anonymous = parse_sink(sink_lines)
@@ -107,10 +123,12 @@ def tally(acked: list[str], sink_lines: list[str]) -> dict[str, Any]:
         lost = sorted(sent - set(origins))
         doubled = sorted(o for o, c in origins.items() if c > 1)
         extra = sorted(set(origins) - sent)
+        why = doubled_kinds(sink_lines, doubled)
         return {
             "identification": "by origin (FLOCK_ORIGIN)",
             "sent": len(sent), "applied": len(sent & set(origins)),
             "lost": len(lost), "doubled": len(doubled),
+            "doubled_reruns": len(why["rerun"]), "doubled_chains": len(why["distinct"]),
             "sink_lines": sum(origins.values()),
             "applied_but_not_acknowledged": len(extra),
             "lost_ids": lost[:10], "doubled_ids": doubled[:10],
@@ -126,6 +144,7 @@ def tally(acked: list[str], sink_lines: list[str]) -> dict[str, Any]:
     }
 
 
+_CRASH = re.compile(r" (?:task|loop) \S+ crashed")
 _NOISE = re.compile(r"\b[0-9a-f]{6,}\b|\b\d+(\.\d+)?\b|'[^']*'|\"[^\"]*\"")
 
 
@@ -151,10 +170,10 @@ class NetworkUnavailable(Exception):
     pass
 
 
-def _ip(*args: str) -> None:
-    r = subprocess.run(["ip", *args], capture_output=True, text=True, timeout=20)
+def _ip(*args: str, tool: str = "ip") -> None:
+    r = subprocess.run([tool, *args], capture_output=True, text=True, timeout=20)
     if r.returncode != 0:
-        raise NetworkUnavailable(f"`ip {' '.join(args)}` failed: {r.stderr.strip()}")
+        raise NetworkUnavailable(f"`{tool} {' '.join(args)}` failed: {r.stderr.strip()}")
 
 
 class Netns:
@@ -209,6 +228,15 @@ class Netns:
     def link(self, i: int, up: bool) -> None:
         _ip("-n", self.bridge, "link", "set", f"v{i}", "up" if up else "down")
 
+    def slow(self, i: int, on: bool) -> None:
+        """A congested link: tbf on both ends of host i's veth (64 kbit/s), or back to normal."""
+        for ns, dev in ((self.bridge, f"v{i}"), (self.ns(i), "eth0")):
+            if on:
+                _ip("-n", ns, "qdisc", "add", "dev", dev, "root", "tbf", "rate", "64kbit",
+                    "burst", "4kb", "latency", "400ms", tool="tc")
+            else:
+                _ip("-n", ns, "qdisc", "del", "dev", dev, "root", tool="tc")
+
     def close(self) -> None:
         for ns in reversed(self.made):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=20)
@@ -237,6 +265,9 @@ class Loopback:
 
     def link(self, i: int, up: bool) -> None:
         raise NetworkUnavailable("no partitions on loopback")
+
+    def slow(self, i: int, on: bool) -> None:
+        raise NetworkUnavailable("no slow links on loopback")
 
     def close(self) -> None:
         pass
@@ -424,8 +455,8 @@ class Chaos:
     def _apply(self, f: Fault) -> None:
         a = self.agents[f.node]
         ev: dict[str, Any] = {"t": f.at, "node": f.node, "kind": f.kind, "s": f.duration}
-        if f.kind == "partition" and isinstance(self.net, Loopback):
-            ev["skipped"] = "no partitions on loopback"
+        if f.kind in ("partition", "slow") and isinstance(self.net, Loopback):
+            ev["skipped"] = "needs namespaces"
             self.events.append(ev)
             return
         if f.kind == "stop":
@@ -436,6 +467,12 @@ class Chaos:
             self.net.link(a.index, False)
             self._stop.wait(f.duration)
             self.net.link(a.index, True)
+        elif f.kind == "slow":
+            self.net.slow(a.index, True)
+            try:
+                self._stop.wait(f.duration)
+            finally:
+                self.net.slow(a.index, False)
         else:
             with a.lock:
                 a.expected_exit = True
@@ -570,6 +607,8 @@ class Chaos:
             watcher.join(5)
             result = tally(acked, self._read_sink())
             queues = self.queues()
+            # Supervised loops restart instead of taking the agent down: count them too.
+            crashes = sum(len(_CRASH.findall(a.output())) for a in self.agents.values())
             return {
                 "network": self.net_note,
                 "agents": len(self.names), "seconds": cfg.seconds, "rate": cfg.rate,
@@ -577,6 +616,7 @@ class Chaos:
                 "faults": dict(self.faults_done),
                 **{k: result[k] for k in ("sent", "applied", "lost", "doubled")},
                 "exited_on_their_own": len(self.exits),
+                "loops_crashed": crashes,
                 **{k: v for k, v in result.items()
                    if k not in ("sent", "applied", "lost", "doubled")},
                 "drained": drained, "setup_s": round(setup_s, 1),
