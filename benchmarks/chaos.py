@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def main() -> int:
     cfg = ChaosConfig(agents=a.agents, seconds=a.minutes * 60, rate=a.rate, faults=a.faults,
                       seed=a.seed, drain=a.drain, kinds=kinds, fault_s=(1.0, 4.0),
                       network=a.network, keep=a.keep)
+    # A SIGTERM unwinds like Ctrl-C, so the harness still kills its agents and removes its
+    # namespaces on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     result = run_chaos(cfg)
     print(json.dumps(result, indent=1, ensure_ascii=False))
     return 0 if promise_kept(result) else 1
