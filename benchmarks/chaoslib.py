@@ -190,15 +190,18 @@ class Netns:
         self.made: list[str] = []
 
     def ns(self, i: int) -> str:
+        """The namespace of host i."""
         return f"{self.prefix}-{i}"
 
     def host(self, i: int) -> str:
+        """Host i's address, reachable only from the other namespaces on the bridge."""
         return f"{SUBNET}.{i + 2}"
 
     def port(self, i: int) -> int:
         return PORT
 
     def setup(self) -> None:
+        """Create the bridge and one namespace per host; NetworkUnavailable says why not."""
         if os.geteuid() != 0:
             raise NetworkUnavailable("not root")
         if shutil.which("ip") is None:
@@ -223,9 +226,11 @@ class Netns:
             raise
 
     def wrap(self, i: int, cmd: list[str]) -> list[str]:
+        """`cmd` run inside host i's namespace (`ip netns exec` execs: same pid)."""
         return ["ip", "netns", "exec", self.ns(i), *cmd]
 
     def link(self, i: int, up: bool) -> None:
+        """Partition host i (its veth on the bridge down) or heal it."""
         _ip("-n", self.bridge, "link", "set", f"v{i}", "up" if up else "down")
 
     def slow(self, i: int, on: bool) -> None:
@@ -321,6 +326,7 @@ class Agent:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def output(self) -> str:
+        """Everything the agent logged, across its restarts."""
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
@@ -385,12 +391,15 @@ class Chaos:
         self.net_note = f"loopback (namespaces unavailable: {reason})"
 
     def bus(self, i: int) -> str:
+        """Host i's bus address (also its --listen)."""
         return f"tcp://{self.net.host(i)}:{self.net.port(i)}"
 
     def rpc(self, i: int) -> str:
+        """Host i's RPC address (the bus port + 1)."""
         return f"tcp://{self.net.host(i)}:{self.net.port(i) + 1}"
 
     def setup(self) -> None:
+        """Network, key, recipes; start every agent and wait until all see each other."""
         from flock_node.protocol import generate_key_file
 
         self._network()
@@ -675,6 +684,7 @@ def run_chaos(cfg: ChaosConfig) -> dict[str, Any]:
 
 
 def promise_kept(r: dict[str, Any]) -> bool:
+    """True when the run kept Flock's promise: nothing lost, nothing twice, no exits."""
     return (r["lost"] == 0 and r["doubled"] == 0 and r["exited_on_their_own"] == 0
             and r["applied"] == r["sent"] and r["sent"] > 0)
 
