@@ -130,6 +130,10 @@ def tally(acked: list[str], sink_lines: list[str]) -> dict[str, Any]:
             "lost": len(lost), "doubled": len(doubled),
             "doubled_reruns": len(why["rerun"]), "doubled_chains": len(why["distinct"]),
             "sink_lines": sum(origins.values()),
+            # Attempts after a crash cut one (FLOCK_ATTEMPT > 1) that had to apply the effect:
+            # how often a kill landed inside a reaction before its effect.
+            "reapplied_after_crash": sum(1 for line in sink_lines
+                                         if len(line.split()) >= 3 and line.split()[2] != "1"),
             "applied_but_not_acknowledged": len(extra),
             "lost_ids": lost[:10], "doubled_ids": doubled[:10],
             "doubled_times": {o: origins[o] for o in doubled[:10]},
@@ -307,10 +311,16 @@ from flock_node.dsl import execute
 execute("relay", command="true", action="nothing").remote_notifies(
     "run", "execute[sink]", node="dst")
 """
+# The sink is idempotent the way a Chef resource is: when Flock says an earlier attempt of
+# this notification was cut by a crash (FLOCK_ATTEMPT > 1), it checks whether that attempt's
+# effect landed before acting. A first attempt never checks, so a notification Flock applies
+# twice without saying so still shows as doubled.
 DST = """
 from flock_node.dsl import execute
 execute("sink", action="nothing",
-        command='echo "${{FLOCK_ORIGIN:-?}} ${{FLOCK_NOTIFICATION:-?}}" >> {sink}')
+        command='if [ "${{FLOCK_ATTEMPT:-1}}" != 1 ] && grep -q " ${{FLOCK_NOTIFICATION}} " {sink}; '
+                'then exit 0; fi; '
+                'echo "${{FLOCK_ORIGIN:-?}} ${{FLOCK_NOTIFICATION:-?}} ${{FLOCK_ATTEMPT:-1}}" >> {sink}')
 """
 
 

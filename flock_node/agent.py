@@ -827,6 +827,8 @@ def _cause(n: dict[str, Any] | None) -> dict[str, Any] | None:
     c.setdefault("node", n.get("sender"))
     c["notification"] = n.get("id")
     c["hops"] = n.get("hops")
+    if n.get("attempt", 1) > 1:  # run again after a stop or crash cut the last attempt
+        c["attempt"] = n["attempt"]
     return c
 
 

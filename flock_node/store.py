@@ -687,6 +687,14 @@ class Store:
         """
         todo = []
         for n in self.inbox_pending():
+            # Runs already opened for it: each was cut by a stop or a crash. The next is attempt
+            # k + 1, and its commands are told (FLOCK_ATTEMPT) so they can check their effect.
+            tried = self._one(
+                "SELECT COUNT(*) FROM runs WHERE kind = 'reaction' "
+                "AND json_extract(cause, '$.notification') = ?",
+                (n["id"],),
+            )
+            n["attempt"] = 1 + (tried[0] if tried else 0)
             r = self._one(
                 "SELECT runs.id, rr.result, rr.error FROM runs JOIN run_resources rr "
                 "ON rr.run_id = runs.id AND rr.seq = 1 WHERE runs.kind = 'reaction' "

@@ -222,6 +222,29 @@ def test_notifications_landing_during_the_start_compile_apply_once(flock_env, fr
     assert snd.proc.poll() is None
 
 
+# -- a reaction cut by kill -9 runs again, and its commands know it -----------------------------
+def test_a_reaction_cut_by_kill9_runs_again_as_attempt_2(flock_env):
+    env = flock_env
+    out = env.root / "attempts"
+    body = f"""
+        from flock_node.dsl import execute
+        execute("hit", action="nothing",
+                command='echo "$FLOCK_ATTEMPT $FLOCK_NOTIFICATION" >> {out}; sleep 1000')
+    """
+    rcv = _start(env, "rcv", body)
+    f = env.flock()
+    f.call("rcv", "resource_manager", "notify",
+           {"resource": "execute[hit]", "action": "run", "id": "n-cut"})
+    wait_for(lambda: _lines(out), 10, what="the first attempt to start")
+    rcv.kill9()
+    _start(env, "rcv", body.replace("sleep 1000", "true"))
+    wait_for(lambda: len(_lines(out)) >= 2 and _quiet(f, "rcv"), 15, what="the second attempt")
+    assert _lines(out) == ["1 n-cut", "2 n-cut"]
+    runs = [h for h in f["rcv"].flock_api.history(10) if h["kind"] == "reaction"]
+    assert [r["status"] for r in runs] == ["ok", "failed"]  # newest first: the cut one failed
+    assert runs[0]["cause"]["attempt"] == 2
+
+
 # -- item 8: a full disk on the receiver is retryable ------------------------------------------
 def test_a_full_disk_on_the_receiver_loses_nothing(flock_env, tmp_path):
     import os

@@ -74,7 +74,8 @@ def chain_origin(cause: dict | None) -> str | None:
 def reaction_env(ctx: RunContext) -> dict[str, str]:
     """What a reaction's commands see about why they run: FLOCK_RUN_ID always; for a
     reaction FLOCK_NOTIFICATION (the notification applied), FLOCK_ORIGIN (the first
-    notification of its chain) and FLOCK_SENDER."""
+    notification of its chain), FLOCK_SENDER and FLOCK_ATTEMPT (2 or more when an earlier
+    attempt was cut by a crash or a stop: the command may check whether its effect is there)."""
     env = {"FLOCK_RUN_ID": ctx.run_id}
     cause = ctx.cause or {}
     if ctx.kind == "reaction" and cause.get("notification"):
@@ -82,6 +83,7 @@ def reaction_env(ctx: RunContext) -> dict[str, str]:
         env["FLOCK_ORIGIN"] = str(chain_origin(cause))
         if cause.get("node"):
             env["FLOCK_SENDER"] = str(cause["node"])
+        env["FLOCK_ATTEMPT"] = str(cause.get("attempt") or 1)
     return env
 
 
