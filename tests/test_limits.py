@@ -62,7 +62,7 @@ def test_agent_memory_stays_flat_under_many_resources_calls(flock_env):
 
 
 def test_answer_cache_bounded_in_count_bytes_and_age():
-    from flock_node.transport import AnswerCache
+    from flock_node.transport import RERUN, AnswerCache
 
     c = AnswerCache(max_bytes=1000, max_age=10.0, max_count=5, max_entry=400)
     inflight = object()
@@ -74,7 +74,7 @@ def test_answer_cache_bounded_in_count_bytes_and_age():
     assert c.get("a") is inflight  # in flight: kept whatever the bounds
     c.begin("big", None, now=2.0)
     c.finish("big", b"x" * 401, now=2.0)  # too big to keep: a re-send runs the handler again
-    assert c.get("big") is None
+    assert c.get("big") is RERUN and c.bytes <= 1000
     for i in range(30):
         c.begin(f"m{i}", None, now=3.0)
         c.finish(f"m{i}", b"y" * 300, now=3.0)
@@ -83,6 +83,9 @@ def test_answer_cache_bounded_in_count_bytes_and_age():
     assert [k for k in c.keys() if k != "late"] == ["a"]
     c.finish("a", b"z", now=20.0)
     assert c.get("a") == b"z"
+    c.begin("cut", None, now=21.0)
+    c.finish("cut", None, now=21.0)  # cancelled: nothing kept
+    assert c.get("cut") is None
 
 
 # --- paging and too_large ------------------------------------------------------------------
