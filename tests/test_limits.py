@@ -17,7 +17,8 @@ import pytest
 from conftest import FlockEnv, free_port, wait_for
 
 from flock_node.client import FlockError
-from flock_node.protocol import MAX_FRAME
+from flock_node.protocol import MAX_FRAME, Codec
+from flock_node.transport import SyncRpc
 
 # Many resources with long names and properties: their list is several MiB encoded.
 MANY = """\
@@ -124,8 +125,13 @@ def test_big_answers_are_paged_and_over_limit_frames_are_too_large(flock_env):
         assert len(last["items"]) == 2 and last["next_offset"] is None
         # The old call shape (no offset) is answered whole when it fits, too_large otherwise:
         # a clear error naming the limit, the node counts it, and stays up.
-        with pytest.raises(FlockError) as e:
-            f.call("big", "resource_manager", "resources", {})
+        raw = SyncRpc(Codec(None, "raw"))
+        try:
+            with pytest.raises(FlockError) as e:
+                raw.call(f"ipc://{env.runtime_dir / 'big.rpc'}", "resource_manager",
+                         "resources", {})
+        finally:
+            raw.close()
         assert e.value.code == "too_large" and "1 MiB frame limit" in e.value.message
         assert f["big"].flock_api.status()["dropped_frames"].get("oversize", 0) >= 1
         # A request over the frame limit is refused before it is sent.
