@@ -52,7 +52,7 @@ def test_agent_memory_stays_flat_under_many_resources_calls(flock_env):
     node = _many(flock_env, "mem", 1000, 40)
     pid = node.proc.pid
     with flock_env.flock() as f:
-        for _ in range(20):  # warm up: allocator arenas, caches
+        for _ in range(10):  # warm up: allocator arenas, caches
             f["mem"].resource_manager.resources()
         before = _rss_kib(pid)
         for i in range(300):
