@@ -30,6 +30,8 @@ def count_arg(value: Any, name: str) -> int:
         raise ValueError(f"{name} must be an integer, got {value!r}")
     if value < 0:
         raise ValueError(f"{name} must be 0 or more, got {value}")
+    if value >= 1 << 63:  # SQLite's integers are 64-bit: refused the same with or without paging
+        raise ValueError(f"{name} is too large: {value}")
     return value
 
 

@@ -2,7 +2,8 @@
 
 - `Bus`: Bus0 for heartbeats, departures and events (best effort, one hop, full mesh).
 - `RpcServer`: Rep0 with one context per in-flight call, so a slow handler blocks nobody;
-  repeated call ids (Req0 re-sends after a reconnect) get the first call's answer.
+  repeated call ids (Req0 re-sends after a reconnect) get the first call's answer, kept
+  within bounds (`AnswerCache`); an answer too big for a frame is answered `too_large`.
 - `AsyncRpc` / `SyncRpc`: Req0 clients with deadlines; errors come back as `RpcError`.
 """
 
