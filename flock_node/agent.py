@@ -28,7 +28,7 @@ import msgspec
 
 from flock_node import __version__, delivery
 from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership, Transition
-from flock_node.paging import count_arg, fill_page
+from flock_node.paging import HISTORY_LIMIT, OUTBOX_LIMIT, count_arg, fill_page
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
@@ -690,7 +690,7 @@ class Agent:
             "dropped_frames": dict(self.codec.dropped),
         }
 
-    async def api_history(self, limit: int = 20,
+    async def api_history(self, limit: int = HISTORY_LIMIT,
                           offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
         """The `limit` most recent runs, newest first, with per-resource results. With `offset`:
         one page of them from there, `{"items", "next_offset"}`, that fits a frame (see
@@ -728,7 +728,7 @@ class Agent:
             })
         return out
 
-    async def api_outbox(self, status: str | None = None, limit: int = 100,
+    async def api_outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
                          offset: int | None = None) -> list[dict] | dict[str, Any]:
         """This node's remote notifications, newest first (only `status` ones if given). With
         `offset`: one page from there that fits a frame, as `history` pages."""

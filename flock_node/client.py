@@ -210,7 +210,8 @@ class Flock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return collect(lambda a: self._rpc.call(addr, actor, method, a, timeout), args)
+            return collect(lambda a: self._rpc.call(addr, actor, method, a, timeout), method,
+                           args)
         return self._rpc.call(addr, actor, method, args, timeout)
 
     def __getitem__(self, name: str) -> Node:
@@ -283,7 +284,8 @@ class AsyncFlock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return await acollect(lambda a: self._rpc.call(addr, actor, method, a, timeout), args)
+            return await acollect(lambda a: self._rpc.call(addr, actor, method, a, timeout),
+                                  method, args)
         return await self._rpc.call(addr, actor, method, args, timeout)
 
     def __getitem__(self, name: str) -> Node:

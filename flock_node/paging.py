@@ -20,6 +20,10 @@ from flock_node.protocol import MAX_FRAME
 # around the items, and the estimate (items are measured one by one).
 PAGE_BUDGET = MAX_FRAME // 2
 PAGED = {("resource_manager", "resources"), ("flock_api", "history"), ("flock_api", "outbox")}
+HISTORY_LIMIT = 20  # runs a `history()` without `limit` answers
+OUTBOX_LIMIT = 100  # notifications an `outbox()` without `limit` answers
+# The client pages up to the same default, not to the end, when no `limit` is given.
+DEFAULT_LIMITS = {"history": HISTORY_LIMIT, "outbox": OUTBOX_LIMIT}
 
 _enc = msgspec.msgpack.Encoder()
 
@@ -70,9 +74,18 @@ def _old_node(e: Exception) -> bool:
     return getattr(e, "code", None) == "bad_request" and "'offset'" in str(e)
 
 
-def collect(call: Callable[[dict[str, Any]], Any], args: dict[str, Any]) -> list[Any]:
+def _first(method: str, args: dict[str, Any]) -> dict[str, Any]:
+    a = {**args, "offset": args.get("offset", 0)}
+    if "limit" not in a and method in DEFAULT_LIMITS:
+        a["limit"] = DEFAULT_LIMITS[method]
+    return a
+
+
+def collect(call: Callable[[dict[str, Any]], Any], method: str,
+            args: dict[str, Any]) -> list[Any]:
     """Every item of a paged method from `args.get("offset", 0)` on (at most `limit`)."""
-    a: dict[str, Any] | None = {**args, "offset": args.get("offset", 0)}
+    first = _first(method, args)
+    a: dict[str, Any] | None = first
     got: list[Any] = []
     while a is not None:
         try:
@@ -83,14 +96,15 @@ def collect(call: Callable[[dict[str, Any]], Any], args: dict[str, Any]) -> list
             raise
         if isinstance(page, list):
             return page
-        a = _next(args, got, page)
+        a = _next(first, got, page)
     return got
 
 
-async def acollect(call: Callable[[dict[str, Any]], Awaitable[Any]],
+async def acollect(call: Callable[[dict[str, Any]], Awaitable[Any]], method: str,
                    args: dict[str, Any]) -> list[Any]:
     """`collect` for the asyncio client."""
-    a: dict[str, Any] | None = {**args, "offset": args.get("offset", 0)}
+    first = _first(method, args)
+    a: dict[str, Any] | None = first
     got: list[Any] = []
     while a is not None:
         try:
@@ -101,5 +115,5 @@ async def acollect(call: Callable[[dict[str, Any]], Awaitable[Any]],
             raise
         if isinstance(page, list):
             return page
-        a = _next(args, got, page)
+        a = _next(first, got, page)
     return got

@@ -261,3 +261,30 @@ def test_bad_numbers_are_usage_errors_for_the_agent(flock_env, args, flag):
     r = _node_run(flock_env, "n1", *args)
     assert r.returncode == 2, (args, r.stdout, r.stderr)
     assert flag in r.stderr and "Traceback" not in r.stderr
+
+
+def test_collect_pages_up_to_the_limit_and_falls_back_for_old_nodes():
+    from flock_node.paging import collect, fill_page
+    from flock_node.transport import RpcError
+
+    rows = [{"id": i, "pad": "p" * 1000} for i in range(100)]
+    asked = []
+
+    def node(args):  # a node serving `rows` a few at a time, like the agent
+        asked.append(args)
+        start, limit = args["offset"], args.get("limit", 20)
+        take = rows[start:start + limit]
+        return fill_page(take, start, more=False, budget=5000)
+
+    assert [r["id"] for r in collect(node, "history", {})] == list(range(20))
+    assert all(a["offset"] + a["limit"] <= 20 for a in asked)  # never past the default 20
+    assert len(collect(node, "history", {"limit": 7})) == 7
+    assert len(collect(node, "resources", {"limit": 100})) == 100
+
+    def old(args):
+        if "offset" in args:
+            raise RpcError("bad_request", "history: Agent.api_history() got an unexpected "
+                                          "keyword argument 'offset'")
+        return rows[:args.get("limit", 20)]
+
+    assert len(collect(old, "history", {"limit": 3})) == 3
