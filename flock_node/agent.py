@@ -29,6 +29,7 @@ import msgspec
 from flock_node import __version__, delivery
 from flock_node.delivery import Deliverer, Target
 from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership, Transition
+from flock_node.paging import HISTORY_LIMIT, OUTBOX_LIMIT, count_arg, fill_page
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
@@ -581,8 +582,19 @@ class Agent:
             "loop_failures": self.supervisor.report(),
         }
 
-    async def api_history(self, limit: int = 20) -> list[dict[str, Any]]:
-        return self.store.history(_int(limit, "limit"))
+    async def api_history(self, limit: int = HISTORY_LIMIT,
+                          offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+        """The `limit` most recent runs, newest first, with per-resource results. With `offset`:
+        one page of them from there, `{"items", "next_offset"}`, that fits a frame (see
+        flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
+        limit = count_arg(limit, "limit")
+        if offset is None:
+            return self.store.history(limit)
+        offset = count_arg(offset, "offset")
+        # Runs carry their resources: a page rarely holds many, so read few at a time.
+        take = min(limit, 50)
+        rows = self.store.history(take + 1, offset=offset)
+        return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def api_run(self, id: str) -> dict[str, Any] | None:
         return self.store.run(str(id))
@@ -608,8 +620,18 @@ class Agent:
             })
         return out
 
-    async def api_outbox(self, status: str | None = None, limit: int = 100) -> list[dict]:
-        return self.store.outbox([status] if status else None, _int(limit, "limit"))
+    async def api_outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
+                         offset: int | None = None) -> list[dict] | dict[str, Any]:
+        """This node's remote notifications, newest first (only `status` ones if given). With
+        `offset`: one page from there that fits a frame, as `history` pages."""
+        limit = count_arg(limit, "limit")
+        statuses = [status] if status else None
+        if offset is None:
+            return self.store.outbox(statuses, limit)
+        offset = count_arg(offset, "offset")
+        take = min(limit, 1000)
+        rows = self.store.outbox(statuses, take + 1, offset=offset)
+        return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def api_retry(self, ids: list[str] | None = None) -> dict[str, Any]:
         """Send dead-lettered and refused notifications again (all, or the given ids) with a
@@ -623,8 +645,18 @@ class Agent:
         return {"retried": revived}
 
     # resource_manager
-    async def rm_resources(self) -> list[dict[str, Any]]:
-        return [msgspec.to_builtins(r.__dict__) for r in self.store.resources()]
+    async def rm_resources(self, offset: int | None = None,
+                           limit: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+        """The persisted resources of the last compile, in recipe order. With `offset` (or
+        `limit`): one page, `{"items", "next_offset"}`, that fits a frame; without either, the
+        whole list (too_large if it does not fit)."""
+        rows = self.store.resources()
+        if offset is None and limit is None:
+            return [msgspec.to_builtins(r.__dict__) for r in rows]
+        start = count_arg(offset or 0, "offset")
+        end = len(rows) if limit is None else start + count_arg(limit, "limit")
+        return fill_page([msgspec.to_builtins(r.__dict__) for r in rows[start:end]], start,
+                         more=False)
 
     def _check_ready(self) -> None:
         if not self.ready:

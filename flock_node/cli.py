@@ -57,6 +57,17 @@ def positive_seconds(text: str) -> float:
     return v
 
 
+def positive_int(text: str) -> int:
+    """A count on the command line (--limit, --nodes): a whole number of at least 1."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 1")
+    return v
+
+
 def _global_flags(p: argparse.ArgumentParser, suppress: bool | None) -> None:
     """The flags every command takes. On the commands they default to SUPPRESS, so they may
     stand before or after the command (`flock --json nodes` = `flock nodes --json`)."""
@@ -108,11 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("node")
     s = sub.add_parser("history", help="a node's recent runs")
     s.add_argument("node")
-    s.add_argument("--limit", type=int, default=10)
+    s.add_argument("--limit", type=positive_int, default=10, metavar="N",
+                   help="at most N runs, newest first (default 10)")
     s = sub.add_parser("outbox", help="NODE's remote notifications: pending, failed, dead")
     s.add_argument("node")
     s.add_argument("--status", choices=["held", "pending", "delivered", "failed", "dead"])
-    s.add_argument("--limit", type=int, default=50)
+    s.add_argument("--limit", type=positive_int, default=50, metavar="N",
+                   help="at most N notifications, newest first (default 50)")
     s = sub.add_parser("retry", help="send NODE's dead-lettered and refused notifications again")
     s.add_argument("node")
     s.add_argument("ids", nargs="*", metavar="ID", help="only these (default: all dead ones)")
@@ -148,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--force", action="store_true", help="replace an existing key file")
     sub.add_parser("paths", help="where config, state and runtime files live")
     s = sub.add_parser("demo", help="start a local demo flock and open the console on it")
-    s.add_argument("--nodes", type=int, default=3)
+    s.add_argument("--nodes", type=positive_int, default=3, metavar="N")
     s.add_argument("--no-console", action="store_true",
                    help="keep the demo flock running without opening the console")
     return p

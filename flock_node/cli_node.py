@@ -42,9 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _fail(msg: str) -> int:
+def _fail(msg: str, code: int = 2) -> int:
     print(f"flock-node: {msg}", file=sys.stderr)
-    return 2
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
                      "and pass --key-file (or set FLOCK_KEY_FILE), or say --insecure")
     os.environ["FLOCK_NODE"] = args.name  # recipes and their commands can tell where they run
     from flock_node.agent import AgentConfig, run_agent
-    from flock_node.transport import tcp_addresses
+    from flock_node.store import StoreError
+    from flock_node.transport import AddressInUse, tcp_addresses
 
     if args.listen:
         try:
@@ -92,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return run_agent(cfg)
+    except (StoreError, AddressInUse) as e:
+        return _fail((e.strerror if isinstance(e, OSError) else None) or str(e), 1)
     except OSError as e:
         if e.errno == errno.EADDRINUSE and e.strerror:
             return _fail(e.strerror)

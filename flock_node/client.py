@@ -5,6 +5,10 @@
         flock["bender0"].flock_api.run_chef()
         flock["bender0"].flock_api.active()
 
+Long answers (`resources()`, `history()`, `outbox()`) come in pages that each fit a frame;
+called without `offset`, the client asks page after page and returns the whole list (at
+most `limit` items); with `offset`, the one page as the node answers it (flock_node/paging.py).
+
 Discovery: nodes listening in the local runtime dir, plus `seeds` (bus addresses such as
 `tcp://db1:7600`; the RPC port is the next one). Any reachable node answers `members()` with
 the whole flock as it knows it, so one seed is enough.
@@ -22,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from flock_node import paths
+from flock_node.paging import PAGED, acollect, collect
 from flock_node.protocol import Codec, load_key
 from flock_node.transport import AsyncRpc, RpcError, SyncRpc, rpc_for_bus, scan_runtime_dir
 
@@ -29,13 +34,14 @@ FlockError = RpcError
 
 # Positional parameter names, so `history(5)` works like `history(limit=5)`.
 _POSITIONAL = {
-    "history": ("limit",),
+    "history": ("limit", "offset"),
+    "resources": ("offset", "limit"),
     "run": ("id",),
     "notify": ("resource", "action"),
     "unsubscribe": ("id",),
     "subscribe_to": ("resource", "action", "node", "remote_resource"),
     "subscribe": ("resource", "subscriber", "subscriber_resource", "action"),
-    "outbox": ("status", "limit"),
+    "outbox": ("status", "limit", "offset"),
 }
 ACTORS = ("flock_api", "resource_manager")
 
@@ -202,7 +208,11 @@ class Flock:
             addr = self._resolver(node)
         if addr is None:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
-        return self._rpc.call(addr, actor, method, args or {}, timeout)
+        args = args or {}
+        if (actor, method) in PAGED and "offset" not in args:
+            return collect(lambda a: self._rpc.call(addr, actor, method, a, timeout), method,
+                           args)
+        return self._rpc.call(addr, actor, method, args, timeout)
 
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)
@@ -272,7 +282,11 @@ class AsyncFlock:
             addr = self._discovery.address(node)
         if addr is None:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
-        return await self._rpc.call(addr, actor, method, args or {}, timeout)
+        args = args or {}
+        if (actor, method) in PAGED and "offset" not in args:
+            return await acollect(lambda a: self._rpc.call(addr, actor, method, a, timeout),
+                                  method, args)
+        return await self._rpc.call(addr, actor, method, args, timeout)
 
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)

@@ -12,6 +12,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import msgspec
+
 from flock_node.store import Store
 from flock_node.transport import AsyncRpc, RpcError
 
@@ -25,7 +27,8 @@ BACKOFF_CAP = 30.0
 # Everything else is the receiver's own trouble or the network's (not_ready, disk_full, busy,
 # store_error, unreachable, timeout, internal...) and is retried until the TTL ends.
 FINAL_CODES = frozenset(
-    {"unknown_resource", "unknown_action", "hop_limit", "bad_request", "unauthorized"}
+    {"unknown_resource", "unknown_action", "hop_limit", "bad_request", "unauthorized",
+     "too_large"}
 )
 
 
@@ -51,6 +54,7 @@ def hop_refusal(hops: int) -> str | None:
 # --- the outbox deliverer ---------------------------------------------------------------------
 
 DELIVERY_BATCH = 128  # notifications per notify_batch call
+BATCH_BYTES = 256 * 1024  # ...and at most this much of them, well inside a frame
 CLOCK_JUMP = 5.0  # seconds of wall clock vs monotonic drift taken as a clock jump
 
 
@@ -190,7 +194,7 @@ class Deliverer:
         # A backlog goes in batches: one call and one commit on each side per batch, in order.
         while (len(items) > 1 and where.addr is not None and target not in self._no_batch
                and not (gone and items[0]["attempts"] > 0)):
-            chunk = items[:DELIVERY_BATCH]
+            chunk = batch(items, self._wire)
             try:
                 answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
                                               {"items": [self._wire(it) for it in chunk]},
@@ -199,6 +203,8 @@ class Deliverer:
                 if e.code == "unknown_method":
                     self._no_batch.add(target)  # an older node: one by one
                     break
+                if e.code == "too_large":
+                    break  # one by one: the one that cannot fit fails alone
                 self._reschedule(target, items, e)
                 return
             if not isinstance(answers, list) or len(answers) != len(chunk):
@@ -240,7 +246,7 @@ class Deliverer:
             if is_final(err.code):
                 self._settle(target, [], [(item, err)])
                 continue
-            if gone and where.state not in err.message:
+            if gone and where.state and where.state not in err.message:
                 err = RpcError(err.code, f"node {target!r} is {where.state}: {err.message}")
             # Unreachable or not ready: reschedule this one and everything after it for the node.
             self._reschedule(target, items[i:], err)
@@ -277,3 +283,20 @@ def clock_jump(before: tuple[float, float], now: tuple[float, float]) -> float |
     kept pace with the monotonic clock (within CLOCK_JUMP)."""
     drift = (now[0] - before[0]) - (now[1] - before[1])
     return drift if abs(drift) > CLOCK_JUMP else None
+
+
+def batch(items: list[dict[str, Any]], wire: Callable[[dict[str, Any]], Any]) -> list[dict]:
+    """The first items of a target's queue that go in one notify_batch call: at most
+    DELIVERY_BATCH of them and BATCH_BYTES of their encoding (at least one)."""
+    out: list[dict] = []
+    size = 0
+    for it in items[:DELIVERY_BATCH]:
+        n = len(_enc.encode(wire(it)))
+        if out and size + n > BATCH_BYTES:
+            break
+        out.append(it)
+        size += n
+    return out
+
+
+_enc = msgspec.msgpack.Encoder()

@@ -172,6 +172,23 @@ class ResourceRow:
     last_at: float | None = None
 
 
+class StoreError(Exception):
+    """The state database cannot be opened; the message names the file and what to do."""
+
+
+def _open_error(path: Path, e: Exception) -> str:
+    """What went wrong opening the state database at `path`, and what the user can do."""
+    why = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+    if isinstance(e, sqlite3.DatabaseError) and "not a database" in why:
+        return (f"the state database {path} is not a database ({why}); move it away to start "
+                "afresh, or restore it from a backup")
+    if isinstance(e, sqlite3.DatabaseError) and "malformed" in why:
+        return (f"the state database {path} is damaged ({why}); move it away to start "
+                "afresh, or restore it from a backup")
+    return (f"cannot open the state database {path} ({why}); check that this user may read "
+            "and write it and its directory, or choose another --state-dir")
+
+
 def _json(obj: Any) -> str:
     return json.dumps(obj, default=repr, sort_keys=True)
 
@@ -182,23 +199,34 @@ class Store:
     def __init__(self, path: str | Path, node: str = "", ttl: float = DEFAULT_TTL):
         self.path = Path(path)
         self.node = node
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.ttl = ttl
         self._lock = threading.RLock()
         self._actions: dict[str, tuple[str, ...] | None] = {}  # resource id → allowed actions
-        if not self.path.exists():  # 0600: SQLite gives its -wal and -shm files the same mode
-            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
-            self._migrate()
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
-            )
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if not self.path.exists():  # 0600: SQLite gives its -wal and -shm files the same mode
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False,
+                                       isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(_open_error(self.path, e)) from None
+        try:
+            # Read the header before anything writes: a file that is not a database (or
+            # one we may not read) is left exactly as it was.
+            self._db.execute("PRAGMA schema_version").fetchone()
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            with self._lock:
+                self._db.executescript(_SCHEMA)
+                self._migrate()
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),)
+                )
+        except (OSError, sqlite3.Error) as e:
+            self._db.close()
+            raise StoreError(_open_error(self.path, e)) from None
 
     def _migrate(self) -> None:
         """Bring a database made by an older version up to this schema (additive only)."""
@@ -428,8 +456,9 @@ class Store:
             )
         return self._run(r, with_resources=False) if r else None
 
-    def history(self, limit: int = 20) -> list[dict[str, Any]]:
-        rows = self._all("SELECT * FROM runs ORDER BY started DESC LIMIT ?", (int(limit),))
+    def history(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+        rows = self._all("SELECT * FROM runs ORDER BY started DESC LIMIT ? OFFSET ?",
+                         (int(limit), int(offset)))
         return [self._run(r, with_resources=True) for r in rows]
 
     def _run(self, r: sqlite3.Row, with_resources: bool) -> dict[str, Any]:
@@ -583,16 +612,19 @@ class Store:
                 (delta, delta),
             ).rowcount
 
-    def outbox(self, statuses: Iterable[str] | None = None, limit: int = 500) -> list[dict]:
+    def outbox(self, statuses: Iterable[str] | None = None, limit: int = 500,
+               offset: int = 0) -> list[dict]:
         if statuses:
             st = list(statuses)
             q = ",".join("?" * len(st))
             rows = self._all(
-                f"SELECT * FROM outbox WHERE status IN ({q}) ORDER BY created DESC LIMIT ?",
-                (*st, limit),
+                f"SELECT * FROM outbox WHERE status IN ({q}) ORDER BY created DESC "
+                "LIMIT ? OFFSET ?",
+                (*st, limit, offset),
             )
         else:
-            rows = self._all("SELECT * FROM outbox ORDER BY created DESC LIMIT ?", (limit,))
+            rows = self._all("SELECT * FROM outbox ORDER BY created DESC LIMIT ? OFFSET ?",
+                             (limit, offset))
         return [self._outbox(r) for r in rows]
 
     def outbox_revive(self, ids: list[str] | None = None,

@@ -2,7 +2,8 @@
 
 - `Bus`: Bus0 for heartbeats, departures and events (best effort, one hop, full mesh).
 - `RpcServer`: Rep0 with one context per in-flight call, so a slow handler blocks nobody;
-  repeated call ids (Req0 re-sends after a reconnect) get the first call's answer.
+  repeated call ids (Req0 re-sends after a reconnect) get the first call's answer, kept
+  within bounds (`AnswerCache`); an answer too big for a frame is answered `too_large`.
 - `AsyncRpc` / `SyncRpc`: Req0 clients with deadlines; errors come back as `RpcError`.
 """
 
@@ -24,6 +25,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pynng
 
 from flock_node.protocol import (
@@ -147,13 +149,24 @@ def name_locked(runtime_dir: Path, name: str) -> bool:
         os.close(fd)
 
 
+class AddressInUse(OSError):
+    """A listen address is taken (by another agent or any other program)."""
+
+
 def _listen(sock: pynng.Socket, addr: str) -> None:
     path = ipc_path(addr)
     if path and os.path.exists(path):
         if ipc_alive(path):
-            raise OSError(errno.EADDRINUSE, f"{path} is in use by another agent")
+            raise AddressInUse(errno.EADDRINUSE, f"{path} is in use by another agent")
         os.unlink(path)
-    sock.listen(addr)
+    try:
+        sock.listen(addr)
+    except pynng.AddressInUse:
+        raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {addr}: the address is already "
+                           "in use (another agent or program; choose another --listen port, "
+                           "the RPC socket takes PORT+1)") from None
+    except pynng.NNGException as e:
+        raise OSError(errno.EINVAL, f"cannot listen on {addr}: {e}") from None
     if path:
         os.chmod(path, 0o600)
 
@@ -309,6 +322,97 @@ class Bus:
 
 Handler = Callable[[Request, Envelope], Awaitable[Response]]
 
+# What the RPC server keeps to answer Req0 re-sends. A re-send only comes while its caller
+# still waits (a call's timeout is seconds, a few minutes at most), so age bounds it as
+# much as bytes and count do.
+ANSWERS_MAX_BYTES = 8 << 20
+ANSWERS_MAX_AGE = 120.0  # seconds
+ANSWERS_MAX_COUNT = 4096
+ANSWERS_MAX_ENTRY = 256 << 10  # a bigger answer is not kept: its re-send runs the call again
+
+
+def _frame_limit() -> str:
+    return f"the {MAX_FRAME >> 20} MiB frame limit"
+
+
+class _Answer:
+    __slots__ = ("at", "value", "size", "done")
+
+    def __init__(self, at: float, value: Any, size: int, done: bool):
+        self.at, self.value, self.size, self.done = at, value, size, done
+
+
+RERUN = "rerun"  # AnswerCache: the answer was too big to keep, a re-send runs the call again
+
+
+class AnswerCache:
+    """Answers by call id, so a Req0 re-send gets the first call's answer instead of running
+    the call twice: bounded in count, bytes and age, oldest evicted first. A call in flight
+    keeps its entry (the value given to `begin`, which re-sends wait on) whatever the bounds.
+    Pure: the caller gives the time."""
+
+    def __init__(self, max_bytes: int = ANSWERS_MAX_BYTES, max_age: float = ANSWERS_MAX_AGE,
+                 max_count: int = ANSWERS_MAX_COUNT, max_entry: int = ANSWERS_MAX_ENTRY):
+        self.max_bytes, self.max_age = max_bytes, max_age
+        self.max_count, self.max_entry = max_count, max_entry
+        self._entries: OrderedDict[str, _Answer] = OrderedDict()
+        self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def keys(self) -> list[str]:
+        return list(self._entries)
+
+    def get(self, call_id: str) -> Any:
+        """The in-flight value or the kept answer of `call_id`, or None."""
+        e = self._entries.get(call_id)
+        return None if e is None else e.value
+
+    def begin(self, call_id: str, pending: Any, now: float) -> None:
+        """A call starts: `pending` stands for it until `finish`."""
+        self._drop(call_id)
+        self._entries[call_id] = _Answer(now, pending, 0, False)
+        self._evict(now)
+
+    def finish(self, call_id: str, answer: bytes | None, now: float) -> None:
+        """A call ended with `answer` (None: it was cut short, keep nothing). An answer over
+        `max_entry` is not kept, only the mark RERUN: a re-send then runs the call again,
+        which is harmless for the calls that answer big (resources, history, outbox and
+        other reads); the calls that change something answer a few bytes, and receivers
+        de-duplicate notifications by id anyway."""
+        self._drop(call_id)
+        if answer is None:
+            return
+        if len(answer) > self.max_entry:
+            self._entries[call_id] = _Answer(now, RERUN, 0, True)
+        else:
+            self._entries[call_id] = _Answer(now, answer, len(answer), True)
+            self.bytes += len(answer)
+        self._evict(now)
+
+    def _drop(self, call_id: str) -> None:
+        e = self._entries.pop(call_id, None)
+        if e is not None:
+            self.bytes -= e.size
+
+    def _evict(self, now: float) -> None:
+        cutoff = now - self.max_age
+        n, size = len(self._entries), self.bytes
+        doomed = []
+        # Finished answers are in the order they ended; calls in flight are skipped (at most
+        # one per server context), so this stops at the first answer within every bound.
+        for k, e in self._entries.items():
+            if not e.done:
+                continue
+            if n <= self.max_count and size <= self.max_bytes and e.at >= cutoff:
+                break
+            doomed.append(k)
+            n -= 1
+            size -= e.size
+        for k in doomed:
+            self._drop(k)
+
 
 class RpcServer:
     def __init__(self, codec: Codec, handler: Handler, contexts: int = RPC_CONTEXTS):
@@ -319,7 +423,7 @@ class RpcServer:
         self.n = contexts
         self._tasks: list[asyncio.Task] = []
         self._ctxs: list[pynng.Context] = []
-        self._calls: OrderedDict[str, asyncio.Future] = OrderedDict()
+        self._answers = AnswerCache()
         self.addr: str | None = None
 
     def listen(self, addr: str) -> None:
@@ -376,26 +480,51 @@ class RpcServer:
             self.codec.dropped["unexpected"] = self.codec.dropped.get("unexpected", 0) + 1
             return None
         replayed = self.codec.key is not None and self.codec.seen(env.nonce)
-        fut = self._calls.get(msg.call_id)
-        if fut is None:
+        known = self._answers.get(msg.call_id)
+        if isinstance(known, asyncio.Future):  # a re-send of a call still running
+            return self.codec.encode(await asyncio.shield(known))
+        if isinstance(known, bytes):  # a re-send of a call answered: the same answer again
+            return self.codec.encode(msgspec.msgpack.decode(known, type=Response))
+        if known is None:
             if replayed:
                 self.codec.dropped["replay"] = self.codec.dropped.get("replay", 0) + 1
                 return None
             if self.codec.key is not None:
                 self.codec._remember(env.nonce, time.time())
-            fut = asyncio.get_running_loop().create_future()
-            self._calls[msg.call_id] = fut
-            while len(self._calls) > 4096:
-                self._calls.popitem(last=False)
+        # A new call, or the re-send of one whose answer was too big to keep: run it (again).
+        fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
+        self._answers.begin(msg.call_id, fut, time.monotonic())
+        kept: bytes | None = None
+        try:
             try:
                 resp = await self.handler(msg, env)
             except Exception as e:  # a handler bug must not take the agent down
                 log.exception("rpc handler %s.%s failed", msg.actor, msg.method)
-                resp = Response(msg.call_id, False, error=Error("internal", f"{type(e).__name__}: {e}"))
+                resp = Response(msg.call_id, False,
+                                error=Error("internal", f"{type(e).__name__}: {e}"))
+            resp, reply = self._fit(msg, resp)
             fut.set_result(resp)
-        else:
-            resp = await asyncio.shield(fut)
-        return self.codec.encode(resp)
+            # Too big to keep: finish() keeps only the RERUN mark for it.
+            kept = msgspec.msgpack.encode(resp) if len(reply) <= self._answers.max_entry else reply
+            return reply
+        finally:
+            if not fut.done():
+                fut.cancel()
+            self._answers.finish(msg.call_id, kept, time.monotonic())
+
+    def _fit(self, req: Request, resp: Response) -> tuple[Response, bytes]:
+        """The answer and its frame; an answer too big for a frame becomes `too_large` (and
+        is counted as `oversize`): the peer would drop it and take the node for dead."""
+        frame = self.codec.encode(resp)
+        if len(frame) <= MAX_FRAME:
+            return resp, frame
+        self.codec.dropped["oversize"] = self.codec.dropped.get("oversize", 0) + 1
+        log.warning("answer to %s.%s is %d bytes, over the frame limit: answered too_large",
+                    req.actor, req.method, len(frame))
+        resp = Response(resp.call_id, False, error=Error(
+            "too_large", f"answer of {len(frame)} bytes exceeds {_frame_limit()}; "
+                         "ask for a smaller page"))
+        return resp, self.codec.encode(resp)
 
     async def close(self) -> None:
         await cancel_and_wait(self._tasks)
@@ -411,7 +540,11 @@ class RpcServer:
 
 def _request(codec: Codec, actor: str, method: str, args: dict[str, Any]) -> tuple[str, bytes]:
     call_id = uuid.uuid4().hex
-    return call_id, codec.encode(Request(call_id, actor, method, args))
+    frame = codec.encode(Request(call_id, actor, method, args))
+    if len(frame) > MAX_FRAME:  # the node would drop it unanswered: say why, send nothing
+        raise RpcError("too_large", f"{actor}.{method}: request of {len(frame)} bytes exceeds "
+                                    f"{_frame_limit()}; send less at once")
+    return call_id, frame
 
 
 def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:

@@ -207,10 +207,14 @@ def test_usage_error_is_exit_2(flock3):
         ("wait-until", "b0", "sleepy"),
         ("--key-file", "x", "--insecure", "nodes"),
         ("history", "b0", "--limit", "x"),
+        ("history", "b0", "--limit", "-5"),
+        ("outbox", "b0", "--limit", "0"),
     ):
         r = flock3.cli(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "usage:" in r.stderr
+        if "--limit" in args:
+            assert "argument --limit" in r.stderr
 
 
 def test_keygen_mode_0600_and_no_overwrite(flock3, tmp_path):

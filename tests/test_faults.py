@@ -360,3 +360,15 @@ def test_a_clock_jump_moves_pending_deadlines_with_it(store):
     assert after["deadline"] == pytest.approx(before["deadline"] + 86_400)
     # A day later by the wall clock, but no time passed: not dead yet.
     assert store.outbox_retry_many(["n-1"], "unreachable", before["deadline"] + 10) == set()
+
+
+def test_a_backlog_is_batched_by_size_as_well_as_count():
+    from flock_node.delivery import BATCH_BYTES, DELIVERY_BATCH, batch
+
+    small = [{"id": f"n-{i}", "cause": {}} for i in range(300)]
+    assert len(batch(small, dict)) == DELIVERY_BATCH
+    big = [{"id": f"n-{i}", "cause": {"x": "y" * 100_000}} for i in range(10)]
+    chunk = batch(big, dict)
+    assert 1 <= len(chunk) < 10 and len(chunk) * 100_000 <= BATCH_BYTES
+    huge = [{"id": "n-0", "cause": {"x": "y" * 2_000_000}}, *small[:3]]
+    assert batch(huge, dict) == huge[:1]  # alone: it fails alone (too_large, final)
