@@ -372,7 +372,7 @@ def test_nonce_cache_is_bounded_and_never_lets_an_evicted_nonce_through():
     clock = Clock()
     rx = Codec(KEY, "b", clock=clock, nonce_cache=8)
     frames = []
-    for i in range(30):
+    for _ in range(30):
         clock.t += 0.5
         f = _signed_at(clock.t)
         frames.append(f)
