@@ -140,6 +140,7 @@ class Agent:
         self._hint_failed: dict[str, float] = {}  # hinted address → when it was given up
         self._clash_logged: dict[str, float] = {}
         self._hb_soon: asyncio.TimerHandle | None = None
+        self._last_hb = 0.0  # monotonic time of our last heartbeat
         self._seq = 0
         self._queue: deque[Job] = deque()
         self._work_open = False  # jobs start once the startup compile is done
@@ -312,7 +313,7 @@ class Agent:
             n += 1
             self._hint_budget = HINT_DIALS
             self._expire_hints(time.monotonic())
-            self.bus.send(self.heartbeat_msg())
+            self._send_heartbeat()
             for t in self.membership.tick(time.monotonic()):
                 self._transition(t)
             # Tick between heartbeats too: a silent peer turns suspect within a quarter
@@ -325,12 +326,18 @@ class Agent:
 
     def _on_pipe_added(self, pipe: int) -> None:
         """A new bus connection: heartbeat soon, so the peer behind it sees us alive without
-        waiting a whole interval (one heartbeat for a burst of new connections)."""
+        waiting a whole interval. One heartbeat for a burst of new connections, at most one
+        per quarter interval: a peer reconnecting in a loop cannot make us flood the flock."""
         if self._hb_soon is None and self._loop is not None and not self._stopping.is_set():
-            self._hb_soon = self._loop.call_later(0.02, self._heartbeat_now)
+            wait = self._last_hb + self.cfg.heartbeat / 4 - time.monotonic()
+            self._hb_soon = self._loop.call_later(max(0.02, wait), self._heartbeat_now)
 
     def _heartbeat_now(self) -> None:
         self._hb_soon = None
+        self._send_heartbeat()
+
+    def _send_heartbeat(self) -> None:
+        self._last_hb = time.monotonic()
         self.bus.send(self.heartbeat_msg())
 
     def _discover(self, full: bool) -> None:
