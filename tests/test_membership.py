@@ -337,3 +337,15 @@ def test_a_second_process_with_an_alive_members_name_is_a_clash():
     t = m.heartbeat(forged, 2.1)
     assert [(x.old, x.new, x.reason) for x in t] == [(SUSPECT, ALIVE, "restarted")]
     assert m.get("b").rpc == "tcp://evil:2"
+
+
+@given(node=st.sampled_from(["a", "b"]), sender=st.sampled_from(["a", "b"]),
+       incarnation=st.integers(-(2**63), 2**63 - 1),
+       interval=st.floats(allow_nan=True, allow_infinity=True),
+       now=st.floats(min_value=0, max_value=4e9))
+def test_admit_accepts_exactly_the_sane_heartbeats(node, sender, incarnation, interval, now):
+    why = admit(HB(node, incarnation, interval=interval), sender, now)
+    sane = (node == sender and 0.05 <= interval <= 60
+            and incarnation <= (now + 60) * 1000)
+    assert (why is None) == sane
+    assert why in (None, "impersonation", "bad_interval", "future_incarnation")
