@@ -279,3 +279,19 @@ def test_two_pipes_to_one_node_deliver_each_frame_once(keyed):
              what="t0 to get t1's frames on both pipes")
     for n, seed in (("t0", seed0), ("t1", seed1)):
         assert "replay" not in st(n, seed)["dropped_frames"]
+
+
+def test_incarnations_are_wall_clock_and_only_go_up(tmp_path):
+    from flock_node.store import Store
+
+    db = tmp_path / "flock.db"
+    s = Store(db, node="n")
+    try:
+        first = s.next_incarnation(now=1_800_000_000.0)
+        assert first == 1_800_000_000_000  # a wiped state dir still starts high
+        assert s.next_incarnation(now=1_800_000_000.0) == first + 1  # same millisecond
+        assert s.next_incarnation(now=1_799_999_990.0) == first + 2  # clock a little back
+        # Stored by a clock that was far ahead: peers would refuse it as from the future.
+        assert s.next_incarnation(now=1_700_000_000.0) == 1_700_000_000_000
+    finally:
+        s.close()
