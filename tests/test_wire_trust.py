@@ -17,6 +17,7 @@ import pynng
 import pytest
 from conftest import FlockEnv, free_port, wait_for, write_recipe
 
+from flock_node import protocol
 from flock_node.protocol import Codec, Heartbeat, Leave, Peer, generate_key_file, load_key
 from flock_node.transport import RpcError, SyncRpc
 
@@ -202,31 +203,34 @@ def keyed(flock_env):
     return flock_env, key_file
 
 
-def test_clock_skew_is_named_on_both_sides(keyed):
+def test_clock_skew_is_named_on_both_sides(keyed, monkeypatch):
     env, key_file = keyed
     a = start(env, "a", None, "--key-file", key_file)
     key = load_key(key_file)
     rpc_addr = f"ipc://{env.runtime_dir / 'a.rpc'}"
-    ahead = SyncRpc(Codec(key, "skewed", clock=lambda: time.time() + 75.2), timeout=3.0)
-    try:
-        with pytest.raises(RpcError) as ei:
-            ahead.call(rpc_addr, "flock_api", "active")
-    finally:
-        ahead.close()
-    assert ei.value.code == "clock_skew"
-    assert "ahead of a's; flock accepts ±60 s" in ei.value.message
-    assert "your clock is 75." in ei.value.message
+    real = time.time
+
+    def call_with_clock(offset: float, window: float = 60.0) -> RpcError:
+        client = SyncRpc(Codec(key, "skewed", window=window), timeout=3.0)
+        monkeypatch.setattr(protocol.time, "time", lambda: real() + offset)
+        try:
+            with pytest.raises(RpcError) as ei:
+                client.call(rpc_addr, "flock_api", "active")
+        finally:
+            monkeypatch.setattr(protocol.time, "time", real)
+            client.close()
+        return ei.value
+
+    e = call_with_clock(75.2)  # used to be a `timeout`: the node dropped it silently
+    assert e.code == "clock_skew", e
+    assert "ahead of a's; flock accepts ±60 s" in e.message
+    assert "your clock is 75." in e.message
     # Accepted by the node, but its answer is outside our (narrower) window: clock_skew too.
-    strict = SyncRpc(Codec(key, "strict", window=30, clock=lambda: time.time() + 45), 3.0)
-    try:
-        with pytest.raises(RpcError) as ei:
-            strict.call(rpc_addr, "flock_api", "active")
-    finally:
-        strict.close()
-    assert ei.value.code == "clock_skew" and "ahead of a's" in ei.value.message
+    e = call_with_clock(45, window=30)
+    assert e.code == "clock_skew" and "ahead of a's" in e.message, e
     assert status(env, "a", key_file)["dropped_frames"].get("stale", 0) >= 1
     # Bus frames from a skewed peer: dropped, and logged once per minute, not per frame.
-    skewed = Codec(key, "late", clock=lambda: time.time() - 90)
+    skewed = Codec(key, "late", clock=lambda: real() - 90)
     with pynng.Bus0(send_timeout=1000) as sock:
         sock.dial(bus_of(env, "a"), block=True)
 
