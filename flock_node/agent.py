@@ -28,7 +28,16 @@ import msgspec
 
 from flock_node import __version__, delivery
 from flock_node.delivery import Deliverer, Target
-from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership, Transition
+from flock_node.membership import (
+    ALIVE,
+    CLASH,
+    DOWN,
+    LEFT,
+    SUSPECT,
+    Membership,
+    Transition,
+    admit,
+)
 from flock_node.paging import HISTORY_LIMIT, OUTBOX_LIMIT, count_arg, fill_page
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
@@ -55,6 +64,7 @@ from flock_node.transport import (
     SyncRpc,
     cancel_and_wait,
     ipc_addresses,
+    ipc_alive,
     lock_name,
     scan_runtime_dir,
     tcp_addresses,
@@ -64,6 +74,14 @@ log = logging.getLogger("flock.agent")
 
 CONVERGE_DELAY = 0.03  # seconds between accepting run_chef and starting the converge
 VIEW_SYNC_HEARTBEATS = 3  # heartbeats a first converge waits at most to hear the flock
+# A third party's `peers` list is only a hint: at most HINT_DIALS new hinted addresses are
+# dialed per heartbeat interval, each undialed unless the named node heartbeats from it
+# within HINT_PATIENCE intervals, and not tried again for HINT_RETRY seconds. A forged list
+# of any length costs a bounded number of connections.
+HINT_DIALS = 4
+HINT_PATIENCE = 3
+HINT_RETRY = 60.0
+CLASH_LOG_EVERY = 60.0  # seconds between two name-clash warnings about one name
 
 
 @dataclass
@@ -107,6 +125,9 @@ class Agent:
         ensure_private_dir(cfg.state_dir)
         self.store = Store(cfg.state_dir / "flock.db", node=cfg.name, ttl=cfg.ttl)
         self.incarnation = self.store.next_incarnation()
+        # Per process: peers tell a restart from a late heartbeat even if the incarnation
+        # went back (state wiped, clock reset), and two processes claiming a name apart.
+        self.instance = uuid.uuid4().hex[:16]
         if cfg.listen:
             self.bus_addr, self.rpc_addr = tcp_addresses(cfg.listen)
         else:
@@ -115,6 +136,12 @@ class Agent:
         self.membership = Membership(cfg.name)
         self.started = time.time()
         self._pipes: dict[int, str] = {}  # bus pipe id → node name
+        self._hints: dict[str, tuple[str, float]] = {}  # hinted bus address → (node, dialed at)
+        self._hint_budget = HINT_DIALS
+        self._hint_failed: dict[str, float] = {}  # hinted address → when it was given up
+        self._clash_logged: dict[str, float] = {}
+        self._hb_soon: asyncio.TimerHandle | None = None
+        self._last_hb = 0.0  # monotonic time of our last heartbeat
         self._seq = 0
         self._queue: deque[Job] = deque()
         self._work_open = False  # jobs start once the startup compile is done
@@ -175,7 +202,7 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.bus = Bus(self.codec, self._on_bus, self._on_pipe_removed)
+        self.bus = Bus(self.codec, self._on_bus, self._on_pipe_removed, self._on_pipe_added)
         self.server = RpcServer(self.codec, self._handle)
         # Recover before serving: a notification accepted now must find the inbox as the
         # last run left it, or a retry landing during the start would be queued twice.
@@ -215,10 +242,12 @@ class Agent:
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
-            self.bus.send(Leave(self.name, self.incarnation))
+            self.bus.send(Leave(self.name, self.incarnation, self.instance))
             await asyncio.sleep(0.05)  # let the goodbye leave the socket buffers
         if self._prompt_timer is not None:
             self._prompt_timer.cancel()
+        if self._hb_soon is not None:
+            self._hb_soon.cancel()
         await cancel_and_wait(self._tasks, 2.0)
         await self.server.close()
         await self.bus.close()
@@ -278,7 +307,8 @@ class Agent:
         last = self.store.last_run()
         return Heartbeat(
             node=self.name, incarnation=self.incarnation, seq=self._seq, bus=self.bus_addr,
-            rpc=self.rpc_addr, interval=self.cfg.heartbeat, version=__version__,
+            rpc=self.rpc_addr, interval=self.cfg.heartbeat, instance=self.instance,
+            version=__version__,
             tags=list(self.cfg.tags), active=self.active, run=self._progress,
             last_run=_summary(last), pending=counts.get("pending", 0) + counts.get("held", 0),
             dead=counts.get("dead", 0), started=self.started,
@@ -289,10 +319,11 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         n = 0
         while True:
-            if n % 5 == 0:
-                self._discover()
+            self._discover(full=n % 5 == 0)
             n += 1
-            self.bus.send(self.heartbeat_msg())
+            self._hint_budget = HINT_DIALS
+            self._expire_hints(time.monotonic())
+            self._send_heartbeat()
             for t in self.membership.tick(time.monotonic()):
                 self._transition(t)
             # Tick between heartbeats too: a silent peer turns suspect within a quarter
@@ -301,12 +332,47 @@ class Agent:
                 await asyncio.sleep(self.cfg.heartbeat / 4)
                 for t in self.membership.tick(time.monotonic()):
                     self._transition(t)
+                self._discover(full=False)
 
-    def _discover(self) -> None:
+    def _on_pipe_added(self, pipe: int) -> None:
+        """A new bus connection: heartbeat soon, so the peer behind it sees us alive without
+        waiting a whole interval. One heartbeat for a burst of new connections, at most one
+        per quarter interval: a peer reconnecting in a loop cannot make us flood the flock."""
+        if self._hb_soon is None and self._loop is not None and not self._stopping.is_set():
+            wait = self._last_hb + self.cfg.heartbeat / 4 - time.monotonic()
+            self._hb_soon = self._loop.call_later(max(0.02, wait), self._heartbeat_now)
+
+    def _heartbeat_now(self) -> None:
+        self._hb_soon = None
+        self._send_heartbeat()
+
+    def _send_heartbeat(self) -> None:
+        self._last_hb = time.monotonic()
+        self.bus.send(self.heartbeat_msg())
+
+    def _discover(self, full: bool) -> None:
+        """Dial seeds, and agents in our runtime dir: only the smaller name of a pair dials,
+        so two local agents share one bus pipe instead of two (every frame twice). A full
+        scan also removes sockets left by dead agents; the light one only looks for names
+        not dialed yet, cheap enough to run four times per interval."""
         for seed in self.cfg.seeds:
             self.bus.dial(seed)
-        for name, (bus, _) in scan_runtime_dir(self.cfg.runtime_dir, clean=True).items():
-            if name != self.name and not self._connected(name):
+        if full:
+            found = {name: bus for name, (bus, _) in
+                     scan_runtime_dir(self.cfg.runtime_dir, clean=True).items()}
+        else:
+            found = {}
+            try:
+                paths = list(self.cfg.runtime_dir.glob("*.bus"))
+            except OSError:
+                return
+            for path in paths:
+                name = path.name[: -len(".bus")]
+                if name > self.name and not self.bus.is_dialed(f"ipc://{path}"):
+                    if not self._connected(name) and ipc_alive(str(path)):
+                        found[name] = f"ipc://{path}"
+        for name, bus in found.items():
+            if name > self.name and not self._connected(name):
                 self.bus.dial(bus)
 
     def _connected(self, name: str) -> bool:
@@ -314,18 +380,83 @@ class Agent:
 
     def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
         now = time.monotonic()
+        if isinstance(msg, (Heartbeat, Leave)):
+            # Believe a node only about itself; a heartbeat that could keep a dead node
+            # alive forever or outrank every restart is dropped before membership sees it.
+            why = admit(msg, env.sender, self.codec.clock(), self.codec.window)
+            if why is not None:
+                self._drop(why)
+                log.debug("%s from %s about %s dropped: %s", type(msg).__name__,
+                          env.sender, msg.node, why)
+                return
         if isinstance(msg, Heartbeat):
             if msg.node == self.name:
+                if msg.instance != self.instance:
+                    self._clash(msg.node, f"another process at {msg.bus} uses our name "
+                                f"(we are at {self.bus_addr})")
+                return
+            transitions = self.membership.heartbeat(msg, now)
+            clash = next((t for t in transitions if t.new == CLASH), None)
+            if clash is not None:
+                self._clash(msg.node, clash.reason)
                 return
             self._pipes[pipe] = msg.node
-            for t in self.membership.heartbeat(msg, now):
+            for t in transitions:
                 self._transition(t)
             for p in msg.peers:
                 if p.name != self.name and self.membership.get(p.name) is None:
-                    self.bus.dial(p.bus)
+                    self._hint(p, now)
         elif isinstance(msg, Leave):
-            for t in self.membership.leave(msg.node, msg.incarnation, now):
+            for t in self.membership.leave(msg.node, msg.incarnation, now, msg.instance):
                 self._transition(t)
+
+    def _drop(self, reason: str) -> None:
+        self.codec.dropped[reason] = self.codec.dropped.get(reason, 0) + 1
+
+    def _clash(self, name: str, why: str) -> None:
+        """Two processes claim one name: keep the established one, say so now and then."""
+        self._drop("name_clash")
+        now = time.monotonic()
+        last = self._clash_logged.get(name)
+        if last is not None and now - last < CLASH_LOG_EVERY:
+            return
+        if len(self._clash_logged) >= 1024:
+            self._clash_logged.clear()
+        self._clash_logged[name] = now
+        log.warning("name clash for %s: %s; keeping the established one", name, why)
+
+    def _hint(self, p: Peer, now: float) -> None:
+        """A third party names a node we do not know: dial its address, within budget."""
+        addr = p.bus
+        if (addr == self.bus_addr or addr in self._hints or self.bus.is_dialed(addr)
+                or self._hint_budget <= 0):
+            return
+        if addr.startswith(f"ipc://{self.cfg.runtime_dir}/"):
+            return  # our runtime dir: scanning finds it, with one side of a pair dialing
+        failed = self._hint_failed.get(addr)
+        if failed is not None and now - failed < HINT_RETRY:
+            return
+        self._hint_budget -= 1
+        self._hints[addr] = (p.name, now)
+        self.bus.dial(addr)
+
+    def _expire_hints(self, now: float) -> None:
+        """Keep a hinted dial once the named node heartbeats from that address; undial it
+        if it has not within HINT_PATIENCE intervals."""
+        for addr, (name, at) in list(self._hints.items()):
+            m = self.membership.get(name)
+            if m is not None and m.bus == addr and m.state == ALIVE:
+                del self._hints[addr]  # now announced by its owner
+            elif now - at >= HINT_PATIENCE * self.cfg.heartbeat:
+                del self._hints[addr]
+                if addr not in self.cfg.seeds:
+                    self.bus.undial(addr)
+                self._hint_failed[addr] = now
+        if len(self._hint_failed) > 1024:  # bounded whatever a forger lists
+            self._hint_failed = {a: t for a, t in self._hint_failed.items()
+                                 if now - t < HINT_RETRY}
+            if len(self._hint_failed) > 4096:
+                self._hint_failed.clear()
 
     def _on_pipe_removed(self, pipe: int) -> None:
         name = self._pipes.pop(pipe, None)

@@ -4,7 +4,13 @@ No sockets and no wall clock in here: callers pass `now` (monotonic seconds), so
 is tested by feeding events. States follow the SPEC: `alive`; `suspect` after 3 missed
 intervals or as soon as the last connection to the node closes; `down` after 10 missed
 intervals, or 2 intervals after its connection closed if it did not come back; `left` when it
-announced its shutdown. A heartbeat with a higher incarnation (a restart) replaces the entry.
+announced its shutdown. A heartbeat with a higher incarnation (a restart) replaces the entry;
+so does one from a new process (another `instance`) once the member is not alive, whatever its
+incarnation (state wiped, clock set back). While a member is alive, a heartbeat in its name
+from another process or address is a name clash: the established member is kept.
+
+`admit` holds the checks made before membership sees a message: a node is believed only
+about itself, within sane intervals and incarnations.
 """
 
 from __future__ import annotations
@@ -15,6 +21,24 @@ from typing import Any
 
 ALIVE, SUSPECT, DOWN, LEFT = "alive", "suspect", "down", "left"
 FORGOTTEN = "forgotten"  # a transition only: the member is no longer listed
+CLASH = "name_clash"  # a transition only: a heartbeat refused, the established member kept
+MIN_INTERVAL, MAX_INTERVAL = 0.05, 60.0  # seconds: heartbeat intervals outside are refused
+
+
+def admit(msg: Any, sender: str, wall_now: float, window: float = 60.0) -> str | None:
+    """Why a heartbeat or leave (anything with node, incarnation, maybe interval) must be
+    dropped before membership sees it, as a counter key; None to accept it.
+
+    Incarnations are wall-clock milliseconds at start (or a count, from older peers): one
+    more than `window` ahead of our clock cannot come from a peer whose frames we accept."""
+    if msg.node != sender:
+        return "impersonation"  # a node speaks only for itself
+    interval = getattr(msg, "interval", None)
+    if interval is not None and not MIN_INTERVAL <= interval <= MAX_INTERVAL:
+        return "bad_interval"  # also NaN: 1e9 would keep a dead node alive forever
+    if msg.incarnation > (wall_now + window) * 1000:
+        return "future_incarnation"
+    return None
 
 
 @dataclass
@@ -30,6 +54,7 @@ class Member:
     tags: list[str] = field(default_factory=list)
     info: Any = None  # the last Heartbeat
     disconnected_at: float | None = None
+    instance: str = ""  # the process behind the name ("" from older peers)
 
 
 @dataclass(frozen=True)
@@ -53,21 +78,26 @@ class Membership:
 
     # -- inputs ---------------------------------------------------------------------------
     def heartbeat(self, hb: Any, now: float) -> list[Transition]:
-        """A heartbeat (anything with node, incarnation, bus, rpc, interval, tags)."""
+        """A heartbeat (anything with node, incarnation, bus, rpc, interval, tags and
+        maybe instance)."""
         if hb.node == self.self_name:
             return []
         m = self._members.get(hb.node)
-        if m is not None and hb.incarnation < m.incarnation:
+        instance = getattr(hb, "instance", "")
+        if m is None:
+            return [self._replace(hb, instance, None, now)]
+        if instance == m.instance and hb.incarnation < m.incarnation:
             return []  # a late heartbeat from before a restart
-        if m is None or hb.incarnation > m.incarnation:
-            old = m.state if m else None
-            self._members[hb.node] = Member(
-                name=hb.node, incarnation=hb.incarnation, state=ALIVE, bus=hb.bus, rpc=hb.rpc,
-                interval=max(hb.interval, 0.01), last_seen=now, since=now, tags=list(hb.tags),
-                info=hb,
-            )
-            reason = "joined" if m is None else "restarted"
-            return [Transition(hb.node, old, ALIVE, reason)]
+        if instance != m.instance or (hb.bus, hb.rpc) != (m.bus, m.rpc):
+            if m.state == ALIVE:
+                # Another process claims a name whose owner is alive: keep the established
+                # one; the newcomer gets in once that one is suspect, down or left (a real
+                # restart closes the old connection, so that is milliseconds).
+                return [Transition(hb.node, ALIVE, CLASH,
+                                   f"heartbeat from {hb.bus} while {m.bus} is alive")]
+            return [self._replace(hb, instance, m, now)]
+        if hb.incarnation > m.incarnation:
+            return [self._replace(hb, instance, m, now)]
         if m.state == LEFT:
             return []  # it said goodbye; only a new incarnation brings it back
         m.last_seen = now
@@ -80,9 +110,23 @@ class Membership:
             return [Transition(m.name, old, ALIVE, "heartbeat resumed")]
         return []
 
-    def leave(self, name: str, incarnation: int, now: float) -> list[Transition]:
+    def _replace(self, hb: Any, instance: str, m: Member | None, now: float) -> Transition:
+        self._members[hb.node] = Member(
+            name=hb.node, incarnation=hb.incarnation, state=ALIVE, bus=hb.bus, rpc=hb.rpc,
+            interval=max(hb.interval, 0.01), last_seen=now, since=now, tags=list(hb.tags),
+            info=hb, instance=instance,
+        )
+        return Transition(hb.node, m.state if m else None, ALIVE,
+                          "joined" if m is None else "restarted")
+
+    def leave(self, name: str, incarnation: int, now: float,
+              instance: str = "") -> list[Transition]:
+        """`name` announced its shutdown; a goodbye from another process than the member's
+        is ignored."""
         m = self._members.get(name)
         if m is None or incarnation < m.incarnation or m.state == LEFT:
+            return []
+        if instance != m.instance:
             return []
         old = m.state
         m.state, m.since = LEFT, now

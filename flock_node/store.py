@@ -252,11 +252,17 @@ class Store:
             return self._db.execute(sql, tuple(args)).fetchone()
 
     # -- meta ------------------------------------------------------------------------------
-    def next_incarnation(self) -> int:
-        """Bump and return the incarnation: every agent start is a new one."""
+    def next_incarnation(self, now: float | None = None) -> int:
+        """Bump and return the incarnation: every agent start is a new one. Wall-clock
+        milliseconds, so a node whose state dir was wiped still starts above its last life."""
+        now_ms = int((time.time() if now is None else now) * 1000)
         with self._tx() as db:
             row = db.execute("SELECT value FROM meta WHERE key='incarnation'").fetchone()
-            inc = int(row[0]) + 1 if row else 1
+            inc = max(int(row[0]) + 1 if row else 1, now_ms)
+            if inc > now_ms + 60_000:
+                # Stored by a clock that was ahead: peers would refuse it as from the future
+                # for as long. The instance id tells them this is a new process anyway.
+                inc = now_ms
             db.execute("INSERT OR REPLACE INTO meta VALUES ('incarnation', ?)", (str(inc),))
         return inc
 

@@ -189,17 +189,22 @@ async def cancel_and_wait(tasks: list[asyncio.Task], timeout: float = 1.0) -> No
 
 
 class Bus:
-    """Bus0 endpoint. Received frames are decoded and verified here; bad ones are counted."""
+    """Bus0 endpoint. Received frames are decoded and verified here; bad ones are counted.
+
+    A frame that arrives again on another pipe (two pipes to one node) is dropped as a
+    `duplicate`, never handed on twice; on the same pipe it is a `replay`."""
 
     def __init__(
         self,
         codec: Codec,
         on_message: Callable[[Envelope, Message, int], None],
         on_pipe_removed: Callable[[int], None] | None = None,
+        on_pipe_added: Callable[[int], None] | None = None,
     ):
         self.codec = codec
         self.on_message = on_message
         self.on_pipe_removed = on_pipe_removed
+        self.on_pipe_added = on_pipe_added
         self.sock = pynng.Bus0(recv_max_size=MAX_FRAME)
         self.sock.recv_buffer_size = BUS_BUFFER
         self.sock.send_buffer_size = BUS_BUFFER
@@ -235,15 +240,26 @@ class Bus:
     def dialed(self) -> set[str]:
         return set(self._dialed)
 
+    def is_dialed(self, addr: str) -> bool:
+        return addr in self._dialed
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self.on_pipe_removed is not None:
             self.sock.add_post_pipe_remove_cb(self._pipe_removed)
+        if self.on_pipe_added is not None:
+            self.sock.add_post_pipe_connect_cb(self._pipe_added)
         self._task = asyncio.create_task(self._recv_loop(), name="bus-recv")
 
     def _pipe_removed(self, pipe: pynng.Pipe) -> None:
+        self._to_loop(self.on_pipe_removed, pipe.id)
+
+    def _pipe_added(self, pipe: pynng.Pipe) -> None:
+        self._to_loop(self.on_pipe_added, pipe.id)
+
+    def _to_loop(self, cb: Callable[[int], None] | None, pid: int) -> None:
         # nng thread: never touch sockets here, hand it to the loop.
-        loop, cb, pid = self._loop, self.on_pipe_removed, pipe.id
+        loop = self._loop
         if loop is not None and cb is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(cb, pid)
@@ -259,19 +275,32 @@ class Bus:
             except pynng.NNGException as e:
                 log.debug("bus receive: %s", e)
                 continue
+            pipe = msg.pipe.id if msg.pipe else 0
             try:
-                env, body = self.codec.decode(msg.bytes)
+                env, body = self.codec.decode(msg.bytes, channel=pipe or None)
             except FrameError as e:
                 log.debug("bus frame dropped: %s", e)
+                if e.reason == "stale" and e.env is not None:
+                    self._warn_skew(e)
                 continue
             except Exception:  # a decoder bug must not end the receive loop
                 log.exception("bus frame dropped")
                 self.codec.dropped["malformed"] = self.codec.dropped.get("malformed", 0) + 1
                 continue
             try:
-                self.on_message(env, body, msg.pipe.id if msg.pipe else 0)
+                self.on_message(env, body, pipe)
             except Exception:
                 log.exception("bus handler failed")
+
+    def _warn_skew(self, e: FrameError) -> None:
+        """Once per peer per minute, not once per frame."""
+        assert e.env is not None
+        sender = e.env.sender
+        if self.codec.should_log_skew(sender):
+            way = "ahead of" if e.skew > 0 else "behind"
+            log.warning("clock skew: %s's clock is %.1f s %s ours; flock accepts ±%g s, so "
+                        "its frames are dropped (check NTP on both)",
+                        sender, abs(e.skew), way, self.codec.window)
 
     def send(self, msg: Message) -> None:
         """Best effort and never blocking (callable from any thread): Bus0 drops what a full
@@ -475,6 +504,12 @@ class RpcServer:
             log.debug("rpc frame dropped: %s", e)
             if e.reason == "unauthorized":
                 return self.codec.refusal(frame, str(e))
+            if e.reason == "stale" and e.env is not None:
+                # Correctly signed, only the clocks disagree: say so rather than time out.
+                if self.codec.should_log_skew(e.env.sender):
+                    log.warning("clock skew: a call from %s: %s", e.env.sender,
+                                self.codec.skew_message(e))
+                return self.codec.skew_answer(frame, e)
             return None
         if not isinstance(msg, Request):
             self.codec.dropped["unexpected"] = self.codec.dropped.get("unexpected", 0) + 1
@@ -490,7 +525,7 @@ class RpcServer:
                 self.codec.dropped["replay"] = self.codec.dropped.get("replay", 0) + 1
                 return None
             if self.codec.key is not None:
-                self.codec._remember(env.nonce, time.time())
+                self.codec._remember(env.nonce, env.ts)
         # A new call, or the re-send of one whose answer was too big to keep: run it (again).
         fut: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._answers.begin(msg.call_id, fut, time.monotonic())
@@ -551,6 +586,8 @@ def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
     try:
         _, msg = codec.decode(frame, check_replay=False)
     except FrameError as e:
+        if e.reason == "stale" and e.env is not None:
+            raise RpcError("clock_skew", _skew_words(codec, e, call_id)) from None
         if e.reason == "unauthorized":
             # Usually the node's own unsigned refusal of our frame: its words say more.
             said = codec.read_refusal(frame, call_id)
@@ -569,6 +606,22 @@ def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
                            f"(check --key-file / FLOCK_KEY_FILE / --insecure): {err.message}")
         raise RpcError(err.code, err.message)
     return msg.result
+
+
+def _skew_words(codec: Codec, e: FrameError, call_id: str) -> str:
+    """A stale answer: the node's own words if it answered `clock_skew` to our call (the
+    signature was checked), else ours, from the answer's timestamp."""
+    assert e.env is not None
+    try:
+        msg = msgspec.msgpack.decode(e.env.body, type=Response)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        msg = None
+    if (msg is not None and msg.call_id == call_id and msg.error is not None
+            and msg.error.code == "clock_skew"):
+        return msg.error.message
+    way = "behind" if e.skew > 0 else "ahead of"
+    return (f"your clock is {abs(e.skew):.1f} s {way} {e.env.sender}'s; "
+            f"flock accepts ±{codec.window:g} s")
 
 
 def _check_reachable(addr: str) -> None:

@@ -366,9 +366,13 @@ def test_garbage_changes_nothing(tcp):
         bus.send(captured)
         bus.send(event)
         bus.send(event)
-        # Bus0 is best effort: keep the socket open until t0 has read everything.
+        # Bus0 is best effort: keep the socket open until t0 has read everything. The
+        # captured heartbeat arrives on a second pipe: a `duplicate` (two pipes to one node
+        # deliver every frame twice), dropped all the same; the event sent twice on one pipe
+        # is a `replay`.
         wait_for(
-            lambda: grew_by("malformed", 7) and grew_by("unauthorized", 2) and grew_by("replay", 2),
+            lambda: grew_by("malformed", 7) and grew_by("unauthorized", 2)
+            and grew_by("replay", 1) and grew_by("duplicate", 1),
             5,
             what="t0 to count the bus garbage",
         )
@@ -437,7 +441,7 @@ def test_garbage_changes_nothing(tcp):
 
     assert grew("malformed") >= 2 * 7, dropped  # bus and rpc
     assert grew("unauthorized") >= 2 + 1, dropped  # bus: wrong key, unsigned; rpc: wrong key
-    assert grew("replay") >= 2, dropped
+    assert grew("replay") >= 1 and grew("duplicate") >= 1, dropped
     assert grew("unexpected") >= 1, dropped
     clean_log(tcp.env.nodes["t0"].output())
     r = tcp.cli("run-chef", "t0", "--wait", "--timeout", "30")
@@ -481,12 +485,13 @@ def test_a_second_agent_with_the_same_name_is_refused_and_stale_sockets_are_reus
     # The first one is untouched and still answers.
     with env.flock() as f:
         assert f["twin"].flock_api.active() is False
+        first_life = f["twin"].flock_api.status()["incarnation"]
     # kill -9 leaves its sockets behind; the next start of that name takes them over.
     first.kill9()
     assert (env.runtime_dir / "twin.bus").exists()
     env.start("twin")
     with env.flock() as f:
-        assert f["twin"].flock_api.status()["incarnation"] == 2
+        assert f["twin"].flock_api.status()["incarnation"] > first_life
 
 
 def test_private_files_and_refusals(flock_env, tmp_path):

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from flock_node.membership import ALIVE, DOWN, LEFT, SUSPECT, Membership
+from flock_node.membership import ALIVE, CLASH, DOWN, LEFT, SUSPECT, Membership, admit
 
 
 @dataclass
@@ -20,6 +20,7 @@ class HB:
     rpc: str = "ipc:///x.rpc"
     interval: float = 1.0
     tags: list[str] = field(default_factory=list)
+    instance: str = ""
 
 
 def state(m: Membership, name: str) -> str | None:
@@ -152,7 +153,8 @@ class MembershipMachine(RuleBasedStateMachine):
         super().__init__()
         self.m = Membership("me")
         self.now = 0.0
-        # model: name → dict(inc, state, last, disc)
+        self.instances = 0
+        # model: name → dict(inc, state, last, disc, inst)
         self.model: dict[str, dict] = {}
 
     def _expect_tick(self) -> None:
@@ -176,24 +178,36 @@ class MembershipMachine(RuleBasedStateMachine):
         for t in ts:
             assert t.old == before[t.name] and t.new == self.model[t.name]["state"]
 
-    @rule(name=st.sampled_from(NAMES + ["me"]), bump=st.integers(min_value=-1, max_value=1))
-    def heartbeat(self, name, bump):
+    @rule(name=st.sampled_from(NAMES + ["me"]), bump=st.integers(min_value=-1, max_value=1),
+          restart=st.booleans())
+    def heartbeat(self, name, bump, restart):
+        """A heartbeat from the member's process, or from a new one (a restart, or another
+        process claiming the name) whose incarnation may even be lower."""
         x = self.model.get(name)
         inc = max(1, (x["inc"] if x else 1) + bump)
-        self.m.heartbeat(HB(name, inc), self.now)
+        self.instances += 1
+        inst = f"i{self.instances}" if restart or x is None else x["inst"]
+        self.m.heartbeat(HB(name, inc, instance=inst), self.now)
         if name == "me":
             return
-        if x is None or inc > x["inc"]:
-            self.model[name] = {"inc": inc, "state": ALIVE, "last": self.now, "disc": None}
+        fresh = {"inc": inc, "state": ALIVE, "last": self.now, "disc": None, "inst": inst}
+        if x is None:
+            self.model[name] = fresh
+        elif inst != x["inst"]:
+            if x["state"] != ALIVE:  # alive: a name clash, the established one stays
+                self.model[name] = fresh
+        elif inc > x["inc"]:
+            self.model[name] = fresh
         elif inc == x["inc"] and x["state"] != LEFT:
             x.update(state=ALIVE, last=self.now, disc=None)
 
-    @rule(name=st.sampled_from(NAMES))
-    def leave(self, name):
+    @rule(name=st.sampled_from(NAMES), stranger=st.booleans())
+    def leave(self, name, stranger):
         x = self.model.get(name)
         inc = x["inc"] if x else 1
-        self.m.leave(name, inc, self.now)
-        if x is not None:
+        self.m.leave(name, inc, self.now, "someone-else" if stranger else
+                     (x["inst"] if x else ""))
+        if x is not None and not stranger:
             x["state"] = LEFT
 
     @precondition(lambda self: self.model)
@@ -253,3 +267,85 @@ def test_left_and_down_members_are_forgotten_after_a_while():
     assert [x.name for x in m.members()] == ["c"]
     m.heartbeat(HB("a", incarnation=2), 104.0)  # a restart brings it back
     assert m.get("a").state == ALIVE
+
+
+# --- believe a node only about itself (issue 8, items 7 and 9) --------------------------------
+
+
+@dataclass
+class LV:
+    node: str
+    incarnation: int = 1
+    instance: str = ""
+
+
+def test_admit_believes_a_node_only_about_itself():
+    now = 1_800_000_000.0
+    ms = int(now * 1000)
+    assert admit(HB("b", ms), "b", now) is None
+    assert admit(HB("b", ms), "mallory", now) == "impersonation"
+    assert admit(LV("a"), "mallory", now) == "impersonation"
+    assert admit(LV("a"), "a", now) is None
+    for bad in (1e9, 0.01, 61.0, float("nan"), float("inf"), -1.0):
+        assert admit(HB("b", interval=bad), "b", now) == "bad_interval", bad
+    for ok in (0.05, 1.0, 60.0):
+        assert admit(HB("b", interval=ok), "b", now) is None
+    assert admit(HB("b", 2**62), "b", now) == "future_incarnation"
+    assert admit(HB("b", ms + 59_000), "b", now) is None  # its clock a little ahead
+    assert admit(HB("b", ms + 61_000), "b", now) == "future_incarnation"
+    assert admit(LV("b", 2**62), "b", now) == "future_incarnation"
+    assert admit(HB("b", 7), "b", now) is None  # an older peer counting restarts
+
+
+def test_a_new_instance_replaces_a_member_that_is_not_alive_whatever_its_incarnation():
+    for gone in ("disconnect", "leave", "silence"):
+        m = Membership("me")
+        m.heartbeat(HB("a", 5_000, instance="old"), 0.0)
+        if gone == "disconnect":
+            m.disconnected("a", 1.0)
+        elif gone == "leave":
+            m.leave("a", 5_000, 1.0, "old")
+        else:
+            m.tick(20.0)
+        # state wiped and clock set back: a lower incarnation, a new process
+        t = m.heartbeat(HB("a", 1, bus="ipc:///new.bus", instance="new"), 21.0)
+        assert [(x.new, x.reason) for x in t] == [(ALIVE, "restarted")], gone
+        a = m.get("a")
+        assert (a.state, a.incarnation, a.instance, a.bus) == (ALIVE, 1, "new", "ipc:///new.bus")
+        m.heartbeat(HB("a", 1, bus="ipc:///new.bus", instance="new"), 22.0)
+        assert m.get("a").last_seen == 22.0
+
+
+def test_a_second_process_with_an_alive_members_name_is_a_clash():
+    m = Membership("me")
+    m.heartbeat(HB("b", 10, bus="tcp://b:1", rpc="tcp://b:2", instance="real"), 0.0)
+    forged = HB("b", 2**40, bus="tcp://evil:1", rpc="tcp://evil:2", interval=60, instance="x")
+    t = m.heartbeat(forged, 0.5)
+    assert [(x.old, x.new) for x in t] == [(ALIVE, CLASH)]
+    assert "tcp://evil:1" in t[0].reason and "tcp://b:1" in t[0].reason
+    b = m.get("b")
+    assert (b.state, b.rpc, b.interval, b.instance) == (ALIVE, "tcp://b:2", 1.0, "real")
+    # Same instance, another address: a clash too.
+    t = m.heartbeat(HB("b", 10, bus="tcp://evil:1", rpc="tcp://evil:2", instance="real"), 0.6)
+    assert [x.new for x in t] == [CLASH]
+    assert m.heartbeat(HB("b", 10, bus="tcp://b:1", rpc="tcp://b:2", instance="real"), 1.0) == []
+    # Its goodbye does not count for the established one either.
+    assert m.leave("b", 2**40, 1.1, "x") == []
+    assert m.get("b").state == ALIVE
+    # Once the established one is gone (connection closed), the newcomer is accepted.
+    m.disconnected("b", 2.0)
+    t = m.heartbeat(forged, 2.1)
+    assert [(x.old, x.new, x.reason) for x in t] == [(SUSPECT, ALIVE, "restarted")]
+    assert m.get("b").rpc == "tcp://evil:2"
+
+
+@given(node=st.sampled_from(["a", "b"]), sender=st.sampled_from(["a", "b"]),
+       incarnation=st.integers(-(2**63), 2**63 - 1),
+       interval=st.floats(allow_nan=True, allow_infinity=True),
+       now=st.floats(min_value=0, max_value=4e9))
+def test_admit_accepts_exactly_the_sane_heartbeats(node, sender, incarnation, interval, now):
+    why = admit(HB(node, incarnation, interval=interval), sender, now)
+    sane = (node == sender and 0.05 <= interval <= 60
+            and incarnation <= (now + 60) * 1000)
+    assert (why is None) == sane
+    assert why in (None, "impersonation", "bad_interval", "future_incarnation")

@@ -303,3 +303,135 @@ def test_invalid_utf8_is_malformed_not_a_crash():
     with pytest.raises(FrameError) as ei:
         Codec(None, "b").decode(msgspec.msgpack.encode(env))
     assert ei.value.reason == "malformed"
+
+
+# --- clocks and nonces (issue 8, item 6) ------------------------------------------------------
+
+
+class Clock:
+    """A wall clock the test moves by hand."""
+
+    def __init__(self, t: float = 1_800_000_000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _signed_at(ts: float, msg=None, key: bytes = KEY, sender: str = "a") -> bytes:
+    body = msgspec.msgpack.encode(msg or Leave(sender, 1))
+    nonce = os.urandom(12)
+    return msgspec.msgpack.encode(
+        Envelope(1, sender, ts, nonce, body, protocol._mac(key, 1, sender, ts, nonce, body)))
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_timestamp_is_stale(ts):
+    # abs(nan) > 60 is False: such a frame used to pass the window check.
+    rx = Codec(KEY, "b")
+    with pytest.raises(FrameError) as ei:
+        rx.decode(_signed_at(ts))
+    assert ei.value.reason == "stale"
+    assert rx.dropped == {"stale": 1}
+
+
+@given(ts=st.floats(allow_nan=True, allow_infinity=True))
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+def test_any_timestamp_is_inside_the_window_or_refused(ts):
+    clock = Clock()
+    rx = Codec(KEY, "b", clock=clock)
+    try:
+        env, _ = rx.decode(_signed_at(ts))
+    except FrameError as e:
+        assert e.reason == "stale"
+        assert not (abs(ts - clock.t) <= rx.window)
+    else:
+        assert abs(env.ts - clock.t) <= rx.window
+
+
+def test_nonce_of_a_frame_stamped_ahead_is_kept_until_its_timestamp_leaves_the_window():
+    clock = Clock()
+    tx, rx = Codec(KEY, "a", clock=Clock(clock.t + 50)), Codec(KEY, "b", clock=clock)
+    ahead = tx.encode(Leave("a", 1))
+    rx.decode(ahead)
+    clock.t += 61  # other traffic prunes the cache meanwhile
+    rx.decode(Codec(KEY, "a", clock=clock).encode(Leave("a", 1)))
+    clock.t += 9  # 70 s after receipt: its timestamp is 20 s old, inside the window
+    with pytest.raises(FrameError) as ei:
+        rx.decode(ahead)
+    assert ei.value.reason == "replay"
+    clock.t += 41  # now 61 s past its timestamp: stale, and its nonce may go
+    with pytest.raises(FrameError) as ei:
+        rx.decode(ahead)
+    assert ei.value.reason == "stale"
+    rx.decode(Codec(KEY, "a", clock=clock).encode(Leave("a", 1)))
+    assert not rx.seen(msgspec.msgpack.decode(ahead, type=Envelope).nonce)
+
+
+def test_nonce_cache_is_bounded_and_never_lets_an_evicted_nonce_through():
+    clock = Clock()
+    rx = Codec(KEY, "b", clock=clock, nonce_cache=8)
+    frames = []
+    for _ in range(30):
+        clock.t += 0.5
+        f = _signed_at(clock.t)
+        frames.append(f)
+        rx.decode(f)
+        assert len(rx._nonces) <= 8 and len(rx._expiries) <= 8
+    for f in frames:  # all within the window, most of them evicted: none is accepted again
+        with pytest.raises(FrameError) as ei:
+            rx.decode(f)
+        assert ei.value.reason == "replay"
+    rx.decode(_signed_at(clock.t + 1))  # fresh frames still pass
+
+
+def test_same_frame_on_another_pipe_is_a_duplicate_not_a_replay():
+    rx = Codec(KEY, "b")
+    frame = Codec(KEY, "a").encode(Leave("a", 1))
+    rx.decode(frame, channel=7)
+    with pytest.raises(FrameError) as ei:
+        rx.decode(frame, channel=9)
+    assert ei.value.reason == "duplicate"
+    with pytest.raises(FrameError) as ei:
+        rx.decode(frame, channel=7)
+    assert ei.value.reason == "replay"
+    assert rx.dropped == {"duplicate": 1, "replay": 1}
+
+
+def test_stale_request_gets_a_signed_clock_skew_answer():
+    clock = Clock()
+    server = Codec(KEY, "node1", clock=clock)
+    client = Codec(KEY, "cli", clock=Clock(clock.t + 75.2))
+    with pytest.raises(FrameError) as ei:
+        server.decode(client.encode(Request("c1", "flock_api", "active")), check_replay=False)
+    e = ei.value
+    assert e.reason == "stale" and e.env is not None and round(e.skew, 1) == 75.2
+    answer = server.skew_answer(client.encode(Request("c1", "flock_api", "active")), e)
+    _, resp = Codec(KEY, "x", clock=clock).decode(answer)
+    assert isinstance(resp, Response) and resp.call_id == "c1" and resp.error.code == "clock_skew"
+    assert resp.error.message == "your clock is 75.2 s ahead of node1's; flock accepts ±60 s"
+    # Not a request, or not signed: no answer.
+    with pytest.raises(FrameError) as ei:
+        server.decode(client.encode(Leave("cli", 1)))
+    assert server.skew_answer(b"", ei.value) is None
+
+
+def test_skew_is_logged_once_per_peer_per_minute(monkeypatch):
+    rx = Codec(KEY, "b")
+    t = [1000.0]
+    monkeypatch.setattr(protocol.time, "monotonic", lambda: t[0])
+    assert rx.should_log_skew("a") and rx.should_log_skew("c")
+    t[0] += 59
+    assert not rx.should_log_skew("a")
+    t[0] += 2
+    assert rx.should_log_skew("a")
+
+
+def test_old_peers_heartbeat_and_leave_still_decode():
+    # Peers from before `instance` send no such field: it defaults to "".
+    class OldLeave(msgspec.Struct, tag="leave"):
+        node: str
+        incarnation: int
+
+    body = msgspec.msgpack.encode(OldLeave("a", 3))
+    assert msgspec.msgpack.decode(body, type=protocol.Message) == Leave("a", 3, "")
