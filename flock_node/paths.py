@@ -31,9 +31,13 @@ def ensure_private_dir(path: Path) -> Path:
     """Create `path` 0700. An existing directory is used as it is, unless others could write
     in it (then our sockets or database could be swapped under us): that is refused."""
     if not path.exists():
-        path.mkdir(parents=True, mode=0o700)
-        os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
-        return path
+        try:
+            path.mkdir(parents=True, mode=0o700)
+        except FileExistsError:
+            pass  # made by another agent starting at the same moment: checked below
+        else:
+            os.chmod(path, 0o700)  # mkdir's mode is filtered by the umask
+            return path
     st = path.stat()
     if st.st_uid != os.getuid() or st.st_mode & 0o022:
         raise OSError(

@@ -491,7 +491,14 @@ class FlockApp(App[int]):
         self.update_title()
 
     def on_bus_message(self, env: Any, msg: Any, pipe: int) -> None:
+        from flock_node.membership import admit
+
         members = self.view.members
+        # The console believes a node only about itself, as the agents do.
+        if isinstance(msg, (Heartbeat, Leave)) and admit(msg, env.sender, time.time()):
+            return
+        if isinstance(msg, Event) and msg.node != env.sender:
+            return
         if isinstance(msg, Heartbeat):
             from flock_tui.model import merge_heartbeat
 
@@ -509,7 +516,9 @@ class FlockApp(App[int]):
                               msg.node)
         elif isinstance(msg, Leave):
             m = members.get(msg.node)
-            if m is not None and m.get("state") != "left":
+            if (m is not None and m.get("state") != "left"
+                    and msg.incarnation >= m.get("incarnation", 0)
+                    and (not msg.instance or msg.instance == m.get("instance", msg.instance))):
                 old = m.get("state")
                 m.update(state="left", active=False, run=None)
                 self.view.dirty.add(msg.node)

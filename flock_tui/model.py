@@ -142,12 +142,16 @@ def matches(m: dict[str, Any], query: str) -> bool:
 def merge_heartbeat(members: dict[str, dict[str, Any]], hb: Heartbeat) -> dict[str, Any]:
     """Fold a heartbeat into the member dict (a heartbeat means the node is alive now)."""
     m = members.get(hb.node)
-    if m is None or hb.incarnation >= m.get("incarnation", 0):
+    # A new process behind a name that is not alive replaces it whatever its incarnation (its
+    # state was wiped); otherwise a lower incarnation is a late heartbeat from before a restart.
+    restarted = (m is not None and bool(hb.instance) and hb.instance != m.get("instance")
+                 and m.get("state") != "alive")
+    if m is None or restarted or hb.incarnation >= m.get("incarnation", 0):
         if m is None:
             m = members[hb.node] = {"name": hb.node, "address": hb.rpc}
         m.update({
             "state": "alive", "bus": hb.bus, "rpc": hb.rpc, "address": m.get("address") or hb.rpc,
-            "incarnation": hb.incarnation, "active": hb.active,
+            "incarnation": hb.incarnation, "instance": hb.instance, "active": hb.active,
             "run": msgspec.to_builtins(hb.run) if hb.run else None,
             "last_run": msgspec.to_builtins(hb.last_run) if hb.last_run else None,
             "pending": hb.pending, "dead_letters": hb.dead, "tags": list(hb.tags),

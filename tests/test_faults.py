@@ -372,3 +372,19 @@ def test_a_backlog_is_batched_by_size_as_well_as_count():
     assert 1 <= len(chunk) < 10 and len(chunk) * 100_000 <= BATCH_BYTES
     huge = [{"id": "n-0", "cause": {"x": "y" * 2_000_000}}, *small[:3]]
     assert batch(huge, dict) == huge[:1]  # alone: it fails alone (too_large, final)
+
+
+def test_the_console_model_takes_a_restarted_node_whatever_its_incarnation():
+    from flock_node.protocol import Heartbeat
+    from flock_tui.model import merge_heartbeat
+
+    members: dict = {}
+    hb = dict(node="b", seq=1, bus="ipc:///x/b.bus", rpc="ipc:///x/b.rpc")
+    merge_heartbeat(members, Heartbeat(incarnation=1_700_000_000_000, instance="i1", **hb))
+    members["b"]["state"] = "left"
+    # Restarted with its state wiped and the clock set back: a lower incarnation, new process.
+    merge_heartbeat(members, Heartbeat(incarnation=5, instance="i2", **hb))
+    assert members["b"]["state"] == "alive" and members["b"]["instance"] == "i2"
+    # A late heartbeat of the old process does not bring it back over the new one.
+    merge_heartbeat(members, Heartbeat(incarnation=4, instance="i1", active=True, **hb))
+    assert members["b"]["instance"] == "i2" and not members["b"]["active"]
