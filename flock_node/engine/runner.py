@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction, UnknownResource
-from flock_node.engine.limits import CallTimedOut, Interrupted, Kill, call_with_limit, killable
+from flock_node.engine.limits import CallTimedOut, Kill, call_with_limit, killable
 from flock_node.engine.notifications import DelayedQueue
 from flock_node.engine.recipe import Compiled, compile_recipes, restore
 from flock_node.engine.resources import CALLABLE, Resource, Wait

@@ -29,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flock_node.engine.limits import Interrupted, current_kill
 
@@ -44,6 +45,7 @@ _WRAPPER = (
 )
 
 _PR_SET_PDEATHSIG = 1
+_prctl: Any
 try:
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # not Linux: the watchdog still covers the agent's death
