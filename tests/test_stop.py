@@ -91,7 +91,7 @@ def test_stop_timeout_must_be_a_positive_number(value, tmp_path):
                         "--state-dir", str(tmp_path), "--stop-timeout", value],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2, r.stderr
-    assert "--stop-timeout" in r.stderr and "Traceback" not in r.stderr
+    assert "--stop-timeout" in r.stderr and "seconds" in r.stderr and "Traceback" not in r.stderr
 
 
 def _converge_until(env: FlockEnv, node: str, marker: Path) -> Flock:
