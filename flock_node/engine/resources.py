@@ -681,7 +681,7 @@ class PythonBlock(Resource):
             )
         limit = self.props["timeout"]
         try:
-            result = call_with_limit(block, limit, name=self.id)
+            result = call_with_limit(block, limit)
         except CallTimedOut as e:
             how = "the block was stopped" if e.stopped else (
                 "the block did not stop: it is stuck in a call Python cannot interrupt, "

@@ -209,7 +209,7 @@ class _Run:
         limit = p.get("guard_timeout") or 300.0
         if callable(cond):
             try:
-                return bool(call_with_limit(cond, limit, name=f"{res.id} {guard}"))
+                return bool(call_with_limit(cond, limit))
             except CallTimedOut as e:
                 how = "stopped" if e.stopped else "did not stop: it goes on in the background"
                 raise ResourceFailure(
