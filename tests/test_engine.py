@@ -776,3 +776,17 @@ def test_interrupt_stops_a_python_block(env):
     run = env.store.run(c.run_id)
     assert run["resources"][0]["error"] == "interrupted: killed after --stop-timeout 1 s"
     assert run["error"].startswith("interrupted: ")
+
+
+def test_a_wait_condition_that_never_returns_is_bounded_by_the_wait_timeout(env):
+    env.write("""
+        def forever():
+            while True:
+                pass
+        file(D + "/g").wait_until(forever, interval=0.05, timeout=0.5)
+    """)
+    t0 = time.monotonic()
+    r = env.engine().converge(ctx())
+    assert time.monotonic() - t0 < 4
+    assert r["error"] == (f"file[{env.dir}/g]: wait_until timed out after 0.5 s: "
+                          "def forever(): while True: pass (the condition did not return)")

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction, UnknownResource
-from flock_node.engine.limits import CallTimedOut, Kill, call_with_limit, killable
+from flock_node.engine.limits import CallTimedOut, Interrupted, Kill, call_with_limit, killable
 from flock_node.engine.notifications import DelayedQueue
 from flock_node.engine.recipe import Compiled, compile_recipes, restore
 from flock_node.engine.resources import CALLABLE, Resource, Wait
@@ -233,9 +233,21 @@ class _Run:
         last_error = None
         while True:
             try:
-                value = bool(w.cond())
+                # Bounded too: a condition that never returns must not outlast the wait (by
+                # more than a second, so that a last poll near the deadline may still answer).
+                limit = max(deadline - time.monotonic(), 0.0) + 1.0
+                value = bool(call_with_limit(w.cond, limit))
                 if value == (w.kind == "wait_until"):
                     return None
+            except CallTimedOut as e:
+                how = "" if e.stopped else ", and goes on in the background"
+                return (
+                    f"{w.kind} timed out after {w.timeout:g} s: {w.text} "
+                    f"(the condition did not return{how})"
+                )
+            except Interrupted as e:  # the action never ran: like a stop during the wait
+                self.stopped = True
+                return str(e)
             except Exception as e:  # an unreachable node is "not yet", not a crash
                 last_error = f"{type(e).__name__}: {e}"
             remaining = deadline - time.monotonic()
