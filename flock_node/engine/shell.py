@@ -10,8 +10,9 @@ Dying with the agent, even on `kill -9`, takes three layers:
   watchdog SIGKILLs its whole group (grandchildren included), without waiting for a restart.
   When the command ends normally the agent writes "done" first, so the watchdog leaves quietly
   and a daemon the command started on purpose survives, as it did before;
-- PR_SET_PDEATHSIG=SIGKILL on the command's shell (see _pdeathsig_prefix), in case the watchdog itself was killed
-  (it fires when the forking thread dies: commands are forked by the long-lived worker thread);
+- PR_SET_PDEATHSIG=SIGKILL on the command's shell (see _pdeathsig_prefix), in case the
+  watchdog itself was killed (it fires when the forking thread dies: commands are forked by
+  the long-lived worker thread);
 - each live group's id and its leader's start time in a file in the state dir: the next agent
   kills groups left over from its previous instance whose leader is still the same process.
 """
