@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sqlite3
 import sys
@@ -54,7 +55,13 @@ from flock_node.protocol import (
     RunProgress,
     RunSummary,
 )
-from flock_node.store import STOPPED_BEFORE_ACTION, OutboxItem, Store, store_error
+from flock_node.store import (
+    INTERRUPTED,
+    STOPPED_BEFORE_ACTION,
+    OutboxItem,
+    Store,
+    store_error,
+)
 from flock_node.supervisor import Supervisor
 from flock_node.transport import (
     AsyncRpc,
@@ -82,6 +89,10 @@ HINT_DIALS = 4
 HINT_PATIENCE = 3
 HINT_RETRY = 60.0
 CLASH_LOG_EVERY = 60.0  # seconds between two name-clash warnings about one name
+# After the stop timeout killed the action in progress, how long the worker gets to come back
+# before the agent records the run interrupted itself and exits without it (a C call that
+# never sees the exception raised in its thread).
+ABANDON_AFTER = 3.0
 
 
 @dataclass
@@ -96,6 +107,7 @@ class AgentConfig:
     key: bytes | None = None
     heartbeat: float = 1.0
     ttl: float = 24 * 3600.0
+    stop_timeout: float = 30.0  # SIGTERM: how long the resource in progress may still take
 
 
 @dataclass
@@ -157,6 +169,11 @@ class Agent:
         self._wake_subs = asyncio.Event()
         self._stopping = threading.Event()
         self._stopped = asyncio.Event()
+        from flock_node.engine import Kill
+
+        self._kill = Kill()  # fired when the stop timeout runs out
+        self._stop_timer: asyncio.TimerHandle | None = None
+        self._abandoned = False  # the worker never came back from a stop: exit without it
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="converge")
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -232,13 +249,49 @@ class Agent:
         await self._shutdown()
 
     def request_stop(self) -> None:
-        """SIGTERM/SIGINT: finish the resource in progress, persist, announce, exit."""
+        """SIGTERM/SIGINT: finish the resource in progress if it ends within --stop-timeout,
+        else kill it; persist, announce, exit. A second signal kills it at once."""
         if self._stopping.is_set():
+            self._interrupt(f"{INTERRUPTED} killed by a second stop signal")
             return
-        log.info("stopping: finishing the resource in progress")
+        timeout = self.cfg.stop_timeout
         self._stopping.set()
         if self._current is None:
+            log.info("stopping")
             self._stopped.set()
+            return
+        log.info("stopping: finishing the resource in progress (at most %g s)", timeout)
+        assert self._loop is not None
+        self._stop_timer = self._loop.call_later(
+            timeout, self._interrupt, f"{INTERRUPTED} killed after --stop-timeout {timeout:g} s")
+
+    def _interrupt(self, message: str) -> None:
+        """Kill the action in progress (process group, or an exception in its Python thread);
+        if the worker still does not come back, stop without it."""
+        job = self._current
+        if job is None or self._kill.is_set():
+            return
+        log.warning("run %s: %s", job.run_id, message)
+        self._kill.fire(message)
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
+        assert self._loop is not None
+        self._stop_timer = self._loop.call_later(ABANDON_AFTER, self._abandon, job, message)
+
+    def _abandon(self, job: Job, message: str) -> None:
+        if self._current is not job:
+            return
+        log.error("run %s: the worker did not come back %g s after it was killed (stuck in a "
+                  "call Python cannot interrupt): recording the run interrupted, exiting without "
+                  "it", job.run_id, ABANDON_AFTER)
+        try:
+            # The acknowledged notification of a reaction stays pending: it runs after the
+            # restart (inbox_recover finds no recorded action for it).
+            self.store.finish_run(job.run_id, False, f"{message} (the worker did not stop)")
+        except Exception:
+            log.exception("recording run %s as interrupted failed", job.run_id)
+        self._abandoned = True
+        self._stopped.set()
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -248,12 +301,14 @@ class Agent:
             self._prompt_timer.cancel()
         if self._hb_soon is not None:
             self._hb_soon.cancel()
+        if self._stop_timer is not None:
+            self._stop_timer.cancel()
         await cancel_and_wait(self._tasks, 2.0)
         await self.server.close()
         await self.bus.close()
         self.rpc.close()
         self._recipe_rpc.close()
-        self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=not self._abandoned)
         self.store.close()
         log.info("node %s stopped", self.name)
 
@@ -586,13 +641,15 @@ class Agent:
                 self.emit("run_progress", run=job.run_id, resource=rid, k=k, n=n)
 
         if job.kind == "converge":
-            ctx = RunContext(job.run_id, "converge", progress=progress, stop=self._stopping)
+            ctx = RunContext(job.run_id, "converge", progress=progress, stop=self._stopping,
+                             kill=self._kill)
             result = self.engine.converge(ctx)
             self.compile_error = None
             return result
         n = job.notification or {}
         ctx = RunContext(job.run_id, "reaction", cause=_cause(n), hops=n.get("hops", 0),
-                         progress=progress, stop=self._stopping, opened=job.opened)
+                         progress=progress, stop=self._stopping, kill=self._kill,
+                         opened=job.opened)
         try:
             result = self.engine.run_action(n["resource"], n["action"], ctx)
         except Exception as e:  # resource vanished since we accepted it
@@ -600,8 +657,9 @@ class Agent:
             self.store.finish_run(job.run_id, False, str(e), 0)
             result = {"id": job.run_id, "status": "failed", "error": str(e)}
         if self._stopping.is_set() and self._stopped_before_action(job.run_id):
-            # SIGTERM cut its wait short: the action never ran, so the notification stays
-            # pending and runs after the restart (it was acknowledged; it must not be lost).
+            # SIGTERM cut its wait short, or the stop timeout killed its action: the action
+            # never completed, so the notification stays pending and runs after the restart
+            # (it was acknowledged; it must not be lost).
             return result
         self.store.inbox_done(n["id"], job.run_id, result.get("status") == "ok",
                               result.get("error"))
@@ -610,7 +668,7 @@ class Agent:
     def _stopped_before_action(self, run_id: str) -> bool:
         run = self.store.run(run_id) or {}
         first = (run.get("resources") or [{}])[0]
-        return (first.get("error") or "").startswith(STOPPED_BEFORE_ACTION)
+        return (first.get("error") or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED))
 
     # -- subscriptions we hold on others -----------------------------------------------------
     async def _subscription_loop(self) -> None:
@@ -1021,7 +1079,13 @@ def _last_run_from(d: dict[str, Any]) -> dict[str, Any]:
 
 def run_agent(cfg: AgentConfig) -> int:
     """Run until SIGTERM/SIGINT; exit code 0 on a clean stop."""
+    from flock_node.engine.shell import children
+
     agent = Agent(cfg)
+    # After Agent(): it holds our name, so the groups in the file are no live agent's.
+    killed = children.use_file(cfg.state_dir / "children")
+    if killed:
+        log.warning("killed %d process group(s) left running by the previous agent", len(killed))
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -1033,5 +1097,11 @@ def run_agent(cfg: AgentConfig) -> int:
     # every nng or SQLite call that releases it can wait 5 ms to get it back.
     sys.setswitchinterval(0.0005)
     asyncio.run(main())
+    if agent._abandoned:
+        # The stuck worker thread would keep the interpreter from exiting: flush, then leave.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(1 if agent.crashed else 0)
     return 1 if agent.crashed else 0
 

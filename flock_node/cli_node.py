@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--heartbeat", type=positive_seconds, default=1.0, metavar="SECONDS")
     r.add_argument("--ttl", type=positive_seconds, default=24 * 3600.0, metavar="SECONDS",
                    help="how long an undelivered notification is retried (default 24 h)")
+    r.add_argument("--stop-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
+                   help="on SIGTERM/SIGINT, how long the resource in progress may still run "
+                        "before it is killed (default 30)")
     r.add_argument("--log-level", default=os.environ.get("FLOCK_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
     return p
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name, recipes=recipes, listen=args.listen, seeds=args.seed, tags=args.tag,
         state_dir=paths.state_dir(args.name, args.state_dir),
         runtime_dir=paths.runtime_dir(args.runtime_dir), key=key, heartbeat=args.heartbeat,
-        ttl=args.ttl,
+        ttl=args.ttl, stop_timeout=args.stop_timeout,
     )
     try:
         return run_agent(cfg)

@@ -23,6 +23,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 # How the engine records a resource whose wait was cut short by a stop: its action never ran.
 STOPPED_BEFORE_ACTION = "stopped during"
+# A result whose action the stop timeout killed: its effect never completed, so a reaction
+# that ended so runs again after the restart (Chef actions are idempotent).
+INTERRUPTED = "interrupted:"
 HISTORY_LIMIT = 200  # runs kept per node, newest first
 HISTORY_SLACK = 50  # ...pruned back to HISTORY_LIMIT when this many more have accumulated
 DEFAULT_TTL = 24 * 3600.0
@@ -721,7 +724,8 @@ class Store:
 
         A reaction killed after its action was recorded (the action's result and its outbox
         rows commit together) but before the inbox row was closed must not run twice: close
-        it from that record. Only one killed before its action was recorded runs again.
+        it from that record. Only one killed before its action was recorded, or whose action
+        was cut short by the stop timeout (INTERRUPTED), runs again.
         """
         todo = []
         for n in self.inbox_pending():
@@ -740,7 +744,7 @@ class Store:
                 "ORDER BY runs.started DESC LIMIT 1",
                 (n["id"],),
             )
-            if r is None or (r["error"] or "").startswith(STOPPED_BEFORE_ACTION):
+            if r is None or (r["error"] or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED)):
                 todo.append(n)
             else:
                 self.inbox_done(n["id"], r["id"], r["result"] != "failed", r["error"])

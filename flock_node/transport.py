@@ -684,7 +684,10 @@ class SyncRpc:
         except pynng.NNGException as e:
             raise RpcError("unreachable", f"{addr}: {e}") from None
         finally:
-            ctx.close()
+            # forget() may have closed the socket under this call (its node went down): the
+            # context went with it, and that must not turn "unreachable" into a crash.
+            with contextlib.suppress(pynng.NNGException):
+                ctx.close()
         return _reply(self.codec, call_id, reply)
 
     def close(self) -> None:

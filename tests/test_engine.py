@@ -655,3 +655,138 @@ def test_stop_records_pending_delayed_notifications_as_skipped(env):
     assert run["status"] == "failed" and run["error"] == "stopped"
     assert results(run)[-1] == ("log[late]", "write", "skipped")
     assert run["resources"][-1]["error"] == "delayed notification not run: stopped"
+
+
+# -- timeouts: guards, python_block, the stop timeout's kill --------------------------------------
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:  # a zombie not yet reaped by init counts as gone
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_string_guard_times_out_and_leaves_no_process(env):
+    pidfile = env.dir / "guard.pid"
+    body = f"""
+        file(D + "/a", content="x", only_if="sleep 3000 & echo $! > {pidfile}; wait",
+             guard_timeout=1)
+        file(D + "/b", content="x")
+    """
+    t0 = time.monotonic()
+    _, r, run = env.converge(body)
+    assert time.monotonic() - t0 < 5
+    assert r["status"] == "failed"
+    assert r["error"].startswith(f"file[{env.dir}/a]: only_if timed out after 1 s")
+    assert "sleep 3000" in r["error"]
+    assert results(run) == [(f"file[{env.dir}/a]", "create", "failed")]
+    assert wait_for(lambda: _gone(int(pidfile.read_text())), timeout=5)
+
+
+def test_callable_guard_endless_loop_times_out(env):
+    body = """
+        def forever():
+            while True:
+                pass
+        file(D + "/a", content="x", not_if=forever, guard_timeout=1)
+    """
+    t0 = time.monotonic()
+    _, r, _ = env.converge(body)
+    assert time.monotonic() - t0 < 5
+    assert r["status"] == "failed"
+    assert r["error"] == f"file[{env.dir}/a]: not_if timed out after 1 s (callable, stopped)"
+
+
+def test_guard_timeout_is_validated(env):
+    with pytest.raises(RecipeError, match="guard_timeout"):
+        env.write('log("x", guard_timeout=-1)')
+        env.engine().compile()
+
+
+def test_python_block_endless_loop_times_out_and_the_run_goes_on(env):
+    body = """
+        def forever():
+            while True:
+                pass
+        python_block("spin", block=forever, timeout=1, ignore_failure=True)
+        file(D + "/after", content="x")
+    """
+    t0 = time.monotonic()
+    _, r, run = env.converge(body)
+    assert time.monotonic() - t0 < 5
+    assert results(run) == [
+        ("python_block[spin]", "run", "failed"),
+        (f"file[{env.dir}/after]", "create", "updated"),
+    ]
+    assert run["resources"][0]["error"] == "timed out after 1 s (the block was stopped)"
+    assert r["status"] == "ok"
+
+
+def test_python_block_that_ignores_the_exception_is_reported(env):
+    body = """
+        import time
+        python_block("stuck", block=lambda: time.sleep(3), timeout=0.3)
+    """
+    t0 = time.monotonic()
+    _, r, _ = env.converge(body)
+    assert time.monotonic() - t0 < 2.9
+    assert r["error"].startswith("python_block[stuck]: timed out after 0.3 s (the block did not")
+
+
+def test_interrupt_kills_a_command_and_the_run_is_interrupted(env):
+    started = env.dir / "started"
+    env.write(f'execute("slow", command="touch {started}; sleep 30")\nfile(D + "/after")')
+    eng, c = env.engine(), ctx()
+    t = threading.Thread(target=eng.converge, args=(c,), daemon=True)
+    t.start()
+    assert wait_for(started.exists)
+    c.stop.set()
+    c.kill.fire("interrupted: killed after --stop-timeout 1 s")
+    t.join(5)
+    assert not t.is_alive()
+    run = env.store.run(c.run_id)
+    assert results(run) == [("execute[slow]", "run", "failed")]
+    assert run["resources"][0]["error"] == "interrupted: killed after --stop-timeout 1 s"
+    assert run["status"] == "failed"
+    assert run["error"] == "interrupted: killed after --stop-timeout 1 s (execute[slow])"
+
+
+def test_interrupt_stops_a_python_block(env):
+    started = env.dir / "started"
+    env.write(
+        f"""
+        def forever():
+            open({str(started)!r}, "w").close()
+            while True:
+                pass
+        python_block("spin", block=forever)
+        """
+    )
+    eng, c = env.engine(), ctx()
+    t = threading.Thread(target=eng.converge, args=(c,), daemon=True)
+    t.start()
+    assert wait_for(started.exists)
+    c.stop.set()
+    c.kill.fire("interrupted: killed after --stop-timeout 1 s")
+    t.join(5)
+    assert not t.is_alive()
+    run = env.store.run(c.run_id)
+    assert run["resources"][0]["error"] == "interrupted: killed after --stop-timeout 1 s"
+    assert run["error"].startswith("interrupted: ")
+
+
+def test_a_wait_condition_that_never_returns_is_bounded_by_the_wait_timeout(env):
+    env.write("""
+        def forever():
+            while True:
+                pass
+        file(D + "/g").wait_until(forever, interval=0.05, timeout=0.5)
+    """)
+    t0 = time.monotonic()
+    r = env.engine().converge(ctx())
+    assert time.monotonic() - t0 < 4
+    assert r["error"] == (f"file[{env.dir}/g]: wait_until timed out after 0.5 s: "
+                          "def forever(): while True: pass (the condition did not return)")

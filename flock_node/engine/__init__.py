@@ -6,11 +6,14 @@ every result and queue remote notifications through the store.
 """
 
 from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction, UnknownResource
+from flock_node.engine.limits import Interrupted, Kill
 from flock_node.engine.runner import Engine, Hooks, RunContext
 
 __all__ = [
     "Engine",
     "Hooks",
+    "Interrupted",
+    "Kill",
     "RunContext",
     "RecipeError",
     "ResourceFailure",

@@ -21,6 +21,7 @@ from typing import Any
 
 from flock_node.engine import collector
 from flock_node.engine.errors import RecipeError, ResourceFailure
+from flock_node.engine.limits import CallTimedOut, call_with_limit
 from flock_node.engine.shell import run_command
 
 ID_RE = re.compile(r"^([a-z_][a-z0-9_]*)\[(.+)\]$", re.S)
@@ -111,6 +112,12 @@ def _seconds(v: Any) -> float:
     return float(v)
 
 
+def _limit(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+        raise ValueError(f"must be a positive number of seconds, not {v!r}")
+    return float(v)
+
+
 def _opt_seconds(v: Any) -> float | None:
     return None if v is None else _seconds(v)
 
@@ -155,6 +162,7 @@ def _level(v: Any) -> str:
 COMMON: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "only_if": (_guard, None),
     "not_if": (_guard, None),
+    "guard_timeout": (_limit, 300.0),  # a hung guard must not hold the node for ever
     "ignore_failure": (_bool, False),
     "retries": (_count, 0),
     "retry_delay": (_seconds, 2.0),
@@ -670,7 +678,8 @@ class PythonBlock(Resource):
     type = "python_block"
     actions = ("run", "nothing")
     default_action = "run"
-    props_spec = {"block": (_callable, None)}
+    # Like execute's default: a block stuck in a loop cannot hold the node for ever.
+    props_spec = {"block": (_callable, None), "timeout": (_limit, 3600.0)}
 
     def setup(self) -> None:
         if self.props["block"] is None and not self.restored:
@@ -685,8 +694,17 @@ class PythonBlock(Resource):
                 "the block is not available: the recipe does not compile, and a python_block "
                 "cannot be restored from the store"
             )
+        limit = self.props["timeout"]
         try:
-            result = block()
+            result = call_with_limit(block, limit)
+        except CallTimedOut as e:
+            how = "the block was stopped" if e.stopped else (
+                "the block did not stop: it is stuck in a call Python cannot interrupt, "
+                "and goes on in the background"
+            )
+            raise ResourceFailure(f"timed out after {limit:g} s ({how})") from None
+        except ResourceFailure:
+            raise  # Interrupted: the stop timeout ran out
         except Exception as e:
             raise ResourceFailure(f"block raised {type(e).__name__}: {e}") from None
         return True, "" if result is None else str(result)

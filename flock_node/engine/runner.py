@@ -7,6 +7,10 @@ Rules:
 - ctx.stop (SIGTERM) is checked between resources: the one in progress finishes (a wait or a
   retry delay is cut short), then the run ends failed "stopped"; pending delayed notifications
   are then recorded `skipped` rather than run.
+- ctx.kill (the agent's stop timeout ran out) kills the action in progress (its process group,
+  or an exception raised in its Python thread): that resource fails with an error starting
+  INTERRUPTED and the run ends failed "interrupted: ...".
+- Guards run at most `guard_timeout` seconds, python_block at most its `timeout`.
 - A run's `total` is the number of results it recorded (notified actions included).
 """
 
@@ -23,11 +27,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction, UnknownResource
+from flock_node.engine.limits import CallTimedOut, Interrupted, Kill, call_with_limit, killable
 from flock_node.engine.notifications import DelayedQueue
 from flock_node.engine.recipe import Compiled, compile_recipes, restore
 from flock_node.engine.resources import CALLABLE, RUN_ENV, Resource, Wait, command_env
-from flock_node.engine.shell import run_guard
-from flock_node.store import STOPPED_BEFORE_ACTION, OutboxItem, ResourceRow, Store
+from flock_node.engine.shell import CommandTimedOut, run_guard
+from flock_node.store import INTERRUPTED, STOPPED_BEFORE_ACTION, OutboxItem, ResourceRow, Store
 
 log = logging.getLogger("flock.engine")
 
@@ -56,6 +61,7 @@ class RunContext:
     hops: int = 0
     progress: Callable[[int, int, str], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
+    kill: Kill = field(default_factory=Kill)  # fired when a stop must not wait any longer
     opened: bool = False  # the caller already committed the run row (start_run)
 
 
@@ -129,6 +135,7 @@ class _Run:
         self.updated = 0
         self.error: str | None = None
         self.stopped = False
+        self.interrupted: str | None = None  # the run's error once the kill cut an action
         self.delayed = DelayedQueue()
         self.held_remote = False
         self.sent_keys: dict[str, int] = {}
@@ -153,6 +160,9 @@ class _Run:
             self.engine._outbox_changed(items)
         if result == "failed":
             log.warning("%s %s failed: %s", res.id, action, error)
+            if error is not None and error.startswith(INTERRUPTED) and not self.interrupted:
+                self.interrupted = f"{error} ({res.id})"
+                self.stopped = True
             if self.stopped or not res.props.get("ignore_failure"):
                 if self.error is None and not self.stopped:
                     self.error = f"{res.id}: {error}"
@@ -189,7 +199,9 @@ class _Run:
             if cond is None:
                 continue
             try:
-                value = self._guard(res, cond)
+                value = self._guard(res, cond, guard)
+            except ResourceFailure as e:  # interrupted, or timed out
+                return "failed", str(e), ""
             except Exception as e:
                 return "failed", f"{guard} raised {type(e).__name__}: {e}", ""
             if value != want:
@@ -220,13 +232,27 @@ class _Run:
             return ("updated" if changed else "up_to_date"), None, output
         raise AssertionError("unreachable")
 
-    def _guard(self, res: Resource, cond: Any) -> bool:
+    def _guard(self, res: Resource, cond: Any, guard: str = "guard") -> bool:
+        """The guard's value; ResourceFailure naming the guard when it runs out of time."""
         if cond == CALLABLE:
             raise RuntimeError("the guard is a callable and the recipe does not compile")
-        if callable(cond):
-            return bool(cond())
         p = res.props
-        return run_guard(cond, cwd=p.get("cwd"), env=command_env(p.get("environment")))
+        limit = p.get("guard_timeout") or 300.0
+        if callable(cond):
+            try:
+                return bool(call_with_limit(cond, limit))
+            except CallTimedOut as e:
+                how = "stopped" if e.stopped else "did not stop: it goes on in the background"
+                raise ResourceFailure(
+                    f"{guard} timed out after {limit:g} s (callable, {how})"
+                ) from None
+        try:
+            return run_guard(cond, cwd=p.get("cwd"), env=command_env(p.get("environment")),
+                             timeout=limit)
+        except CommandTimedOut:
+            raise ResourceFailure(
+                f"{guard} timed out after {limit:g} s: {cond!r} (process group killed)"
+            ) from None
 
     def _wait(self, w: Wait) -> str | None:
         """None once the condition holds, else why the resource fails."""
@@ -239,9 +265,21 @@ class _Run:
         last_error = None
         while True:
             try:
-                value = bool(w.cond())
+                # Bounded too: a condition that never returns must not outlast the wait (by
+                # more than a second, so that a last poll near the deadline may still answer).
+                limit = max(deadline - time.monotonic(), 0.0) + 1.0
+                value = bool(call_with_limit(w.cond, limit))
                 if value == (w.kind == "wait_until"):
                     return None
+            except CallTimedOut as e:
+                how = "" if e.stopped else ", and goes on in the background"
+                return (
+                    f"{w.kind} timed out after {w.timeout:g} s: {w.text} "
+                    f"(the condition did not return{how})"
+                )
+            except Interrupted as e:  # the action never ran: like a stop during the wait
+                self.stopped = True
+                return str(e)
             except Exception as e:  # an unreachable node is "not yet", not a crash
                 last_error = f"{type(e).__name__}: {e}"
             remaining = deadline - time.monotonic()
@@ -445,7 +483,7 @@ class Engine:
     # -- runs ------------------------------------------------------------------------------------
     def converge(self, ctx: RunContext) -> dict[str, Any]:
         """Compile, then converge every resource in order; never raises for a failed run."""
-        with self._lock, _run_env(ctx):
+        with self._lock, _run_env(ctx), killable(ctx.kill):
             self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
             try:
                 self.compile()
@@ -473,7 +511,7 @@ class Engine:
 
     def run_action(self, resource_id: str, action: str, ctx: RunContext) -> dict[str, Any]:
         """Run `action` on a persisted resource out of band (a remote notification, a CLI call)."""
-        with self._lock, _run_env(ctx):
+        with self._lock, _run_env(ctx), killable(ctx.kill):
             lookup = self._lookup_fn()
             res = lookup(resource_id)
             if res is None:
@@ -508,7 +546,9 @@ class Engine:
             run.rec.flush()
             updated, total = run.updated, run.seq
             error = run.error
-            if run.stopped and error is None:
+            if run.interrupted:
+                error = run.interrupted
+            elif run.stopped and error is None:
                 error = "stopped"
             elif run.stopped:
                 error = f"stopped ({error})"
