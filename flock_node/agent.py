@@ -237,6 +237,10 @@ class Agent:
         self.supervisor.spawn("heartbeat", self._heartbeat_loop)
         view = asyncio.create_task(self._sync_view(), name="sync-view")
         await self._compile_at_start()
+        if self._abandoned:  # stopped while a recipe compile hung: leave without it
+            self._tasks = [*self.supervisor.all(), view]
+            await self._shutdown()
+            return
         self.ready = True
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
@@ -313,12 +317,26 @@ class Agent:
         log.info("node %s stopped", self.name)
 
     async def _compile_at_start(self) -> None:
+        fut = asyncio.get_running_loop().run_in_executor(self._executor, self.engine.compile)
+        stop = asyncio.ensure_future(self._stopped.wait())
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.compile)
+            await asyncio.wait([fut, stop], return_when=asyncio.FIRST_COMPLETED)
+            if not fut.done():
+                # Stopped while the recipe compiles: give it --stop-timeout, then go without
+                # it (recipe code stuck at import cannot be interrupted from here).
+                await asyncio.wait([fut], timeout=self.cfg.stop_timeout)
+                if not fut.done():
+                    log.error("the recipe compile did not end within --stop-timeout %g s; "
+                              "stopping without it", self.cfg.stop_timeout)
+                    self._abandoned = True
+                    return
+            fut.result()
             self.compile_error = None
         except Exception as e:  # RecipeError: keep serving the persisted resources
             self.compile_error = str(e)
             log.error("recipe does not compile: %s", e)
+        finally:
+            stop.cancel()
 
     async def _sync_view(self) -> None:
         """Set `view_synced` once the seeds, the local nodes and the peers they name have been

@@ -240,3 +240,17 @@ def test_an_interrupted_reaction_runs_again_after_the_restart(flock_env):
     again = f["s7"].resource_manager.notify("execute[slow]", "run", id="n-int-1", sender="test")
     assert again["duplicate"] is True
     assert lines(log) == ["start", "start", "done"]
+
+
+def test_a_recipe_compile_hanging_at_start_does_not_keep_the_agent(flock_env):
+    """SIGTERM while the start-up compile hangs: the agent waits --stop-timeout, then exits 0."""
+    env = flock_env
+    started = env.root / "started"
+    recipe = env.root / "hang.py"
+    recipe.write_text(f"import time\nopen({str(started)!r}, 'w').close()\ntime.sleep(1000)\n")
+    node = env.start("s9", "--stop-timeout", "0.5", recipes=[recipe], wait=False)
+    wait_for(lambda: started.exists(), 20, what="the start-up compile to begin")
+    took = sigterm_timed(node, 12)
+    assert took < 6, took
+    assert node.proc.returncode == 0, node.output()
+    assert "did not end within --stop-timeout" in node.output()
