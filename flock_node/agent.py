@@ -317,8 +317,9 @@ class Agent:
         log.info("node %s stopped", self.name)
 
     async def _compile_at_start(self) -> None:
-        fut = asyncio.get_running_loop().run_in_executor(self._executor, self.engine.compile)
-        stop = asyncio.ensure_future(self._stopped.wait())
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().run_in_executor(
+            self._executor, self.engine.compile)
+        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
         try:
             await asyncio.wait([fut, stop], return_when=asyncio.FIRST_COMPLETED)
             if not fut.done():
