@@ -35,7 +35,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -47,6 +46,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from common import free_port  # benchmarks/ is on the path: as a script and from the test
 
 KINDS = ("kill9", "stop", "term", "partition", "slow")
 PORT = 7600  # inside namespaces every agent has its own address, so one port for all
@@ -280,23 +281,6 @@ class Loopback:
 
     def close(self) -> None:
         pass
-
-
-def free_port() -> int:
-    """A port P such that P and P+1 are free on loopback (bus and RPC)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p >= 65534:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", p + 1))
-            except OSError:
-                continue
-        return p
-    raise RuntimeError("no free port pair")
 
 
 # -- agents ------------------------------------------------------------------------------------
