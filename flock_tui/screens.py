@@ -321,6 +321,7 @@ class NodeScreen(Screen[None]):
         self.history: dict[str, dict[str, Any]] = {}
         self.subs: dict[str, dict[str, Any]] = {}
         self.data: tuple[list[Any], list[Any], dict[str, Any]] | None = None
+        self.problems = ""  # what the node's own status says is wrong (crashed loops...)
         self.ready = False  # composed and mounted: the app may push events to it
 
     @property
@@ -388,6 +389,8 @@ class NodeScreen(Screen[None]):
                 t.append(f"  [{tags}]", style=st.muted)
         else:
             t.append("  not in the flock", style=st.error)
+        if self.problems:
+            t.append(f"  {self.problems}", style=f"bold {st.error}")
         self.query_one("#node-title", Static).update(t)
 
     def add_event(self, line: Text) -> None:
@@ -413,6 +416,7 @@ class NodeScreen(Screen[None]):
             resources = await node.resource_manager.resources()
             history = await node.flock_api.history(20)
             subs = await node.resource_manager.subscriptions()
+            status = await node.flock_api.status()
         except RpcError as e:
             self.flock_app.log_error(f"{self.node}: {err_text(e)}")
             if not self.is_attached:
@@ -424,6 +428,8 @@ class NodeScreen(Screen[None]):
         if not self.is_attached:
             return
         self.data = (resources, history, subs)
+        self.problems = problems_text(status)
+        self.update_title()
         self.refill()
 
     def refill(self) -> None:
@@ -695,6 +701,17 @@ class NodeScreen(Screen[None]):
         self.flock_app.log_line(Text(f"{self.node}: subscription {sid} removed "
                                      f"({r.get('removed')})"), self.node)
         self.reload()
+
+
+def problems_text(status: dict[str, Any]) -> str:
+    """What a node's status says is wrong, in a few words for the node screen's title."""
+    out = []
+    for lf in status.get("loop_failures") or ():
+        out.append(f"⚠ {lf.get('loop')} loop crashed {lf.get('crashes')}x: "
+                   f"{lf.get('last_error')}")
+    if status.get("ready") is False:
+        out.append("starting: recipe compiling")
+    return "  ".join(out)
 
 
 def now() -> float:

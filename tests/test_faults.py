@@ -388,3 +388,12 @@ def test_the_console_model_takes_a_restarted_node_whatever_its_incarnation():
     # A late heartbeat of the old process does not bring it back over the new one.
     merge_heartbeat(members, Heartbeat(incarnation=4, instance="i1", active=True, **hb))
     assert members["b"]["instance"] == "i2" and not members["b"]["active"]
+
+
+def test_the_node_screen_names_a_crashed_loop():
+    from flock_tui.screens import problems_text
+
+    assert problems_text({"loop_failures": [], "ready": True}) == ""
+    text = problems_text({"loop_failures": [{"loop": "delivery", "crashes": 3,
+                                             "last_error": "OperationalError: disk I/O error"}]})
+    assert text == "⚠ delivery loop crashed 3x: OperationalError: disk I/O error"
