@@ -39,7 +39,13 @@ from flock_node.membership import (
     Transition,
     admit,
 )
-from flock_node.paging import HISTORY_LIMIT, OUTBOX_LIMIT, count_arg, fill_page
+from flock_node.paging import (
+    HISTORY_LIMIT,
+    OUTBOX_LIMIT,
+    count_arg,
+    fill_page,
+    too_big_for_a_page,
+)
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
@@ -801,11 +807,20 @@ class Agent:
         offset = count_arg(offset, "offset")
         # Runs carry their resources: a page rarely holds many, so read few at a time.
         take = min(limit, 50)
-        rows = self.store.history(take + 1, offset=offset)
+        rows = [too_big_for_a_page(r) for r in self.store.history(take + 1, offset=offset)]
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
-    async def api_run(self, id: str) -> dict[str, Any] | None:
-        return self.store.run(str(id))
+    async def api_run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
+        """One run with its per-resource results. With `offset`: `{"run", "items",
+        "next_offset"}`, the run and one page of its resources from there (a run with many
+        big outputs does not fit one frame); without it, the whole run."""
+        run = self.store.run(str(id))
+        if offset is None or run is None:
+            return run
+        offset = count_arg(offset, "offset")
+        resources = run.pop("resources")
+        page = fill_page(resources[offset:], offset, more=False)
+        return {"run": {**run, "resources": []}, **page}
 
     async def api_members(self) -> list[dict[str, Any]]:
         own = await self.api_status()

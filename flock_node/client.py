@@ -210,7 +210,7 @@ class Flock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return collect(lambda a: self._rpc.call(addr, actor, method, a, timeout), method,
+            return collect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout), method,
                            args)
         return self._rpc.call(addr, actor, method, args, timeout)
 
@@ -284,7 +284,7 @@ class AsyncFlock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return await acollect(lambda a: self._rpc.call(addr, actor, method, a, timeout),
+            return await acollect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout),
                                   method, args)
         return await self._rpc.call(addr, actor, method, args, timeout)
 

@@ -9,7 +9,7 @@ the whole list, which the RPC server answers with `too_large` when it does not f
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
 import msgspec
@@ -19,7 +19,8 @@ from flock_node.protocol import MAX_FRAME
 # Encoded bytes of one page's items: half a frame leaves room for the envelope, the response
 # around the items, and the estimate (items are measured one by one).
 PAGE_BUDGET = MAX_FRAME // 2
-PAGED = {("resource_manager", "resources"), ("flock_api", "history"), ("flock_api", "outbox")}
+PAGED = {("resource_manager", "resources"), ("flock_api", "history"), ("flock_api", "outbox"),
+         ("flock_api", "run")}
 HISTORY_LIMIT = 20  # runs a `history()` without `limit` answers
 OUTBOX_LIMIT = 100  # notifications an `outbox()` without `limit` answers
 # The client pages up to the same default, not to the end, when no `limit` is given.
@@ -56,6 +57,14 @@ def fill_page(rows: Sequence[Any], offset: int, more: bool,
     return {"items": items, "next_offset": offset + len(items) if rest else None}
 
 
+def too_big_for_a_page(run: dict[str, Any], budget: int = PAGE_BUDGET) -> dict[str, Any]:
+    """A run of a `history` page, or, when it alone would crowd a page, the run without its
+    resources and `resources_paged` (how many): the client fetches them with `run(id)`."""
+    if len(_enc.encode(run)) <= budget // 2:
+        return run
+    return {**run, "resources": [], "resources_paged": len(run.get("resources") or ())}
+
+
 def _next(args: dict[str, Any], got: list[Any], page: Any) -> dict[str, Any] | None:
     """The arguments of the page after `page`, or None when `got` is complete."""
     got.extend(page["items"])
@@ -81,18 +90,36 @@ def _first(method: str, args: dict[str, Any]) -> dict[str, Any]:
     return a
 
 
-def collect(call: Callable[[dict[str, Any]], Any], method: str,
-            args: dict[str, Any]) -> list[Any]:
-    """Every item of a paged method from `args.get("offset", 0)` on (at most `limit`)."""
+# A plan asks for pages: it yields (method, args) calls, is sent each answer (or thrown its
+# error) and returns the whole answer. One plan serves the blocking and the asyncio client.
+Plan = Generator[tuple[str, dict[str, Any]], Any, Any]
+
+
+def plan(method: str, args: dict[str, Any]) -> Plan:
+    """The calls that fetch every page of `method(**args)`, and the whole answer."""
+    if method == "run":
+        return (yield from _run_plan(args))
+    items = yield from _list_plan(method, args)
+    if method == "history":
+        for h in items:
+            if h.get("resources_paged") is not None:  # a run too big for a page of runs
+                full = yield from _run_plan({"id": h["id"]})
+                if full is not None:
+                    h["resources"] = full["resources"]
+                    del h["resources_paged"]
+    return items
+
+
+def _list_plan(method: str, args: dict[str, Any]) -> Plan:
     first = _first(method, args)
     a: dict[str, Any] | None = first
     got: list[Any] = []
     while a is not None:
         try:
-            page = call(a)
+            page = yield method, a
         except Exception as e:
             if _old_node(e) and not got:
-                return call(args)
+                return (yield method, args)
             raise
         if isinstance(page, list):
             return page
@@ -100,20 +127,53 @@ def collect(call: Callable[[dict[str, Any]], Any], method: str,
     return got
 
 
-async def acollect(call: Callable[[dict[str, Any]], Awaitable[Any]], method: str,
-                   args: dict[str, Any]) -> list[Any]:
+def _run_plan(args: dict[str, Any]) -> Plan:
+    """One run, its resources fetched page by page (a run may hold more than a frame)."""
+    try:
+        page = yield "run", {**args, "offset": 0}
+    except Exception as e:
+        if _old_node(e):
+            return (yield "run", args)
+        raise
+    if not isinstance(page, dict) or "items" not in page:
+        return page  # None: no such run
+    run, resources = page["run"], list(page["items"])
+    while page.get("next_offset") is not None and page["items"]:
+        page = yield "run", {**args, "offset": page["next_offset"]}
+        resources.extend(page["items"])
+    run["resources"] = resources
+    return run
+
+
+def collect(call: Callable[[str, dict[str, Any]], Any], method: str,
+            args: dict[str, Any]) -> Any:
+    """Every page of a paged method (from `args.get("offset", 0)`, at most `limit` items)."""
+    p = plan(method, args)
+    try:
+        req = next(p)
+        while True:
+            try:
+                answer = call(*req)
+            except Exception as e:
+                req = p.throw(e)
+            else:
+                req = p.send(answer)
+    except StopIteration as done:
+        return done.value
+
+
+async def acollect(call: Callable[[str, dict[str, Any]], Awaitable[Any]], method: str,
+                   args: dict[str, Any]) -> Any:
     """`collect` for the asyncio client."""
-    first = _first(method, args)
-    a: dict[str, Any] | None = first
-    got: list[Any] = []
-    while a is not None:
-        try:
-            page = await call(a)
-        except Exception as e:
-            if _old_node(e) and not got:
-                return await call(args)
-            raise
-        if isinstance(page, list):
-            return page
-        a = _next(first, got, page)
-    return got
+    p = plan(method, args)
+    try:
+        req = next(p)
+        while True:
+            try:
+                answer = await call(*req)
+            except Exception as e:
+                req = p.throw(e)
+            else:
+                req = p.send(answer)
+    except StopIteration as done:
+        return done.value

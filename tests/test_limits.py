@@ -270,7 +270,7 @@ def test_collect_pages_up_to_the_limit_and_falls_back_for_old_nodes():
     rows = [{"id": i, "pad": "p" * 1000} for i in range(100)]
     asked = []
 
-    def node(args):  # a node serving `rows` a few at a time, like the agent
+    def node(method, args):  # a node serving `rows` a few at a time, like the agent
         asked.append(args)
         start, limit = args["offset"], args.get("limit", 20)
         take = rows[start:start + limit]
@@ -281,10 +281,33 @@ def test_collect_pages_up_to_the_limit_and_falls_back_for_old_nodes():
     assert len(collect(node, "history", {"limit": 7})) == 7
     assert len(collect(node, "resources", {"limit": 100})) == 100
 
-    def old(args):
+    def old(method, args):
         if "offset" in args:
             raise RpcError("bad_request", "history: Agent.api_history() got an unexpected "
                                           "keyword argument 'offset'")
         return rows[:args.get("limit", 20)]
 
     assert len(collect(old, "history", {"limit": 3})) == 3
+
+
+def test_a_run_bigger_than_a_frame_is_paged_not_cut(flock_env):
+    """80 commands with 16 KiB of output each: one run record of ~1.3 MiB."""
+    env = flock_env
+    recipe = env.root / "loud.py"
+    recipe.write_text(
+        "from flock_node.dsl import execute\n"
+        "for i in range(80):\n"
+        "    execute(f'loud-{i}', command=\"head -c 16384 /dev/zero | tr '\\\\0' x\")\n")
+    env.start("loud", recipes=[recipe])
+    r = env.cli("--json", "run-chef", "loud", "--wait", timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    with env.flock() as f:
+        [run] = f["loud"].flock_api.history(1)
+        assert len(run["resources"]) == 80 and "resources_paged" not in run
+        assert all(len(x["output"]) == 16384 for x in run["resources"])
+        whole = f["loud"].flock_api.run(run["id"])
+        assert whole["resources"] == run["resources"]
+        raw = f.call("loud", "flock_api", "run", {"id": run["id"], "offset": 0})
+        assert 0 < len(raw["items"]) < 80 and raw["next_offset"] == len(raw["items"])
+    h = env.cli("history", "loud", "--limit", "1", timeout=60)
+    assert h.returncode == 0 and h.stdout.count("execute[loud-") == 80, h.stderr
