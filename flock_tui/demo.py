@@ -1,4 +1,5 @@
-"""`flock demo [--nodes N]`: a local demo flock from examples/, with the console on it."""
+"""`flock demo [--nodes N]`: a local demo flock from the recipes in flock_tui/examples/ (package
+data, so an installed Flock has them too), with the console on it."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from flock_node.client import Flock
 from flock_node.transport import RpcError
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "examples"
 TAGS = {"bender0": ["db"], "bender1": ["web"], "bender2": ["web"]}
 
 
@@ -29,7 +30,8 @@ class DemoFlock:
 
     def __init__(self, nodes: int = 3, root: Path | None = None):
         if not EXAMPLES.is_dir():
-            raise FileNotFoundError(f"demo recipes not found at {EXAMPLES}; run from a checkout")
+            raise FileNotFoundError(f"demo recipes not found at {EXAMPLES}: the installation "
+                                    "is incomplete; reinstall Flock")
         self.root = root or Path(tempfile.mkdtemp(prefix="flock-demo-"))
         self.own_root = root is None
         self.runtime_dir = self.root / "run"
