@@ -18,9 +18,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ import msgspec
 
 from flock_node import __version__, delivery
 from flock_node.delivery import Deliverer, Target
+from flock_node.engine import Engine
 from flock_node.membership import (
     ALIVE,
     CLASH,
@@ -58,16 +57,14 @@ from flock_node.protocol import (
     Peer,
     Request,
     Response,
-    RunProgress,
     RunSummary,
 )
 from flock_node.store import (
-    INTERRUPTED,
-    STOPPED_BEFORE_ACTION,
     OutboxItem,
     Store,
     store_error,
 )
+from flock_node.subscriptions import SubscriptionSync
 from flock_node.supervisor import Supervisor
 from flock_node.transport import (
     AsyncRpc,
@@ -82,10 +79,11 @@ from flock_node.transport import (
     scan_runtime_dir,
     tcp_addresses,
 )
+from flock_node.work import Job, WorkQueue, cause_of
+from flock_node.work import run_id as new_run_id
 
 log = logging.getLogger("flock.agent")
 
-CONVERGE_DELAY = 0.03  # seconds between accepting run_chef and starting the converge
 VIEW_SYNC_HEARTBEATS = 3  # heartbeats a first converge waits at most to hear the flock
 # A third party's `peers` list is only a hint: at most HINT_DIALS new hinted addresses are
 # dialed per heartbeat interval, each undialed unless the named node heartbeats from it
@@ -95,10 +93,6 @@ HINT_DIALS = 4
 HINT_PATIENCE = 3
 HINT_RETRY = 60.0
 CLASH_LOG_EVERY = 60.0  # seconds between two name-clash warnings about one name
-# After the stop timeout killed the action in progress, how long the worker gets to come back
-# before the agent records the run interrupted itself and exits without it (a C call that
-# never sees the exception raised in its thread).
-ABANDON_AFTER = 3.0
 
 
 @dataclass
@@ -114,16 +108,6 @@ class AgentConfig:
     heartbeat: float = 1.0
     ttl: float = 24 * 3600.0
     stop_timeout: float = 30.0  # SIGTERM: how long the resource in progress may still take
-
-
-@dataclass
-class Job:
-    kind: str  # converge | reaction
-    run_id: str
-    notification: dict[str, Any] | None = None
-    started: bool = False
-    opened: bool = False  # its run row was committed with the inbox row
-    done: asyncio.Future | None = None
 
 
 class BadRequest(Exception):
@@ -161,10 +145,6 @@ class Agent:
         self._hb_soon: asyncio.TimerHandle | None = None
         self._last_hb = 0.0  # monotonic time of our last heartbeat
         self._seq = 0
-        self._queue: deque[Job] = deque()
-        self._work_open = False  # jobs start once the startup compile is done
-        self._current: Job | None = None
-        self._progress: RunProgress | None = None
         self._last_prompt = 0.0
         self._prompt_timer: asyncio.TimerHandle | None = None
         self.ready = False  # the first compile ended: resource_manager answers for real
@@ -172,22 +152,15 @@ class Agent:
         self.supervisor = Supervisor()
         self.rpc = AsyncRpc(self.codec, timeout=2.0)
         self.deliverer = Deliverer(self.store, self.rpc, cfg.name, self._locate, self.emit)
-        self._wake_subs = asyncio.Event()
-        self._stopping = threading.Event()
+        self.subscriptions = SubscriptionSync(self.store, self.rpc, cfg.name,
+                                              self._resolve_addr, self.emit)
         self._stopped = asyncio.Event()
-        from flock_node.engine import Kill
-
-        self._kill = Kill()  # fired when the stop timeout runs out
-        self._stop_timer: asyncio.TimerHandle | None = None
-        self._abandoned = False  # the worker never came back from a stop: exit without it
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="converge")
         self._tasks: list[asyncio.Task] = []
         self._loop: asyncio.AbstractEventLoop | None = None
-        self.compile_error: str | None = None
         self.crashed = False  # an internal task died: exit non-zero so a supervisor restarts us
-        from flock_node.engine import Engine  # the engine pulls in the DSL
-
         self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)
+        self.work = WorkQueue(self.engine, self.store, cfg.stop_timeout, self.emit,
+                              self._prompt_heartbeat, self._job_finished, self._stopped.set)
 
     # -- engine hooks (called from the worker thread) -------------------------------------
     def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
@@ -233,7 +206,7 @@ class Agent:
         if interrupted:
             log.warning("closed %d run(s) interrupted by the last stop", len(interrupted))
         for n in self.store.inbox_recover():
-            self._enqueue_reaction(n)
+            self.work.enqueue_reaction(n)
         self.bus.listen(self.bus_addr)
         self.server.listen(self.rpc_addr)
         self.bus.start()
@@ -242,18 +215,17 @@ class Agent:
         # Heartbeats first: the flock sees us (and we it) while the recipe compiles.
         self.supervisor.spawn("heartbeat", self._heartbeat_loop)
         view = asyncio.create_task(self._sync_view(), name="sync-view")
-        await self._compile_at_start()
-        if self._abandoned:  # stopped while a recipe compile hung: leave without it
+        await self.work.compile_at_start(self._stopped)
+        if self.work.abandoned:  # stopped while a recipe compile hung: leave without it
             self._tasks = [*self.supervisor.all(), view]
             await self._shutdown()
             return
         self.ready = True
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
-        self._work_open = True
-        self._kick()
+        self.work.open()
         self.supervisor.spawn("delivery", self.deliverer.run)
-        self.supervisor.spawn("subscriptions", self._subscription_loop)
+        self.supervisor.spawn("subscriptions", self.subscriptions.run)
         self._tasks = [*self.supervisor.all(), view]
         await self._stopped.wait()
         await self._shutdown()
@@ -261,47 +233,7 @@ class Agent:
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: finish the resource in progress if it ends within --stop-timeout,
         else kill it; persist, announce, exit. A second signal kills it at once."""
-        if self._stopping.is_set():
-            self._interrupt(f"{INTERRUPTED} killed by a second stop signal")
-            return
-        timeout = self.cfg.stop_timeout
-        self._stopping.set()
-        if self._current is None:
-            log.info("stopping")
-            self._stopped.set()
-            return
-        log.info("stopping: finishing the resource in progress (at most %g s)", timeout)
-        assert self._loop is not None
-        self._stop_timer = self._loop.call_later(
-            timeout, self._interrupt, f"{INTERRUPTED} killed after --stop-timeout {timeout:g} s")
-
-    def _interrupt(self, message: str) -> None:
-        """Kill the action in progress (process group, or an exception in its Python thread);
-        if the worker still does not come back, stop without it."""
-        job = self._current
-        if job is None or self._kill.is_set():
-            return
-        log.warning("run %s: %s", job.run_id, message)
-        self._kill.fire(message)
-        if self._stop_timer is not None:
-            self._stop_timer.cancel()
-        assert self._loop is not None
-        self._stop_timer = self._loop.call_later(ABANDON_AFTER, self._abandon, job, message)
-
-    def _abandon(self, job: Job, message: str) -> None:
-        if self._current is not job:
-            return
-        log.error("run %s: the worker did not come back %g s after it was killed (stuck in a "
-                  "call Python cannot interrupt): recording the run interrupted, exiting without "
-                  "it", job.run_id, ABANDON_AFTER)
-        try:
-            # The acknowledged notification of a reaction stays pending: it runs after the
-            # restart (inbox_recover finds no recorded action for it).
-            self.store.finish_run(job.run_id, False, f"{message} (the worker did not stop)")
-        except Exception:
-            log.exception("recording run %s as interrupted failed", job.run_id)
-        self._abandoned = True
-        self._stopped.set()
+        self.work.stop()
 
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
@@ -311,39 +243,14 @@ class Agent:
             self._prompt_timer.cancel()
         if self._hb_soon is not None:
             self._hb_soon.cancel()
-        if self._stop_timer is not None:
-            self._stop_timer.cancel()
         await cancel_and_wait(self._tasks, 2.0)
         await self.server.close()
         await self.bus.close()
         self.rpc.close()
         self._recipe_rpc.close()
-        self._executor.shutdown(wait=not self._abandoned)
+        self.work.shutdown()
         self.store.close()
         log.info("node %s stopped", self.name)
-
-    async def _compile_at_start(self) -> None:
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().run_in_executor(
-            self._executor, self.engine.compile)
-        stop: asyncio.Future[Any] = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait([fut, stop], return_when=asyncio.FIRST_COMPLETED)
-            if not fut.done():
-                # Stopped while the recipe compiles: give it --stop-timeout, then go without
-                # it (recipe code stuck at import cannot be interrupted from here).
-                await asyncio.wait([fut], timeout=self.cfg.stop_timeout)
-                if not fut.done():
-                    log.error("the recipe compile did not end within --stop-timeout %g s; "
-                              "stopping without it", self.cfg.stop_timeout)
-                    self._abandoned = True
-                    return
-            fut.result()
-            self.compile_error = None
-        except Exception as e:  # RecipeError: keep serving the persisted resources
-            self.compile_error = str(e)
-            log.error("recipe does not compile: %s", e)
-        finally:
-            stop.cancel()
 
     async def _sync_view(self) -> None:
         """Set `view_synced` once the seeds, the local nodes and the peers they name have been
@@ -389,7 +296,7 @@ class Agent:
             node=self.name, incarnation=self.incarnation, seq=self._seq, bus=self.bus_addr,
             rpc=self.rpc_addr, interval=self.cfg.heartbeat, instance=self.instance,
             version=__version__,
-            tags=list(self.cfg.tags), active=self.active, run=self._progress,
+            tags=list(self.cfg.tags), active=self.work.active, run=self.work.progress,
             last_run=_summary(last), pending=counts.get("pending", 0) + counts.get("held", 0),
             dead=counts.get("dead", 0), started=self.started,
             peers=[Peer(m.name, m.bus, m.rpc) for m in self.membership.members()
@@ -418,7 +325,7 @@ class Agent:
         """A new bus connection: heartbeat soon, so the peer behind it sees us alive without
         waiting a whole interval. One heartbeat for a burst of new connections, at most one
         per quarter interval: a peer reconnecting in a loop cannot make us flood the flock."""
-        if self._hb_soon is None and self._loop is not None and not self._stopping.is_set():
+        if self._hb_soon is None and self._loop is not None and not self.work.stopping.is_set():
             wait = self._last_hb + self.cfg.heartbeat / 4 - time.monotonic()
             self._hb_soon = self._loop.call_later(max(0.02, wait), self._heartbeat_now)
 
@@ -540,7 +447,7 @@ class Agent:
 
     def _on_pipe_removed(self, pipe: int) -> None:
         name = self._pipes.pop(pipe, None)
-        if self._stopping.is_set():
+        if self.work.stopping.is_set():
             return  # our own sockets are closing: the peers did not go anywhere
         if name and name not in self._pipes.values():
             for t in self.membership.disconnected(name, time.monotonic()):
@@ -550,7 +457,7 @@ class Agent:
         log.info("%s: %s → %s (%s)", t.name, t.old or "new", t.new, t.reason)
         if t.new == ALIVE:
             self.deliverer.target_back(t.name)  # someone came (back): retry what waits for it
-            self._wake_subs.set()
+            self.subscriptions.wake()
         if t.new in (DOWN, LEFT):
             m = self.membership.get(t.name)
             if m is not None:
@@ -563,82 +470,11 @@ class Agent:
             return
         self.bus.send(Event(self.name, event, time.time(), data))
 
-    # -- the work queue ----------------------------------------------------------------------
-    @property
-    def active(self) -> bool:
-        # A converge accepted but inside its start delay counts: `run_chef()` then
-        # `active()` is true, as a script waiting for the run to end expects.
-        return self._current is not None or bool(self._queue)
-
-    def run_chef(self) -> tuple[str, bool]:
-        """Queue a converge; join the one already waiting if there is one."""
-        for job in self._queue:
-            if job.kind == "converge" and not job.started:
-                return job.run_id, True
-        job = Job("converge", _run_id())
-        self._queue.append(job)
-        # Start a moment later: the answer goes out before the converge takes the CPU (a
-        # `run-chef '*'` on one machine is acknowledged by all at once), and a burst of
-        # requests joins this run.
-        assert self._loop is not None
-        self._loop.call_later(CONVERGE_DELAY, self._kick)
-        return job.run_id, False
-
-    def _enqueue_reaction(self, n: dict[str, Any], opened_run: str | None = None) -> None:
-        """Queue a reaction; `opened_run`: its run row is already committed (only when the
-        worker is idle, so it starts now)."""
-        self._queue.append(Job("reaction", opened_run or _run_id(), notification=n,
-                               opened=opened_run is not None))
-        self._kick()
-
-    def _idle(self) -> bool:
-        return (self._current is None and not self._queue and self._work_open
-                and not self._stopping.is_set())
-
-    def _kick(self) -> None:
-        """Start the next job now if the worker is idle (on the loop, no task hop): a
-        reaction starts on the worker thread before its notification is even answered."""
-        if self._current is not None or not self._queue or not self._work_open:
-            return
-        if self._stopping.is_set():
-            self._stopped.set()
-            return
-        job = self._queue.popleft()
-        job.started = True
-        self._current = job
-        self._progress = RunProgress(job.run_id, job.kind, started=time.time())
-        assert self._loop is not None
-        fut = self._loop.run_in_executor(self._executor, self._execute, job)
-        fut.add_done_callback(lambda f: self._job_done(job, f))
-        # Announce after handing the job over: the worker starts while we send these.
-        self.emit("run_started", run=job.run_id, kind=job.kind, cause=_cause(job.notification))
-        self._prompt_heartbeat()
-
-    def _job_done(self, job: Job, fut: asyncio.Future) -> None:
-        try:
-            result = fut.result()
-        except BaseException as e:  # never leave `active` stuck on a bug
-            if not isinstance(e, asyncio.CancelledError):
-                log.error("run %s crashed", job.run_id, exc_info=e)
-            result = {"id": job.run_id, "status": "failed", "error": f"internal: {e}"}
-        finally:
-            self._current = None
-            self._progress = None
-        try:
-            self.emit("run_finished", run=job.run_id, kind=job.kind,
-                      status=result.get("status"), error=result.get("error"),
-                      updated=result.get("updated", 0))
-            self._prompt_heartbeat()
-        except Exception:
-            log.exception("announcing the end of run %s failed", job.run_id)
+    def _job_finished(self, job: Job) -> None:
         self.deliverer.wake()
         if job.kind == "converge":
             self.store.recheck_recipe_subscriptions()
-        self._wake_subs.set()
-        if self._stopping.is_set():
-            self._stopped.set()
-            return
-        self._kick()
+        self.subscriptions.wake()
 
     def _prompt_heartbeat(self) -> None:
         """Tell the flock about a start or end of run now, but at most every 50 ms: a stream
@@ -655,86 +491,6 @@ class Agent:
 
             self._prompt_timer = asyncio.get_running_loop().call_later(
                 0.05 - (now - self._last_prompt), fire)
-
-    def _execute(self, job: Job) -> dict[str, Any]:
-        from flock_node.engine import RunContext
-
-        def progress(k: int, n: int, rid: str) -> None:
-            self._progress = RunProgress(job.run_id, job.kind, rid, k, n,
-                                         self._progress.started if self._progress else 0)
-            if job.kind == "converge":  # a reaction's single step is its run_started
-                self.emit("run_progress", run=job.run_id, resource=rid, k=k, n=n)
-
-        if job.kind == "converge":
-            ctx = RunContext(job.run_id, "converge", progress=progress, stop=self._stopping,
-                             kill=self._kill)
-            result = self.engine.converge(ctx)
-            self.compile_error = None
-            return result
-        n = job.notification or {}
-        ctx = RunContext(job.run_id, "reaction", cause=_cause(n), hops=n.get("hops", 0),
-                         progress=progress, stop=self._stopping, kill=self._kill,
-                         opened=job.opened)
-        try:
-            result = self.engine.run_action(n["resource"], n["action"], ctx)
-        except Exception as e:  # resource vanished since we accepted it
-            self.store.start_run(job.run_id, "reaction", _cause(n))
-            self.store.finish_run(job.run_id, False, str(e), 0)
-            result = {"id": job.run_id, "status": "failed", "error": str(e)}
-        if self._stopping.is_set() and self._stopped_before_action(job.run_id):
-            # SIGTERM cut its wait short, or the stop timeout killed its action: the action
-            # never completed, so the notification stays pending and runs after the restart
-            # (it was acknowledged; it must not be lost).
-            return result
-        self.store.inbox_done(n["id"], job.run_id, result.get("status") == "ok",
-                              result.get("error"))
-        return result
-
-    def _stopped_before_action(self, run_id: str) -> bool:
-        run = self.store.run(run_id) or {}
-        first = (run.get("resources") or [{}])[0]
-        return (first.get("error") or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED))
-
-    # -- subscriptions we hold on others -----------------------------------------------------
-    async def _subscription_loop(self) -> None:
-        while True:
-            retry = False
-            for w in self.store.wanted_subscriptions({"pending", "recheck", "removing",
-                                                      "failed"}):
-                retry |= not await self._sync_subscription(w)
-            self._wake_subs.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2.0 if retry else 30.0):
-                    await self._wake_subs.wait()
-
-    async def _sync_subscription(self, w: dict[str, Any]) -> bool:
-        addr = self._resolve_addr(w["node"])
-        sid = w["id"].rsplit("@", 1)[0]
-        if addr is None:
-            self.store.wanted_state(w["id"], w["state"], f"node {w['node']!r} not known yet")
-            return False
-        try:
-            if w["state"] == "removing":
-                await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid})
-                self.store.wanted_state(w["id"], "removed")
-                self.emit("subscription_removed", id=sid, node=w["node"])
-            else:
-                await self.rpc.call(addr, "resource_manager", "subscribe", {
-                    "resource": w["remote_resource"], "subscriber": self.name,
-                    "subscriber_resource": w["resource"], "action": w["action"],
-                })
-                self.store.wanted_state(w["id"], "registered")
-                if w["state"] != "recheck":  # a routine re-registration is not news
-                    self.emit("subscription_registered", id=sid, node=w["node"],
-                              resource=w["remote_resource"])
-            return True
-        except RpcError as e:
-            if e.code == "unknown_subscription" and w["state"] == "removing":
-                self.store.wanted_state(w["id"], "removed")
-                return True
-            final = delivery.is_final(e.code)
-            self.store.wanted_state(w["id"], "failed" if final else w["state"], str(e))
-            return final
 
     # -- RPC ---------------------------------------------------------------------------------
     async def _handle(self, req: Request, env: Envelope) -> Response:
@@ -763,35 +519,35 @@ class Agent:
         return Response(req.call_id, True, result=msgspec.to_builtins(result))
 
     async def api_run_chef(self) -> dict[str, Any]:
-        if self._stopping.is_set():
+        if self.work.stopping.is_set():
             raise RpcError("stopping", f"{self.name} is shutting down")
-        run_id, joined = self.run_chef()
+        run_id, joined = self.work.run_chef()
         # queued: it waits behind another run (it starts at once otherwise).
-        ahead = (self._current is not None and self._current.run_id != run_id) or any(
-            j.run_id != run_id for j in list(self._queue)[:1])
+        ahead = (self.work.current is not None and self.work.current.run_id != run_id) or any(
+            j.run_id != run_id for j in list(self.work.queue)[:1])
         return {"run_id": run_id, "queued": joined or ahead, "joined": joined}
 
     async def api_active(self) -> bool:
-        return self.active
+        return self.work.active
 
     async def api_status(self) -> dict[str, Any]:
         counts = self.store.outbox_counts()
         last = self.store.last_run()
         cur = None
-        if self._current is not None:
-            p = self._progress
-            cur = {"id": self._current.run_id, "kind": self._current.kind,
+        if self.work.current is not None:
+            p = self.work.progress
+            cur = {"id": self.work.current.run_id, "kind": self.work.current.kind,
                    "resource": p.resource if p else "", "k": p.k if p else 0,
                    "n": p.n if p else 0}
         return {
             "name": self.name, "version": __version__, "tags": list(self.cfg.tags),
             "incarnation": self.incarnation, "address": self.rpc_addr, "bus": self.bus_addr,
-            "active": self.active, "current_run": cur,
-            "queued": [j.run_id for j in self._queue],
+            "active": self.work.active, "current_run": cur,
+            "queued": [j.run_id for j in self.work.queue],
             "last_run": _last_run(last),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
-            "uptime": time.time() - self.started, "compile_error": self.compile_error,
+            "uptime": time.time() - self.started, "compile_error": self.work.compile_error,
             "dropped_frames": dict(self.codec.dropped), "ready": self.ready,
             "loop_failures": self.supervisor.report(),
         }
@@ -826,8 +582,8 @@ class Agent:
         own = await self.api_status()
         out = [{
             "name": self.name, "state": ALIVE, "address": self.rpc_addr, "bus": self.bus_addr,
-            "rpc": self.rpc_addr, "incarnation": self.incarnation, "active": self.active,
-            "run": msgspec.to_builtins(self._progress), "last_run": own["last_run"],
+            "rpc": self.rpc_addr, "incarnation": self.incarnation, "active": self.work.active,
+            "run": msgspec.to_builtins(self.work.progress), "last_run": own["last_run"],
             "pending": own["pending"], "dead_letters": own["dead_letters"],
             "tags": list(self.cfg.tags), "version": __version__, "age": 0.0,
         }]
@@ -889,10 +645,10 @@ class Agent:
         self._check_ready()
         actions = self.store.resource_actions(resource)
         if actions is None:
-            if self.compile_error is not None:
+            if self.work.compile_error is not None:
                 # The recipe that may declare it does not compile now: not final.
                 raise RpcError("not_ready", f"{self.name} has no resource {resource} and its "
-                               f"recipe does not compile ({self.compile_error})")
+                               f"recipe does not compile ({self.work.compile_error})")
             known = ", ".join(x.id for x in self.store.resources()[:20]) or "none"
             raise RpcError("unknown_resource", f"{self.name} has no resource {resource}; it has: {known}")
         if action is not None and action not in actions:
@@ -919,11 +675,11 @@ class Agent:
              "hops": hops, "cause": cause}
         # The worker is idle: the reaction starts now, so its run row goes in the inbox
         # row's commit, one commit fewer before the action starts.
-        run_id = _run_id() if self._idle() else None
+        run_id = new_run_id() if self.work.idle() else None
         fresh = self.store.inbox_accept(nid, sender or "?", resource, action, hops, cause,
-                                        run=(run_id, _cause(n)) if run_id else None)
+                                        run=(run_id, cause_of(n)) if run_id else None)
         if fresh:
-            self._enqueue_reaction(n, run_id)
+            self.work.enqueue_reaction(n, run_id)
             self.emit("notification_received", id=nid, sender=sender, resource=resource,
                       action=action)
         return {"id": nid, "accepted": True, "duplicate": not fresh}
@@ -978,7 +734,7 @@ class Agent:
             nid, sender, resource, action, hops, cause = next(accepted)
             new = next(fresh)
             if new:
-                self._enqueue_reaction({"id": nid, "sender": sender, "resource": resource,
+                self.work.enqueue_reaction({"id": nid, "sender": sender, "resource": resource,
                                         "action": action, "hops": hops, "cause": cause})
                 self.emit("notification_received", id=nid, sender=sender, resource=resource,
                           action=action)
@@ -998,7 +754,7 @@ class Agent:
         self._check_target(resource, action)
         wid = self.store.add_wanted(node, remote_resource, resource, action)
         w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
-        await self._sync_subscription(w)
+        await self.subscriptions.sync(w)
         w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
         if w["state"] == "failed":  # refused by the publisher: say so, keep nothing
             self.store.wanted_state(wid, "removed")
@@ -1017,7 +773,7 @@ class Agent:
         for w in self.store.wanted_subscriptions():
             if w["id"] == id or w["id"].rsplit("@", 1)[0] == id:
                 self.store.wanted_state(w["id"], "removing")
-                ok = await self._sync_subscription({**w, "state": "removing"})
+                ok = await self.subscriptions.sync({**w, "state": "removing"})
                 out = {"id": id, "removed": "outgoing", "remote_done": ok}
                 if w["origin"] == "recipe":
                     out["note"] = (f"{w['resource']} declares it in the recipe "
@@ -1071,22 +827,6 @@ def _plain(obj: Any) -> Any:
     return json.loads(json.dumps(obj, default=repr, sort_keys=True))
 
 
-def _run_id() -> str:
-    return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-
-
-def _cause(n: dict[str, Any] | None) -> dict[str, Any] | None:
-    if not n:
-        return None
-    c = dict(n.get("cause") or {})
-    c.setdefault("node", n.get("sender"))
-    c["notification"] = n.get("id")
-    c["hops"] = n.get("hops")
-    if n.get("attempt", 1) > 1:  # run again after a stop or crash cut the last attempt
-        c["attempt"] = n["attempt"]
-    return c
-
-
 def _summary(last: dict[str, Any] | None) -> RunSummary | None:
     if not last:
         return None
@@ -1131,7 +871,7 @@ def run_agent(cfg: AgentConfig) -> int:
     # every nng or SQLite call that releases it can wait 5 ms to get it back.
     sys.setswitchinterval(0.0005)
     asyncio.run(main())
-    if agent._abandoned:
+    if agent.work.abandoned:
         # The stuck worker thread would keep the interpreter from exiting: flush, then leave.
         logging.shutdown()
         sys.stdout.flush()

@@ -1,0 +1,86 @@
+"""Keeping the remote subscriptions this node wants registered on the nodes that publish them.
+
+A subscription we want lives in our store ("wanted": from the recipe's `remote_subscribes`, or
+wired by hand); the publisher keeps its own row. `SubscriptionSync` registers pending ones until
+the publisher has them (also if it was down at compile time), re-registers recipe ones after
+each converge (`recheck`, idempotent on the publisher), and removes those marked `removing`.
+It runs on the agent's loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from flock_node.delivery import is_final
+from flock_node.store import Store
+from flock_node.transport import AsyncRpc, RpcError
+
+log = logging.getLogger("flock.subscriptions")
+
+RETRY_EVERY = 2.0  # seconds between passes while a publisher cannot be reached
+RECHECK_EVERY = 30.0  # seconds between passes when all is registered
+
+
+def public_id(wanted_id: str) -> str:
+    """The subscription's id as both nodes know it (ours is qualified with '@publisher')."""
+    return wanted_id.rsplit("@", 1)[0]
+
+
+class SubscriptionSync:
+    def __init__(self, store: Store, rpc: AsyncRpc, name: str,
+                 resolve: Callable[[str], str | None], emit: Callable[..., None]):
+        self.store = store
+        self.rpc = rpc
+        self.name = name
+        self.resolve = resolve
+        self.emit = emit
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Something changed (a converge ended, a publisher came back): sync now. Loop only."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            retry = False
+            for w in self.store.wanted_subscriptions({"pending", "recheck", "removing",
+                                                      "failed"}):
+                retry |= not await self.sync(w)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RETRY_EVERY if retry else RECHECK_EVERY):
+                    await self._wake.wait()
+
+    async def sync(self, w: dict[str, Any]) -> bool:
+        """Bring one wanted subscription to the publisher; False to try again later."""
+        addr = self.resolve(w["node"])
+        sid = public_id(w["id"])
+        if addr is None:
+            self.store.wanted_state(w["id"], w["state"], f"node {w['node']!r} not known yet")
+            return False
+        try:
+            if w["state"] == "removing":
+                await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid})
+                self.store.wanted_state(w["id"], "removed")
+                self.emit("subscription_removed", id=sid, node=w["node"])
+            else:
+                await self.rpc.call(addr, "resource_manager", "subscribe", {
+                    "resource": w["remote_resource"], "subscriber": self.name,
+                    "subscriber_resource": w["resource"], "action": w["action"],
+                })
+                self.store.wanted_state(w["id"], "registered")
+                if w["state"] != "recheck":  # a routine re-registration is not news
+                    self.emit("subscription_registered", id=sid, node=w["node"],
+                              resource=w["remote_resource"])
+            return True
+        except RpcError as e:
+            if e.code == "unknown_subscription" and w["state"] == "removing":
+                self.store.wanted_state(w["id"], "removed")
+                return True
+            final = is_final(e.code)
+            self.store.wanted_state(w["id"], "failed" if final else w["state"], str(e))
+            return final
