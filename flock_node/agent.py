@@ -13,19 +13,18 @@ import json
 import logging
 import os
 import signal
-import sqlite3
 import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import msgspec
-
-from flock_node import __version__, delivery
+from flock_node import __version__
+from flock_node.actors import Dispatcher
+from flock_node.actors.flock_api import FlockApi, summary
+from flock_node.actors.resource_manager import ResourceManager
 from flock_node.delivery import Deliverer, Target
 from flock_node.engine import Engine
 from flock_node.membership import (
@@ -38,38 +37,25 @@ from flock_node.membership import (
     Transition,
     admit,
 )
-from flock_node.paging import (
-    HISTORY_LIMIT,
-    OUTBOX_LIMIT,
-    count_arg,
-    fill_page,
-    too_big_for_a_page,
-)
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
     Envelope,
-    Error,
     Event,
     Heartbeat,
     Leave,
     Message,
     Peer,
-    Request,
-    Response,
-    RunSummary,
 )
 from flock_node.store import (
     OutboxItem,
     Store,
-    store_error,
 )
 from flock_node.subscriptions import SubscriptionSync
 from flock_node.supervisor import Supervisor
 from flock_node.transport import (
     AsyncRpc,
     Bus,
-    RpcError,
     RpcServer,
     SyncRpc,
     cancel_and_wait,
@@ -79,8 +65,7 @@ from flock_node.transport import (
     scan_runtime_dir,
     tcp_addresses,
 )
-from flock_node.work import Job, WorkQueue, cause_of
-from flock_node.work import run_id as new_run_id
+from flock_node.work import Job, WorkQueue
 
 log = logging.getLogger("flock.agent")
 
@@ -108,10 +93,6 @@ class AgentConfig:
     heartbeat: float = 1.0
     ttl: float = 24 * 3600.0
     stop_timeout: float = 30.0  # SIGTERM: how long the resource in progress may still take
-
-
-class BadRequest(Exception):
-    pass
 
 
 class Agent:
@@ -161,6 +142,21 @@ class Agent:
         self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)
         self.work = WorkQueue(self.engine, self.store, cfg.stop_timeout, self.emit,
                               self._prompt_heartbeat, self._job_finished, self._stopped.set)
+        self.dispatcher = Dispatcher(cfg.name, [
+            FlockApi(self, self.store, self.work, self.deliverer, self.membership),
+            ResourceManager(self, self.store, self.work, self.subscriptions, self.emit),
+        ])
+
+    # -- what the actors read about this node (NodeFacts) ---------------------------------
+    @property
+    def tags(self) -> list[str]:
+        return list(self.cfg.tags)
+
+    def dropped_frames(self) -> dict[str, int]:
+        return dict(self.codec.dropped)
+
+    def loop_failures(self) -> list[dict[str, Any]]:
+        return self.supervisor.report()
 
     # -- engine hooks (called from the worker thread) -------------------------------------
     def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
@@ -199,7 +195,7 @@ class Agent:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.bus = Bus(self.codec, self._on_bus, self._on_pipe_removed, self._on_pipe_added)
-        self.server = RpcServer(self.codec, self._handle)
+        self.server = RpcServer(self.codec, self.dispatcher.handle)
         # Recover before serving: a notification accepted now must find the inbox as the
         # last run left it, or a retry landing during the start would be queued twice.
         interrupted = self.store.recover_interrupted_runs()
@@ -297,7 +293,7 @@ class Agent:
             rpc=self.rpc_addr, interval=self.cfg.heartbeat, instance=self.instance,
             version=__version__,
             tags=list(self.cfg.tags), active=self.work.active, run=self.work.progress,
-            last_run=_summary(last), pending=counts.get("pending", 0) + counts.get("held", 0),
+            last_run=summary(last), pending=counts.get("pending", 0) + counts.get("held", 0),
             dead=counts.get("dead", 0), started=self.started,
             peers=[Peer(m.name, m.bus, m.rpc) for m in self.membership.members()
                    if m.state in (ALIVE, SUSPECT)],
@@ -492,329 +488,6 @@ class Agent:
             self._prompt_timer = asyncio.get_running_loop().call_later(
                 0.05 - (now - self._last_prompt), fire)
 
-    # -- RPC ---------------------------------------------------------------------------------
-    async def _handle(self, req: Request, env: Envelope) -> Response:
-        fn = _METHODS.get((req.actor, req.method))
-        if fn is None:
-            known = sorted(f"{a}.{m}" for a, m in _METHODS)
-            return Response(req.call_id, False, error=Error(
-                "unknown_method", f"no method {req.actor}.{req.method}; known: {', '.join(known)}"))
-        try:
-            result = await fn(self, **req.args)
-        except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError) as e:
-            # A value SQLite cannot take (a list where a string goes): the caller's mistake.
-            return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))
-        except sqlite3.Error as e:
-            # Our own trouble (disk full, database locked...), never the caller's: retryable.
-            code, msg = store_error(e)
-            log.error("%s.%s: %s", req.actor, req.method, msg)
-            return Response(req.call_id, False, error=Error(code, f"{self.name}: {msg}"))
-        except (TypeError, ValueError, OverflowError) as e:
-            # Arguments of the wrong shape: the caller's mistake, answered, not a crash.
-            return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))
-        except BadRequest as e:
-            return Response(req.call_id, False, error=Error("bad_request", str(e)))
-        except RpcError as e:
-            return Response(req.call_id, False, error=Error(e.code, e.message))
-        return Response(req.call_id, True, result=msgspec.to_builtins(result))
-
-    async def api_run_chef(self) -> dict[str, Any]:
-        if self.work.stopping.is_set():
-            raise RpcError("stopping", f"{self.name} is shutting down")
-        run_id, joined = self.work.run_chef()
-        # queued: it waits behind another run (it starts at once otherwise).
-        ahead = (self.work.current is not None and self.work.current.run_id != run_id) or any(
-            j.run_id != run_id for j in list(self.work.queue)[:1])
-        return {"run_id": run_id, "queued": joined or ahead, "joined": joined}
-
-    async def api_active(self) -> bool:
-        return self.work.active
-
-    async def api_status(self) -> dict[str, Any]:
-        counts = self.store.outbox_counts()
-        last = self.store.last_run()
-        cur = None
-        if self.work.current is not None:
-            p = self.work.progress
-            cur = {"id": self.work.current.run_id, "kind": self.work.current.kind,
-                   "resource": p.resource if p else "", "k": p.k if p else 0,
-                   "n": p.n if p else 0}
-        return {
-            "name": self.name, "version": __version__, "tags": list(self.cfg.tags),
-            "incarnation": self.incarnation, "address": self.rpc_addr, "bus": self.bus_addr,
-            "active": self.work.active, "current_run": cur,
-            "queued": [j.run_id for j in self.work.queue],
-            "last_run": _last_run(last),
-            "pending": counts.get("pending", 0) + counts.get("held", 0),
-            "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
-            "uptime": time.time() - self.started, "compile_error": self.work.compile_error,
-            "dropped_frames": dict(self.codec.dropped), "ready": self.ready,
-            "loop_failures": self.supervisor.report(),
-        }
-
-    async def api_history(self, limit: int = HISTORY_LIMIT,
-                          offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
-        """The `limit` most recent runs, newest first, with per-resource results. With `offset`:
-        one page of them from there, `{"items", "next_offset"}`, that fits a frame (see
-        flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
-        limit = count_arg(limit, "limit")
-        if offset is None:
-            return self.store.history(limit)
-        offset = count_arg(offset, "offset")
-        # Runs carry their resources: a page rarely holds many, so read few at a time.
-        take = min(limit, 50)
-        rows = [too_big_for_a_page(r) for r in self.store.history(take + 1, offset=offset)]
-        return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
-
-    async def api_run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
-        """One run with its per-resource results. With `offset`: `{"run", "items",
-        "next_offset"}`, the run and one page of its resources from there (a run with many
-        big outputs does not fit one frame); without it, the whole run."""
-        run = self.store.run(str(id))
-        if offset is None or run is None:
-            return run
-        offset = count_arg(offset, "offset")
-        resources = run.pop("resources")
-        page = fill_page(resources[offset:], offset, more=False)
-        return {"run": {**run, "resources": []}, **page}
-
-    async def api_members(self) -> list[dict[str, Any]]:
-        own = await self.api_status()
-        out = [{
-            "name": self.name, "state": ALIVE, "address": self.rpc_addr, "bus": self.bus_addr,
-            "rpc": self.rpc_addr, "incarnation": self.incarnation, "active": self.work.active,
-            "run": msgspec.to_builtins(self.work.progress), "last_run": own["last_run"],
-            "pending": own["pending"], "dead_letters": own["dead_letters"],
-            "tags": list(self.cfg.tags), "version": __version__, "age": 0.0,
-        }]
-        now = time.monotonic()
-        for m in self.membership.members():
-            hb: Heartbeat = m.info
-            out.append({
-                "name": m.name, "state": m.state, "address": m.rpc, "bus": m.bus, "rpc": m.rpc,
-                "incarnation": m.incarnation, "active": hb.active if m.state == ALIVE else False,
-                "run": msgspec.to_builtins(hb.run), "last_run": _summary_dict(hb.last_run),
-                "pending": hb.pending, "dead_letters": hb.dead, "tags": list(m.tags),
-                "version": hb.version, "age": now - m.last_seen,
-            })
-        return out
-
-    async def api_outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
-                         offset: int | None = None) -> list[dict] | dict[str, Any]:
-        """This node's remote notifications, newest first (only `status` ones if given). With
-        `offset`: one page from there that fits a frame, as `history` pages."""
-        limit = count_arg(limit, "limit")
-        statuses = [status] if status else None
-        if offset is None:
-            return self.store.outbox(statuses, limit)
-        offset = count_arg(offset, "offset")
-        take = min(limit, 1000)
-        rows = self.store.outbox(statuses, take + 1, offset=offset)
-        return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
-
-    async def api_retry(self, ids: list[str] | None = None) -> dict[str, Any]:
-        """Send dead-lettered and refused notifications again (all, or the given ids) with a
-        fresh TTL: after the receiver's disk was freed or its recipe fixed."""
-        if ids is not None and not (isinstance(ids, list)
-                                    and all(isinstance(i, str) for i in ids)):
-            raise BadRequest("ids must be a list of notification ids")
-        revived = self.store.outbox_revive(ids)
-        if revived:
-            self.deliverer.changed()
-        return {"retried": revived}
-
-    # resource_manager
-    async def rm_resources(self, offset: int | None = None,
-                           limit: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
-        """The persisted resources of the last compile, in recipe order. With `offset` (or
-        `limit`): one page, `{"items", "next_offset"}`, that fits a frame; without either, the
-        whole list (too_large if it does not fit)."""
-        rows = self.store.resources()
-        if offset is None and limit is None:
-            return [msgspec.to_builtins(r.__dict__) for r in rows]
-        start = count_arg(offset or 0, "offset")
-        end = len(rows) if limit is None else start + count_arg(limit, "limit")
-        return fill_page([msgspec.to_builtins(r.__dict__) for r in rows[start:end]], start,
-                         more=False)
-
-    def _check_ready(self) -> None:
-        if not self.ready:
-            raise RpcError("not_ready", f"{self.name} is starting: its recipe is compiling")
-
-    def _check_target(self, resource: str, action: str | None) -> None:
-        self._check_ready()
-        actions = self.store.resource_actions(resource)
-        if actions is None:
-            if self.work.compile_error is not None:
-                # The recipe that may declare it does not compile now: not final.
-                raise RpcError("not_ready", f"{self.name} has no resource {resource} and its "
-                               f"recipe does not compile ({self.work.compile_error})")
-            known = ", ".join(x.id for x in self.store.resources()[:20]) or "none"
-            raise RpcError("unknown_resource", f"{self.name} has no resource {resource}; it has: {known}")
-        if action is not None and action not in actions:
-            raise RpcError("unknown_action",
-                           f"{resource} on {self.name} has no action {action!r}; "
-                           f"allowed: {', '.join(actions)}")
-
-    async def rm_notify(self, resource: str, action: str, id: str | None = None,
-                        sender: str = "", hops: int = 1, cause: dict | None = None) -> dict:
-        """Accept a notification (de-duplicated by id) and queue its reaction."""
-        if not isinstance(resource, str) or not isinstance(action, str):
-            raise BadRequest("resource and action must be strings")
-        hops = _int(hops, "hops")
-        why = delivery.hop_refusal(hops)
-        if why:
-            log.error("refused notification %s from %s: %s", id, sender, why)
-            self.emit("notification_refused", id=id, sender=sender, resource=resource,
-                      action=action, error=why)
-            raise RpcError("hop_limit", why)
-        self._check_target(resource, action)
-        nid = id or "n-" + uuid.uuid4().hex
-        cause = dict(cause or {})
-        n = {"id": nid, "sender": sender, "resource": resource, "action": action,
-             "hops": hops, "cause": cause}
-        # The worker is idle: the reaction starts now, so its run row goes in the inbox
-        # row's commit, one commit fewer before the action starts.
-        run_id = new_run_id() if self.work.idle() else None
-        fresh = self.store.inbox_accept(nid, sender or "?", resource, action, hops, cause,
-                                        run=(run_id, cause_of(n)) if run_id else None)
-        if fresh:
-            self.work.enqueue_reaction(n, run_id)
-            self.emit("notification_received", id=nid, sender=sender, resource=resource,
-                      action=action)
-        return {"id": nid, "accepted": True, "duplicate": not fresh}
-
-    async def rm_notify_batch(self, items: list) -> list[dict | None]:
-        """Many notifications from one sender in one call and one commit, in order; each
-        answered like `notify` (accepted/duplicate) or with its own error."""
-        if not isinstance(items, list):
-            raise BadRequest("items must be a list")
-        out: list[dict | None] = []
-        rows: list[tuple] = []
-        for it in items:
-            nid = None
-            try:
-                if not isinstance(it, dict):
-                    raise BadRequest("each item must be a map")
-                nid, resource, action = it.get("id"), it.get("resource"), it.get("action")
-                if not (isinstance(nid, str) and isinstance(resource, str)
-                        and isinstance(action, str)):
-                    raise BadRequest("id, resource and action must be strings")
-                cause = it.get("cause") or {}
-                if not isinstance(cause, dict):
-                    raise BadRequest("cause must be a map")
-                hops = _int(it.get("hops", 1), "hops")
-                why = delivery.hop_refusal(hops)
-                if why:
-                    log.error("refused notification %s from %s: %s", nid, it.get("sender"), why)
-                    self.emit("notification_refused", id=nid, sender=it.get("sender"),
-                              resource=resource, action=action, error=why)
-                    raise RpcError("hop_limit", why)
-                self._check_target(resource, action)
-            except BadRequest as e:
-                out.append({"id": it.get("id") if isinstance(it, dict) else None,
-                            "error": {"code": "bad_request", "message": str(e)}})
-                continue
-            except RpcError as e:
-                out.append({"id": nid, "error": {"code": e.code, "message": e.message}})
-                if not delivery.is_final(e.code):
-                    # Not now (not ready...): none after it either, so the sender's order holds.
-                    out.extend({"id": x.get("id") if isinstance(x, dict) else None,
-                                "error": {"code": e.code, "message": e.message}}
-                               for x in items[len(out):])
-                    break
-                continue
-            out.append(None)
-            rows.append((nid, str(it.get("sender") or "?"), resource, action, hops, cause))
-        fresh = iter(self.store.inbox_accept_many(rows)) if rows else iter(())
-        accepted = iter(rows)
-        for i, r in enumerate(out):
-            if r is not None:
-                continue
-            nid, sender, resource, action, hops, cause = next(accepted)
-            new = next(fresh)
-            if new:
-                self.work.enqueue_reaction({"id": nid, "sender": sender, "resource": resource,
-                                        "action": action, "hops": hops, "cause": cause})
-                self.emit("notification_received", id=nid, sender=sender, resource=resource,
-                          action=action)
-            out[i] = {"id": nid, "accepted": True, "duplicate": not new}
-        return out
-
-    async def rm_subscribe(self, resource: str, subscriber: str, subscriber_resource: str,
-                           action: str) -> dict:
-        """Another node asks to run `action` on its resource when our `resource` is updated."""
-        self._check_target(resource, None)
-        sid = self.store.add_subscription(resource, subscriber, subscriber_resource, action)
-        return {"id": sid}
-
-    async def rm_subscribe_to(self, resource: str, action: str, node: str,
-                              remote_resource: str) -> dict:
-        """Wire by hand: our `resource` runs `action` when `node`'s `remote_resource` updates."""
-        self._check_target(resource, action)
-        wid = self.store.add_wanted(node, remote_resource, resource, action)
-        w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
-        await self.subscriptions.sync(w)
-        w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
-        if w["state"] == "failed":  # refused by the publisher: say so, keep nothing
-            self.store.wanted_state(wid, "removed")
-            code, _, msg = (w["last_error"] or "bad_request: refused").partition(": ")
-            raise RpcError(code, msg)
-        return {"id": wid.rsplit("@", 1)[0], "state": w["state"], "error": w["last_error"]}
-
-    async def rm_unsubscribe(self, id: str) -> dict:
-        """Remove a subscription, incoming (someone's on our resource) or outgoing (ours)."""
-        if not isinstance(id, str):
-            raise BadRequest("id must be a subscription id")
-        if self.store.remove_subscription(id):
-            return {"id": id, "removed": "incoming",
-                    "note": "if the subscriber's recipe declares it (remote_subscribes), its "
-                            "next converge registers it again"}
-        for w in self.store.wanted_subscriptions():
-            if w["id"] == id or w["id"].rsplit("@", 1)[0] == id:
-                self.store.wanted_state(w["id"], "removing")
-                ok = await self.subscriptions.sync({**w, "state": "removing"})
-                out = {"id": id, "removed": "outgoing", "remote_done": ok}
-                if w["origin"] == "recipe":
-                    out["note"] = (f"{w['resource']} declares it in the recipe "
-                                   "(remote_subscribes): the next converge registers it again; "
-                                   "remove it from the recipe to drop it for good")
-                return out
-        raise RpcError("unknown_subscription", f"{self.name} has no subscription {id!r}")
-
-    async def rm_subscriptions(self) -> dict[str, list[dict]]:
-        incoming = self.store.subscriptions()
-        outgoing = []
-        for w in self.store.wanted_subscriptions():
-            state = "registered" if w["state"] == "recheck" else w["state"]
-            outgoing.append({**w, "id": w["id"].rsplit("@", 1)[0], "state": state})
-        return {"incoming": incoming, "outgoing": outgoing}
-
-
-_METHODS: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
-    ("flock_api", "run_chef"): Agent.api_run_chef,
-    ("flock_api", "active"): Agent.api_active,
-    ("flock_api", "status"): Agent.api_status,
-    ("flock_api", "history"): Agent.api_history,
-    ("flock_api", "run"): Agent.api_run,
-    ("flock_api", "members"): Agent.api_members,
-    ("flock_api", "outbox"): Agent.api_outbox,
-    ("flock_api", "retry"): Agent.api_retry,
-    ("resource_manager", "resources"): Agent.rm_resources,
-    ("resource_manager", "notify"): Agent.rm_notify,
-    ("resource_manager", "notify_batch"): Agent.rm_notify_batch,
-    ("resource_manager", "subscribe"): Agent.rm_subscribe,
-    ("resource_manager", "subscribe_to"): Agent.rm_subscribe_to,
-    ("resource_manager", "unsubscribe"): Agent.rm_unsubscribe,
-    ("resource_manager", "subscriptions"): Agent.rm_subscriptions,
-}
-
-
-def _int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise BadRequest(f"{name} must be an integer, got {v!r}")
-    return v
-
 
 def _glob(pattern: str, name: str) -> bool:
     from fnmatch import fnmatchcase
@@ -825,30 +498,6 @@ def _glob(pattern: str, name: str) -> bool:
 def _plain(obj: Any) -> Any:
     """A value as the outbox row stores it (JSON), so both delivery paths send the same."""
     return json.loads(json.dumps(obj, default=repr, sort_keys=True))
-
-
-def _summary(last: dict[str, Any] | None) -> RunSummary | None:
-    if not last:
-        return None
-    return RunSummary(id=last["id"], status=last["status"], kind=last["kind"],
-                      started=last["started"], duration=last["duration"] or 0.0,
-                      updated=last["updated"], error=last["error"])
-
-
-def _summary_dict(s: RunSummary | None) -> dict[str, Any] | None:
-    return _last_run_from(msgspec.to_builtins(s)) if s else None
-
-
-def _last_run(last: dict[str, Any] | None) -> dict[str, Any] | None:
-    return _last_run_from(last) if last else None
-
-
-def _last_run_from(d: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": d["id"], "status": d["status"], "kind": d.get("kind", "converge"),
-        "started": d.get("started"), "duration": d.get("duration"),
-        "updated": d.get("updated", 0), "error": d.get("error"),
-    }
 
 
 def run_agent(cfg: AgentConfig) -> int:

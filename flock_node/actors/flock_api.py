@@ -1,0 +1,169 @@
+"""`flock_api`: what operators, consoles and recipes ask a node (run_chef, active, status,
+history, members, outbox, retry)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+
+from flock_node import __version__
+from flock_node.actors import BadRequest, NodeFacts
+from flock_node.delivery import Deliverer
+from flock_node.membership import ALIVE, Membership
+from flock_node.paging import (
+    HISTORY_LIMIT,
+    OUTBOX_LIMIT,
+    count_arg,
+    fill_page,
+    too_big_for_a_page,
+)
+from flock_node.protocol import Heartbeat, RunSummary
+from flock_node.store import Store
+from flock_node.transport import RpcError
+from flock_node.work import WorkQueue
+
+
+class FlockApi:
+    NAME = "flock_api"
+    METHODS = ('run_chef', 'active', 'status', 'history', 'run', 'members', 'outbox', 'retry')
+
+    def __init__(self, node: NodeFacts, store: Store, work: WorkQueue, deliverer: Deliverer,
+                 membership: Membership):
+        self.node = node
+        self.store = store
+        self.work = work
+        self.deliverer = deliverer
+        self.membership = membership
+
+    async def run_chef(self) -> dict[str, Any]:
+        if self.work.stopping.is_set():
+            raise RpcError("stopping", f"{self.node.name} is shutting down")
+        run_id, joined = self.work.run_chef()
+        # queued: it waits behind another run (it starts at once otherwise).
+        ahead = (self.work.current is not None and self.work.current.run_id != run_id) or any(
+            j.run_id != run_id for j in list(self.work.queue)[:1])
+        return {"run_id": run_id, "queued": joined or ahead, "joined": joined}
+
+    async def active(self) -> bool:
+        return self.work.active
+
+    async def status(self) -> dict[str, Any]:
+        counts = self.store.outbox_counts()
+        last = self.store.last_run()
+        cur = None
+        if self.work.current is not None:
+            p = self.work.progress
+            cur = {"id": self.work.current.run_id, "kind": self.work.current.kind,
+                   "resource": p.resource if p else "", "k": p.k if p else 0,
+                   "n": p.n if p else 0}
+        return {
+            "name": self.node.name, "version": __version__, "tags": list(self.node.tags),
+            "incarnation": self.node.incarnation, "address": self.node.rpc_addr, "bus": self.node.bus_addr,
+            "active": self.work.active, "current_run": cur,
+            "queued": [j.run_id for j in self.work.queue],
+            "last_run": last_run(last),
+            "pending": counts.get("pending", 0) + counts.get("held", 0),
+            "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
+            "uptime": time.time() - self.node.started, "compile_error": self.work.compile_error,
+            "dropped_frames": self.node.dropped_frames(), "ready": self.node.ready,
+            "loop_failures": self.node.loop_failures(),
+        }
+
+    async def history(self, limit: int = HISTORY_LIMIT,
+                          offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+        """The `limit` most recent runs, newest first, with per-resource results. With `offset`:
+        one page of them from there, `{"items", "next_offset"}`, that fits a frame (see
+        flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
+        limit = count_arg(limit, "limit")
+        if offset is None:
+            return self.store.history(limit)
+        offset = count_arg(offset, "offset")
+        # Runs carry their resources: a page rarely holds many, so read few at a time.
+        take = min(limit, 50)
+        rows = [too_big_for_a_page(r) for r in self.store.history(take + 1, offset=offset)]
+        return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
+
+    async def run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
+        """One run with its per-resource results. With `offset`: `{"run", "items",
+        "next_offset"}`, the run and one page of its resources from there (a run with many
+        big outputs does not fit one frame); without it, the whole run."""
+        run = self.store.run(str(id))
+        if offset is None or run is None:
+            return run
+        offset = count_arg(offset, "offset")
+        resources = run.pop("resources")
+        page = fill_page(resources[offset:], offset, more=False)
+        return {"run": {**run, "resources": []}, **page}
+
+    async def members(self) -> list[dict[str, Any]]:
+        own = await self.status()
+        out = [{
+            "name": self.node.name, "state": ALIVE, "address": self.node.rpc_addr, "bus": self.node.bus_addr,
+            "rpc": self.node.rpc_addr, "incarnation": self.node.incarnation, "active": self.work.active,
+            "run": msgspec.to_builtins(self.work.progress), "last_run": own["last_run"],
+            "pending": own["pending"], "dead_letters": own["dead_letters"],
+            "tags": list(self.node.tags), "version": __version__, "age": 0.0,
+        }]
+        now = time.monotonic()
+        for m in self.membership.members():
+            hb: Heartbeat = m.info
+            out.append({
+                "name": m.name, "state": m.state, "address": m.rpc, "bus": m.bus, "rpc": m.rpc,
+                "incarnation": m.incarnation, "active": hb.active if m.state == ALIVE else False,
+                "run": msgspec.to_builtins(hb.run), "last_run": summary_dict(hb.last_run),
+                "pending": hb.pending, "dead_letters": hb.dead, "tags": list(m.tags),
+                "version": hb.version, "age": now - m.last_seen,
+            })
+        return out
+
+    async def outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
+                         offset: int | None = None) -> list[dict] | dict[str, Any]:
+        """This node's remote notifications, newest first (only `status` ones if given). With
+        `offset`: one page from there that fits a frame, as `history` pages."""
+        limit = count_arg(limit, "limit")
+        statuses = [status] if status else None
+        if offset is None:
+            return self.store.outbox(statuses, limit)
+        offset = count_arg(offset, "offset")
+        take = min(limit, 1000)
+        rows = self.store.outbox(statuses, take + 1, offset=offset)
+        return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
+
+    async def retry(self, ids: list[str] | None = None) -> dict[str, Any]:
+        """Send dead-lettered and refused notifications again (all, or the given ids) with a
+        fresh TTL: after the receiver's disk was freed or its recipe fixed."""
+        if ids is not None and not (isinstance(ids, list)
+                                    and all(isinstance(i, str) for i in ids)):
+            raise BadRequest("ids must be a list of notification ids")
+        revived = self.store.outbox_revive(ids)
+        if revived:
+            self.deliverer.changed()
+        return {"retried": revived}
+
+
+def summary(last: dict[str, Any] | None) -> RunSummary | None:
+    if not last:
+        return None
+    return RunSummary(id=last["id"], status=last["status"], kind=last["kind"],
+                      started=last["started"], duration=last["duration"] or 0.0,
+                      updated=last["updated"], error=last["error"])
+
+
+def summary_dict(s: RunSummary | None) -> dict[str, Any] | None:
+    return last_run_from(msgspec.to_builtins(s)) if s else None
+
+
+def last_run(last: dict[str, Any] | None) -> dict[str, Any] | None:
+    return last_run_from(last) if last else None
+
+
+def last_run_from(d: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": d["id"], "status": d["status"], "kind": d.get("kind", "converge"),
+        "started": d.get("started"), "duration": d.get("duration"),
+        "updated": d.get("updated", 0), "error": d.get("error"),
+    }
+
+
