@@ -170,6 +170,29 @@ def log_findings(texts: dict[str, str], limit: int = 12) -> list[dict[str, Any]]
     return [{**g, "nodes": sorted(g["nodes"])} for g in rows]
 
 
+def crash_tracebacks(texts: dict[str, str], limit: int = 5) -> list[str]:
+    """The tracebacks logged after a crash (a loop restarted, an agent died), whole: the
+    line that names the crash and the traceback under it."""
+    out: list[str] = []
+    for node, text in texts.items():
+        lines = text.splitlines()
+        for i, line in enumerate(lines):
+            if not _CRASH.search(line):
+                continue
+            block = [line]
+            for nxt in lines[i + 1:i + 60]:
+                if not nxt.startswith((" ", "Traceback", "\t")) and block[-1].strip() and \
+                        len(block) > 1 and not block[-1].startswith(" "):
+                    break
+                block.append(nxt)
+                if nxt and not nxt.startswith((" ", "Traceback")):
+                    break  # the exception line ends the traceback
+            out.append(f"{node}:\n" + "\n".join(block))
+            if len(out) >= limit:
+                return out
+    return out
+
+
 # -- the network: namespaces around a bridge, or loopback ----------------------------------------
 class NetworkUnavailable(Exception):
     pass
@@ -612,6 +635,7 @@ class Chaos:
             queues = self.queues()
             # Supervised loops restart instead of taking the agent down: count them too.
             crashes = sum(len(_CRASH.findall(a.output())) for a in self.agents.values())
+            tracebacks = crash_tracebacks({n: a.output() for n, a in self.agents.items()})
             return {
                 "network": self.net_note,
                 "agents": len(self.names), "seconds": cfg.seconds, "rate": cfg.rate,
@@ -619,7 +643,7 @@ class Chaos:
                 "faults": dict(self.faults_done),
                 **{k: result[k] for k in ("sent", "applied", "lost", "doubled")},
                 "exited_on_their_own": len(self.exits),
-                "loops_crashed": crashes,
+                "loops_crashed": crashes, "crash_tracebacks": tracebacks,
                 **{k: v for k, v in result.items()
                    if k not in ("sent", "applied", "lost", "doubled")},
                 "drained": drained, "setup_s": round(setup_s, 1),

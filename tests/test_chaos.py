@@ -12,7 +12,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 
-from chaoslib import KINDS, ChaosConfig, log_findings, plan_faults, run_chaos, tally  # noqa: E402
+from chaoslib import (  # noqa: E402
+    KINDS,
+    ChaosConfig,
+    crash_tracebacks,
+    log_findings,
+    plan_faults,
+    run_chaos,
+    tally,
+)
 
 
 def test_tally_by_origin_finds_lost_doubled_and_extra():
@@ -47,6 +55,14 @@ def test_log_findings_group_errors_by_shape():
     f = log_findings(logs)
     assert f[0]["count"] == 2 and f[0]["nodes"] == ["src"]
     assert any("task delivery crashed" in g["example"] for g in f)
+
+
+def test_crash_tracebacks_are_kept_whole():
+    log = ("t mid ERROR flock.supervisor: loop delivery crashed; restarting in 0.1s\n"
+           "Traceback (most recent call last):\n  File \"d.py\", line 3, in run\n    x()\n"
+           "KeyError: 'target'\nt mid INFO flock.agent: later\n")
+    [tb] = crash_tracebacks({"mid-1.log": log})
+    assert tb.startswith("mid-1.log:") and tb.endswith("KeyError: 'target'")
 
 
 def test_every_notification_applied_exactly_once_through_faults():
