@@ -112,7 +112,7 @@ class Agent:
         self.subscriptions = SubscriptionSync(self.store, self.rpc, cfg.name,
                                               self._resolve_addr, self.emit)
         self._stopped = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self.crashed = False  # an internal task died: exit non-zero so a supervisor restarts us
         self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, TextIO
 
 from flock_node import __version__, paths
 from flock_node.client import Flock
@@ -184,7 +184,7 @@ def select(nodes: list[dict[str, Any]], target: str) -> list[str]:
 
 
 class Ctx:
-    def __init__(self, args: argparse.Namespace, out=None):
+    def __init__(self, args: argparse.Namespace, out: TextIO | None = None) -> None:
         self.args = args
         self.out = out or sys.stdout
         self._flock: Flock | None = None
@@ -393,9 +393,9 @@ def _worst(errors: dict[str, CliError], code: int) -> int:
     return code
 
 
-def _wait_runs(c: Ctx, started: dict[str, str], errors: dict[str, CliError]) -> dict[str, dict]:
+def _wait_runs(c: Ctx, started: dict[str, str], errors: dict[str, CliError]) -> dict[str, dict[str, Any]]:
     deadline = time.monotonic() + c.args.timeout
-    results: dict[str, dict] = {}
+    results: dict[str, dict[str, Any]] = {}
     live: dict[str, str] = {}
     tty = c.out.isatty() and not c.args.json
     drawn = 0
@@ -707,7 +707,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
 }
 
 
-def run_command(args: argparse.Namespace, out=None) -> int:
+def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     """Run one scripting command; errors print one line to stderr and set the exit code."""
     c = Ctx(args, out)
     try:

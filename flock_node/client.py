@@ -46,7 +46,7 @@ _POSITIONAL = {
 ACTORS = ("flock_api", "resource_manager")
 
 
-def _args(method: str, args: tuple, kwargs: dict) -> dict[str, Any]:
+def _args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
     names = _POSITIONAL.get(method, ())
     if len(args) > len(names):
         raise TypeError(f"{method}() takes at most {len(names)} positional arguments")
@@ -92,7 +92,7 @@ class _Discovery:
     def address(self, name: str) -> str | None:
         m = self.members.get(name)
         if m is not None:
-            return m["rpc"]
+            return str(m["rpc"])
         local = scan_runtime_dir(self.runtime_dir).get(name)
         return local[1] if local else None
 
@@ -159,8 +159,9 @@ class Flock:
 
         def ask(addr: str) -> list[dict[str, Any]] | RpcError:
             try:
-                return self._rpc.call(addr, "flock_api", "members",
-                                      timeout=min(self._rpc.timeout, 2.0))
+                members: list[dict[str, Any]] = self._rpc.call(
+                    addr, "flock_api", "members", timeout=min(self._rpc.timeout, 2.0))
+                return members
             except RpcError as e:
                 return e
 
@@ -251,8 +252,9 @@ class AsyncFlock:
 
         async def ask(addr: str) -> list[dict[str, Any]] | RpcError:
             try:
-                return await self._rpc.call(addr, "flock_api", "members",
-                                            timeout=min(self._rpc.timeout, 2.0))
+                members: list[dict[str, Any]] = await self._rpc.call(
+                    addr, "flock_api", "members", timeout=min(self._rpc.timeout, 2.0))
+                return members
             except RpcError as e:
                 return e
 

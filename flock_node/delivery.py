@@ -37,7 +37,7 @@ def backoff(attempts: int, rng: random.Random | None = None) -> float:
     on the upper half so many senders retrying one node do not stampede together."""
     base = min(BACKOFF_CAP, BACKOFF_BASE * (2 ** max(0, attempts)))
     r = (rng or random).random()
-    return base / 2 + r * base / 2
+    return float(base / 2 + r * base / 2)
 
 
 def is_final(code: str) -> bool:
@@ -175,7 +175,7 @@ class Deliverer:
         return out
 
     async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
-        by_target: dict[str, list[dict]] = {}
+        by_target: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_target.setdefault(item["target"], []).append(item)
         if len(by_target) == 1:
@@ -188,7 +188,7 @@ class Deliverer:
         return {"id": it["id"], "sender": self.sender, "resource": it["resource"],
                 "action": it["action"], "hops": it["hops"], "cause": it["cause"]}
 
-    async def _deliver_to(self, target: str, items: list[dict]) -> None:
+    async def _deliver_to(self, target: str, items: list[dict[str, Any]]) -> None:
         where = self.locate(target)
         gone = where.state in ("down", "left")
         # A backlog goes in batches: one call and one commit on each side per batch, in order.
@@ -210,8 +210,8 @@ class Deliverer:
             if not isinstance(answers, list) or len(answers) != len(chunk):
                 self._no_batch.add(target)
                 break
-            delivered: list[dict] = []
-            failed: list[tuple[dict, RpcError]] = []
+            delivered: list[dict[str, Any]] = []
+            failed: list[tuple[dict[str, Any], RpcError]] = []
             retry_from: tuple[int, RpcError] | None = None
             for i, (it, ans) in enumerate(zip(chunk, answers, strict=True)):
                 err = ans.get("error") if isinstance(ans, dict) else None
@@ -252,7 +252,7 @@ class Deliverer:
             self._reschedule(target, items[i:], err)
             return
 
-    def _settle(self, target: str, delivered: list[dict], failed: list[tuple[dict, RpcError]]
+    def _settle(self, target: str, delivered: list[dict[str, Any]], failed: list[tuple[dict[str, Any], RpcError]]
                 ) -> None:
         self.store.outbox_settle([it["id"] for it in delivered],
                                  [(it["id"], f"{x.code}: {x.message}") for it, x in failed])
@@ -264,7 +264,7 @@ class Deliverer:
             self.emit("notification_failed", id=it["id"], target=target,
                       resource=it["resource"], action=it["action"], error=str(err))
 
-    def _reschedule(self, target: str, items: list[dict], err: RpcError) -> None:
+    def _reschedule(self, target: str, items: list[dict[str, Any]], err: RpcError) -> None:
         self._clean = False  # these stay pending: the next pass reads the store
         # One retry time for the whole queue of this target: per-item jitter would scramble
         # the order in which its notifications arrive.
@@ -285,10 +285,10 @@ def clock_jump(before: tuple[float, float], now: tuple[float, float]) -> float |
     return drift if abs(drift) > CLOCK_JUMP else None
 
 
-def batch(items: list[dict[str, Any]], wire: Callable[[dict[str, Any]], Any]) -> list[dict]:
+def batch(items: list[dict[str, Any]], wire: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
     """The first items of a target's queue that go in one notify_batch call: at most
     DELIVERY_BATCH of them and BATCH_BYTES of their encoding (at least one)."""
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
     size = 0
     for it in items[:DELIVERY_BATCH]:
         n = len(_enc.encode(wire(it)))

@@ -323,7 +323,7 @@ class Codec:
         heapq.heappush(heap, (expiry, nonce))
 
 
-def load_key(path: str | os.PathLike) -> bytes:
+def load_key(path: str | os.PathLike[str]) -> bytes:
     """Read a key file (hex or raw); refuse an empty or world-readable one."""
     p = os.fspath(path)
     with open(p, "rb") as f:
@@ -343,7 +343,7 @@ def load_key(path: str | os.PathLike) -> bytes:
     return key
 
 
-def generate_key_file(path: str | os.PathLike) -> str:
+def generate_key_file(path: str | os.PathLike[str]) -> str:
     """Write a new random 32-byte key, hex-encoded, mode 0600."""
     p = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(p)), exist_ok=True)

@@ -243,7 +243,7 @@ class Store:
             self._db.close()
 
     # -- helpers ---------------------------------------------------------------------------
-    def _tx(self):
+    def _tx(self) -> _Tx:
         return _Tx(self)
 
     def _all(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
@@ -252,7 +252,8 @@ class Store:
 
     def _one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
         with self._lock:
-            return self._db.execute(sql, tuple(args)).fetchone()
+            row: sqlite3.Row | None = self._db.execute(sql, tuple(args)).fetchone()
+            return row
 
     # -- meta ------------------------------------------------------------------------------
     def next_incarnation(self, now: float | None = None) -> int:
@@ -360,7 +361,7 @@ class Store:
             for item in outbox or ():
                 self._insert_outbox(db, item, run_id, now)
 
-    def record_results(self, run_id: str, rows: list[tuple]) -> None:
+    def record_results(self, run_id: str, rows: list[tuple[Any, ...]]) -> None:
         """Many quiet results at once: (seq, resource, action, result, duration, error, output).
         Only for results with no outbox rows (up-to-date resources), so batching is safe."""
         now = time.time()
@@ -374,7 +375,8 @@ class Store:
                 [(row[3], row[2], run_id, now, row[1]) for row in rows],
             )
 
-    def _insert_outbox(self, db: sqlite3.Connection, item: OutboxItem, run_id: str, now: float):
+    def _insert_outbox(self, db: sqlite3.Connection, item: OutboxItem, run_id: str,
+                       now: float) -> None:
         if item.unmatched is not None:
             db.execute(
                 "INSERT OR IGNORE INTO outbox (id, target, resource, action, status, hops, cause,"
@@ -622,7 +624,7 @@ class Store:
             ).rowcount
 
     def outbox(self, statuses: Iterable[str] | None = None, limit: int = 500,
-               offset: int = 0) -> list[dict]:
+               offset: int = 0) -> list[dict[str, Any]]:
         if statuses:
             st = list(statuses)
             q = ",".join("?" * len(st))
@@ -672,7 +674,7 @@ class Store:
 
     # -- inbox (receiver side, exactly once) -------------------------------------------------
     def inbox_accept(
-        self, nid: str, sender: str, resource: str, action: str, hops: int, cause: dict,
+        self, nid: str, sender: str, resource: str, action: str, hops: int, cause: dict[str, Any],
         run: tuple[str, dict[str, Any] | None] | None = None,
     ) -> bool:
         """Record a received notification. False if this id was already received.
@@ -696,7 +698,7 @@ class Store:
                 )
             return fresh
 
-    def inbox_accept_many(self, rows: list[tuple]) -> list[bool]:
+    def inbox_accept_many(self, rows: list[tuple[Any, ...]]) -> list[bool]:
         """inbox_accept for many (nid, sender, resource, action, hops, cause) in one commit."""
         now = time.time()
         fresh = []
@@ -861,7 +863,8 @@ class _Tx:
         self.store._db.execute("BEGIN IMMEDIATE")
         return self.store._db
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
         try:
             if exc_type is None:
                 self.store._db.execute("COMMIT")
@@ -869,4 +872,3 @@ class _Tx:
                 self.store._db.execute("ROLLBACK")
         finally:
             self.store._lock.release()
-        return False

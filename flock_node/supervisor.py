@@ -36,7 +36,7 @@ def restart_delay(crashes: int, ran_for: float) -> float:
     """Backoff before restarting a loop that crashed `crashes` times in a row."""
     if ran_for >= HEALTHY_AFTER:
         return RESTART_MIN
-    return min(RESTART_MAX, RESTART_MIN * (2 ** max(0, crashes - 1)))
+    return float(min(RESTART_MAX, RESTART_MIN * (2 ** max(0, crashes - 1))))
 
 
 class Supervisor:

@@ -171,7 +171,7 @@ def _listen(sock: pynng.Socket, addr: str) -> None:
         os.chmod(path, 0o600)
 
 
-async def cancel_and_wait(tasks: list[asyncio.Task], timeout: float = 1.0) -> None:
+async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 1.0) -> None:
     """Cancel receiving tasks and give them `timeout` to end (pynng #108: before their
     sockets close). Bounded: a pynng receive whose cancellation never completes must not
     hang a shutdown; closing its socket afterwards ends it."""
@@ -211,7 +211,7 @@ class Bus:
         self.sock.reconnect_time_min = 100
         self.sock.reconnect_time_max = 1000
         self._dialed: dict[str, Any] = {}
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listen_addr: str | None = None
         self._outq: queue.SimpleQueue[bytes | None] | None = None
@@ -450,7 +450,7 @@ class RpcServer:
         self.sock = pynng.Rep0(recv_max_size=MAX_FRAME)
         self.sock.send_timeout = 5000
         self.n = contexts
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[Any]] = []
         self._ctxs: list[pynng.Context] = []
         self._answers = AnswerCache()
         self.addr: str | None = None

@@ -119,7 +119,7 @@ class FlockApi:
         return out
 
     async def outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
-                         offset: int | None = None) -> list[dict] | dict[str, Any]:
+                         offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
         """This node's remote notifications, newest first (only `status` ones if given). With
         `offset`: one page from there that fits a frame, as `history` pages."""
         limit = count_arg(limit, "limit")

@@ -68,7 +68,7 @@ class ResourceManager:
                            f"allowed: {', '.join(actions)}")
 
     async def notify(self, resource: str, action: str, id: str | None = None,
-                        sender: str = "", hops: int = 1, cause: dict | None = None) -> dict:
+                        sender: str = "", hops: int = 1, cause: dict[str, Any] | None = None) -> dict[str, Any]:
         """Accept a notification (de-duplicated by id) and queue its reaction."""
         if not isinstance(resource, str) or not isinstance(action, str):
             raise BadRequest("resource and action must be strings")
@@ -95,13 +95,13 @@ class ResourceManager:
                       action=action)
         return {"id": nid, "accepted": True, "duplicate": not fresh}
 
-    async def notify_batch(self, items: list) -> list[dict | None]:
+    async def notify_batch(self, items: list[Any]) -> list[dict[str, Any] | None]:
         """Many notifications from one sender in one call and one commit, in order; each
         answered like `notify` (accepted/duplicate) or with its own error."""
         if not isinstance(items, list):
             raise BadRequest("items must be a list")
-        out: list[dict | None] = []
-        rows: list[tuple] = []
+        out: list[dict[str, Any] | None] = []
+        rows: list[tuple[Any, ...]] = []
         for it in items:
             nid = None
             try:
@@ -153,14 +153,14 @@ class ResourceManager:
         return out
 
     async def subscribe(self, resource: str, subscriber: str, subscriber_resource: str,
-                           action: str) -> dict:
+                           action: str) -> dict[str, Any]:
         """Another node asks to run `action` on its resource when our `resource` is updated."""
         self._check_target(resource, None)
         sid = self.store.add_subscription(resource, subscriber, subscriber_resource, action)
         return {"id": sid}
 
     async def subscribe_to(self, resource: str, action: str, node: str,
-                              remote_resource: str) -> dict:
+                              remote_resource: str) -> dict[str, Any]:
         """Wire by hand: our `resource` runs `action` when `node`'s `remote_resource` updates."""
         self._check_target(resource, action)
         wid = self.store.add_wanted(node, remote_resource, resource, action)
@@ -173,7 +173,7 @@ class ResourceManager:
             raise RpcError(code, msg)
         return {"id": wid.rsplit("@", 1)[0], "state": w["state"], "error": w["last_error"]}
 
-    async def unsubscribe(self, id: str) -> dict:
+    async def unsubscribe(self, id: str) -> dict[str, Any]:
         """Remove a subscription, incoming (someone's on our resource) or outgoing (ours)."""
         if not isinstance(id, str):
             raise BadRequest("id must be a subscription id")
@@ -193,7 +193,7 @@ class ResourceManager:
                 return out
         raise RpcError("unknown_subscription", f"{self.node.name} has no subscription {id!r}")
 
-    async def subscriptions(self) -> dict[str, list[dict]]:
+    async def subscriptions(self) -> dict[str, list[dict[str, Any]]]:
         incoming = self.store.subscriptions()
         outgoing = []
         for w in self.store.wanted_subscriptions():

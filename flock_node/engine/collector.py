@@ -41,7 +41,7 @@ class Collector:
 
 def current() -> Collector:
     """The collector of the compile running in this thread, or a clear error."""
-    col = getattr(_local, "collector", None)
+    col: Collector | None = getattr(_local, "collector", None)
     if col is None:
         raise RecipeError(
             "flock_node.dsl resources can only be declared inside a recipe compiled by the "

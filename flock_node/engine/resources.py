@@ -17,7 +17,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from flock_node.engine import collector
 from flock_node.engine.errors import RecipeError, ResourceFailure
@@ -122,16 +122,16 @@ def _opt_seconds(v: Any) -> float | None:
     return None if v is None else _seconds(v)
 
 
-def _guard(v: Any) -> str | Callable | None:
+def _guard(v: Any) -> str | Callable[..., Any] | None:
     if v is None or isinstance(v, str) or callable(v):
-        return v
+        return cast("str | Callable[..., Any] | None", v)
     raise ValueError(f"must be a shell command string or a callable, not {type(v).__name__}")
 
 
-def _callable(v: Any) -> Callable | None:
+def _callable(v: Any) -> Callable[..., Any] | None:
     if v is not None and not callable(v):
         raise ValueError(f"must be a callable, not {type(v).__name__}")
-    return v
+    return cast("Callable[..., Any] | None", v)
 
 
 def _returns(v: Any) -> list[int]:
@@ -204,7 +204,7 @@ class Wait:
     text: str
 
 
-def describe_condition(cond: Callable) -> str:
+def describe_condition(cond: Callable[..., Any]) -> str:
     """The source of a condition (usually a lambda in a recipe line), else its repr."""
     try:
         text = inspect.getsource(cond).strip()
@@ -465,7 +465,8 @@ class Resource:
         """Bring the resource to `action`: (changed, output) or raise ResourceFailure."""
         if action == "nothing":
             return False, ""
-        return getattr(self, "action_" + action)()
+        act: Callable[[], tuple[bool, str]] = getattr(self, "action_" + action)
+        return act()
 
 
 def _fail_os(what: str, e: OSError) -> ResourceFailure:

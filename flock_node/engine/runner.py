@@ -57,7 +57,7 @@ class RunContext:
 
     run_id: str
     kind: str = "converge"  # converge | reaction
-    cause: dict | None = None  # reactions: {"node", "run", "resource", "notification"}
+    cause: dict[str, Any] | None = None  # reactions: {"node", "run", "resource", "notification"}
     hops: int = 0
     progress: Callable[[int, int, str], None] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
@@ -70,7 +70,7 @@ def derived_id(key: str) -> str:
     return "n-" + uuid.uuid5(uuid.NAMESPACE_URL, "flock-notification:" + key).hex
 
 
-def chain_origin(cause: dict | None) -> str | None:
+def chain_origin(cause: dict[str, Any] | None) -> str | None:
     """The id of the first notification of the chain a reaction belongs to."""
     if not cause:
         return None
@@ -103,9 +103,10 @@ class _Recorder:
     def __init__(self, store: Store, run_id: str):
         self.store = store
         self.run_id = run_id
-        self.batch: list[tuple] = []
+        self.batch: list[tuple[Any, ...]] = []
 
-    def record(self, seq, rid, action, result, duration, error, output, outbox) -> None:
+    def record(self, seq: int, rid: str, action: str, result: str, duration: float,
+               error: str | None, output: str | None, outbox: list[OutboxItem]) -> None:
         if result == "up_to_date" and not outbox and not error:
             self.batch.append((seq, rid, action, result, duration, error, output))
             if len(self.batch) >= BATCH_LIMIT:

@@ -172,7 +172,7 @@ class _Tail:
                     del self.err[: len(self.err) - 4096]
 
 
-def _pump(stream, tail: _Tail, is_err: bool) -> None:
+def _pump(stream: Any, tail: _Tail, is_err: bool) -> None:
     try:
         while True:
             chunk = stream.read1(65536) if hasattr(stream, "read1") else stream.read(65536)
@@ -204,7 +204,7 @@ class CommandTimedOut(Exception):
         self.limit = limit
 
 
-def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE) -> None:
+def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE) -> None:
     """SIGTERM the process group, then SIGKILL it if the leader is still there after `grace`."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -231,7 +231,7 @@ def _env(env: dict[str, str] | None) -> dict[str, str] | None:
 
 
 def _spawn(command: str, cwd: str | None, env: dict[str, str] | None, capture: bool
-           ) -> tuple[subprocess.Popen, int]:
+           ) -> tuple[subprocess.Popen[bytes], int]:
     """Start `command` under the watchdog wrapper: (process, the watchdog pipe's write end)."""
     current_kill_check()
     r, w = os.pipe()
@@ -263,7 +263,7 @@ def current_kill_check() -> None:
         kill.check()
 
 
-def _release(proc: subprocess.Popen, w: int) -> None:
+def _release(proc: subprocess.Popen[bytes], w: int) -> None:
     """The command ended: send the watchdog home, forget the group."""
     with contextlib.suppress(OSError):
         os.write(w, b"done\n")
@@ -271,7 +271,7 @@ def _release(proc: subprocess.Popen, w: int) -> None:
     children.remove(proc.pid)
 
 
-def _wait(proc: subprocess.Popen, timeout: float | None) -> bool:
+def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
     """Wait for the command; kill its group at `timeout` (True) or when the run's Kill fires
     (Interrupted)."""
     kill = current_kill()
