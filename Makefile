@@ -23,6 +23,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check flock_node flock_tui tests benchmarks
+	$(BIN)/python -m mypy flock_node flock_tui
 
 screenshots: $(STAMP)
 	$(BIN)/python scripts/screenshots.py

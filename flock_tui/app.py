@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from rich.text import Text
 from textual import on, work
@@ -60,13 +60,16 @@ from flock_tui.screens import (
     err_text,
 )
 
+if TYPE_CHECKING:
+    from flock_tui.model import Change
+
 POLL_INTERVAL = 1.0
 FLUSH_INTERVAL = 0.1
 
 # Built-in bindings of the flock table. Ids let console.toml's [keymap] remap them.
 BUILTIN_BINDINGS: list[Binding] = [
     Binding("r", "run_chef", "Run chef", id="flock.run_chef"),
-    Binding("n", "notify", "Notify", id="flock.notify"),
+    Binding("n", "notify_node", "Notify", id="flock.notify"),
     Binding("s", "subscribe", "Subscribe", id="flock.subscribe"),
     Binding("space", "mark", "Mark", id="flock.mark"),
     Binding("a", "mark_all", "Mark all / none", show=False, id="flock.mark_all"),
@@ -80,7 +83,7 @@ BUILTIN_BINDINGS: list[Binding] = [
 # What --read-only hides.
 CHANGING = {"flock.run_chef", "flock.notify", "flock.subscribe", "node.run_chef",
             "node.notify", "node.subscribe", "node.unsubscribe", "node.retry"}
-CHANGING_ACTIONS = {"run_chef", "notify", "subscribe", "remove_subscription", "retry_outbox"}
+CHANGING_ACTIONS = {"run_chef", "notify_node", "subscribe", "remove_subscription", "retry_outbox"}
 # Keys the table itself uses (navigation): a macro on them needs `override = true`.
 TABLE_KEYS = {"enter", "up", "down", "left", "right", "pageup", "pagedown", "home", "end",
               "ctrl+home", "ctrl+end", "tab", "shift+tab", "ctrl+p", "ctrl+q", "ctrl+c"}
@@ -162,7 +165,7 @@ FooterLabel.macros { color: $text-muted; margin: 0 1; }
 """
 
 
-class FlockTable(DataTable):
+class FlockTable(DataTable[Any]):
     """The flock table; `enter` opens the node screen instead of the DataTable default."""
 
     BINDINGS: ClassVar = [Binding("enter", "open_node", "Node", id="flock.node")]
@@ -245,7 +248,7 @@ class MainScreen(Screen[None]):
         if node:
             self.flock_app.push_screen(NodeScreen(node))
 
-    def action_notify(self) -> None:
+    def action_notify_node(self) -> None:
         node = self.flock_app.cursor_node()
         if node:
             self.flock_app.open_notify(node)
@@ -353,7 +356,7 @@ class FlockApp(App[int]):
         self.status_line = "connecting…"
         self.last_error = ""
         self.first_poll = True
-        self.macro_worker: Worker | None = None
+        self.macro_worker: Worker[Any] | None = None
         self.macro_state: tuple[str, int, int, str] | None = None
         self.styles_ = Styles()
         self.main: MainScreen | None = None
@@ -365,6 +368,7 @@ class FlockApp(App[int]):
 
     def main_mounted(self) -> None:
         self.ready = True
+        assert self.main is not None
         log = self.main.query_one("#log", RichLog)
         for line in self.pending_log:
             log.write(line)
@@ -515,12 +519,13 @@ class FlockApp(App[int]):
                 self.log_line(change_text(_change(msg.node, before, "alive"), self.styles_),
                               msg.node)
         elif isinstance(msg, Leave):
-            m = members.get(msg.node)
-            if (m is not None and m.get("state") != "left"
-                    and msg.incarnation >= m.get("incarnation", 0)
-                    and (not msg.instance or msg.instance == m.get("instance", msg.instance))):
-                old = m.get("state")
-                m.update(state="left", active=False, run=None)
+            gone = members.get(msg.node)
+            if (gone is not None and gone.get("state") != "left"
+                    and msg.incarnation >= gone.get("incarnation", 0)
+                    and (not msg.instance
+                         or msg.instance == gone.get("instance", msg.instance))):
+                old = gone.get("state")
+                gone.update(state="left", active=False, run=None)
                 self.view.dirty.add(msg.node)
                 self.log_line(change_text(_change(msg.node, old, "left"), self.styles_),
                               msg.node)
@@ -625,19 +630,22 @@ class FlockApp(App[int]):
         if added or changed or self._resort:
             self.update_title()
         self._resort = False
+        assert self.main is not None
         self.main.query_one("#empty").set_class(not self.shown, "shown")
         t.display = bool(self.shown)
         if not self.shown:
             self.main.query_one("#empty", Static).update(self.empty_message())
 
     @staticmethod
-    def _visible_rows(t: DataTable) -> set[str]:
+    def _visible_rows(t: DataTable[Any]) -> set[str]:
         first = max(0, int(t.scroll_y) - 2)
         last = min(t.row_count, first + t.size.height + 4)
-        out = set()
+        out: set[str] = set()
         for i in range(first, last):
             try:
-                out.add(t.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value)
+                key = t.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value
+                if key is not None:
+                    out.add(key)
             except Exception:  # noqa: BLE001 - rows changed meanwhile
                 break
         return out
@@ -736,7 +744,8 @@ class FlockApp(App[int]):
             t.append("   READ-ONLY", style=f"bold {st.warning}")
         if self.status_line:
             t.append(f"   {self.status_line}", style=st.error)
-        self.main.query_one("#title", Static).update(t)
+        if self.main is not None:
+            self.main.query_one("#title", Static).update(t)
 
     # -- log ------------------------------------------------------------------------------------
     def log_line(self, text: Text, node: str | None = None, at: float | None = None) -> None:
@@ -747,7 +756,7 @@ class FlockApp(App[int]):
             for scr in self.screen_stack:
                 if isinstance(scr, NodeScreen) and scr.node == node:
                     scr.add_event(line)
-        if self.ready:
+        if self.ready and self.main is not None:
             try:
                 self.main.query_one("#log", RichLog).write(line)
             except Exception:  # noqa: BLE001 - shutting down
@@ -951,7 +960,8 @@ class FlockApp(App[int]):
         add("Run chef", "run_chef on the marked nodes, or the cursor node", "run_chef")
         add("Open node screen", "resources, runs, subscriptions, events of the cursor node",
             "open_node")
-        add("Send notification", "run an action on a resource of the cursor node", "notify")
+        add("Send notification", "run an action on a resource of the cursor node",
+            "notify_node")
         add("Wire a subscription", "the cursor node reacts to a remote resource", "subscribe")
         add("Mark / unmark node", "toggle the mark on the cursor node", "mark")
         add("Mark all / unmark all", "", "mark_all")
@@ -998,7 +1008,8 @@ class FlockApp(App[int]):
     def run_macro(self, macro: Macro, steps: list[str]) -> int:
         """Each step runs as its `flock` command would; output lands in the log."""
         worker = get_current_worker()
-        cancelled = lambda: worker.is_cancelled  # noqa: E731
+        def cancelled() -> bool:
+            return worker.is_cancelled
         g = macros_mod.global_args(self.args)
         code = 0
         call = self._from_thread
@@ -1075,7 +1086,7 @@ class FlockApp(App[int]):
             self.main.query_one("#macro-bar").remove_class("shown")
 
 
-def _change(node: str, old: str | None, new: str | None):
+def _change(node: str, old: str | None, new: str | None) -> Change:
     from flock_tui.model import Change
 
     return Change(node, old, new)
@@ -1097,7 +1108,7 @@ def _action_and_params(action: str) -> tuple[str, tuple[object, ...]]:
     return action, ()
 
 
-def _active_bindings(screen: Screen) -> list[tuple[str, Binding]]:
+def _active_bindings(screen: Screen[Any]) -> list[tuple[str, Binding]]:
     out = []
     seen = set()
     for node in [screen.query_one(FlockTable), screen]:

@@ -12,6 +12,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from flock_node.client import Flock
 from flock_node.transport import RpcError
@@ -36,7 +37,7 @@ class DemoFlock:
         self.own_root = root is None
         self.runtime_dir = self.root / "run"
         self.names = [f"bender{i}" for i in range(nodes)]
-        self.procs: list[subprocess.Popen] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
         self.env = dict(os.environ, FLOCK_RUNTIME_DIR=str(self.runtime_dir),
                         FLOCK_DEMO_DIR=str(self.root / "files"))
         self.env.pop("FLOCK_KEY_FILE", None)
@@ -94,7 +95,7 @@ class DemoFlock:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
 
@@ -104,7 +105,7 @@ def run_demo(args: argparse.Namespace) -> int:
         return 2
     demo = DemoFlock(args.nodes)
 
-    def _exit(signum, frame):  # SIGTERM/SIGHUP: still stop the agents we started
+    def _exit(signum: int, frame: object) -> NoReturn:  # SIGTERM/SIGHUP: stop our agents
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _exit)

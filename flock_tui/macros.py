@@ -22,7 +22,7 @@ import threading
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import msgspec
 
@@ -141,7 +141,7 @@ def load_config(path: Path | None = None,
     return cfg
 
 
-def _validation_message(path: Path, text: str, data: dict, err: str) -> str:
+def _validation_message(path: Path, text: str, data: dict[str, Any], err: str) -> str:
     m = re.search(r" - at `\$(.*)`$", err)
     msg = re.sub(r" - at `\$.*`$", "", err)
     loc = m.group(1) if m else ""
@@ -207,10 +207,10 @@ def _check(path: Path, text: str, cfg: ConsoleConfig, builtin: set[str]) -> None
 def _raising_parser() -> argparse.ArgumentParser:
     p = cli.build_parser()
 
-    def error(message: str) -> None:
+    def error(message: str) -> NoReturn:
         raise StepError(message)
 
-    def exit_(status: int = 0, message: str | None = None) -> None:
+    def exit_(status: int = 0, message: str | None = None) -> NoReturn:
         raise StepError(message or "exits")
 
     parsers = [p]
@@ -240,7 +240,7 @@ def parse_step(step: str, global_args: list[str] | None = None) -> argparse.Name
 
 def expand(steps: list[str], node: str | None, marked: list[str]) -> list[str]:
     """Substitute {node} and {marked}: a step with {marked} runs once per marked node."""
-    out = []
+    out: list[str] = []
     for s in steps:
         if "{node}" in s:
             if not node:
@@ -300,7 +300,7 @@ class _Ctx(cli.Ctx):
         super().__init__(args, out)
         self._cancelled = cancelled
 
-    @property  # type: ignore[override]
+    @property
     def flock(self) -> Any:
         return _CancellableFlock(cli.Ctx.flock.fget(self), self._cancelled)  # type: ignore[attr-defined]
 

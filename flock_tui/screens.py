@@ -18,11 +18,12 @@ from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Input, Label, OptionList, RichLog, Static
 from textual.widgets.option_list import Option
 
+from flock_node.cli import ago
 from flock_node.transport import RpcError
-from flock_tui.model import ago, duration, short_resource, short_run_id
+from flock_tui.model import duration, short_resource, short_run_id
 
 
-def cursor_key(t: DataTable) -> str | None:
+def cursor_key(t: DataTable[Any]) -> str | None:
     """The row key under a table's cursor (None when the table is empty)."""
     if not t.row_count:
         return None
@@ -81,7 +82,7 @@ class HelpScreen(ModalScreen[None]):
     def compose(self) -> ComposeResult:
         with Vertical(id="help", classes="dialog"):
             yield Label(Text("Flock console — keys", style="bold"), classes="dialog-title")
-            t: DataTable = DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
+            t: DataTable[Any] = DataTable(id="help-table", cursor_type="row", zebra_stripes=True)
             t.add_columns("KEY", "WHAT", "BINDING ID")
             for key, desc, bid in self.rows:
                 t.add_row(Text(key, style="bold"), Text(desc), Text(bid, style="dim"))
@@ -110,7 +111,7 @@ class Step:
     """Given the choices so far: (value, label) pairs."""
 
 
-class Wizard(ModalScreen[dict | None]):
+class Wizard(ModalScreen[dict[str, Any] | None]):
     """Pick one value per step (fuzzy filter as you type), then confirm and perform."""
 
     BINDINGS = [
@@ -308,7 +309,7 @@ class NodeScreen(Screen[None]):
     BINDINGS = [
         Binding("escape,backspace", "app.pop_screen", "Back", id="node.back"),
         Binding("r", "run_chef", "Run chef", id="node.run_chef"),
-        Binding("n", "notify", "Notify", id="node.notify"),
+        Binding("n", "notify_node", "Notify", id="node.notify"),
         Binding("s", "subscribe", "Subscribe", id="node.subscribe"),
         Binding("d", "remove_subscription", "Remove sub", id="node.unsubscribe"),
         Binding("t", "retry_outbox", "Retry outbox", id="node.retry"),
@@ -441,14 +442,14 @@ class NodeScreen(Screen[None]):
         self.fill_subs(subs)
 
     @staticmethod
-    def _flex(table: DataTable, fixed: list[int], flexible: int = 1) -> int:
+    def _flex(table: DataTable[Any], fixed: list[int], flexible: int = 1) -> int:
         """The width left for the flexible column(s) once the fixed ones and padding are in."""
         ncols = len(fixed) + flexible
         avail = (table.size.width or 60) - 2  # room for a vertical scrollbar
         left = avail - sum(fixed) - 2 * table.cell_padding * ncols
         return max(8, left // flexible)
 
-    def _refill(self, table: DataTable, columns: list[tuple[str, int]],
+    def _refill(self, table: DataTable[Any], columns: list[tuple[str, int]],
                 rows: list[tuple[str, list[Any]]], empty: str) -> None:
         """Small tables: replace the rows (and widths), keeping the cursor on the same key."""
         key = self._cursor_key(table)
@@ -636,7 +637,7 @@ class NodeScreen(Screen[None]):
     def action_run_chef(self) -> None:
         self.flock_app.run_chef_on([self.node])
 
-    def action_notify(self) -> None:
+    def action_notify_node(self) -> None:
         self.flock_app.open_notify(self.node)
 
     def action_subscribe(self) -> None:
@@ -682,8 +683,11 @@ class NodeScreen(Screen[None]):
 
     @work(group="node-retry", exit_on_error=False)
     async def retry_outbox(self) -> None:
+        flock = self.flock_app.flock
+        if flock is None:
+            return
         try:
-            r = await self.flock_app.flock[self.node].flock_api.retry()
+            r = await flock[self.node].flock_api.retry()
         except (RpcError, TypeError) as e:
             self.flock_app.log_error(f"{self.node}: retry: {err_text(e)}")
             return
@@ -693,8 +697,11 @@ class NodeScreen(Screen[None]):
 
     @work(group="node-unsub", exit_on_error=False)
     async def unsubscribe(self, sid: str) -> None:
+        flock = self.flock_app.flock
+        if flock is None:
+            return
         try:
-            r = await self.flock_app.flock[self.node].resource_manager.unsubscribe(id=sid)
+            r = await flock[self.node].resource_manager.unsubscribe(id=sid)
         except (RpcError, TypeError) as e:
             self.flock_app.log_error(f"{self.node}: unsubscribe {sid}: {err_text(e)}")
             return

@@ -31,9 +31,9 @@ def test_ruff_is_clean():
 
 
 def test_agent_and_library_type_check():
-    """flock_node is the public Python API (Flock, the DSL): mypy --strict (pyproject) keeps
-    its hints honest."""
-    r = subprocess.run([sys.executable, "-m", "mypy", "flock_node"], cwd=ROOT,
+    """mypy --strict (pyproject) on both packages: flock_node is the public Python API
+    (Flock, the DSL), and the console is typed the same way."""
+    r = subprocess.run([sys.executable, "-m", "mypy", "flock_node", "flock_tui"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
 
