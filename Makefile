@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install screenshots bench lint clean
+.PHONY: demo test install screenshots bench lint cov clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check flock_node flock_tui tests benchmarks
 	$(BIN)/python -m mypy flock_node flock_tui
+
+cov: $(STAMP)
+	rm -f .coverage .coverage.*
+	$(BIN)/python -m coverage run -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m coverage combine -q
+	$(BIN)/python -m coverage report
 
 screenshots: $(STAMP)
 	$(BIN)/python scripts/screenshots.py
