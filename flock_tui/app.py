@@ -38,6 +38,13 @@ from flock_node.client import AsyncFlock, resolve_key
 from flock_node.protocol import Codec, Event, Heartbeat, Leave
 from flock_node.transport import Bus, RpcError
 from flock_tui import macros as macros_mod
+from flock_tui.keys import (  # noqa: F401 - re-exported: tests and macros use them here
+    BUILTIN_BINDINGS,
+    CHANGING,
+    CHANGING_ACTIONS,
+    TABLE_KEYS,
+    builtin_keys,
+)
 from flock_tui.macros import ConfigError, ConsoleConfig, Macro, StepError
 from flock_tui.model import (
     COLUMNS,
@@ -66,27 +73,6 @@ if TYPE_CHECKING:
 POLL_INTERVAL = 1.0
 FLUSH_INTERVAL = 0.1
 
-# Built-in bindings of the flock table. Ids let console.toml's [keymap] remap them.
-BUILTIN_BINDINGS: list[Binding] = [
-    Binding("r", "run_chef", "Run chef", id="flock.run_chef"),
-    Binding("n", "notify_node", "Notify", id="flock.notify"),
-    Binding("s", "subscribe", "Subscribe", id="flock.subscribe"),
-    Binding("space", "mark", "Mark", id="flock.mark"),
-    Binding("a", "mark_all", "Mark all / none", show=False, id="flock.mark_all"),
-    Binding("slash", "filter", "Filter", key_display="/", id="flock.filter"),
-    Binding("S", "sort", "Sort", id="flock.sort"),
-    Binding("escape", "cancel", "Cancel macro / clear filter", show=False,
-            id="flock.cancel"),
-    Binding("question_mark", "help", "Help", key_display="?", id="flock.help"),
-    Binding("q", "quit", "Quit", id="flock.quit"),
-]
-# What --read-only hides.
-CHANGING = {"flock.run_chef", "flock.notify", "flock.subscribe", "node.run_chef",
-            "node.notify", "node.subscribe", "node.unsubscribe", "node.retry"}
-CHANGING_ACTIONS = {"run_chef", "notify_node", "subscribe", "remove_subscription", "retry_outbox"}
-# Keys the table itself uses (navigation): a macro on them needs `override = true`.
-TABLE_KEYS = {"enter", "up", "down", "left", "right", "pageup", "pagedown", "home", "end",
-              "ctrl+home", "ctrl+end", "tab", "shift+tab", "ctrl+p", "ctrl+q", "ctrl+c"}
 
 
 def binding_ids() -> set[str]:
@@ -116,15 +102,6 @@ def _check_keymap(config: ConsoleConfig) -> None:
                 line = 1
             raise ConfigError(f"{path}:{line}: keymap: unknown binding id {bid!r}; "
                               f"known ids: {', '.join(sorted(known))}")
-
-
-def builtin_keys() -> set[str]:
-    keys = set(TABLE_KEYS)
-    for b in BUILTIN_BINDINGS:
-        keys.update(k.strip() for k in b.key.split(","))
-    # Keys as people write them in console.toml.
-    keys.update({"/", "?", " "})
-    return keys
 
 
 CSS = """

@@ -27,6 +27,7 @@ from typing import Any, NoReturn
 import msgspec
 
 from flock_node import cli, paths
+from flock_tui.keys import builtin_keys
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 KEY_RE = re.compile(r"^[A-Za-z0-9_+\-]+$|^.$")
@@ -354,8 +355,6 @@ def find_macro(cfg: ConsoleConfig, name: str) -> Macro:
 
 def run_macro_headless(args: argparse.Namespace) -> int:
     """`flock macro NAME`: run the macro's steps as `flock` commands, stop at the first failure."""
-    from flock_tui.app import builtin_keys
-
     try:
         cfg = load_config(builtin_keys=builtin_keys())
         macro = find_macro(cfg, args.name)

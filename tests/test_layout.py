@@ -71,3 +71,51 @@ def test_an_installed_flock_starts_its_demo(tmp_path):
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(30)
+
+
+def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
+    """The project modules `module` imports, at any level (in functions too), except under
+    `if TYPE_CHECKING:`."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    skip = {id(n) for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)}
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if id(node) in skip:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            subs = {f"{node.module}.{a.name}" for a in node.names} & modules
+            out |= subs if len(subs) == len(node.names) else subs | {node.module}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return (out & modules) - {module}
+
+
+def test_no_import_cycles():
+    """No module imports (directly or through others) a module that imports it back."""
+    files = {}
+    for pkg in ("flock_node", "flock_tui"):
+        for p in (ROOT / pkg).rglob("*.py"):
+            if "examples" in p.parts:
+                continue
+            name = ".".join(p.relative_to(ROOT).with_suffix("").parts)
+            files[name.removesuffix(".__init__")] = p
+    graph = {m: _imports(p, m, set(files)) for m, p in files.items()}
+
+    def reaches(start: str, goal: str) -> bool:
+        seen, todo = set(), [start]
+        while todo:
+            m = todo.pop()
+            for n in graph[m]:
+                if n == goal:
+                    return True
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return False
+
+    cycles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a))
+    assert not cycles, "import cycles: " + ", ".join(cycles)
