@@ -4,26 +4,23 @@ Each command gets its own process group (a new session) so a timeout, the agent'
 or the agent's death kills everything it started, and its output is kept bounded (the tail is
 what explains a failure).
 
-Dying with the agent, even on `kill -9`, takes three layers:
+Dying with the agent, even on `kill -9`, takes two layers:
 - a watchdog in the command's process group: a background `read` on a pipe whose only writer
   is the agent. When the agent dies the kernel closes that pipe, the read sees EOF and the
   watchdog SIGKILLs its whole group (grandchildren included), without waiting for a restart.
   When the command ends normally the agent writes "done" first, so the watchdog leaves quietly
   and a daemon the command started on purpose survives, as it did before;
-- PR_SET_PDEATHSIG=SIGKILL on the command's shell (see _pdeathsig_prefix), in case the
-  watchdog itself was killed (it fires when the forking thread dies: commands are forked by
-  the long-lived worker thread);
 - each live group's id and its leader's start time in a file in the state dir: the next agent
-  kills groups left over from its previous instance whose leader is still the same process.
+  kills groups left over from its previous instance whose leader is still the same process
+  (in case the watchdog itself was killed).
+PR_SET_PDEATHSIG on the shell was a third layer; it cost 1.4 ms a command (an exec of
+`setpriv`, or a full fork for a preexec_fn) for a case the two above cover, so it went.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import os
-import shutil
 import signal
 import subprocess
 import threading
@@ -44,38 +41,6 @@ _WRAPPER = (
     '(read -r w <&3; [ "$w" = done ] || kill -KILL 0) & '
     'exec 3<&-; exec /bin/sh -c "$1"'
 )
-
-_PR_SET_PDEATHSIG = 1
-_prctl: Any
-try:
-    _prctl = ctypes.CDLL(None, use_errno=True).prctl
-except (OSError, AttributeError):  # not Linux: the watchdog still covers the agent's death
-    _prctl = None
-
-
-def _die_with_agent() -> None:
-    # Runs in the child between fork and exec: nothing here may take a lock or import.
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-
-
-@functools.cache
-def _pdeathsig_prefix() -> list[str] | None:
-    """util-linux's `setpriv --pdeathsig KILL` makes the same prctl just before its exec.
-    Preferred to a preexec_fn, which forces a full fork of the agent (measured: ~3 ms more
-    per command than setpriv's ~0.6 ms); None when it is missing or too old (< 2.33)."""
-    exe = shutil.which("setpriv")
-    if exe is None:
-        return None
-    prefix = [exe, "--pdeathsig", "KILL", "--"]
-    try:
-        ok = subprocess.run([*prefix, "true"], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            timeout=5).returncode == 0
-    except (OSError, subprocess.SubprocessError):
-        ok = False
-    return prefix if ok else None
-
 
 def start_time(pid: int) -> str | None:
     """The start time of `pid` (field 22 of /proc/PID/stat), None if it is gone."""
@@ -236,17 +201,15 @@ def _spawn(command: str, cwd: str | None, env: dict[str, str] | None, capture: b
     current_kill_check()
     r, w = os.pipe()
     out = subprocess.PIPE if capture else subprocess.DEVNULL
-    prefix = _pdeathsig_prefix()
     try:
         proc = subprocess.Popen(
-            [*(prefix or []), "/bin/sh", "-c", _WRAPPER, "flock-command", command],
+            ["/bin/sh", "-c", _WRAPPER, "flock-command", command],
             cwd=cwd,
             env=_env(env),
             stdin=r,
             stdout=out,
             stderr=out,
             start_new_session=True,
-            preexec_fn=None if prefix else _die_with_agent,
         )
     except BaseException:
         os.close(w)
