@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import signal
 import sys
 import threading
@@ -75,6 +76,8 @@ class AgentConfig:
     heartbeat: float = 1.0
     ttl: float = 24 * 3600.0
     stop_timeout: float = 30.0  # SIGTERM: how long the resource in progress may still take
+    interval: float | None = None  # converge every interval (+ splay) seconds
+    splay: float = 0.0
 
 
 class Agent:
@@ -105,6 +108,7 @@ class Agent:
             self.codec, self._record, lambda: self.work.stopping.is_set())
         self.membership = self.members.membership
         self.ready = False  # the first compile ended: resource_manager answers for real
+        self.next_run: float | None = None  # wall clock of the next scheduled converge
         self.view_synced = threading.Event()  # heard from the seeds: targets can resolve
         self.supervisor = Supervisor()
         self.rpc = AsyncRpc(self.codec, timeout=2.0)
@@ -201,6 +205,8 @@ class Agent:
         self.work.open()
         self.supervisor.spawn("delivery", self.deliverer.run)
         self.supervisor.spawn("subscriptions", self.subscriptions.run)
+        if self.cfg.interval:
+            self.supervisor.spawn("schedule", self._schedule)
         self._tasks = [*self.supervisor.all(), view]
         await self._stopped.wait()
         await self._shutdown()
@@ -239,6 +245,25 @@ class Agent:
             return m.rpc
         local = scan_runtime_dir(self.cfg.runtime_dir).get(name)
         return local[1] if local else None
+
+    async def _schedule(self) -> None:
+        """chef-client's daemon mode: converge now, then every interval plus a fresh random
+        splay. The times are fixed in advance, so a run_chef in between does not shift them
+        (a converge still running at the next time is joined, not doubled)."""
+        assert self.cfg.interval
+        loop = asyncio.get_running_loop()
+        due = loop.time()
+        while True:
+            wait = due - loop.time()
+            self.next_run = time.time() + max(0.0, wait)
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self.work.stopping.is_set():
+                return
+            self.work.run_chef(cause={"scheduled": True})
+            due += self.cfg.interval + random.uniform(0.0, self.cfg.splay)
+            if due < loop.time():  # we were frozen or busy past a whole interval: no burst
+                due = loop.time() + self.cfg.interval
 
     def _record(self) -> dict[str, Any]:
         """What our heartbeat says about us besides who and where we are."""

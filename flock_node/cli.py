@@ -57,6 +57,13 @@ def positive_seconds(text: str) -> float:
     return v
 
 
+def seconds_or_zero(text: str) -> float:
+    """A number of seconds, 0 allowed (a splay)."""
+    if text.strip() in ("0", "0.0"):
+        return 0.0
+    return positive_seconds(text)
+
+
 def positive_int(text: str) -> int:
     """A count on the command line (--limit, --nodes): a whole number of at least 1."""
     try:
@@ -340,6 +347,9 @@ def cmd_status(c: Ctx) -> int:
         state = "restarted" if lf.get("running") else "restarting"
         lines.append(f"loop:        {lf['loop']} crashed {lf['crashes']}x ({state}), last "
                      f"{ago(lf['last_at'])}: {lf['last_error']}")
+    if st.get("next_run"):
+        lines.append(f"next run:    in {max(0.0, st['next_run'] - time.time()):.0f}s "
+                     "(scheduled, --interval)")
     lines.append(f"uptime:      {st['uptime']:.0f}s")
     c.print("\n".join(lines))
     return OK
@@ -490,7 +500,9 @@ def cmd_history(c: Ctx) -> int:
         c.print(f"{h['id']}  {h['kind']:<9} {h['status']:<7} {ago(h['started'])}  {dur}  "
                 f"{h['updated']} updated")
         cause = h.get("cause")
-        if cause:
+        if cause and cause.get("scheduled"):
+            c.print("    scheduled (--interval)")
+        elif cause:
             c.print(f"    caused by {cause.get('node')}:{cause.get('resource', '?')} "
                     f"(run {cause.get('run', '?')}, notification {cause.get('notification')}, "
                     f"hop {cause.get('hops', '?')})")

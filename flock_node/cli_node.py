@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from flock_node import __version__, paths
-from flock_node.cli import positive_seconds, seed_url
+from flock_node.cli import positive_seconds, seconds_or_zero, seed_url
 from flock_node.protocol import load_key
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
                    help="on SIGTERM/SIGINT, how long the resource in progress may still run "
                         "before it is killed (default 30)")
+    r.add_argument("--interval", type=positive_seconds, metavar="SECONDS",
+                   help="converge after start, then every SECONDS (chef-client's daemon mode)")
+    r.add_argument("--splay", type=seconds_or_zero, default=0.0, metavar="SECONDS",
+                   help="with --interval: add a fresh random 0..SECONDS to each wait, so a "
+                        "fleet does not converge in lock-step")
     r.add_argument("--log-level", default=os.environ.get("FLOCK_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
     return p
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         level=getattr(logging, args.log_level.upper()),
         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
     )
+    if args.splay and not args.interval:
+        return _fail("--splay needs --interval: it spreads scheduled converges")
     if not NAME_RE.match(args.name):
         return _fail(f"invalid node name {args.name!r}: use letters, digits, '.', '_', '-' "
                      "(at most 63, starting with a letter or digit)")
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         name=args.name, recipes=recipes, listen=args.listen, seeds=args.seed, tags=args.tag,
         state_dir=paths.state_dir(args.name, args.state_dir),
         runtime_dir=paths.runtime_dir(args.runtime_dir), key=key, heartbeat=args.heartbeat,
-        ttl=args.ttl, stop_timeout=args.stop_timeout,
+        ttl=args.ttl, stop_timeout=args.stop_timeout, interval=args.interval, splay=args.splay,
     )
     try:
         return run_agent(cfg)

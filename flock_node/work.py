@@ -43,6 +43,7 @@ class Job:
     notification: dict[str, Any] | None = None
     started: bool = False
     opened: bool = False  # its run row was committed with the inbox row
+    cause: dict[str, Any] | None = None  # a converge's: {"scheduled": True} for --interval
 
 
 def run_id() -> str:
@@ -134,12 +135,12 @@ class WorkQueue:
         self._kick()
 
     # -- jobs ----------------------------------------------------------------------------------
-    def run_chef(self) -> tuple[str, bool]:
+    def run_chef(self, cause: dict[str, Any] | None = None) -> tuple[str, bool]:
         """Queue a converge; join the one already waiting if there is one."""
         for job in self.queue:
             if job.kind == "converge" and not job.started:
                 return job.run_id, True
-        job = Job("converge", run_id())
+        job = Job("converge", run_id(), cause=cause)
         self.queue.append(job)
         # Start a moment later: the answer goes out before the converge takes the CPU (a
         # `run-chef '*'` on one machine is acknowledged by all at once), and a burst of
@@ -206,8 +207,8 @@ class WorkQueue:
                 self.emit("run_progress", run=job.run_id, resource=rid, k=k, n=n)
 
         if job.kind == "converge":
-            ctx = RunContext(job.run_id, "converge", progress=progress, stop=self.stopping,
-                             kill=self.kill)
+            ctx = RunContext(job.run_id, "converge", cause=job.cause, progress=progress,
+                             stop=self.stopping, kill=self.kill)
             result = self.engine.converge(ctx)
             self.compile_error = None
             return result

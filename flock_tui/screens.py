@@ -500,7 +500,9 @@ class NodeScreen(Screen[None]):
             status = h.get("status", "?")
             style = {"ok": st.success, "failed": st.error}.get(status, st.accent)
             c = h.get("cause") or {}
-            if c:
+            if c.get("scheduled"):
+                cause = Text("scheduled", style=st.muted)
+            elif c:
                 cause = Text(short_resource(str(c.get("resource", "?")), w,
                                     f"← {c.get('node', '?')} "))
             else:
@@ -560,7 +562,7 @@ class NodeScreen(Screen[None]):
             return
         t = self.run_text(h)
         self.query_one("#node-detail", Static).update(t)
-        if h.get("cause"):
+        if h.get("cause") and not h["cause"].get("scheduled"):
             self.show_cause_chain(h, t)
 
     def run_text(self, h: dict[str, Any]) -> Text:

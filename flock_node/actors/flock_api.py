@@ -69,6 +69,7 @@ class FlockApi:
             "uptime": time.time() - self.node.started, "compile_error": self.work.compile_error,
             "dropped_frames": self.node.dropped_frames(), "ready": self.node.ready,
             "loop_failures": self.node.loop_failures(),
+            "next_run": self.node.next_run,
         }
 
     async def history(self, limit: int = HISTORY_LIMIT,
