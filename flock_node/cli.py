@@ -133,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--status", choices=["held", "pending", "delivered", "failed", "dead"])
     s.add_argument("--limit", type=positive_int, default=50, metavar="N",
                    help="at most N notifications, newest first (default 50)")
+    s = sub.add_parser("outbox-discard", help="written `outbox discard NODE (ID... | --dead | "
+                       "--failed)`: forget dead-lettered or refused notifications")
+    s.add_argument("node")
+    s.add_argument("ids", nargs="*", metavar="ID")
+    s.add_argument("--dead", action="store_true", help="all dead-lettered ones")
+    s.add_argument("--failed", action="store_true", help="all refused ones")
     s = sub.add_parser("retry", help="send NODE's dead-lettered and refused notifications again")
     s.add_argument("node")
     s.add_argument("ids", nargs="*", metavar="ID", help="only these (default: all dead ones)")
@@ -538,6 +544,25 @@ def cmd_outbox(c: Ctx) -> int:
     return OK
 
 
+def cmd_outbox_discard(c: Ctx) -> int:
+    a = c.args
+    if bool(a.ids) == bool(a.dead or a.failed):
+        raise CliError("outbox discard: give notification ids, or --dead and/or --failed",
+                       USAGE)
+    statuses = [s for s, on in (("dead", a.dead), ("failed", a.failed)) if on]
+    r = c.call(a.node, "flock_api", "discard", ids=a.ids or None, statuses=statuses or None)
+    if a.json:
+        c.emit_json(r)
+        return OK
+    n = len(r["discarded"])
+    c.print(f"{a.node}: {n} notification{'s' if n != 1 else ''} discarded")
+    if a.ids and n < len(a.ids):
+        missing = sorted(set(a.ids) - set(r["discarded"]))
+        raise CliError(f"{a.node}: neither dead-lettered nor refused: {', '.join(missing)}",
+                       FAILED)
+    return OK
+
+
 def cmd_retry(c: Ctx) -> int:
     r = c.call(c.args.node, "flock_api", "retry", ids=c.args.ids or None)
     if c.args.json:
@@ -712,7 +737,7 @@ def cmd_paths(c: Ctx) -> int:
 COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "nodes": cmd_nodes, "status": cmd_status, "run-chef": cmd_run_chef, "active": cmd_active,
     "resources": cmd_resources, "history": cmd_history, "notify": cmd_notify,
-    "outbox": cmd_outbox, "retry": cmd_retry,
+    "outbox": cmd_outbox, "outbox-discard": cmd_outbox_discard, "retry": cmd_retry,
     "subscribe": cmd_subscribe, "subscriptions": cmd_subscriptions,
     "unsubscribe": cmd_unsubscribe, "wait-until": cmd_wait, "wait-while": cmd_wait,
     "keygen": cmd_keygen, "paths": cmd_paths,
@@ -742,5 +767,15 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
         c.close()
 
 
+def two_word_commands(argv: list[str]) -> list[str]:
+    """`outbox discard NODE ...` is parsed as the command `outbox-discard`."""
+    argv = list(argv)
+    for i, word in enumerate(argv[:-1]):
+        if word == "outbox" and argv[i + 1] == "discard":
+            argv[i:i + 2] = ["outbox-discard"]
+            break
+    return argv
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(argv)
+    return build_parser().parse_args(two_word_commands(sys.argv[1:] if argv is None else argv))

@@ -662,6 +662,28 @@ class Store:
             )
         return revived
 
+    def outbox_discard(self, ids: list[str] | None,
+                       statuses: tuple[str, ...] = ("dead", "failed")) -> list[str]:
+        """Forget settled-for-good notifications (dead letters, refusals): those `ids`, or all
+        with `statuses`. Pending ones are never discarded: they may be on the wire."""
+        allowed = tuple(s for s in statuses if s in ("dead", "failed", "unmatched"))
+        if not allowed:
+            return []
+        st = ",".join("?" * len(allowed))
+        with self._tx() as db:
+            if ids is None:
+                rows = db.execute(f"SELECT id FROM outbox WHERE status IN ({st})",
+                                  allowed).fetchall()
+            else:
+                q = ",".join("?" * len(ids))
+                rows = db.execute(
+                    f"SELECT id FROM outbox WHERE status IN ({st}) AND id IN ({q})",
+                    (*allowed, *ids),
+                ).fetchall() if ids else []
+            gone = [r[0] for r in rows]
+            db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in gone])
+        return gone
+
     def outbox_counts(self) -> dict[str, int]:
         rows = self._all("SELECT status, COUNT(*) FROM outbox GROUP BY status")
         return {r[0]: r[1] for r in rows}

@@ -232,7 +232,7 @@ def parse_step(step: str, global_args: list[str] | None = None) -> argparse.Name
         raise StepError(str(e)) from None
     if not words:
         raise StepError("empty step")
-    args = _raising_parser().parse_args((global_args or []) + words)
+    args = _raising_parser().parse_args(cli.two_word_commands((global_args or []) + words))
     if args.command not in STEP_COMMANDS:
         raise StepError(f"{args.command or 'the console'} cannot be a macro step; "
                         f"use one of: {', '.join(sorted(STEP_COMMANDS))}")

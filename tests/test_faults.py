@@ -397,3 +397,28 @@ def test_the_node_screen_names_a_crashed_loop():
     text = problems_text({"loop_failures": [{"loop": "delivery", "crashes": 3,
                                              "last_error": "OperationalError: disk I/O error"}]})
     assert text == "⚠ delivery loop crashed 3x: OperationalError: disk I/O error"
+
+
+def test_outbox_discard_forgets_dead_and_refused_notifications_only(flock_env):
+    env = flock_env
+    _start(env, "snd", f"""
+        from flock_node.dsl import file
+        file("{env.root}/d", action="touch") \\
+            .remote_notifies("run", "execute[x]", node="nowhere") \\
+            .remote_notifies("run", "execute[y]", node="nowhere2")
+    """, "--ttl", "0.5")
+    f = env.flock()
+    _run(f, "snd")
+    wait_for(lambda: f["snd"].flock_api.status()["dead_letters"] == 2, 15, what="dead letters")
+    one = f["snd"].flock_api.outbox("dead", 10)[0]["id"]
+    r = env.cli("outbox", "discard", "snd", one)
+    assert r.returncode == 0 and "1 notification discarded" in r.stdout, r.stdout + r.stderr
+    assert f["snd"].flock_api.status()["dead_letters"] == 1
+    again = env.cli("outbox", "discard", "snd", one)
+    assert again.returncode == 1 and "neither dead-lettered nor refused" in again.stderr
+    r = env.cli("--json", "outbox", "discard", "snd", "--dead")
+    assert r.returncode == 0 and len(__import__("json").loads(r.stdout)["discarded"]) == 1
+    assert f["snd"].flock_api.status()["dead_letters"] == 0
+    usage = env.cli("outbox", "discard", "snd")
+    assert usage.returncode == 2, usage.stderr
+    assert env.cli("outbox", "snd").returncode == 0  # listing still works

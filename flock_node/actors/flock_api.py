@@ -27,7 +27,8 @@ from flock_node.work import WorkQueue
 
 class FlockApi:
     NAME = "flock_api"
-    METHODS = ('run_chef', 'active', 'status', 'history', 'run', 'members', 'outbox', 'retry')
+    METHODS = ('run_chef', 'active', 'status', 'history', 'run', 'members', 'outbox', 'retry',
+               'discard')
 
     def __init__(self, node: NodeFacts, store: Store, work: WorkQueue, deliverer: Deliverer,
                  membership: Membership):
@@ -131,6 +132,21 @@ class FlockApi:
         take = min(limit, 1000)
         rows = self.store.outbox(statuses, take + 1, offset=offset)
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
+
+    async def discard(self, ids: list[str] | None = None,
+                      statuses: list[str] | None = None) -> dict[str, Any]:
+        """Forget dead-lettered or refused notifications: the given ids, or all with the given
+        statuses (dead, failed). Pending ones are never discarded."""
+        if ids is not None and not (isinstance(ids, list)
+                                    and all(isinstance(i, str) for i in ids)):
+            raise BadRequest("ids must be a list of notification ids")
+        if statuses is not None and not (isinstance(statuses, list) and all(
+                s in ("dead", "failed") for s in statuses)):
+            raise BadRequest("statuses must be a list of: dead, failed")
+        if ids is None and not statuses:
+            raise BadRequest("say which: notification ids, or statuses (dead, failed)")
+        gone = self.store.outbox_discard(ids, tuple(statuses or ("dead", "failed")))
+        return {"discarded": gone}
 
     async def retry(self, ids: list[str] | None = None) -> dict[str, Any]:
         """Send dead-lettered and refused notifications again (all, or the given ids) with a
