@@ -1,4 +1,5 @@
-"""`flock-node run NAME ...`: the node agent's command line."""
+"""`flock-node run NAME ...` (the node agent) and `flock-node service NAME ...` (a systemd
+unit for it): the agent's command line."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import errno
 import logging
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -21,7 +23,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flock-node", description="The Flock node agent.")
     p.add_argument("--version", action="version", version=f"flock-node {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run the agent for node NAME until SIGTERM/SIGINT")
+    run = sub.add_parser("run", help="run the agent for node NAME until SIGTERM/SIGINT")
+    _run_flags(run)
+    service = sub.add_parser("service", help="print a systemd unit that runs `flock-node run "
+                             "NAME` with the same flags")
+    _run_flags(service)
+    return p
+
+
+def _run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("name", metavar="NAME")
     r.add_argument("--recipe", action="append", default=[], metavar="FILE",
                    help="recipe file (repeatable, converged in order)")
@@ -47,7 +57,6 @@ def _parser() -> argparse.ArgumentParser:
                         "fleet does not converge in lock-step")
     r.add_argument("--log-level", default=os.environ.get("FLOCK_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
-    return p
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -85,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.listen and key is None and not args.insecure:
         return _fail(f"--listen {args.listen} needs a flock key: make one with `flock keygen` "
                      "and pass --key-file (or set FLOCK_KEY_FILE), or say --insecure")
+    if args.command == "service":
+        print(systemd_unit(args, recipes), end="")
+        return 0
     os.environ["FLOCK_NODE"] = args.name  # recipes and their commands can tell where they run
     from flock_node.agent import AgentConfig, run_agent
     from flock_node.store import StoreError
@@ -109,6 +121,54 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno == errno.EADDRINUSE and e.strerror:
             return _fail(e.strerror)
         return _fail(str(e))
+
+
+def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
+    """A systemd unit running this agent with these flags: absolute paths, restarted on
+    failure, stopped with SIGTERM and given --stop-timeout (plus a margin) to finish."""
+    cmd = [sys.executable, "-m", "flock_node.cli_node", "run", args.name]
+    for r in recipes:
+        cmd += ["--recipe", str(r)]
+    flags: list[tuple[str, object]] = [
+        ("--listen", args.listen), ("--state-dir", _abs(args.state_dir)),
+        ("--runtime-dir", _abs(args.runtime_dir)), ("--key-file", _abs(args.key_file)),
+        ("--heartbeat", args.heartbeat), ("--ttl", args.ttl),
+        ("--stop-timeout", args.stop_timeout), ("--interval", args.interval),
+        ("--log-level", args.log_level),
+    ]
+    for flag, value in flags:
+        if value is not None:
+            cmd += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    if args.splay:
+        cmd += ["--splay", f"{args.splay:g}"]
+    for seed in args.seed:
+        cmd += ["--seed", seed]
+    for tag in args.tag:
+        cmd += ["--tag", tag]
+    if args.insecure:
+        cmd.append("--insecure")
+    return f"""[Unit]
+Description=Flock node agent {args.name}
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Type=simple
+ExecStart={" ".join(shlex.quote(c) for c in cmd)}
+Restart=on-failure
+RestartSec=2
+KillSignal=SIGTERM
+KillMode=mixed
+TimeoutStopSec={args.stop_timeout + 15:g}
+Environment=PYTHONUNBUFFERED=1
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
+def _abs(path: str | None) -> str | None:
+    return None if path is None else str(Path(path).resolve())
 
 
 if __name__ == "__main__":
