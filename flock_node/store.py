@@ -638,23 +638,26 @@ class Store:
                              (limit, offset))
         return [self._outbox(r) for r in rows]
 
+    @staticmethod
+    def _settled_ids(db: sqlite3.Connection, ids: list[str] | None,
+                     statuses: tuple[str, ...]) -> list[str]:
+        """Ids of outbox rows in `statuses`: all of them, or those of `ids`."""
+        if not statuses or ids == []:
+            return []
+        st = ",".join("?" * len(statuses))
+        sql, args = f"SELECT id FROM outbox WHERE status IN ({st})", list(statuses)
+        if ids is not None:
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            args += ids
+        return [r[0] for r in db.execute(sql, args).fetchall()]
+
     def outbox_revive(self, ids: list[str] | None = None,
                       statuses: tuple[str, ...] = ("dead", "failed")) -> list[str]:
         """Send dead-lettered or refused notifications again (all, or those `ids`), with a
         fresh TTL: after the receiver's disk was freed or its recipe fixed."""
         now = time.time()
-        st = ",".join("?" * len(statuses))
         with self._tx() as db:
-            if ids is None:
-                rows = db.execute(f"SELECT id FROM outbox WHERE status IN ({st})",
-                                  statuses).fetchall()
-            else:
-                q = ",".join("?" * len(ids))
-                rows = db.execute(
-                    f"SELECT id FROM outbox WHERE status IN ({st}) AND id IN ({q})",
-                    (*statuses, *ids),
-                ).fetchall() if ids else []
-            revived = [r[0] for r in rows]
+            revived = self._settled_ids(db, ids, statuses)
             db.executemany(
                 "UPDATE outbox SET status='pending', next_attempt=?, deadline=?, attempts=0, "
                 "done_at=NULL, last_error=NULL WHERE id=?",
@@ -667,20 +670,8 @@ class Store:
         """Forget settled-for-good notifications (dead letters, refusals): those `ids`, or all
         with `statuses`. Pending ones are never discarded: they may be on the wire."""
         allowed = tuple(s for s in statuses if s in ("dead", "failed", "unmatched"))
-        if not allowed:
-            return []
-        st = ",".join("?" * len(allowed))
         with self._tx() as db:
-            if ids is None:
-                rows = db.execute(f"SELECT id FROM outbox WHERE status IN ({st})",
-                                  allowed).fetchall()
-            else:
-                q = ",".join("?" * len(ids))
-                rows = db.execute(
-                    f"SELECT id FROM outbox WHERE status IN ({st}) AND id IN ({q})",
-                    (*allowed, *ids),
-                ).fetchall() if ids else []
-            gone = [r[0] for r in rows]
+            gone = self._settled_ids(db, ids, allowed)
             db.executemany("DELETE FROM outbox WHERE id=?", [(i,) for i in gone])
         return gone
 
