@@ -35,6 +35,7 @@ from textual.worker import Worker, get_current_worker
 
 from flock_node import paths
 from flock_node.client import AsyncFlock, resolve_key
+from flock_node.membership import admit
 from flock_node.protocol import Codec, Event, Heartbeat, Leave
 from flock_node.transport import Bus, RpcError
 from flock_tui import macros as macros_mod
@@ -472,8 +473,6 @@ class FlockApp(App[int]):
         self.update_title()
 
     def on_bus_message(self, env: Any, msg: Any, pipe: int) -> None:
-        from flock_node.membership import admit
-
         members = self.view.members
         # The console believes a node only about itself, as the agents do.
         if isinstance(msg, (Heartbeat, Leave)) and admit(msg, env.sender, time.time()):
