@@ -16,7 +16,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/flock demo
+	$(BIN)/flockctl demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider

@@ -8,8 +8,8 @@ Each node's own view is read with `flock_api.members()`. Figures:
 - `kill -9` of one: until every other agent sees it suspect/down (target ≤ 1 s);
 - `SIGSTOP` of one: until every other agent sees it suspect (target ≤ 3.5 s);
 - `run-chef '*'`: until the client holds all 20 run ids (target ≤ 250 ms), through the
-  Python client (connect + discover + call all) and through the `flock` command (wall time,
-  next to the wall time of `flock --version` as the interpreter start-up baseline).
+  Python client (connect + discover + call all) and through the `flockctl` command (wall time,
+  next to the wall time of `flockctl --version` as the interpreter start-up baseline).
 """
 
 from __future__ import annotations
@@ -140,7 +140,7 @@ def main() -> int:
             f"{'OK' if good else 'MISSES'})"
         )
 
-        # ... and through the real `flock` command (includes interpreter start-up).
+        # ... and through the real `flockctl` command (includes interpreter start-up).
         def wall(*args: str) -> tuple[float, subprocess.CompletedProcess]:
             t = time.monotonic()
             r = subprocess.run(
@@ -162,8 +162,8 @@ def main() -> int:
             cli_times.append(dt)
         cmed = sorted(cli_times)[1]
         print(
-            f"run-chef '*' via `flock --json run-chef '*'`: {cmed * 1000:.0f} ms wall "
-            f"(baseline `flock --version` {base * 1000:.0f} ms; difference "
+            f"run-chef '*' via `flockctl --json run-chef '*'`: {cmed * 1000:.0f} ms wall "
+            f"(baseline `flockctl --version` {base * 1000:.0f} ms; difference "
             f"{(cmed - base) * 1000:.0f} ms)"
         )
         f.close()

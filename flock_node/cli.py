@@ -1,4 +1,4 @@
-"""The `flock` scripting commands (the console itself lives in flock_tui).
+"""The `flockctl` scripting commands (the console itself lives in flock_tui).
 
 Exit codes: 0 success, 1 the thing asked for failed (a run failed, a wait timed out),
 2 usage error, 3 a node could not be reached.
@@ -77,7 +77,7 @@ def positive_int(text: str) -> int:
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool | None) -> None:
     """The flags every command takes. On the commands they default to SUPPRESS, so they may
-    stand before or after the command (`flock --json nodes` = `flock nodes --json`)."""
+    stand before or after the command (`flockctl --json nodes` = `flockctl nodes --json`)."""
     d = (lambda v: argparse.SUPPRESS) if suppress else (lambda v: v)
     p.add_argument("--seed", action="append", default=d([]), metavar="URL", type=seed_url,
                    help="bus address of a node (tcp://HOST:PORT); repeatable")
@@ -98,10 +98,10 @@ def _global_flags(p: argparse.ArgumentParser, suppress: bool | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="flock",
+        prog="flockctl",
         description="Watch and drive a flock of nodes. With no command, open the console.",
     )
-    p.add_argument("--version", action="version", version=f"flock {__version__}")
+    p.add_argument("--version", action="version", version=f"flockctl {__version__}")
     _global_flags(p, None)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     common = argparse.ArgumentParser(add_help=False)
@@ -713,7 +713,7 @@ def cmd_keygen(c: Ctx) -> int:
         c.print(f"wrote a new flock key to {target} (mode 0600); copy it to every node and "
                 "pass --key-file, or put it at the default path")
         if not c.args.file:
-            c.print("note: `flock` and nodes started from now on use this key by default; "
+            c.print("note: `flockctl` and nodes started from now on use this key by default; "
                     "nodes already running keep theirs until restarted")
     return OK
 
@@ -757,9 +757,9 @@ def run_command(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except KeyboardInterrupt:
         if args.command == "run-chef":
             print("\nflock: interrupted; the runs already started go on on their nodes "
-                  "(`flock nodes` shows them)", file=sys.stderr)
+                  "(`flockctl nodes` shows them)", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `flock history x | head`: the reader is gone, so are we
+    except BrokenPipeError:  # `flockctl history x | head`: the reader is gone, so are we
         with contextlib.suppress(OSError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

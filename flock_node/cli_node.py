@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             except ValueError as e:
                 return _fail(str(e))
     if args.listen and key is None and not args.insecure:
-        return _fail(f"--listen {args.listen} needs a flock key: make one with `flock keygen` "
+        return _fail(f"--listen {args.listen} needs a flock key: make one with `flockctl keygen` "
                      "and pass --key-file (or set FLOCK_KEY_FILE), or say --insecure")
     if args.command == "service":
         print(systemd_unit(args, recipes), end="")

@@ -3,7 +3,7 @@
 A call given an `offset` answers one page, `{"items": [...], "next_offset": N | None}`; the
 node fills it until the items' encoded size nears `PAGE_BUDGET`, and `next_offset` says where
 the next page starts (None: the answer is complete, up to `limit` items if one was given).
-The Python client and the `flock` CLI ask page after page and hand back the whole list. A call without `offset` keeps its old shape,
+The Python client and the `flockctl` CLI ask page after page and hand back the whole list. A call without `offset` keeps its old shape,
 the whole list, which the RPC server answers with `too_large` when it does not fit a frame.
 """
 

@@ -1,1 +1,1 @@
-"""The Flock console (Textual), its macros, and the `flock` command."""
+"""The Flock console (Textual), its macros, and the `flockctl` command."""

@@ -634,7 +634,7 @@ class FlockApp(App[int]):
         rd = paths.runtime_dir(getattr(self.args, "runtime_dir", None))
         seeds = " ".join(getattr(self.args, "seed", None) or []) or "none"
         return Text(f"no nodes found; runtime dir {rd}, seeds: {seeds}\n\n"
-                    "start one with `flock-node run NAME`, try `flock demo`, "
+                    "start one with `flock-node run NAME`, try `flockctl demo`, "
                     "or pass --seed tcp://HOST:PORT")
 
     def resort(self) -> None:
@@ -762,7 +762,7 @@ class FlockApp(App[int]):
             return
         body = Text(f"Start a converge on {len(nodes)} nodes:\n\n", style="bold")
         body.append(", ".join(nodes) + "\n\n")
-        body.append("$ " + " && ".join(f"flock run-chef {shlex.quote(n)}" for n in nodes),
+        body.append("$ " + " && ".join(f"flockctl run-chef {shlex.quote(n)}" for n in nodes),
                     style=self.styles_.muted)
 
         def done(yes: bool | None) -> None:
@@ -812,7 +812,7 @@ class FlockApp(App[int]):
 
         def summary(c: dict[str, str]) -> Text:
             t = Text(f"{node} runs {c['action']} on {c['resource']} now, out of band.\n\n")
-            t.append("$ flock notify " + " ".join(shlex.quote(x) for x in (
+            t.append("$ flockctl notify " + " ".join(shlex.quote(x) for x in (
                 node, c["resource"], c["action"])), style="bold")
             return t
 
@@ -859,7 +859,7 @@ class FlockApp(App[int]):
             t.append(" is updated,\n")
             t.append(f"{node}", style="bold")
             t.append(f" runs {c['action']} on {c['resource']}.\n\n")
-            t.append("$ flock subscribe " + " ".join(shlex.quote(x) for x in (
+            t.append("$ flockctl subscribe " + " ".join(shlex.quote(x) for x in (
                 node, c["resource"], c["action"])) + " --to " + " ".join(
                 shlex.quote(x) for x in (c["node"], c["remote_resource"])), style="bold")
             return t
@@ -970,7 +970,7 @@ class FlockApp(App[int]):
         if m.confirm:
             body = Text(f"{m.description}\n\n" if m.description else "")
             for s in steps:
-                body.append(f"$ flock {s}\n", style="bold")
+                body.append(f"$ flockctl {s}\n", style="bold")
 
             def done(yes: bool | None) -> None:
                 if yes:
@@ -982,7 +982,7 @@ class FlockApp(App[int]):
 
     @work(thread=True, exclusive=True, group="macro", exit_on_error=False)
     def run_macro(self, macro: Macro, steps: list[str]) -> int:
-        """Each step runs as its `flock` command would; output lands in the log."""
+        """Each step runs as its `flockctl` command would; output lands in the log."""
         worker = get_current_worker()
         def cancelled() -> bool:
             return worker.is_cancelled
@@ -998,7 +998,7 @@ class FlockApp(App[int]):
                     code = 130
                     break
                 call(self.macro_progress, macro.name, i, len(steps), step)
-                call(self.log_line, Text(f"$ flock {step}", style=f"bold {st.accent}"))
+                call(self.log_line, Text(f"$ flockctl {step}", style=f"bold {st.accent}"))
                 try:
                     args = macros_mod.parse_step(step, g)
                 except StepError as e:
@@ -1051,7 +1051,7 @@ class FlockApp(App[int]):
         t.append("▶ macro ", style="bold")
         t.append(name, style=f"bold {self.styles_.accent}")
         t.append(f"  step {i}/{n}  ")
-        t.append(f"flock {step}", style="bold")
+        t.append(f"flockctl {step}", style="bold")
         t.append(f"   {note}" if note else "   (esc cancels)", style=self.styles_.muted)
         self.main.query_one("#macro-label", Static).update(t)
         self.main.query_one("#macro-bar").add_class("shown")
@@ -1100,7 +1100,7 @@ def run_console(args: argparse.Namespace) -> int:
     """Open the console; returns the exit code (errors show in the UI, not as tracebacks)."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         print("flock: the console needs a terminal; in scripts use a command "
-              "(`flock nodes`, `flock run-chef ...`; see `flock --help`)", file=sys.stderr)
+              "(`flockctl nodes`, `flockctl run-chef ...`; see `flockctl --help`)", file=sys.stderr)
         return 2
     app = FlockApp(args)
     result = app.run()

@@ -1,4 +1,4 @@
-"""`flock demo [--nodes N]`: a local demo flock from the recipes in flock_tui/examples/ (package
+"""`flockctl demo [--nodes N]`: a local demo flock from the recipes in flock_tui/examples/ (package
 data, so an installed Flock has them too), with the console on it."""
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def run_demo(args: argparse.Namespace) -> int:
         args.insecure = True
         if args.no_console:
             print(f"demo flock up: export FLOCK_RUNTIME_DIR={demo.runtime_dir}\n"
-                  "then try `flock nodes`; Ctrl-C stops it", flush=True)
+                  "then try `flockctl nodes`; Ctrl-C stops it", flush=True)
             try:
                 signal.pause()
             except KeyboardInterrupt:

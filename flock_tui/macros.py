@@ -1,4 +1,4 @@
-"""Console macros: `[[macros]]` in console.toml, each an ordered list of `flock` commands.
+"""Console macros: `[[macros]]` in console.toml, each an ordered list of `flockctl` commands.
 
     [[macros]]
     name = "deploy-web"
@@ -8,7 +8,7 @@
     confirm = true
 
 `{node}` is the cursor node (headless: --node); a step using `{marked}` runs once per marked
-node (headless: --marked a,b). `flock macro NAME` runs the steps exactly as the `flock`
+node (headless: --marked a,b). `flockctl macro NAME` runs the steps exactly as the `flockctl`
 commands would, and stops at the first one that exits non-zero, with its exit code.
 """
 
@@ -73,7 +73,7 @@ class ConfigError(Exception):
 
 
 class StepError(Exception):
-    """A macro step that is not a valid `flock` command."""
+    """A macro step that is not a valid `flockctl` command."""
 
 
 class MacroCancelled(Exception):
@@ -225,7 +225,7 @@ def _raising_parser() -> argparse.ArgumentParser:
 
 
 def parse_step(step: str, global_args: list[str] | None = None) -> argparse.Namespace:
-    """A step as the `flock` command line would parse it; StepError if it is not valid."""
+    """A step as the `flockctl` command line would parse it; StepError if it is not valid."""
     try:
         words = shlex.split(step)
     except ValueError as e:
@@ -257,7 +257,7 @@ def expand(steps: list[str], node: str | None, marked: list[str]) -> list[str]:
 
 
 def global_args(args: argparse.Namespace) -> list[str]:
-    """The global `flock` options of this invocation, passed on to every step."""
+    """The global `flockctl` options of this invocation, passed on to every step."""
     g: list[str] = []
     for s in getattr(args, "seed", None) or []:
         g += ["--seed", s]
@@ -342,7 +342,7 @@ class LineWriter:
         return False
 
 
-# --- headless: `flock macro NAME` ------------------------------------------------------------
+# --- headless: `flockctl macro NAME` ------------------------------------------------------------
 
 
 def find_macro(cfg: ConsoleConfig, name: str) -> Macro:
@@ -354,7 +354,7 @@ def find_macro(cfg: ConsoleConfig, name: str) -> Macro:
 
 
 def run_macro_headless(args: argparse.Namespace) -> int:
-    """`flock macro NAME`: run the macro's steps as `flock` commands, stop at the first failure."""
+    """`flockctl macro NAME`: run the macro's steps as `flockctl` commands, stop at the first failure."""
     try:
         cfg = load_config(builtin_keys=builtin_keys())
         macro = find_macro(cfg, args.name)

@@ -1,4 +1,4 @@
-"""`flock`: no command opens the console; commands run headless for scripts."""
+"""`flockctl`: no command opens the console; commands run headless for scripts."""
 
 from __future__ import annotations
 

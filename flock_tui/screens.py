@@ -94,7 +94,7 @@ class HelpScreen(ModalScreen[None]):
                     lines.append(f"{m.name}", style="bold")
                     lines.append(f"  {m.description}\n")
                     for s in m.steps:
-                        lines.append(f"{'':10}$ flock {s}\n", style="dim")
+                        lines.append(f"{'':10}$ flockctl {s}\n", style="dim")
                 yield Static(lines, id="help-macros")
             yield Label(Text("Remap any binding by id in console.toml: [keymap] "
                              "\"flock.run_chef\" = \"R\"   ·   esc closes"), classes="hint")
@@ -655,7 +655,7 @@ class NodeScreen(Screen[None]):
         if s is None:
             self.flock_app.notify("no subscription selected", severity="warning")
             return
-        body = Text(f"$ flock unsubscribe {self.node} {s['id']}\n\n")
+        body = Text(f"$ flockctl unsubscribe {self.node} {s['id']}\n\n")
         if key and key.startswith("out:"):
             body.append(f"{self.node} stops running {s['action']} on {s['resource']} when "
                         f"{s['node']}:{s['remote_resource']} is updated.")
@@ -673,7 +673,7 @@ class NodeScreen(Screen[None]):
         if self.flock_app.read_only:
             self.flock_app.notify("read-only console", severity="warning")
             return
-        body = Text(f"$ flock retry {self.node}\n\n")
+        body = Text(f"$ flockctl retry {self.node}\n\n")
         body.append(f"{self.node} sends its dead-lettered and refused notifications again, "
                     "with a fresh TTL.")
 

@@ -140,7 +140,7 @@ class FlockEnv:
 
     def cli(self, *args: str, timeout: float = 60.0, input: str | None = None
             ) -> subprocess.CompletedProcess:
-        """Run the real `flock` command."""
+        """Run the real `flockctl` command."""
         return subprocess.run([sys.executable, "-m", "flock_tui.main", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, input=input)
 

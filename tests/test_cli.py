@@ -1,4 +1,4 @@
-"""Three local agents on ipc, driven entirely by the real `flock` command and the Python
+"""Three local agents on ipc, driven entirely by the real `flockctl` command and the Python
 client. Recipes read a per-node mode file, so one flock serves ok, failing and slow runs."""
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def test_active_wait_while_and_wait_until(flock3):
         wait_for(
             lambda: flock3.cli("active", "b0").stdout.strip() == "true",
             5,
-            what="`flock active b0` to print true",
+            what="`flockctl active b0` to print true",
         )
         assert flock3.json("active", "b0") is True
         st = flock3.json("status", "b0")

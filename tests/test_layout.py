@@ -39,7 +39,7 @@ def test_agent_and_library_type_check():
 
 
 def test_an_installed_flock_starts_its_demo(tmp_path):
-    """`pip install .` (not editable) carries the demo recipes: `flock demo --no-console` runs
+    """`pip install .` (not editable) carries the demo recipes: `flockctl demo --no-console` runs
     from the installed copy, far from the checkout."""
     import os
     import signal
@@ -52,6 +52,9 @@ def test_an_installed_flock_starts_its_demo(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     assert (target / "flock_tui" / "examples" / "bender0.py").exists()
     assert (target / "flock_node" / "py.typed").exists()
+    # the operator command is `flockctl`; nothing may shadow util-linux's `flock`
+    assert (target / "bin" / "flockctl").exists() and (target / "bin" / "flock-node").exists()
+    assert not (target / "bin" / "flock").exists()
     env = dict(os.environ, PYTHONPATH=str(target), FLOCK_CONFIG_DIR=str(tmp_path / "cfg"))
     env.pop("FLOCK_RUNTIME_DIR", None)
     proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", "demo", "--no-console",

@@ -1,4 +1,4 @@
-"""console.toml: validation errors name file, line and field; `flock macro NAME` headless."""
+"""console.toml: validation errors name file, line and field; `flockctl macro NAME` headless."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def test_remote_notifies_runs_the_action_on_the_target_exactly_once(flock_env):
     assert run2["status"] == "ok" and run2["updated"] == 0
     wait_for(lambda: quiet(f, "b0"), 5)
     assert len(outbox(f, "b0")) == 1 and len(lines(out)) == 1
-    # `flock history` shows the chain.
+    # `flockctl history` shows the chain.
     cli = env.cli("history", "b1")
     assert cli.returncode == 0, cli.stderr
     assert f"caused by b0:file[{env.root}/fubar]" in cli.stdout and row["id"] in cli.stdout

@@ -178,7 +178,7 @@ async def test_subscription_wizard_end_to_end(demo):
         await pick("touch", "touch")
         await until(pilot, lambda: wiz.confirming, 3, "confirmation")
         text = str(wiz.query_one("#wizard-confirm").content)
-        assert f"flock subscribe bender2 '{local}' touch --to bender0 '{remote}'" in text
+        assert f"flockctl subscribe bender2 '{local}' touch --to bender0 '{remote}'" in text
         await pilot.press("enter")
         await until(pilot, lambda: not isinstance(app.screen, Wizard), 10, "wizard done")
         with client(demo) as f:
@@ -225,7 +225,7 @@ async def test_node_screen_retries_the_outbox(demo):
         await until(pilot, lambda: isinstance(app.screen, NodeScreen), 3, "node screen")
         await pilot.press("t")
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), 3, "confirmation")
-        assert "flock retry bender2" in str(app.screen.query_one("#confirm-body").content)
+        assert "flockctl retry bender2" in str(app.screen.query_one("#confirm-body").content)
         await pilot.press("y")
 
         def log() -> str:
@@ -254,7 +254,7 @@ async def test_macro_runs_and_cancels(demo):
 
         await pilot.press("x")
         await until(pilot, lambda: "macro probe done" in log(), 10, "macro done")
-        assert "$ flock active bender0" in log()
+        assert "$ flockctl active bender0" in log()
         assert " false\n" in log() or " true\n" in log()
         await pilot.press("z")
         await until(pilot, lambda: app.macro_state and "wait-until" in app.macro_state[3], 5,
@@ -264,7 +264,7 @@ async def test_macro_runs_and_cancels(demo):
         await pilot.press("escape")
         await until(pilot, lambda: "macro hang cancelled" in log(), 5, "macro cancelled")
         assert time.monotonic() - t0 < 3
-        assert "flock active" not in log().split("macro hang")[-1]
+        assert "flockctl active" not in log().split("macro hang")[-1]
         assert not app.main.query_one("#macro-bar").has_class("shown")
 
 

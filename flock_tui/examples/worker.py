@@ -1,4 +1,4 @@
-"""Extra demo nodes (flock demo --nodes N, N > 3): a little work on each converge."""
+"""Extra demo nodes (flockctl demo --nodes N, N > 3): a little work on each converge."""
 
 import os
 import socket
