@@ -196,7 +196,7 @@ def test_unknown_node_is_exit_3(flock3):
     ):
         r = flock3.cli(*args, timeout=20)
         assert r.returncode == 3, (args, r.stdout, r.stderr)
-        assert r.stderr.startswith("flock: ")
+        assert r.stderr.startswith("flockctl: ")
         assert args[1] in r.stderr
 
 

@@ -1,0 +1,51 @@
+"""Human output: ages, activity, tables."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if not ts:
+        return "-"
+    d = max(0.0, (now or time.time()) - ts)
+    if d < 60:
+        return f"{d:.0f}s ago"
+    if d < 3600:
+        return f"{d / 60:.0f}m ago"
+    if d < 86400:
+        return f"{d / 3600:.0f}h ago"
+    return f"{d / 86400:.0f}d ago"
+
+
+def activity(n: dict[str, Any]) -> str:
+    if n.get("state") not in (None, "alive"):
+        return "-"
+    run = n.get("run")
+    if n.get("active") and run:
+        k, total = run.get("k", 0), run.get("n", 0)
+        what = "reacting" if run.get("kind") == "reaction" else "converging"
+        return f"{what} {k}/{total} {run.get('resource', '')}".rstrip()
+    return "converging" if n.get("active") else "idle"
+
+
+def last_run_text(lr: dict[str, Any] | None) -> str:
+    if not lr:
+        return "never"
+    dur = lr.get("duration")
+    d = f" in {dur:.1f}s" if isinstance(dur, int | float) else ""
+    return f"{lr['status']} {ago(lr.get('started'))}{d}, {lr.get('updated', 0)} updated"
+
+
+def table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
+    for r in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=False)).rstrip())
+    return "\n".join(lines)
+
+
+def _outbox_text(n: dict[str, Any]) -> str:
+    dead = n.get("dead_letters", 0)
+    return f"{n.get('pending', 0)}" + (f" ({dead} dead)" if dead else "")
