@@ -181,10 +181,10 @@ class Agent:
         self.server = RpcServer(self.codec, self.dispatcher.handle)
         # Recover before serving: a notification accepted now must find the inbox as the
         # last run left it, or a retry landing during the start would be queued twice.
-        interrupted = self.store.recover_interrupted_runs()
+        interrupted = self.store.runs.recover_interrupted()
         if interrupted:
             log.warning("closed %d run(s) interrupted by the last stop", len(interrupted))
-        for n in self.store.inbox_recover():
+        for n in self.store.inbox.recover():
             self.work.enqueue_reaction(n)
         self.bus.listen(self.bus_addr)
         self.server.listen(self.rpc_addr)
@@ -267,10 +267,10 @@ class Agent:
 
     def _record(self) -> dict[str, Any]:
         """What our heartbeat says about us besides who and where we are."""
-        counts = self.store.outbox_counts()
+        counts = self.store.outbox.counts()
         return {
             "tags": list(self.cfg.tags), "active": self.work.active, "run": self.work.progress,
-            "last_run": summary(self.store.last_run()),
+            "last_run": summary(self.store.runs.last()),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead": counts.get("dead", 0),
         }
@@ -290,7 +290,7 @@ class Agent:
     def _job_finished(self, job: Job) -> None:
         self.deliverer.wake()
         if job.kind == "converge":
-            self.store.recheck_recipe_subscriptions()
+            self.store.wanted.recheck_recipe()
         self.subscriptions.wake()
 
 

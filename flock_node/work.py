@@ -219,20 +219,20 @@ class WorkQueue:
         try:
             result = self.engine.run_action(n["resource"], n["action"], ctx)
         except Exception as e:  # resource vanished since we accepted it
-            self.store.start_run(job.run_id, "reaction", cause_of(n))
-            self.store.finish_run(job.run_id, False, str(e), 0)
+            self.store.runs.start(job.run_id, "reaction", cause_of(n))
+            self.store.runs.finish(job.run_id, False, str(e), 0)
             result = {"id": job.run_id, "status": "failed", "error": str(e)}
         if self.stopping.is_set() and self._stopped_before_action(job.run_id):
             # SIGTERM cut its wait short, or the stop timeout killed its action: the action
             # never completed, so the notification stays pending and runs after the restart
             # (it was acknowledged; it must not be lost).
             return result
-        self.store.inbox_done(n["id"], job.run_id, result.get("status") == "ok",
+        self.store.inbox.done(n["id"], job.run_id, result.get("status") == "ok",
                               result.get("error"))
         return result
 
     def _stopped_before_action(self, run_id: str) -> bool:
-        run = self.store.run(run_id) or {}
+        run = self.store.runs.get(run_id) or {}
         first = (run.get("resources") or [{}])[0]
         return (first.get("error") or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED))
 
@@ -275,7 +275,7 @@ class WorkQueue:
         try:
             # The acknowledged notification of a reaction stays pending: it runs after the
             # restart (inbox_recover finds no recorded action for it).
-            self.store.finish_run(job.run_id, False, f"{message} (the worker did not stop)")
+            self.store.runs.finish(job.run_id, False, f"{message} (the worker did not stop)")
         except Exception:
             log.exception("recording run %s as interrupted failed", job.run_id)
         self.abandoned = True

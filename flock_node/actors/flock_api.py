@@ -51,8 +51,8 @@ class FlockApi:
         return self.work.active
 
     async def status(self) -> dict[str, Any]:
-        counts = self.store.outbox_counts()
-        last = self.store.last_run()
+        counts = self.store.outbox.counts()
+        last = self.store.runs.last()
         cur = None
         if self.work.current is not None:
             p = self.work.progress
@@ -80,18 +80,18 @@ class FlockApi:
         flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
         limit = count_arg(limit, "limit")
         if offset is None:
-            return self.store.history(limit)
+            return self.store.runs.history(limit)
         offset = count_arg(offset, "offset")
         # Runs carry their resources: a page rarely holds many, so read few at a time.
         take = min(limit, 50)
-        rows = [too_big_for_a_page(r) for r in self.store.history(take + 1, offset=offset)]
+        rows = [too_big_for_a_page(r) for r in self.store.runs.history(take + 1, offset=offset)]
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
         """One run with its per-resource results. With `offset`: `{"run", "items",
         "next_offset"}`, the run and one page of its resources from there (a run with many
         big outputs does not fit one frame); without it, the whole run."""
-        run = self.store.run(str(id))
+        run = self.store.runs.get(str(id))
         if offset is None or run is None:
             return run
         offset = count_arg(offset, "offset")
@@ -127,10 +127,10 @@ class FlockApi:
         limit = count_arg(limit, "limit")
         statuses = [status] if status else None
         if offset is None:
-            return self.store.outbox(statuses, limit)
+            return self.store.outbox.rows(statuses, limit)
         offset = count_arg(offset, "offset")
         take = min(limit, 1000)
-        rows = self.store.outbox(statuses, take + 1, offset=offset)
+        rows = self.store.outbox.rows(statuses, take + 1, offset=offset)
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def discard(self, ids: list[str] | None = None,
@@ -145,7 +145,7 @@ class FlockApi:
             raise BadRequest("statuses must be a list of: dead, failed")
         if ids is None and not statuses:
             raise BadRequest("say which: notification ids, or statuses (dead, failed)")
-        gone = self.store.outbox_discard(ids, tuple(statuses or ("dead", "failed")))
+        gone = self.store.outbox.discard(ids, tuple(statuses or ("dead", "failed")))
         return {"discarded": gone}
 
     async def retry(self, ids: list[str] | None = None) -> dict[str, Any]:
@@ -154,7 +154,7 @@ class FlockApi:
         if ids is not None and not (isinstance(ids, list)
                                     and all(isinstance(i, str) for i in ids)):
             raise BadRequest("ids must be a list of notification ids")
-        revived = self.store.outbox_revive(ids)
+        revived = self.store.outbox.revive(ids)
         if revived:
             self.deliverer.changed()
         return {"retried": revived}

@@ -113,7 +113,7 @@ class _Recorder:
                 self.flush()
             return
         self.flush()
-        self.store.record_result(
+        self.store.runs.record_result(
             self.run_id, seq, rid, action, result, duration, error, output, outbox=outbox
         )
 
@@ -121,7 +121,7 @@ class _Recorder:
         if not self.batch:
             return
         batch, self.batch = self.batch, []
-        self.store.record_results(self.run_id, batch)
+        self.store.runs.record_results(self.run_id, batch)
 
 
 class _Run:
@@ -317,7 +317,7 @@ class _Run:
                     OutboxItem(name, rn.target, rn.action, ctx.hops + 1, dict(cause), rn.timing,
                                **nid)
                 )
-        for row in eng.store.subscribers_of(res.id):
+        for row in eng.store.subscriptions.of(res.id):
             nid = self._item_id(res.id, action, row["subscriber"], row["subscriber_resource"],
                                 row["action"], row["id"])
             items.append(
@@ -448,11 +448,11 @@ class Engine:
         # An unchanged recipe compiles to the rows this engine already persisted: rewriting
         # them is most of the cost of an up-to-date converge, so only write what changed.
         if rows != self._saved_rows:
-            self.store.save_resources(rows)
+            self.store.resources.save(rows)
             self._saved_rows = rows
         # Every compile: the recipe is the truth for the subscriptions it declares, so one
         # removed by hand comes back at the next converge, as it would after a restart.
-        self.store.set_recipe_subscriptions(compiled.wanted)
+        self.store.wanted.set_recipe(compiled.wanted)
         self._compiled = compiled
         return rows
 
@@ -460,7 +460,7 @@ class Engine:
         """Ids from the last successful compile (the persisted ones before any compile)."""
         if self._compiled is not None:
             return [r.id for r in self._compiled.resources]
-        return [r.id for r in self.store.resources()]
+        return [r.id for r in self.store.resources.all()]
 
     def _lookup_fn(self) -> Callable[[str], Resource | None]:
         compiled = self._compiled
@@ -470,7 +470,7 @@ class Engine:
 
         def lookup(rid: str) -> Resource | None:
             if rid not in restored:
-                row = self.store.resource(rid)
+                row = self.store.resources.get(rid)
                 if row is None:
                     return None
                 try:
@@ -485,7 +485,7 @@ class Engine:
     def converge(self, ctx: RunContext) -> dict[str, Any]:
         """Compile, then converge every resource in order; never raises for a failed run."""
         with self._lock, _run_env(ctx), killable(ctx.kill):
-            self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
+            self.store.runs.start(ctx.run_id, ctx.kind, ctx.cause)
             try:
                 self.compile()
             except RecipeError as e:
@@ -520,7 +520,7 @@ class Engine:
             if action not in res.actions:
                 raise UnknownAction(resource_id, action, list(res.actions))
             if not ctx.opened:
-                self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
+                self.store.runs.start(ctx.run_id, ctx.kind, ctx.cause)
             run = _Run(self, ctx, lookup)
             try:
                 self._progress(ctx, 1, 1, res.id)
@@ -553,7 +553,7 @@ class Engine:
                 error = "stopped"
             elif run.stopped:
                 error = f"stopped ({error})"
-        self.store.finish_run(ctx.run_id, error is None, error, total)
+        self.store.runs.finish(ctx.run_id, error is None, error, total)
         if run is not None and run.held_remote:
             self._outbox_changed()  # finish_run released the delayed remote notifications
         return {
