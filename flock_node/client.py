@@ -25,7 +25,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from flock_node import paths
+from flock_node import api, paths
 from flock_node.paging import PAGED, acollect, collect
 from flock_node.protocol import Codec, load_key
 from flock_node.transport import AsyncRpc, RpcError, SyncRpc, rpc_for_bus, scan_runtime_dir
@@ -33,21 +33,12 @@ from flock_node.transport import AsyncRpc, RpcError, SyncRpc, rpc_for_bus, scan_
 FlockError = RpcError
 
 # Positional parameter names, so `history(5)` works like `history(limit=5)`.
-_POSITIONAL = {
-    "history": ("limit", "offset"),
-    "resources": ("offset", "limit"),
-    "run": ("id",),
-    "notify": ("resource", "action"),
-    "unsubscribe": ("id",),
-    "subscribe_to": ("resource", "action", "node", "remote_resource"),
-    "subscribe": ("resource", "subscriber", "subscriber_resource", "action"),
-    "outbox": ("status", "limit", "offset"),
-}
 ACTORS = ("flock_api", "resource_manager")
 
 
-def _args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    names = _POSITIONAL.get(method, ())
+def _args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+          actor: str | None = None) -> dict[str, Any]:
+    names = api.positional(method, actor)
     if len(args) > len(names):
         raise TypeError(f"{method}() takes at most {len(names)} positional arguments")
     out = dict(zip(names, args, strict=False))
@@ -106,7 +97,7 @@ class _Actor:
             raise AttributeError(method)
 
         def invoke(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-            return self._call(self._node, self._actor, method, _args(method, args, kwargs),
+            return self._call(self._node, self._actor, method, _args(method, args, kwargs, self._actor),
                               timeout)
 
         invoke.__name__ = method

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import msgspec
 
+from flock_node.api import CALLS, decode_args
 from flock_node.protocol import Envelope, Error, Request, Response
 from flock_node.store import store_error
 from flock_node.transport import RpcError
@@ -73,7 +74,9 @@ class Dispatcher:
             return Response(req.call_id, False, error=Error(
                 "unknown_method", f"no method {req.actor}.{req.method}; known: {', '.join(known)}"))
         try:
-            result = await fn(**req.args)
+            args = (decode_args(req.actor, req.method, req.args)
+                    if (req.actor, req.method) in CALLS else req.args)
+            result = await fn(**args)
         except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError) as e:
             # A value SQLite cannot take (a list where a string goes): the caller's mistake.
             return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))
