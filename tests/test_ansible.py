@@ -74,7 +74,7 @@ def test_file_modules_change_then_settle(env):
         ansible("hosts line", module="ansible.builtin.lineinfile",
                 args={{"path": D + "/hosts", "line": "10.0.0.2 db"}})
         ansible("owner", module="ansible.builtin.file",
-                args={{"path": D + "/motd", "owner": {user!r}, "group": {group!r},
+                args={{"path": D + "/copied", "owner": {user!r}, "group": {group!r},
                        "mode": "0600"}})
         ansible("link", module="ansible.builtin.file",
                 args={{"src": D + "/app.conf", "dest": D + "/current", "state": "link"}})
@@ -83,7 +83,8 @@ def test_file_modules_change_then_settle(env):
     assert r1["status"] == "ok", run1
     assert r1["updated"] == 6, [(x["resource"], x["result"], x["output"]) for x in run1["resources"]]
     assert (env.dir / "motd").read_text() == "hello\n"
-    assert stat.S_IMODE(os.stat(env.dir / "motd").st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(env.dir / "motd").st_mode) == 0o640
+    assert stat.S_IMODE(os.stat(env.dir / "copied").st_mode) == 0o600
     assert (env.dir / "copied").read_text() == "from a file\n"
     assert (env.dir / "src.txt").exists()  # the recipe's source stays where it is
     assert (env.dir / "app.conf").read_text() == "port=8080\nA\nB\n"
@@ -92,7 +93,8 @@ def test_file_modules_change_then_settle(env):
     motd = rows(run1)["ansible[motd]"]["output"]
     assert motd.startswith("ansible.builtin.copy: changed") and '"changed": true' in motd
     r2, run2 = env.converge()
-    assert r2["status"] == "ok" and r2["updated"] == 0, run2
+    assert r2["status"] == "ok" and r2["updated"] == 0, [
+        (x["resource"], x["result"], x["output"]) for x in run2["resources"]]
     assert {x["result"] for x in run2["resources"]} == {"up_to_date"}
     # the template changes when its variables do
     env.write((env.recipe.read_text().split("\n", 2)[2]).replace("8080", "9090"))
@@ -287,26 +289,68 @@ def test_without_ansible_a_recipe_fails_to_compile_naming_the_extra(tmp_path):
 
 
 def test_a_changed_module_notifies_another_node(flock_env):
-    """A changed module's remote notification runs a resource on another real agent; the
+    """A changed module's remote notification runs a playbook with its tags on another real
+    agent; a playbook's on_task remote notification fires for its changed task only; the
     unchanged second converge sends nothing."""
     d = flock_env.root
+    reload_yml = d / "reload.yml"
+    reload_yml.write_text(textwrap.dedent(f"""
+        - hosts: localhost
+          gather_facts: false
+          tasks:
+            - name: reload
+              ansible.builtin.shell: echo reloaded >> {d}/web-reloads
+              tags: [reload]
+            - name: install
+              ansible.builtin.shell: echo installed >> {d}/web-installs
+              tags: [install]
+    """))
+    db_yml = d / "db.yml"
+    db_yml.write_text(textwrap.dedent(f"""
+        - hosts: localhost
+          gather_facts: false
+          tasks:
+            - name: schema
+              ansible.builtin.copy: {{content: "v1", dest: "{d}/schema"}}
+            - name: users
+              ansible.builtin.command: /bin/true
+              changed_when: false
+    """))
     web = write_recipe(d / "web.py", textwrap.dedent(f"""
         from flock_node.dsl import *
-        execute("reload", command="echo reloaded >> {d}/web-reloads", action="nothing")
+        playbook("reload", path={str(reload_yml)!r}, tags=["reload"], action="nothing")
+        execute("migrate", command="echo migrated >> {d}/migrations", action="nothing")
+        execute("users", command="echo users >> {d}/users", action="nothing")
     """))
     db = write_recipe(d / "db.py", textwrap.dedent(f"""
         from flock_node.dsl import *
         ansible("db conf", module="ansible.builtin.lineinfile",
                 args={{"path": "{d}/db.conf", "line": "max_connections=100", "create": True}}
-                ).remote_notifies("run", "execute[reload]", node="web")
+                ).remote_notifies("run", "playbook[reload]", node="web")
+        p = playbook("db", path={str(db_yml)!r})
+        p.on_task("schema").remote_notifies("run", "execute[migrate]", node="web")
+        p.on_task("users").remote_notifies("run", "execute[users]", node="web")
     """))
-    flock_env.start("web", recipes=[web])
-    flock_env.start("db", recipes=[db])
+    flock_env.start("web", recipes=[web], heartbeat=0.2)
+    flock_env.start("db", recipes=[db], heartbeat=0.2)
     f = flock_env.flock()
-    wait_for(lambda: (d / "web-reloads").exists()
-             or f["db"].resource_manager.run_chef(wait=True), timeout=30, what="first converge")
-    wait_for(lambda: (d / "web-reloads").exists(), timeout=20, what="web reload")
+
+    def converge(node: str) -> dict:
+        rid = f[node].flock_api.run_chef()["run_id"]
+        return wait_for(lambda: (r := f[node].flock_api.run(rid)) and r["status"] != "running"
+                        and r, 30, what=f"converge on {node}")
+
+    wait_for(lambda: {m["name"] for m in f["db"].flock_api.members()
+                      if m["state"] == "alive"} >= {"web"}, 20, what="db to see web")
+    assert converge("web")["status"] == "ok"
+    run = converge("db")
+    assert run["status"] == "ok" and run["updated"] == 2, run
+    wait_for(lambda: (d / "web-reloads").exists() and (d / "migrations").exists(), timeout=30,
+             what="web reload and migration")
     assert (d / "db.conf").read_text() == "max_connections=100\n"
-    f["db"].resource_manager.run_chef(wait=True)
-    time.sleep(0.5)
+    assert converge("db")["updated"] == 0
+    wait_for(lambda: f["db"].flock_api.status()["pending"] == 0, 10, what="db outbox empty")
+    wait_for(lambda: not f["web"].flock_api.status()["active"], 10, what="web idle")
     assert (d / "web-reloads").read_text() == "reloaded\n"
+    assert (d / "migrations").read_text() == "migrated\n"
+    assert not (d / "web-installs").exists() and not (d / "users").exists()

@@ -100,6 +100,39 @@ def prepare(module: str, args: dict[str, Any], variables: dict[str, Any], tmp: s
     return module_fqn(module), args
 
 
+DIFF_LIMIT = 64 * 1024  # bigger files get no content diff, as in Ansible (max_diff_size)
+
+
+def _text(path: str) -> str | None:
+    """A small text file's content; None when missing, big or binary."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(DIFF_LIMIT + 1)
+    except OSError:
+        return None
+    if len(data) > DIFF_LIMIT or b"\0" in data:
+        return None
+    return data.decode("utf-8", "replace")
+
+
+def content_diff(fqn: str, args: dict[str, Any]) -> dict[str, Any] | None:
+    """The before/after diff the copy action plugin would show (the module gives none)."""
+    if fqn != "ansible.modules.copy" or not isinstance(args.get("src"), str) or \
+            not isinstance(args.get("dest"), str):
+        return None
+    dest = args["dest"]
+    if os.path.isdir(dest):
+        dest = os.path.join(dest, str(args.get("_original_basename") or ""))
+    after = _text(args["src"])
+    if after is None:
+        return None
+    before = _text(dest) if os.path.exists(dest) else ""
+    if before is None:
+        return None
+    return {"before": before, "after": after, "before_header": dest,
+            "after_header": str(args.get("_original_basename") or args["src"])}
+
+
 def _child(fqn: str, params: bytes, out_fd: int, err_fd: int) -> None:
     """In the fork: run the module as __main__, its output to the given files; never returns."""
     code = 1
@@ -187,6 +220,7 @@ def run_one(req: dict[str, Any], stdin_fd: int) -> dict[str, Any]:
             _ansible_debug=False,
         )
         params = json.dumps({"ANSIBLE_MODULE_ARGS": args}).encode()
+        diff = content_diff(fqn, args) if req.get("diff", True) else None
         out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o600)
         err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT, 0o600)
@@ -205,6 +239,8 @@ def run_one(req: dict[str, Any], stdin_fd: int) -> dict[str, Any]:
             code = os.waitstatus_to_exitcode(status)
             why = f"exit status {code}" if code >= 0 else f"killed by signal {-code}"
             result = {"failed": True, "msg": f"module printed no result ({why})"}
+        if diff is not None and result.get("changed") and "diff" not in result:
+            result["diff"] = diff
         return {"result": result, "stderr": stderr, "noise": noise[-STREAM_LIMIT:]}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
