@@ -1,6 +1,6 @@
 """The Ansible worker: one process per converge that runs every `ansible` resource's module.
 
-    python -m flock_node.engine.ansible_worker     (started by ansible_session, never by hand)
+    python -c 'runpy.run_path(".../ansible_worker.py")'   (started by ansible_session)
 
 Requests and answers are JSON lines on stdin/stdout. Ansible's own machinery is imported once,
 here; each module then runs in a fork of this warm process the way AnsiballZ runs it on a
@@ -16,6 +16,7 @@ This module imports Ansible: nothing in the agent imports it.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import runpy
@@ -142,8 +143,12 @@ def _child(fqn: str, params: bytes, out_fd: int, err_fd: int) -> None:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        import warnings
+
         from ansible.module_utils import basic
 
+        # The module was imported by the parent (to warm its imports): runpy warns about it.
+        warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
         basic._ANSIBLE_ARGS = params
         basic._ANSIBLE_PROFILE = "legacy"
         runpy.run_module(fqn, run_name="__main__", alter_sys=True)
@@ -160,6 +165,16 @@ def _child(fqn: str, params: bytes, out_fd: int, err_fd: int) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _warm(fqn: str) -> None:
+    """Import the module here once, so every later fork finds its imports loaded."""
+    if fqn in sys.modules:
+        return
+    try:
+        importlib.import_module(fqn)
+    except BaseException:  # the fork reports it; a module may even exit at import
+        sys.modules.pop(fqn, None)
 
 
 def _tail(path: str, limit: int) -> bytes:
@@ -224,6 +239,7 @@ def run_one(req: dict[str, Any], stdin_fd: int) -> dict[str, Any]:
         out_path, err_path = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
         out_fd = os.open(out_path, os.O_WRONLY | os.O_CREAT, 0o600)
         err_fd = os.open(err_path, os.O_WRONLY | os.O_CREAT, 0o600)
+        _warm(fqn)
         pid = os.fork()
         if pid == 0:
             os.chdir(tmp)
@@ -253,6 +269,8 @@ def main() -> None:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 1)
     stdin_fd = sys.stdin.fileno()
+    # As AnsiballZ does: a module named like a stdlib one (copy) must not shadow it.
+    sys.path[:] = [p for p in sys.path if p not in ("", ".")]
     from ansible.module_utils import basic  # noqa: F401  (imported once, shared by the forks)
 
     answers.write(json.dumps({"ready": True}) + "\n")
