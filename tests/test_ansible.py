@@ -353,3 +353,39 @@ def test_a_changed_module_notifies_another_node(flock_env):
     assert (d / "web-reloads").read_text() == "reloaded\n"
     assert (d / "migrations").read_text() == "migrated\n"
     assert not (d / "web-installs").exists() and not (d / "users").exists()
+
+
+def test_user_module_in_a_throwaway_mount_namespace(tmp_path):
+    """ansible.builtin.user creates a user, then finds it there: inside `unshare --mount` over
+    a copy of /etc and a tmpfs /home, so the host's users are never touched."""
+    recipe = write_recipe(tmp_path / "r.py", textwrap.dedent("""
+        from flock_node.dsl import ansible
+        ansible("flocktest", module="ansible.builtin.user",
+                args={"name": "flocktest", "shell": "/bin/sh", "password": "pw-s3cr3t"})
+    """))
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import json
+        from flock_node.engine import Engine, RunContext
+        from flock_node.store import Store
+        store = Store({str(tmp_path / "db" / "flock.db")!r}, node="n")
+        eng = Engine("n", [{str(recipe)!r}], store)
+        out = []
+        for i in range(2):
+            eng.converge(RunContext(run_id=f"r{{i}}"))
+            row = store.run(f"r{{i}}")["resources"][0]
+            out.append([row["result"], row["output"] or "", row["error"]])
+        out.append(open("/etc/passwd").read())
+        print(json.dumps(out))
+    """))
+    shell = (f"cp -a /etc {tmp_path}/etc && mount --bind {tmp_path}/etc /etc && "
+             f"mount -t tmpfs tmpfs /home && exec {sys.executable} {script}")
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", shell],
+                       capture_output=True, text=True, timeout=60, cwd=Path(__file__).parent.parent)
+    assert r.returncode == 0, r.stderr
+    first, second, passwd = json.loads(r.stdout.splitlines()[-1])
+    assert first[0] == "updated" and second[0] == "up_to_date", (first, second)
+    assert "flocktest:x:" in passwd and "/bin/sh" in passwd
+    assert "pw-s3cr3t" not in first[1] + second[1]
+    with open("/etc/passwd") as f:
+        assert "flocktest" not in f.read()
