@@ -14,8 +14,9 @@ a compile raises RecipeError.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
+from flock_node.engine.ansible_resources import Playbook
 from flock_node.engine.errors import RecipeError
 from flock_node.engine.recipe import declare
 from flock_node.engine.resources import Resource
@@ -65,11 +66,11 @@ def ansible(name: str, **props: Any) -> Resource:
     return declare("ansible", name, props)
 
 
-def playbook(name: str, **props: Any) -> Any:
+def playbook(name: str, **props: Any) -> Playbook:
     """playbook[name]: run (default) the playbook at `path` (default: the name) on this node;
     tags, skip_tags, extra_vars, check, diff, timeout; `.on_task(NAME)` for one task's change.
     Needs the `[ansible]` extra."""
-    return declare("playbook", name, props)
+    return cast(Playbook, declare("playbook", name, props))
 
 
 _bound_obj: Any = None

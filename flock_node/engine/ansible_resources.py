@@ -306,6 +306,7 @@ class Playbook(_AnsibleBase):
                 "ANSIBLE_REMOTE_TEMP": os.path.join(tmp, "remote"),
                 "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
                 "ANSIBLE_NOCOLOR": "1",
+                "ANSIBLE_PIPELINING": "1",  # modules through stdin: no file per task
                 "ANSIBLE_RETRY_FILES_ENABLED": "0",
                 "ANSIBLE_LOCALHOST_WARNING": "0",
                 "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
