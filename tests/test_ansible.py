@@ -389,3 +389,57 @@ def test_user_module_in_a_throwaway_mount_namespace(tmp_path):
     assert "pw-s3cr3t" not in first[1] + second[1]
     with open("/etc/passwd") as f:
         assert "flocktest" not in f.read()
+
+
+def _pids_running(marker: str) -> list[int]:
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/cmdline", "rb") as f:
+                    if marker.encode() in f.read():
+                        out.append(int(d))
+            except OSError:
+                pass
+    return out
+
+
+def test_the_stop_timeout_kills_a_running_module_and_its_children(env):
+    """ctx.kill (the agent's stop timeout) kills the worker's group, the sleeping command of
+    the module with it, and the resource fails INTERRUPTED; the run sees FLOCK_RUN_ID."""
+    import threading
+
+    c = RunContext(run_id="run-kill")
+    env.write("""
+        ansible("env", module="ansible.builtin.shell",
+                args={"cmd": "echo $FLOCK_RUN_ID > " + D + "/run_id"})
+        ansible("slow", module="ansible.builtin.command", args={"cmd": "sleep 123.4567"})
+    """)
+    eng = Engine("bender0", [env.recipe], env.store)
+    done: list[dict] = []
+    t = threading.Thread(target=lambda: done.append(eng.converge(c)))
+    t.start()
+    wait_for(lambda: _pids_running("sleep\0" + "123.4567"), 30, what="the module's sleep")
+    c.kill.fire("INTERRUPTED: stop timeout ran out")
+    t.join(15)
+    assert done and done[0]["status"] == "failed" and "INTERRUPTED" in done[0]["error"]
+    wait_for(lambda: not _pids_running("sleep\0" + "123.4567"), 5, what="sleep killed")
+    assert (env.dir / "run_id").read_text().strip() == "run-kill"
+
+
+def test_a_module_does_not_outlive_the_agent(tmp_path):
+    """kill -9 of the process running the converge: the worker sees its stdin close and kills
+    its group, the module's command included."""
+    script = tmp_path / "agent.py"
+    script.write_text(textwrap.dedent("""
+        from flock_node.engine.ansible_session import run_module
+        run_module({"module": "ansible.builtin.command", "args": {"cmd": "sleep 123.4568"}},
+                   None)
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=Path(__file__).parent.parent)
+    try:
+        wait_for(lambda: _pids_running("sleep\0" + "123.4568"), 30, what="the module's sleep")
+    finally:
+        proc.kill()
+        proc.wait()
+    wait_for(lambda: not _pids_running("sleep\0" + "123.4568"), 5, what="sleep killed")

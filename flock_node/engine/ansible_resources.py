@@ -158,7 +158,8 @@ class Ansible(_AnsibleBase):
         if ansible_missing():
             raise ResourceFailure(str(ansible_missing()))
         request = {"module": p["module"], "args": p["args"], "vars": p["vars"],
-                   "check": check, "diff": p["diff"], "no_log": p["no_log"]}
+                   "check": check, "diff": p["diff"], "no_log": p["no_log"],
+                   "env": command_env(None) or {}}
         answer = run_module(request, p["timeout"])
         result: dict[str, Any] = answer.get("result") or {}
         no_log = bool(p["no_log"])

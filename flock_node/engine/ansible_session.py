@@ -155,6 +155,7 @@ class _Worker:
         with contextlib.nullcontext() if kill is None else kill.watch(on_kill):
             line = self._read_line(timeout)
         if killed.is_set() and kill is not None:
+            self.close()
             raise Interrupted(kill.message)
         if line is None:
             alive = self.proc.poll() is None

@@ -85,6 +85,8 @@ def prepare(module: str, args: dict[str, Any], variables: dict[str, Any], tmp: s
         rest = {k: v for k, v in args.items() if k not in _TEMPLATE_ONLY}
         return "ansible.modules.copy", {**rest, "src": rendered, "remote_src": True,
                                         "_original_basename": os.path.basename(src)}
+    if short == "shell":  # an action plugin over the command module, in Ansible too
+        return "ansible.modules.command", {**args, "_uses_shell": True}
     if short == "copy" and not args.get("remote_src"):
         if "content" in args:
             content = args.pop("content")
@@ -134,7 +136,7 @@ def content_diff(fqn: str, args: dict[str, Any]) -> dict[str, Any] | None:
             "after_header": str(args.get("_original_basename") or args["src"])}
 
 
-def _child(fqn: str, params: bytes, out_fd: int, err_fd: int) -> None:
+def _child(fqn: str, params: bytes, out_fd: int, err_fd: int, env: dict[str, str]) -> None:
     """In the fork: run the module as __main__, its output to the given files; never returns."""
     code = 1
     try:
@@ -143,6 +145,7 @@ def _child(fqn: str, params: bytes, out_fd: int, err_fd: int) -> None:
         devnull = os.open(os.devnull, os.O_RDONLY)
         os.dup2(devnull, 0)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.environ.update(env)  # the run's FLOCK_RUN_ID, FLOCK_NOTIFICATION...
         import warnings
 
         from ansible.module_utils import basic
@@ -243,7 +246,8 @@ def run_one(req: dict[str, Any], stdin_fd: int) -> dict[str, Any]:
         pid = os.fork()
         if pid == 0:
             os.chdir(tmp)
-            _child(fqn, params, out_fd, err_fd)
+            _child(fqn, params, out_fd, err_fd,
+                   {str(k): str(v) for k, v in (req.get("env") or {}).items()})
         os.close(out_fd)
         os.close(err_fd)
         status = _wait(pid, stdin_fd)
