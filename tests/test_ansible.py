@@ -109,6 +109,7 @@ def test_check_mode_changes_nothing_and_reports_the_diff(env):
                 args={"content": "a=2\\n", "dest": D + "/conf"})
         ansible("new", module="ansible.builtin.file", check=True,
                 args={"path": D + "/new", "state": "directory"})
+        ansible("bash", module="ansible.builtin.package", args={"name": "bash"}, check=True)
         execute("after", command="true", action="nothing")
     """)
     assert r["status"] == "ok" and r["updated"] == 0
@@ -117,6 +118,9 @@ def test_check_mode_changes_nothing_and_reports_the_diff(env):
     assert out.startswith("ansible.builtin.copy: would change")
     assert "a=1" in out and "a=2" in out  # the diff: before and after
     assert rows(run)["ansible[new]"]["output"].startswith("ansible.builtin.file: would change")
+    # package: the node's own manager (apt here), respawned under the system Python
+    assert rows(run)["ansible[bash]"]["output"].startswith(
+        "ansible.builtin.package: would not change")
 
 
 def test_failing_module_fails_the_resource_with_its_message(env):
@@ -137,6 +141,10 @@ def test_failing_module_fails_the_resource_with_its_message(env):
                 ignore_failure=True)
     """)
     assert "no such module" in rows(run)["ansible[nope]"]["error"]
+    r, run = env.converge("""
+        ansible("dbg", module="ansible.builtin.debug", args={"msg": "x"})
+    """)
+    assert "an action of Ansible's controller" in rows(run)["ansible[dbg]"]["error"]
 
 
 def test_guards_and_notifications_work_as_for_any_type(env):

@@ -38,6 +38,15 @@ _TEMPLATE_ONLY = {
 }
 
 
+# Controller-side actions (no module code runs on the host): meaningful only in a playbook.
+CONTROLLER_ONLY = {
+    "add_host", "assert", "debug", "fail", "fetch", "gather_facts", "group_by", "import_playbook",
+    "import_role", "import_tasks", "include_role", "include_tasks", "include_vars", "meta",
+    "pause", "raw", "reboot", "script", "set_fact", "set_stats", "validate_argument_spec",
+    "wait_for_connection",
+}
+
+
 def module_fqn(module: str) -> str:
     """The Python module that implements Ansible module `module` (short or FQCN)."""
     parts = module.split(".")
@@ -85,6 +94,17 @@ def prepare(module: str, args: dict[str, Any], variables: dict[str, Any], tmp: s
         rest = {k: v for k, v in args.items() if k not in _TEMPLATE_ONLY}
         return "ansible.modules.copy", {**rest, "src": rendered, "remote_src": True,
                                         "_original_basename": os.path.basename(src)}
+    if short in CONTROLLER_ONLY:
+        raise ValueError(f"{module} is an action of Ansible's controller, not a module a host "
+                         "runs: use it in a playbook resource")
+    if short == "package":  # the action plugin picks the node's package manager
+        use = args.pop("use", None) or next(
+            (m for m, tool in (("apt", "apt-get"), ("dnf", "dnf"), ("yum", "yum"),
+                               ("apk", "apk"), ("zypper", "zypper")) if shutil.which(tool)),
+            None)
+        if not use:
+            raise ValueError("package: no known package manager on this node (set use=)")
+        return module_fqn(str(use)), args
     if short == "shell":  # an action plugin over the command module, in Ansible too
         return "ansible.modules.command", {**args, "_uses_shell": True}
     if short == "copy" and not args.get("remote_src"):
@@ -154,7 +174,13 @@ def _child(fqn: str, params: bytes, out_fd: int, err_fd: int, env: dict[str, str
         warnings.filterwarnings("ignore", category=RuntimeWarning, module="runpy")
         basic._ANSIBLE_ARGS = params
         basic._ANSIBLE_PROFILE = "legacy"
-        runpy.run_module(fqn, run_name="__main__", alter_sys=True)
+        # As AnsiballZ's loader: modules that respawn under another Python (apt, dnf) need to
+        # know their name and where ansible's code lives.
+        import ansible
+
+        modlib = os.path.dirname(os.path.dirname(os.path.abspath(ansible.__file__)))
+        runpy.run_module(fqn, run_name="__main__", alter_sys=True,
+                         init_globals={"_module_fqn": fqn, "_modlib_path": modlib})
         print(json.dumps({"failed": True, "msg": f"module {fqn} did not report a result"}))
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
