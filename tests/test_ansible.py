@@ -451,3 +451,21 @@ def test_a_module_does_not_outlive_the_agent(tmp_path):
         proc.kill()
         proc.wait()
     wait_for(lambda: not _pids_running("sleep\0" + "123.4568"), 5, what="sleep killed")
+
+
+def test_a_restored_resource_runs_unless_its_secrets_were_masked(env):
+    """With the recipe broken, a notification runs the persisted resource: fine for plain
+    arguments; one whose secret-looking arguments were masked refuses, saying why."""
+    env.converge("""
+        ansible("plain", module="ansible.builtin.file", action="nothing",
+                args={"path": D + "/plain", "state": "touch"})
+        ansible("secret", module="ansible.builtin.lineinfile", action="nothing",
+                args={"path": D + "/s", "line": "x", "create": True, "db_password": "pw"})
+    """)
+    env.recipe.write_text("this is not python")
+    eng = Engine("bender0", [env.recipe], env.store)
+    r = eng.run_action("ansible[plain]", "run", RunContext(run_id="react-1", kind="reaction"))
+    assert r["status"] == "ok" and (env.dir / "plain").exists()
+    r = eng.run_action("ansible[secret]", "run", RunContext(run_id="react-2", kind="reaction"))
+    assert r["status"] == "failed" and "were not persisted (secret or no_log)" in r["error"]
+    assert not (env.dir / "s").exists()
