@@ -175,6 +175,7 @@ class Notify:
     target: str
     timing: str
     source: str
+    on: str | None = None  # only when this part of the resource changed (Resource.fires)
 
 
 @dataclass
@@ -185,6 +186,7 @@ class RemoteNotify:
     tag: str | None
     timing: str
     source: str
+    on: str | None = None  # only when this part of the resource changed (Resource.fires)
 
 
 @dataclass
@@ -391,6 +393,7 @@ class Resource:
         if self.notifications:
             out["notifies"] = [
                 {"action": n.action, "target": n.target, "timing": n.timing}
+                | ({"on": n.on} if n.on else {})
                 for n in self.notifications
             ]
         if self.remote_notifications:
@@ -402,6 +405,7 @@ class Resource:
                     "tag": n.tag,
                     "timing": n.timing,
                 }
+                | ({"on": n.on} if n.on else {})
                 for n in self.remote_notifications
             ]
         if self.remote_subscriptions:
@@ -429,10 +433,12 @@ class Resource:
         )
         p = dict(properties)
         res.notifications = [
-            Notify(n["action"], n["target"], n["timing"], source) for n in p.pop("notifies", [])
+            Notify(n["action"], n["target"], n["timing"], source, n.get("on"))
+            for n in p.pop("notifies", [])
         ]
         res.remote_notifications = [
-            RemoteNotify(n["action"], n["target"], n.get("node"), n.get("tag"), n["timing"], source)
+            RemoteNotify(n["action"], n["target"], n.get("node"), n.get("tag"), n["timing"], source,
+                         n.get("on"))
             for n in p.pop("remote_notifies", [])
         ]
         res.remote_subscriptions = [
@@ -461,6 +467,11 @@ class Resource:
         return res
 
     # -- actions -----------------------------------------------------------------------------
+    def fires(self, on: str | None) -> bool:
+        """Whether a notification declared for part `on` fires after the last action (a
+        playbook's task); every notification fires for the types without parts."""
+        return True
+
     def act(self, action: str) -> tuple[bool, str]:
         """Bring the resource to `action`: (changed, output) or raise ResourceFailure."""
         if action == "nothing":

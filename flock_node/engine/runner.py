@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from flock_node.engine.ansible_session import ansible_session
 from flock_node.engine.errors import RecipeError, ResourceFailure, UnknownAction, UnknownResource
 from flock_node.engine.limits import CallTimedOut, Interrupted, Kill, call_with_limit, killable
 from flock_node.engine.notifications import DelayedQueue
@@ -171,6 +172,8 @@ class _Run:
         if result != "updated":
             return True
         for n in res.notifications:
+            if not res.fires(n.on):
+                continue
             if n.timing == "delayed":
                 self.delayed.add(n.target, n.action)
                 continue
@@ -302,6 +305,8 @@ class _Run:
         items: list[OutboxItem] = []
         notes: list[str] = []
         for rn in res.remote_notifications:
+            if not res.fires(rn.on):
+                continue
             names = eng._resolve(rn.node, rn.tag)
             if not names:
                 where = f"node={rn.node}" if rn.node is not None else f"tag={rn.tag}"
@@ -387,7 +392,8 @@ class _Run:
 def _run_env(ctx: RunContext) -> Iterator[None]:
     token = RUN_ENV.set(reaction_env(ctx))
     try:
-        yield
+        with ansible_session():  # one Ansible worker per run, started on first use
+            yield
     finally:
         RUN_ENV.reset(token)
 
