@@ -121,7 +121,7 @@ def test_notify_with_a_malformed_resource_is_a_usage_error(tmp_path):
                  ("subscribe", "op1", "file[/x]", "touch", "--to", "op2", "nobrackets")):
         r = env.cli(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
-        assert "type[name]" in r.stderr and "usage:" in r.stderr
+        assert "type[name]" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_wait_for_a_node_that_does_not_exist_says_so_at_once(ops):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -9,7 +10,7 @@ import time
 from typing import Any
 
 from flock_node import paths
-from flock_node.cli.args import FAILED, OK, USAGE, CliError
+from flock_node.cli.args import FAILED, OK, USAGE, CliError, resource_id
 from flock_node.cli.context import Ctx
 from flock_node.cli.runs import _worst
 from flock_node.cli.text import _outbox_text, activity, ago, last_run_text, table
@@ -143,30 +144,36 @@ def cmd_outbox_discard(c: Ctx) -> int:
                        USAGE)
     statuses = [s for s, on in (("dead", a.dead), ("failed", a.failed)) if on]
     r = c.call(a.node, "flock_api", "discard", ids=a.ids or None, statuses=statuses or None)
+    _only_settled(a.node, a.ids, r["discarded"], "discarded")
     if a.json:
         c.emit_json(r)
         return OK
     n = len(r["discarded"])
     c.print(f"{a.node}: {n} notification{'s' if n != 1 else ''} discarded")
-    if a.ids and n < len(a.ids):
-        missing = sorted(set(a.ids) - set(r["discarded"]))
-        raise CliError(f"{a.node}: neither dead-lettered nor refused: {', '.join(missing)}",
-                       FAILED)
     return OK
+
+
+def _only_settled(node: str, asked: list[str], done: list[str], verb: str) -> None:
+    """Ids asked for that were not dead or refused: one error, no success line before it."""
+    missing = sorted(set(asked) - set(done))
+    if not missing:
+        return
+    n = len(done)
+    so_far = f"{n} {verb}, but " if n else f"nothing {verb}: "
+    raise CliError(f"{node}: {so_far}not dead-lettered or refused (unknown, pending or "
+                   f"delivered): {', '.join(missing)}; `flockctl outbox {node}` shows each "
+                   "one's status", FAILED)
 
 
 def cmd_retry(c: Ctx) -> int:
     r = c.call(c.args.node, "flock_api", "retry", ids=c.args.ids or None)
+    _only_settled(c.args.node, c.args.ids, r["retried"], "sent again")
     if c.args.json:
         c.emit_json(r)
         return OK
     n = len(r["retried"])
     c.print(f"{c.args.node}: {n} dead-lettered or refused notification{'s' if n != 1 else ''} "
             "sent again")
-    if c.args.ids and n < len(c.args.ids):
-        missing = sorted(set(c.args.ids) - set(r["retried"]))
-        raise CliError(f"{c.args.node}: neither dead-lettered nor refused: {', '.join(missing)}",
-                       FAILED)
     return OK
 
 
@@ -182,6 +189,10 @@ def cmd_notify(c: Ctx) -> int:
 
 def cmd_subscribe(c: Ctx) -> int:
     remote_node, remote_resource = c.args.to
+    try:
+        resource_id(remote_resource)
+    except argparse.ArgumentTypeError as e:
+        raise CliError(f"subscribe --to: {e}", USAGE) from None
     r = c.call(c.args.node, "resource_manager", "subscribe_to", resource=c.args.resource,
                action=c.args.action, node=remote_node, remote_resource=remote_resource)
     if c.args.json:
