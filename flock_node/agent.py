@@ -268,9 +268,11 @@ class Agent:
     def _record(self) -> dict[str, Any]:
         """What our heartbeat says about us besides who and where we are."""
         counts = self.store.outbox_counts()
+        last = self.store.last_run()
+        converge = last if last and last["kind"] == "converge" else self.store.last_run("converge")
         return {
             "tags": list(self.cfg.tags), "active": self.work.active, "run": self.work.progress,
-            "last_run": summary(self.store.last_run()),
+            "last_run": summary(last), "last_converge": summary(converge),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead": counts.get("dead", 0),
         }

@@ -13,7 +13,17 @@ from flock_node import paths
 from flock_node.cli.args import FAILED, OK, USAGE, CliError, resource_id
 from flock_node.cli.context import Ctx
 from flock_node.cli.runs import _worst
-from flock_node.cli.text import _outbox_text, activity, ago, last_run_text, table
+from flock_node.cli.text import (
+    _outbox_text,
+    activity,
+    ago,
+    converge_of,
+    converge_text,
+    health,
+    last_reaction,
+    last_run_text,
+    table,
+)
 from flock_node.protocol import generate_key_file
 
 
@@ -29,9 +39,10 @@ def cmd_nodes(c: Ctx) -> int:
         c.print("no nodes found (runtime dir: "
                 f"{paths.runtime_dir(c.args.runtime_dir)}; add --seed for remote nodes)")
         return OK
-    rows = [[n["name"], n["state"], activity(n), last_run_text(n.get("last_run")),
+    rows = [[n["name"], n["state"], health(n), activity(n), converge_text(n),
              _outbox_text(n), n["address"], ",".join(n.get("tags", []))] for n in nodes]
-    c.print(table(rows, ["NAME", "STATE", "ACTIVITY", "LAST RUN", "OUTBOX", "ADDRESS", "TAGS"]))
+    c.print(table(rows, ["NAME", "STATE", "HEALTH", "ACTIVITY", "LAST CONVERGE", "OUTBOX",
+                         "ADDRESS", "TAGS"]))
     return OK
 
 
@@ -50,10 +61,16 @@ def cmd_status(c: Ctx) -> int:
     if cur:
         lines.append(f"current run: {cur['id']} ({cur['kind']}) {cur['k']}/{cur['n']} "
                      f"{cur['resource']}")
-    lr = st.get("last_run")
-    lines.append(f"last run:    {lr['id'] + ' ' + last_run_text(lr) if lr else 'never'}")
-    if lr and lr.get("error"):
-        lines.append(f"  error:     {lr['error']}")
+    lc = converge_of(st)
+    lines.append(f"health:      {health(st)}"
+                 + (f" (last converge {lc['id']} {last_run_text(lc)})" if lc else ""))
+    if lc and lc.get("error"):
+        lines.append(f"  error:     {lc['error']}")
+    lr = last_reaction(st)
+    if lr:
+        lines.append(f"last reaction: {lr['id']} {last_run_text(lr)}")
+        if lr.get("error"):
+            lines.append(f"  error:     {lr['error']}")
     lines.append(f"outbox:      {st['pending']} pending, {st['dead_letters']} dead-lettered, "
                  f"{st.get('failed_notifications', 0)} refused")
     if st.get("compile_error"):

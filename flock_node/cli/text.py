@@ -38,6 +38,43 @@ def last_run_text(lr: dict[str, Any] | None) -> str:
     return f"{lr['status']} {ago(lr.get('started'))}{d}, {lr.get('updated', 0)} updated"
 
 
+def converge_of(n: dict[str, Any]) -> dict[str, Any] | None:
+    """A node's last converge; from `last_run` for agents that predate `last_converge`."""
+    if "last_converge" in n:
+        lc: dict[str, Any] | None = n["last_converge"]
+        return lc
+    lr = n.get("last_run")
+    return lr if lr and lr.get("kind", "converge") == "converge" else None
+
+
+def health(n: dict[str, Any]) -> str:
+    """ok / failed from the last converge; `never` before the first one."""
+    lc = converge_of(n)
+    return lc["status"] if lc else "never"
+
+
+def last_reaction(n: dict[str, Any]) -> dict[str, Any] | None:
+    """The last run when it is a reaction after the last converge (shown beside health)."""
+    lr, lc = n.get("last_run"), converge_of(n)
+    if not lr or lr.get("kind") != "reaction" or (lc and lc.get("id") == lr.get("id")):
+        return None
+    return lr
+
+
+def converge_text(n: dict[str, Any]) -> str:
+    """The LAST CONVERGE cell: when, how long, what it updated; a later reaction beside it."""
+    lc = converge_of(n)
+    text = "never"
+    if lc:
+        dur = lc.get("duration")
+        d = f" in {dur:.1f}s" if isinstance(dur, int | float) else ""
+        text = f"{ago(lc.get('started'))}{d}, {lc.get('updated', 0)} updated"
+    lr = last_reaction(n)
+    if lr:
+        text += f" (reaction {lr['status']} {ago(lr.get('started'))})"
+    return text
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=False)).rstrip()]
