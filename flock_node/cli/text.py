@@ -55,7 +55,8 @@ def health(n: dict[str, Any]) -> str:
 
 def last_reaction(n: dict[str, Any]) -> dict[str, Any] | None:
     """The last run when it is a reaction after the last converge (shown beside health)."""
-    lr, lc = n.get("last_run"), converge_of(n)
+    lr: dict[str, Any] | None = n.get("last_run")
+    lc = converge_of(n)
     if not lr or lr.get("kind") != "reaction" or (lc and lc.get("id") == lr.get("id")):
         return None
     return lr
