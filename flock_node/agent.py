@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flock_node import logs
 from flock_node.actors import Dispatcher
 from flock_node.actors.flock_api import FlockApi, summary
 from flock_node.actors.resource_manager import ResourceManager
@@ -321,6 +322,8 @@ def run_agent(cfg: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.request_stop)
+        if logs.has_log_file():  # logrotate renamed it: write to a new one
+            loop.add_signal_handler(signal.SIGHUP, logs.reopen)
         await agent.run()
 
     # The converge worker and the loop share the GIL: with the default 5 ms switch interval

@@ -219,7 +219,8 @@ def test_the_agent_logs_each_converge_and_reaction_on_one_line(ops):
     assert re.search(r"updated=\d+/\d+ ", end) and re.search(r"duration=\d+\.\d+s", end), end
     assert "status=ok" in end
     react = next(ln for ln in lines() if "reaction finished" in ln and "sender=flock-cli" in ln)
-    for needle in ("notification=", "resource=execute[react]", "action=run", "result=ok"):
+    for needle in ("notification=n", "resource=execute[react]", "action=run", "status=ok",
+                   "result=updated"):
         assert needle in react, react
     assert "\x1b" not in log.output()
 
