@@ -197,7 +197,7 @@ def test_output_excerpt_keeps_notes_and_a_tail():
     out = "attempt 1 failed: exit 1\n" + "\n".join(f"line {i}" for i in range(40))
     ex = output_excerpt(out, failed=True)
     assert ex[0] == "attempt 1 failed: exit 1" and ex[-1] == "line 39"
-    assert any("more line" in x for x in ex) and len(ex) <= 8
+    assert any("earlier line" in x for x in ex) and len(ex) <= 8
     assert output_excerpt("", failed=True) == []
     assert output_excerpt("just one", failed=False) == ["just one"]
 

@@ -22,6 +22,7 @@ from flock_node.cli.text import (
     health,
     last_reaction,
     last_run_text,
+    output_excerpt,
     table,
 )
 from flock_node.protocol import generate_key_file
@@ -63,7 +64,7 @@ def cmd_status(c: Ctx) -> int:
                      f"{cur['resource']}")
     lc = converge_of(st)
     lines.append(f"health:      {health(st)}"
-                 + (f" (last converge {lc['id']} {last_run_text(lc)})" if lc else ""))
+                 + (f" (last converge {lc['id']}, {last_run_text(lc, status=False)})" if lc else ""))
     if lc and lc.get("error"):
         lines.append(f"  error:     {lc['error']}")
     lr = last_reaction(st)
@@ -128,6 +129,8 @@ def cmd_history(c: Ctx) -> int:
             err = f"  {r['error']}" if r.get("error") else ""
             c.print(f"    {r['result']:<10} {r['resource']} ({r['action']}, "
                     f"{r['duration']:.2f}s){err}")
+            for line in output_excerpt(r.get("output"), r["result"] == "failed"):
+                c.print(f"      | {line}")
         for n in h.get("notifications", []):
             if n["status"] == "unmatched":
                 c.print(f"    → {n['target']} {n['resource']} {n['action']}: not sent, "
