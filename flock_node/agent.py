@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flock_node import logs
+from flock_node import logs, sdnotify
 from flock_node.actors import Dispatcher
 from flock_node.actors.flock_api import FlockApi, summary
 from flock_node.actors.resource_manager import ResourceManager
@@ -203,6 +203,9 @@ class Agent:
         self.ready = True
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
+        sdnotify.notify("READY=1", f"STATUS=serving {self.name} on {self.rpc_addr}"
+                        + (f"; recipe does not compile: {self.work.compile_error}"
+                           if self.work.compile_error else ""))
         self.work.open()
         self.supervisor.spawn("delivery", self.deliverer.run)
         self.supervisor.spawn("subscriptions", self.subscriptions.run)
@@ -215,6 +218,8 @@ class Agent:
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: finish the resource in progress if it ends within --stop-timeout,
         else kill it; persist, announce, exit. A second signal kills it at once."""
+        if not self.work.stopping.is_set():
+            sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing the resource in progress")
         self.work.stop()
 
     async def _shutdown(self) -> None:
@@ -294,6 +299,10 @@ class Agent:
         self.deliverer.wake()
         if job.kind == "converge":
             self.store.recheck_recipe_subscriptions()
+            if sdnotify.enabled():  # `systemctl status` shows the node's health
+                lc = self.store.last_run("converge") or {}
+                sdnotify.notify(f"STATUS=serving {self.name}; last converge "
+                                f"{lc.get('status', '?')} ({job.run_id})")
         self.subscriptions.wake()
 
 

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from flock_node import __version__, logs, paths
+from flock_node import __version__, logs, paths, sdnotify
 from flock_node.cli import positive_seconds, seconds_or_zero, seed_url
 from flock_node.protocol import load_key
 
@@ -99,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         logs.setup(args.name, args.log_level, args.log_file)
     except OSError as e:
         return _fail(f"cannot open log file {args.log_file}: {e.strerror}")
+    sdnotify.take_socket()  # before any child process: only the agent speaks to systemd
     os.environ["FLOCK_NODE"] = args.name  # recipes and their commands can tell where they run
     from flock_node.agent import AgentConfig, run_agent
     from flock_node.store import StoreError
@@ -127,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
     """A systemd unit running this agent with these flags: absolute paths, restarted on
-    failure, stopped with SIGTERM and given --stop-timeout (plus a margin) to finish."""
+    failure, stopped with SIGTERM and given --stop-timeout (plus a margin) to finish. A stop
+    takes at most --stop-timeout, then work.ABANDON_AFTER (3 s) for a killed action to come
+    back, then about 2 s to leave the flock: 15 s of margin stay well above that. Type=notify:
+    the agent says READY=1 once its recipe compiled and it serves."""
     cmd = [sys.executable, "-m", "flock_node.cli_node", "run", args.name]
     for r in recipes:
         cmd += ["--recipe", str(r)]
@@ -155,7 +159,8 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=simple
+Type=notify
+NotifyAccess=main
 ExecStart={" ".join(shlex.quote(c) for c in cmd)}
 Restart=on-failure
 RestartSec=2
