@@ -23,7 +23,7 @@ import threading
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
@@ -38,13 +38,23 @@ READ_ONLY_COMMANDS = {"nodes", "status", "outbox", "active", "resources", "histo
                       "wait-until", "wait-while", "paths"}
 
 
+def _doc(text: str) -> msgspec.Meta:
+    """A field's description in the JSON schema (`flockctl config schema`); no constraint."""
+    return msgspec.Meta(description=text)
+
+
 class Macro(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    key: str
-    steps: list[str]
-    description: str = ""
-    confirm: bool = False
-    override: bool = False
+    """A key bound to ordered steps, each a `flockctl` command without `flockctl`."""
+
+    name: Annotated[str, _doc("unique; letters, digits, '.', '_' or '-' (max 63); "
+                              "`flockctl macro NAME` runs it headless")]
+    key: Annotated[str, _doc('the console key, e.g. "D", "ctrl+d", "f5"')]
+    steps: Annotated[list[str], _doc(
+        "flockctl commands run in order, stopping at the first failure; {node} is the cursor "
+        "node, a step with {marked} runs once per marked node")]
+    description: Annotated[str, _doc("shown in help and the command palette")] = ""
+    confirm: Annotated[bool, _doc("ask before running")] = False
+    override: Annotated[bool, _doc("allow a key that is a built-in console binding")] = False
 
     @property
     def binding_id(self) -> str:
@@ -65,8 +75,12 @@ class Macro(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ConsoleConfig(msgspec.Struct, forbid_unknown_fields=True):
-    macros: list[Macro] = []
-    keymap: dict[str, str] = {}
+    """console.toml: the flockctl console's macros and key remapping."""
+
+    macros: Annotated[list[Macro], _doc("[[macros]] tables")] = []
+    keymap: Annotated[dict[str, str], _doc(
+        'binding id to key(s), e.g. "flock.run_chef" = "R" (the console\'s `?` help lists '
+        "the ids)")] = {}
 
 
 class ConfigError(Exception):

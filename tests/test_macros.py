@@ -139,3 +139,22 @@ def test_an_unknown_keymap_binding_id_is_reported(tmp_path, monkeypatch):
         app.config_error)
     (tmp_path / "console.toml").write_text('[keymap]\n"flock.run_chef" = "R"\n')
     assert FlockApp(args, connect=False).config_error is None
+
+
+def test_config_schema_is_generated_from_the_types(capsys):
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    macro = schema["$defs"]["Macro"]
+    assert set(macro["required"]) == {"name", "key", "steps"}
+    assert macro["additionalProperties"] is False  # unknown fields are errors, as in load_config
+    assert "{marked}" in macro["properties"]["steps"]["description"]
+    top = schema["$defs"]["ConsoleConfig"]["properties"]
+    assert set(top) == {"macros", "keymap"}
+    # The example in the module docstring fits it.
+    import tomllib
+
+    import flock_tui.macros as m
+    example = tomllib.loads("\n".join(
+        line[4:] for line in m.__doc__.splitlines() if line.startswith("    ")))
+    assert set(example["macros"][0]) <= set(macro["properties"])
