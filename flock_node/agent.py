@@ -331,8 +331,10 @@ def run_agent(cfg: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.request_stop)
-        if logs.has_log_file():  # logrotate renamed it: write to a new one
-            loop.add_signal_handler(signal.SIGHUP, logs.reopen)
+        # SIGHUP: with a log file, logrotate renamed it (reopen); else the terminal closed,
+        # and a graceful stop beats the default abrupt death.
+        loop.add_signal_handler(signal.SIGHUP, logs.reopen if logs.has_log_file()
+                                else agent.request_stop)
         await agent.run()
 
     # The converge worker and the loop share the GIL: with the default 5 ms switch interval

@@ -240,3 +240,10 @@ def test_log_file_is_appended_and_reopened_on_sighup(flock_env):
     assert r.returncode == 0, r.stderr
     wait_for(lambda: "converge finished" in logf.read_text(), 10, what="a line in the new file")
     assert node.proc.poll() is None
+
+
+def test_sighup_without_a_log_file_stops_gracefully(flock_env):
+    node = flock_env.start("hup1")
+    node.proc.send_signal(signal.SIGHUP)
+    assert node.proc.wait(15) == 0  # not killed by the signal (that would be -1)
+    assert "node hup1 stopped" in node.output()
