@@ -178,8 +178,9 @@ class WorkQueue:
                   cause=cause_of(job.notification))
         self.changed()
         # A reaction's one line is its end (a stream of them would double the log).
-        log.log(logging.INFO if job.kind == "converge" else logging.DEBUG,
-                logs.run_started(job.kind, job.run_id, job.cause, job.notification))
+        level = logging.INFO if job.kind == "converge" else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, logs.run_started(job.kind, job.run_id, job.cause, job.notification))
 
     def _done(self, job: Job, fut: asyncio.Future[dict[str, Any]]) -> None:
         try:
@@ -191,10 +192,10 @@ class WorkQueue:
         finally:
             self.current = None
             self.progress = None
-        log.log(logging.INFO if result.get("status") == "ok" else logging.WARNING,
-                logs.run_finished(job.kind, job.run_id, job.cause, job.notification, result,
-                                  time.monotonic() - job.t0))
         try:
+            log.log(logging.INFO if result.get("status") == "ok" else logging.WARNING,
+                    logs.run_finished(job.kind, job.run_id, job.cause, job.notification,
+                                      result, time.monotonic() - job.t0))
             self.emit("run_finished", run=job.run_id, kind=job.kind,
                       status=result.get("status"), error=result.get("error"),
                       updated=result.get("updated", 0))

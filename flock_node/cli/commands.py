@@ -180,7 +180,7 @@ def _only_settled(node: str, asked: list[str], done: list[str], verb: str) -> No
         return
     n = len(done)
     so_far = f"{n} {verb}, but " if n else f"nothing {verb}: "
-    raise CliError(f"{node}: {so_far}not dead-lettered or refused (unknown, pending or "
+    raise CliError(f"{node}: {so_far}neither dead-lettered nor refused (unknown, pending or "
                    f"delivered): {', '.join(missing)}; `flockctl outbox {node}` shows each "
                    "one's status", FAILED)
 
