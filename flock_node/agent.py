@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flock_node import logs, sdnotify
 from flock_node.actors import Dispatcher
 from flock_node.actors.flock_api import FlockApi, summary
 from flock_node.actors.resource_manager import ResourceManager
@@ -202,6 +203,9 @@ class Agent:
         self.ready = True
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
+        sdnotify.notify("READY=1", f"STATUS=serving {self.name} on {self.rpc_addr}"
+                        + (f"; recipe does not compile: {self.work.compile_error}"
+                           if self.work.compile_error else ""))
         self.work.open()
         self.supervisor.spawn("delivery", self.deliverer.run)
         self.supervisor.spawn("subscriptions", self.subscriptions.run)
@@ -214,6 +218,8 @@ class Agent:
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: finish the resource in progress if it ends within --stop-timeout,
         else kill it; persist, announce, exit. A second signal kills it at once."""
+        if not self.work.stopping.is_set():
+            sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing the resource in progress")
         self.work.stop()
 
     async def _shutdown(self) -> None:
@@ -268,9 +274,11 @@ class Agent:
     def _record(self) -> dict[str, Any]:
         """What our heartbeat says about us besides who and where we are."""
         counts = self.store.outbox.counts()
+        last = self.store.runs.last()
+        converge = last if last and last["kind"] == "converge" else self.store.runs.last("converge")
         return {
             "tags": list(self.cfg.tags), "active": self.work.active, "run": self.work.progress,
-            "last_run": summary(self.store.runs.last()),
+            "last_run": summary(last), "last_converge": summary(converge),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead": counts.get("dead", 0),
         }
@@ -291,6 +299,10 @@ class Agent:
         self.deliverer.wake()
         if job.kind == "converge":
             self.store.wanted.recheck_recipe()
+            if sdnotify.enabled():  # `systemctl status` shows the node's health
+                lc = self.store.runs.last("converge") or {}
+                sdnotify.notify(f"STATUS=serving {self.name}; last converge "
+                                f"{lc.get('status', '?')} ({job.run_id})")
         self.subscriptions.wake()
 
 
@@ -319,6 +331,10 @@ def run_agent(cfg: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.request_stop)
+        # SIGHUP: with a log file, logrotate renamed it (reopen); else the terminal closed,
+        # and a graceful stop beats the default abrupt death.
+        loop.add_signal_handler(signal.SIGHUP, logs.reopen if logs.has_log_file()
+                                else agent.request_stop)
         await agent.run()
 
     # The converge worker and the loop share the GIL: with the default 5 ms switch interval

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import re
 import shlex
 import sys
 from pathlib import Path
 
-from flock_node import __version__, paths
+from flock_node import __version__, logs, paths, sdnotify
 from flock_node.cli import positive_seconds, seconds_or_zero, seed_url
 from flock_node.protocol import load_key
 
@@ -57,6 +56,9 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
                         "fleet does not converge in lock-step")
     r.add_argument("--log-level", default=os.environ.get("FLOCK_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
+    r.add_argument("--log-file", metavar="FILE",
+                   help="append the log to FILE instead of stderr; SIGHUP reopens it (rotation "
+                        "is left to logrotate)")
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -66,10 +68,6 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
-    )
     if args.splay and not args.interval:
         return _fail("--splay needs --interval: it spreads scheduled converges")
     if not NAME_RE.match(args.name):
@@ -97,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "service":
         print(systemd_unit(args, recipes), end="")
         return 0
+    try:
+        logs.setup(args.name, args.log_level, args.log_file)
+    except OSError as e:
+        return _fail(f"cannot open log file {args.log_file}: {e.strerror}")
+    sdnotify.take_socket()  # before any child process: only the agent speaks to systemd
     os.environ["FLOCK_NODE"] = args.name  # recipes and their commands can tell where they run
     from flock_node.agent import AgentConfig, run_agent
     from flock_node.store import StoreError
@@ -125,7 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
     """A systemd unit running this agent with these flags: absolute paths, restarted on
-    failure, stopped with SIGTERM and given --stop-timeout (plus a margin) to finish."""
+    failure, stopped with SIGTERM and given --stop-timeout (plus a margin) to finish. A stop
+    takes at most --stop-timeout, then work.ABANDON_AFTER (3 s) for a killed action to come
+    back, then about 2 s to leave the flock: 15 s of margin stay well above that. Type=notify:
+    the agent says READY=1 once its recipe compiled and it serves."""
     cmd = [sys.executable, "-m", "flock_node.cli_node", "run", args.name]
     for r in recipes:
         cmd += ["--recipe", str(r)]
@@ -134,7 +140,7 @@ def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
         ("--runtime-dir", _abs(args.runtime_dir)), ("--key-file", _abs(args.key_file)),
         ("--heartbeat", args.heartbeat), ("--ttl", args.ttl),
         ("--stop-timeout", args.stop_timeout), ("--interval", args.interval),
-        ("--log-level", args.log_level),
+        ("--log-level", args.log_level), ("--log-file", _abs(args.log_file)),
     ]
     for flag, value in flags:
         if value is not None:
@@ -153,7 +159,8 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=simple
+Type=notify
+NotifyAccess=main
 ExecStart={" ".join(shlex.quote(c) for c in cmd)}
 Restart=on-failure
 RestartSec=2

@@ -84,6 +84,8 @@ class Heartbeat(msgspec.Struct, tag="hb", omit_defaults=True):
     active: bool = False
     run: RunProgress | None = None
     last_run: RunSummary | None = None
+    # The node's health: its last converge, which a later reaction does not replace.
+    last_converge: RunSummary | None = None
     pending: int = 0
     dead: int = 0
     started: float = 0.0

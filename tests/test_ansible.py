@@ -41,7 +41,7 @@ class Env:
         eng = Engine("bender0", [self.recipe], self.store)
         c = RunContext(run_id=f"run-{next(_runs)}", **kw)
         r = eng.converge(c)
-        return r, self.store.run(c.run_id)
+        return r, self.store.runs.get(c.run_id)
 
 
 @pytest.fixture
@@ -173,7 +173,7 @@ def test_no_log_and_secret_arguments_are_never_kept(env):
     assert (env.dir / "secret").read_text() == "s3cr3t-value\n"
     out = rows(run)["ansible[secret]"]["output"]
     assert "s3cr3t" not in out and "hidden due to no_log" in out
-    props = {r.id: r.properties for r in env.store.resources()}
+    props = {r.id: r.properties for r in env.store.resources.all()}
     dumped = json.dumps(props)
     assert "s3cr3t" not in dumped and "tok-123" not in dumped
     assert props["ansible[token]"]["args"]["api_token"] == "********"
@@ -381,7 +381,7 @@ def test_user_module_in_a_throwaway_mount_namespace(tmp_path):
         out = []
         for i in range(2):
             eng.converge(RunContext(run_id=f"r{{i}}"))
-            row = store.run(f"r{{i}}")["resources"][0]
+            row = store.runs.get(f"r{{i}}")["resources"][0]
             out.append([row["result"], row["output"] or "", row["error"]])
         out.append(open("/etc/passwd").read())
         print(json.dumps(out))

@@ -93,7 +93,7 @@ def test_nodes_text_and_json(flock3):
     r = flock3.cli("nodes")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:3] == ["NAME", "STATE", "ACTIVITY"]
+    assert lines[0].split()[:4] == ["NAME", "STATE", "HEALTH", "ACTIVITY"]
     assert [ln.split()[0] for ln in lines[1:]] == list(NODES)
     assert all(ln.split()[1] == "alive" for ln in lines[1:])
     nodes = flock3.json("nodes")

@@ -65,6 +65,7 @@ class FlockApi:
             "active": self.work.active, "current_run": cur,
             "queued": [j.run_id for j in self.work.queue],
             "last_run": last_run(last),
+            "last_converge": last_converge(self.store.runs.last("converge")),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
             "uptime": time.time() - self.node.started, "compile_error": self.work.compile_error,
@@ -105,6 +106,7 @@ class FlockApi:
             "name": self.node.name, "state": ALIVE, "address": self.node.rpc_addr, "bus": self.node.bus_addr,
             "rpc": self.node.rpc_addr, "incarnation": self.node.incarnation, "active": self.work.active,
             "run": msgspec.to_builtins(self.work.progress), "last_run": own["last_run"],
+            "last_converge": own["last_converge"],
             "pending": own["pending"], "dead_letters": own["dead_letters"],
             "tags": list(self.node.tags), "version": __version__, "age": 0.0,
         }]
@@ -115,6 +117,8 @@ class FlockApi:
                 "name": m.name, "state": m.state, "address": m.rpc, "bus": m.bus, "rpc": m.rpc,
                 "incarnation": m.incarnation, "active": hb.active if m.state == ALIVE else False,
                 "run": msgspec.to_builtins(hb.run), "last_run": summary_dict(hb.last_run),
+                "last_converge": last_converge(msgspec.to_builtins(hb.last_converge)
+                                               if hb.last_converge else None),
                 "pending": hb.pending, "dead_letters": hb.dead, "tags": list(m.tags),
                 "version": hb.version, "age": now - m.last_seen,
             })
@@ -184,3 +188,13 @@ def last_run_from(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def last_converge(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A node's health: its last converge (id, ok, finished, error...), never a reaction."""
+    if not d:
+        return None
+    out = last_run_from(d)
+    started, duration = out.get("started"), out.get("duration")
+    finished = d.get("finished")
+    if finished is None and started is not None:
+        finished = started + (duration or 0.0)
+    return {**out, "ok": out["status"] == "ok", "finished": finished}

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 from flock_node import __version__
 from flock_node.transport import rpc_for_bus, tcp_addresses
@@ -32,6 +34,19 @@ def seed_url(text: str) -> str:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a node's bus address (tcp://HOST:PORT or ipc://PATH.bus)"
         ) from None
+    return text
+
+
+# Chef's `type[name]` as the engine reads it: a lowercase type, a name in brackets.
+RESOURCE_RE = re.compile(r"[a-z_][a-z0-9_]*\[.+\]\Z", re.S)
+
+
+def resource_id(text: str) -> str:
+    """A RESOURCE on the command line, `type[name]`: checked before any call is made."""
+    if not RESOURCE_RE.match(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a resource: write it type[name], e.g. 'execute[restart app]' "
+            "or 'file[/etc/app.conf]'")
     return text
 
 
@@ -130,16 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("retry", help="send NODE's dead-lettered and refused notifications again")
     s.add_argument("node")
     s.add_argument("ids", nargs="*", metavar="ID", help="only these (default: all dead ones)")
-    s = sub.add_parser("notify", help="run ACTION on RESOURCE of NODE, out of band")
+    s = sub.add_parser("notify", help="run ACTION on RESOURCE (type[name]) of NODE, out of band")
     s.add_argument("node")
-    s.add_argument("resource")
+    s.add_argument("resource", type=resource_id)
     s.add_argument("action")
     s = sub.add_parser(
         "subscribe",
         help="NODE's RESOURCE runs ACTION whenever REMOTE_NODE's REMOTE_RESOURCE is updated",
     )
     s.add_argument("node")
-    s.add_argument("resource")
+    s.add_argument("resource", type=resource_id)
     s.add_argument("action")
     s.add_argument("--to", nargs=2, required=True, metavar=("REMOTE_NODE", "REMOTE_RESOURCE"))
     s = sub.add_parser("subscriptions", help="subscriptions of one node or of all")
@@ -161,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("file", nargs="?")
     s.add_argument("--force", action="store_true", help="replace an existing key file")
     sub.add_parser("paths", help="where config, state and runtime files live")
+    s = sub.add_parser("config", help="`config schema`: the JSON schema of console.toml")
+    s.add_argument("what", choices=["schema"])
     s = sub.add_parser("demo", help="start a local demo flock and open the console on it")
     s.add_argument("--nodes", type=positive_int, default=3, metavar="N")
     s.add_argument("--no-console", action="store_true",
@@ -178,5 +195,30 @@ def two_word_commands(argv: list[str]) -> list[str]:
     return argv
 
 
+def all_parsers(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parser and its commands' parsers (each reports its own usage errors)."""
+    out = [p]
+    for a in p._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            out.extend(a.choices.values())
+    return out
+
+
+def _json_usage_error(p: argparse.ArgumentParser) -> Any:
+    def error(message: str) -> NoReturn:
+        # The human usage line on stderr as always; a script reading stdout gets JSON too.
+        print(json.dumps({"error": message, "exit_code": USAGE}, indent=2), flush=True)
+        p.print_usage(sys.stderr)
+        p.exit(USAGE, f"{p.prog}: error: {message}\n")
+
+    return error
+
+
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    return build_parser().parse_args(two_word_commands(sys.argv[1:] if argv is None else argv))
+    """flockctl's command line; with --json anywhere in it, usage errors are JSON on stdout."""
+    words = two_word_commands(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    if "--json" in words:
+        for q in all_parsers(p):
+            q.error = _json_usage_error(q)  # type: ignore[method-assign]
+    return p.parse_args(words)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -9,10 +10,21 @@ import time
 from typing import Any
 
 from flock_node import paths
-from flock_node.cli.args import FAILED, OK, USAGE, CliError
+from flock_node.cli.args import FAILED, OK, USAGE, CliError, resource_id
 from flock_node.cli.context import Ctx
 from flock_node.cli.runs import _worst
-from flock_node.cli.text import _outbox_text, activity, ago, last_run_text, table
+from flock_node.cli.text import (
+    _outbox_text,
+    activity,
+    ago,
+    converge_of,
+    converge_text,
+    health,
+    last_reaction,
+    last_run_text,
+    output_excerpt,
+    table,
+)
 from flock_node.protocol import generate_key_file
 
 
@@ -28,9 +40,10 @@ def cmd_nodes(c: Ctx) -> int:
         c.print("no nodes found (runtime dir: "
                 f"{paths.runtime_dir(c.args.runtime_dir)}; add --seed for remote nodes)")
         return OK
-    rows = [[n["name"], n["state"], activity(n), last_run_text(n.get("last_run")),
+    rows = [[n["name"], n["state"], health(n), activity(n), converge_text(n),
              _outbox_text(n), n["address"], ",".join(n.get("tags", []))] for n in nodes]
-    c.print(table(rows, ["NAME", "STATE", "ACTIVITY", "LAST RUN", "OUTBOX", "ADDRESS", "TAGS"]))
+    c.print(table(rows, ["NAME", "STATE", "HEALTH", "ACTIVITY", "LAST CONVERGE", "OUTBOX",
+                         "ADDRESS", "TAGS"]))
     return OK
 
 
@@ -49,10 +62,16 @@ def cmd_status(c: Ctx) -> int:
     if cur:
         lines.append(f"current run: {cur['id']} ({cur['kind']}) {cur['k']}/{cur['n']} "
                      f"{cur['resource']}")
-    lr = st.get("last_run")
-    lines.append(f"last run:    {lr['id'] + ' ' + last_run_text(lr) if lr else 'never'}")
-    if lr and lr.get("error"):
-        lines.append(f"  error:     {lr['error']}")
+    lc = converge_of(st)
+    lines.append(f"health:      {health(st)}"
+                 + (f" (last converge {lc['id']}, {last_run_text(lc, status=False)})" if lc else ""))
+    if lc and lc.get("error"):
+        lines.append(f"  error:     {lc['error']}")
+    lr = last_reaction(st)
+    if lr:
+        lines.append(f"last reaction: {lr['id']} {last_run_text(lr)}")
+        if lr.get("error"):
+            lines.append(f"  error:     {lr['error']}")
     lines.append(f"outbox:      {st['pending']} pending, {st['dead_letters']} dead-lettered, "
                  f"{st.get('failed_notifications', 0)} refused")
     if st.get("compile_error"):
@@ -110,6 +129,8 @@ def cmd_history(c: Ctx) -> int:
             err = f"  {r['error']}" if r.get("error") else ""
             c.print(f"    {r['result']:<10} {r['resource']} ({r['action']}, "
                     f"{r['duration']:.2f}s){err}")
+            for line in output_excerpt(r.get("output"), r["result"] == "failed"):
+                c.print(f"      | {line}")
         for n in h.get("notifications", []):
             if n["status"] == "unmatched":
                 c.print(f"    → {n['target']} {n['resource']} {n['action']}: not sent, "
@@ -143,30 +164,36 @@ def cmd_outbox_discard(c: Ctx) -> int:
                        USAGE)
     statuses = [s for s, on in (("dead", a.dead), ("failed", a.failed)) if on]
     r = c.call(a.node, "flock_api", "discard", ids=a.ids or None, statuses=statuses or None)
+    _only_settled(a.node, a.ids, r["discarded"], "discarded")
     if a.json:
         c.emit_json(r)
         return OK
     n = len(r["discarded"])
     c.print(f"{a.node}: {n} notification{'s' if n != 1 else ''} discarded")
-    if a.ids and n < len(a.ids):
-        missing = sorted(set(a.ids) - set(r["discarded"]))
-        raise CliError(f"{a.node}: neither dead-lettered nor refused: {', '.join(missing)}",
-                       FAILED)
     return OK
+
+
+def _only_settled(node: str, asked: list[str], done: list[str], verb: str) -> None:
+    """Ids asked for that were not dead or refused: one error, no success line before it."""
+    missing = sorted(set(asked) - set(done))
+    if not missing:
+        return
+    n = len(done)
+    so_far = f"{n} {verb}, but " if n else f"nothing {verb}: "
+    raise CliError(f"{node}: {so_far}neither dead-lettered nor refused (unknown, pending or "
+                   f"delivered): {', '.join(missing)}; `flockctl outbox {node}` shows each "
+                   "one's status", FAILED)
 
 
 def cmd_retry(c: Ctx) -> int:
     r = c.call(c.args.node, "flock_api", "retry", ids=c.args.ids or None)
+    _only_settled(c.args.node, c.args.ids, r["retried"], "sent again")
     if c.args.json:
         c.emit_json(r)
         return OK
     n = len(r["retried"])
     c.print(f"{c.args.node}: {n} dead-lettered or refused notification{'s' if n != 1 else ''} "
             "sent again")
-    if c.args.ids and n < len(c.args.ids):
-        missing = sorted(set(c.args.ids) - set(r["retried"]))
-        raise CliError(f"{c.args.node}: neither dead-lettered nor refused: {', '.join(missing)}",
-                       FAILED)
     return OK
 
 
@@ -182,6 +209,10 @@ def cmd_notify(c: Ctx) -> int:
 
 def cmd_subscribe(c: Ctx) -> int:
     remote_node, remote_resource = c.args.to
+    try:
+        resource_id(remote_resource)
+    except argparse.ArgumentTypeError as e:
+        raise CliError(f"subscribe --to: {e}", USAGE) from None
     r = c.call(c.args.node, "resource_manager", "subscribe_to", resource=c.args.resource,
                action=c.args.action, node=remote_node, remote_resource=remote_resource)
     if c.args.json:

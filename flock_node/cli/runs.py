@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from flock_node.cli.args import FAILED, OK, CliError
+from flock_node.cli.args import FAILED, OK, UNREACHABLE, CliError
 from flock_node.cli.context import _UNREACHABLE_CODES, Ctx, _cli_error, is_group, select
 from flock_node.transport import RpcError
 
@@ -139,17 +140,47 @@ def _state_holds(state: str, member: dict[str, Any] | None) -> bool:
     return bool(member.get("active")) == (state == "active")
 
 
+def unknown_target(pattern: str, members: dict[str, dict[str, Any]]) -> str | None:
+    """What is wrong with a TARGET no known node matches (None if some node does)."""
+    if is_group(pattern):
+        if select(list(members.values()), pattern):
+            return None
+        return f"no node matches {pattern!r}"
+    return None if pattern in members else f"no node {pattern!r} in the flock"
+
+
+def _check_target(word: str, pattern: str, state: str, members: dict[str, dict[str, Any]]) -> None:
+    """A wait on nodes that do not exist fails at once, as `kubectl wait` does, rather than
+    running out its timeout; `alive` waits for them to join (they may be starting) and says
+    so; `down` already holds."""
+    what = unknown_target(pattern, members)
+    if what is None or state == "down":
+        return
+    known = ", ".join(sorted(members)) or "none"
+    if state == "alive":
+        how = "waiting for nodes to match" if is_group(pattern) else "waiting for it to join"
+        print(f"flockctl: {word} {pattern} alive: {what} yet, {how} (known: {known})",
+              file=sys.stderr, flush=True)
+        return
+    raise CliError(f"{word} {pattern} {state}: {what} (known: {known})", UNREACHABLE)
+
+
 def cmd_wait(c: Ctx) -> int:
     until = c.args.command == "wait-until"
     word = "wait-until" if until else "wait-while"
     pattern, state = c.args.target, c.args.state
     deadline = time.monotonic() + c.args.timeout
     last = ""
+    looked = False
     while True:
         try:
             members = {m["name"]: m for m in c.flock.nodes()}
         except (RpcError, CliError) as e:  # no node reachable yet: "not yet", keep waiting
             members, last = {}, str(e)
+        else:
+            if not looked:
+                looked = True
+                _check_target(word, pattern, state, members)
         if is_group(pattern):
             names = select(list(members.values()), pattern)
         else:
