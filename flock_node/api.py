@@ -175,15 +175,31 @@ def positional(method: str, actor: str | None = None) -> tuple[str, ...]:
 
 
 class LastRun(msgspec.Struct):
-    """The outcome of a node's last finished run."""
+    """The outcome of a node's last finished run (or last converge: its health)."""
 
     id: str
     status: str  # ok | failed
+    ok: bool
     kind: str = "converge"  # converge | reaction
     started: float | None = None
+    finished: float | None = None
     duration: float | None = None
     updated: int = 0
     error: str | None = None
+
+
+def last_run_view(run: Any) -> LastRun | None:
+    """The one view of a run's outcome, from a store row, a heartbeat's summary or a map."""
+    if not run:
+        return None
+    d = run if isinstance(run, dict) else msgspec.to_builtins(run)
+    started, duration = d.get("started"), d.get("duration")
+    finished = d.get("finished")
+    if finished is None and started is not None:
+        finished = started + (duration or 0.0)
+    return LastRun(id=d["id"], status=d["status"], ok=d["status"] == "ok",
+                   kind=d.get("kind") or "converge", started=started, finished=finished,
+                   duration=duration, updated=d.get("updated") or 0, error=d.get("error"))
 
 
 class Member(msgspec.Struct):
@@ -198,6 +214,7 @@ class Member(msgspec.Struct):
     active: bool
     run: dict[str, Any] | None
     last_run: LastRun | None
+    last_converge: LastRun | None  # its health: a reaction never stands in for it
     pending: int
     dead_letters: int
     tags: list[str]

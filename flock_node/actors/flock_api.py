@@ -10,8 +10,9 @@ import msgspec
 
 from flock_node import __version__
 from flock_node.actors import BadRequest, NodeFacts
+from flock_node.api import Member, State, last_run_view
 from flock_node.delivery import Deliverer
-from flock_node.membership import ALIVE, Membership
+from flock_node.membership import Membership
 from flock_node.paging import (
     HISTORY_LIMIT,
     OUTBOX_LIMIT,
@@ -64,8 +65,8 @@ class FlockApi:
             "incarnation": self.node.incarnation, "address": self.node.rpc_addr, "bus": self.node.bus_addr,
             "active": self.work.active, "current_run": cur,
             "queued": [j.run_id for j in self.work.queue],
-            "last_run": last_run(last),
-            "last_converge": last_converge(self.store.runs.last("converge")),
+            "last_run": last_run_view(last),
+            "last_converge": last_run_view(self.store.runs.last("converge")),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
             "uptime": time.time() - self.node.started, "compile_error": self.work.compile_error,
@@ -100,28 +101,27 @@ class FlockApi:
         page = fill_page(resources[offset:], offset, more=False)
         return {"run": {**run, "resources": []}, **page}
 
-    async def members(self) -> list[dict[str, Any]]:
+    async def members(self) -> list[Member]:
         own = await self.status()
-        out = [{
-            "name": self.node.name, "state": ALIVE, "address": self.node.rpc_addr, "bus": self.node.bus_addr,
-            "rpc": self.node.rpc_addr, "incarnation": self.node.incarnation, "active": self.work.active,
-            "run": msgspec.to_builtins(self.work.progress), "last_run": own["last_run"],
-            "last_converge": own["last_converge"],
-            "pending": own["pending"], "dead_letters": own["dead_letters"],
-            "tags": list(self.node.tags), "version": __version__, "age": 0.0,
-        }]
+        out = [Member(
+            name=self.node.name, state=State.ALIVE, address=self.node.rpc_addr,
+            bus=self.node.bus_addr, rpc=self.node.rpc_addr, incarnation=self.node.incarnation,
+            active=self.work.active, run=msgspec.to_builtins(self.work.progress),
+            last_run=own["last_run"], last_converge=own["last_converge"],
+            pending=own["pending"], dead_letters=own["dead_letters"],
+            tags=list(self.node.tags), version=__version__, age=0.0,
+        )]
         now = time.monotonic()
         for m in self.membership.members():
             hb: Heartbeat = m.info
-            out.append({
-                "name": m.name, "state": m.state, "address": m.rpc, "bus": m.bus, "rpc": m.rpc,
-                "incarnation": m.incarnation, "active": hb.active if m.state == ALIVE else False,
-                "run": msgspec.to_builtins(hb.run), "last_run": summary_dict(hb.last_run),
-                "last_converge": last_converge(msgspec.to_builtins(hb.last_converge)
-                                               if hb.last_converge else None),
-                "pending": hb.pending, "dead_letters": hb.dead, "tags": list(m.tags),
-                "version": hb.version, "age": now - m.last_seen,
-            })
+            out.append(Member(
+                name=m.name, state=State(m.state), address=m.rpc, bus=m.bus, rpc=m.rpc,
+                incarnation=m.incarnation, active=hb.active if m.state == State.ALIVE else False,
+                run=msgspec.to_builtins(hb.run), last_run=last_run_view(hb.last_run),
+                last_converge=last_run_view(hb.last_converge),
+                pending=hb.pending, dead_letters=hb.dead, tags=list(m.tags),
+                version=hb.version, age=now - m.last_seen,
+            ))
         return out
 
     async def outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
@@ -170,31 +170,3 @@ def summary(last: dict[str, Any] | None) -> RunSummary | None:
     return RunSummary(id=last["id"], status=last["status"], kind=last["kind"],
                       started=last["started"], duration=last["duration"] or 0.0,
                       updated=last["updated"], error=last["error"])
-
-
-def summary_dict(s: RunSummary | None) -> dict[str, Any] | None:
-    return last_run_from(msgspec.to_builtins(s)) if s else None
-
-
-def last_run(last: dict[str, Any] | None) -> dict[str, Any] | None:
-    return last_run_from(last) if last else None
-
-
-def last_run_from(d: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": d["id"], "status": d["status"], "kind": d.get("kind", "converge"),
-        "started": d.get("started"), "duration": d.get("duration"),
-        "updated": d.get("updated", 0), "error": d.get("error"),
-    }
-
-
-def last_converge(d: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A node's health: its last converge (id, ok, finished, error...), never a reaction."""
-    if not d:
-        return None
-    out = last_run_from(d)
-    started, duration = out.get("started"), out.get("duration")
-    finished = d.get("finished")
-    if finished is None and started is not None:
-        finished = started + (duration or 0.0)
-    return {**out, "ok": out["status"] == "ok", "finished": finished}
