@@ -375,6 +375,14 @@ class Store:
                 [(row[3], row[2], run_id, now, row[1]) for row in rows],
             )
 
+    def record_why_run(self, run_id: str, rows: list[tuple[Any, ...]], would_update: int) -> None:
+        """A why-run's plan, as history rows (seq, resource, action, result, duration, error,
+        output): nothing else is touched (persisted resources, outbox, subscriptions)."""
+        with self._tx() as db:
+            db.executemany("INSERT OR REPLACE INTO run_resources VALUES (?,?,?,?,?,?,?,?)",
+                           [(run_id, *row) for row in rows])
+            db.execute("UPDATE runs SET updated=? WHERE id=?", (would_update, run_id))
+
     def _insert_outbox(self, db: sqlite3.Connection, item: OutboxItem, run_id: str,
                        now: float) -> None:
         if item.unmatched is not None:
@@ -463,7 +471,9 @@ class Store:
             )
         else:
             r = self._one(
-                "SELECT * FROM runs WHERE status!='running' ORDER BY started DESC LIMIT 1"
+                # A why-run changed nothing: it says nothing about the node's health.
+                "SELECT * FROM runs WHERE status!='running' AND kind!='why-run'"
+                " ORDER BY started DESC LIMIT 1"
             )
         return self._run(r, with_resources=False) if r else None
 
