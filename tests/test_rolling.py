@@ -1,0 +1,181 @@
+"""Rolling runs on five real agents: `flockctl run-chef 'r*' --max-parallel N [--max-fail K]
+--wait`. Recipes read a per-node mode file (ok, fail, sleep S), as in test_cli."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import FlockEnv, wait_for
+
+from flock_node.cli.rolling import Roll
+
+NODES = ("r0", "r1", "r2", "r3", "r4")
+
+RECIPE = """\
+from pathlib import Path
+from flock_node.dsl import execute, log
+
+mode = Path({ctl!r}).read_text().strip() if Path({ctl!r}).exists() else "ok"
+log("hello")
+if mode == "fail":
+    execute("boom", command="echo doomed >&2; exit 7")
+elif mode.startswith("sleep"):
+    execute("slow", command="sleep " + mode.split()[1])
+"""
+
+
+class Five:
+    def __init__(self, env: FlockEnv):
+        self.env = env
+
+    def modes(self, **modes: str) -> None:
+        for n in NODES:
+            (self.env.root / f"{n}.mode").write_text(modes.get(n, "ok"))
+
+    def roll(self, *flags: str):
+        r = self.env.cli("--json", "run-chef", "r*", "--wait", *flags)
+        return r.returncode, json.loads(r.stdout), r
+
+    def runs_since(self, t0: float) -> dict[str, list[dict]]:
+        with self.env.flock() as f:
+            return {n: [h for h in f[n].flock_api.history() if h["started"] >= t0]
+                    for n in NODES}
+
+
+@pytest.fixture(scope="module")
+def five(tmp_path_factory):
+    env = FlockEnv(Path(tmp_path_factory.mktemp("r", numbered=True)))
+    procs = []
+    for n in NODES:
+        recipe = env.root / f"{n}.py"
+        recipe.write_text(RECIPE.format(ctl=str(env.root / f"{n}.mode")))
+        procs.append(env.start(n, recipes=[recipe], wait=False))
+    try:
+        for p in procs:
+            env.wait_up(p)
+        with env.flock() as f:
+            wait_for(lambda: sorted(m["name"] for m in f["r0"].flock_api.members()
+                                    if m["state"] == "alive") == list(NODES), 15,
+                     what="five agents alive")
+        yield Five(env)
+    finally:
+        env.stop_all()
+
+
+def _max_overlap(runs: list[dict]) -> int:
+    edges = sorted([(r["started"], 1) for r in runs] + [(r["finished"], -1) for r in runs],
+                   key=lambda e: (e[0], e[1]))
+    best = cur = 0
+    for _, d in edges:
+        cur += d
+        best = max(best, cur)
+    return best
+
+
+def test_never_more_than_n_at_once_in_name_order(five):
+    import time
+
+    five.modes(**{n: "sleep 0.4" for n in NODES})
+    t0 = time.time()
+    code, out, r = five.roll("--max-parallel", "2")
+    assert code == 0, r.stderr
+    assert (out["ok"], out["failed"], out["skipped"], out["unreachable"]) == (5, 0, 0, 0)
+    assert [o["node"] for o in out["nodes"]] == list(NODES)
+    runs = five.runs_since(t0)
+    assert all(len(v) == 1 and v[0]["status"] == "ok" for v in runs.values())
+    flat = [v[0] for v in runs.values()]
+    assert _max_overlap(flat) == 2  # two at once, never three
+    starts = [runs[n][0]["started"] for n in NODES]
+    assert starts[2] >= min(runs["r0"][0]["finished"], runs["r1"][0]["finished"])
+
+
+def test_the_first_failure_stops_the_roll(five):
+    five.modes(r0="sleep 1", r1="fail")
+    code, out, _ = five.roll("--max-parallel", "2")
+    assert code == 1
+    got = {o["node"]: o["outcome"] for o in out["nodes"]}
+    # r0 was already converging: it finishes; nothing new starts after r1 failed
+    assert got == {"r0": "ok", "r1": "failed", "r2": "skipped", "r3": "skipped",
+                   "r4": "skipped"}
+    assert "exited 7" in out["nodes"][1]["error"]
+    assert out["max_fail"] == 1 and (out["ok"], out["failed"], out["skipped"]) == (1, 1, 3)
+
+
+def test_max_fail_k_then_plain_lines_without_a_terminal(five):
+    five.modes(r1="fail", r3="fail")
+    r = five.env.cli("run-chef", "r*", "--wait", "--max-parallel", "1", "--max-fail", "2")
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines if ": started" not in ln][:5] == list(NODES)
+    assert lines[-1].startswith("rolling run: 2 ok, 2 failed, 1 skipped, 0 unreachable")
+    assert "r4: skipped (not started: 2 failed (--max-fail 2))" in r.stdout
+    assert "\x1b[" not in r.stdout  # no terminal, no escape codes
+
+
+def test_max_fail_without_max_parallel_is_a_usage_error(five):
+    r = five.env.cli("run-chef", "r*", "--max-fail", "2")
+    assert r.returncode == 2 and "--max-parallel" in r.stderr
+
+
+def test_roll_rules_without_io():
+    roll = Roll(["c", "a", "b", "d"], max_parallel=2, max_fail=1)
+    assert roll.next_to_start() == "a"
+    roll.nodes["a"].outcome = "running"
+    assert roll.next_to_start() == "b"
+    roll.nodes["b"].outcome = "unreachable"  # not a failed converge: the roll goes on
+    assert roll.next_to_start() == "c"
+    roll.nodes["c"].outcome = "running"
+    assert roll.next_to_start() is None  # two running
+    roll.nodes["c"].outcome = "failed"
+    assert roll.stopping and roll.next_to_start() is None
+    assert roll.skip_the_rest() == ["d"] and not roll.done
+    roll.nodes["a"].outcome = "ok"
+    assert roll.done and roll.exit_code() == 1
+    only_gone = Roll(["x"], 1, 1)
+    only_gone.nodes["x"].outcome = "unreachable"
+    assert only_gone.exit_code() == 3
+
+
+def test_a_terminal_gets_a_progress_bar(five):
+    """On a terminal: a rich progress bar while nodes converge, a line per node as it ends,
+    then the summary with every node's outcome."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    five.modes(**{n: "sleep 0.3" for n in NODES})
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", "run-chef", "r*", "--wait",
+                             "--max-parallel", "3"], env=five.env.env, stdin=slave,
+                            stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    assert proc.wait(60) == 0
+    os.close(master)
+    screen = b"".join(chunks).decode(errors="replace")
+    assert "converging r0" in screen and "/5" in screen  # the bar: who converges, m of n
+    assert "rolling run: 5 ok, 0 failed, 0 skipped, 0 unreachable" in screen
+    for n in NODES:
+        assert f"{n}: ok in" in screen
+
+
+def test_rich_comes_without_textual():
+    import subprocess
+    import sys
+
+    code = ("import sys, flock_node.cli.rolling, rich.progress\n"
+            "print(any(m == 'textual' or m.startswith('textual.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"
