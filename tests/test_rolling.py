@@ -179,3 +179,14 @@ def test_rich_comes_without_textual():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_macro_step_can_roll(five):
+    five.modes(r2="fail")
+    (five.env.config_dir / "console.toml").write_text(
+        '[[macros]]\nname = "roll"\nkey = "x"\n'
+        'steps = ["run-chef r* --max-parallel 2 --wait", "active r0"]\n')
+    r = five.env.cli("--json", "macro", "roll")
+    assert r.returncode == 1 and "stopped at step 1/2" in r.stderr
+    (doc,) = [json.loads(line) for line in r.stdout.splitlines()]
+    assert doc["failed"] == 1 and doc["nodes"][2]["outcome"] == "failed"
