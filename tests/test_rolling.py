@@ -1,5 +1,5 @@
 """Rolling runs on five real agents: `flockctl run-chef 'r*' --max-parallel N [--max-fail K]
---wait`. Recipes read a per-node mode file (ok, fail, sleep S), as in test_cli."""
+--wait`."""
 
 from __future__ import annotations
 
@@ -7,23 +7,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import FlockEnv, wait_for
+from conftest import FlockEnv, on_a_terminal, wait_for
+from test_cli import RECIPE  # ok, fail or sleep S, read from a per-node mode file
 
 from flock_node.cli.rolling import Roll
 
 NODES = ("r0", "r1", "r2", "r3", "r4")
-
-RECIPE = """\
-from pathlib import Path
-from flock_node.dsl import execute, log
-
-mode = Path({ctl!r}).read_text().strip() if Path({ctl!r}).exists() else "ok"
-log("hello")
-if mode == "fail":
-    execute("boom", command="echo doomed >&2; exit 7")
-elif mode.startswith("sleep"):
-    execute("slow", command="sleep " + mode.split()[1])
-"""
 
 
 class Five:
@@ -50,7 +39,7 @@ def five(tmp_path_factory):
     procs = []
     for n in NODES:
         recipe = env.root / f"{n}.py"
-        recipe.write_text(RECIPE.format(ctl=str(env.root / f"{n}.mode")))
+        recipe.write_text(RECIPE.format(ctl=str(env.root / f"{n}.mode"), name=n))
         procs.append(env.start(n, recipes=[recipe], wait=False))
     try:
         for p in procs:
@@ -141,29 +130,10 @@ def test_roll_rules_without_io():
 def test_a_terminal_gets_a_progress_bar(five):
     """On a terminal: a rich progress bar while nodes converge, a line per node as it ends,
     then the summary with every node's outcome."""
-    import os
-    import pty
-    import subprocess
-    import sys
-
     five.modes(**{n: "sleep 0.3" for n in NODES})
-    master, slave = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", "run-chef", "r*", "--wait",
-                             "--max-parallel", "3"], env=five.env.env, stdin=slave,
-                            stdout=slave, stderr=slave, close_fds=True)
-    os.close(slave)
-    chunks = []
-    while True:
-        try:
-            data = os.read(master, 4096)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not data:
-            break
-        chunks.append(data)
-    assert proc.wait(60) == 0
-    os.close(master)
-    screen = b"".join(chunks).decode(errors="replace")
+    code, screen = on_a_terminal(["run-chef", "r*", "--wait", "--max-parallel", "3"],
+                                 five.env.env)
+    assert code == 0
     assert "converging r0" in screen and "/5" in screen  # the bar: who converges, m of n
     assert "rolling run: 5 ok, 0 failed, 0 skipped, 0 unreachable" in screen
     for n in NODES:

@@ -52,6 +52,23 @@ class Run:
         self.held_remote = False
         self.sent_keys: dict[str, int] = {}
 
+    def walk(self, resources: list[Resource], progress: Callable[[int, int, str], None]) -> None:
+        """Every resource in order until a failure or a stop, then the delayed notifications;
+        a crash is the run's error, never raised (the worker thread must survive it)."""
+        try:
+            n = len(resources)
+            for k, res in enumerate(resources, 1):
+                if self.ctx.stop.is_set():
+                    self.stopped = True
+                    break
+                progress(k, n, res.id)
+                if not self.apply(res, res.action):
+                    break
+            self.run_delayed()
+        except Exception as e:
+            log.exception("%s crashed", self.ctx.kind)
+            self.error = self.error or f"internal error: {type(e).__name__}: {e}"
+
     # -- one resource, one action --------------------------------------------------------------
     def apply(self, res: Resource, action: str, depth: int = 0) -> bool:
         """Run `action` on `res` and its immediate notifications; False ends the run."""

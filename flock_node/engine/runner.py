@@ -38,6 +38,14 @@ __all__ = ["Engine", "Hooks", "RunContext"]
 log = logging.getLogger("flock.engine")
 
 
+def compile_failure(e: Exception) -> str:
+    """A failed compile as the run's error: the recipe's own message, or the crash."""
+    if isinstance(e, RecipeError):
+        return str(e)
+    log.error("compile crashed", exc_info=e)
+    return f"compile failed: {type(e).__name__}: {e}"
+
+
 class Engine:
     """Compiles a node's recipes and converges them; the agent calls this from a worker thread."""
 
@@ -136,26 +144,11 @@ class Engine:
             self.store.start_run(ctx.run_id, ctx.kind, ctx.cause)
             try:
                 self.compile()
-            except RecipeError as e:
-                return self._finish(ctx, None, str(e))
             except Exception as e:
-                log.exception("compile crashed")
-                return self._finish(ctx, None, f"compile failed: {type(e).__name__}: {e}")
+                return self._finish(ctx, None, compile_failure(e))
             run = Run(self, ctx, self._lookup_fn())
-            try:
-                resources = self._compiled.resources if self._compiled else []
-                n = len(resources)
-                for k, res in enumerate(resources, 1):
-                    if ctx.stop.is_set():
-                        run.stopped = True
-                        break
-                    self._progress(ctx, k, n, res.id)
-                    if not run.apply(res, res.action):
-                        break
-                run.run_delayed()
-            except Exception as e:
-                log.exception("converge crashed")
-                run.error = run.error or f"internal error: {type(e).__name__}: {e}"
+            run.walk(self._compiled.resources if self._compiled else [],
+                     lambda k, n, rid: self._progress(ctx, k, n, rid))
             return self._finish(ctx, run)
 
     def run_action(self, resource_id: str, action: str, ctx: RunContext) -> dict[str, Any]:
@@ -189,24 +182,10 @@ class Engine:
             self.store.start_run(ctx.run_id, "why-run", ctx.cause)
             try:
                 compiled = compile_recipes(self.recipes)  # not persisted
-            except RecipeError as e:
-                return self._finish(ctx, None, str(e))
             except Exception as e:
-                log.exception("compile crashed")
-                error = f"compile failed: {type(e).__name__}: {e}"
-                return self._finish(ctx, None, error)
+                return self._finish(ctx, None, compile_failure(e))
             run = Run(self, ctx, compiled.by_id.get, why_run=True)
-            try:
-                for res in compiled.resources:
-                    if ctx.stop.is_set():
-                        run.stopped = True
-                        break
-                    if not run.apply(res, res.action):
-                        break
-                run.run_delayed()
-            except Exception as e:
-                log.exception("why-run crashed")
-                run.error = run.error or f"internal error: {type(e).__name__}: {e}"
+            run.walk(compiled.resources, lambda k, n, rid: None)
             return self._finish(ctx, run)
 
     @staticmethod

@@ -16,7 +16,7 @@ from flock_node.engine.resources.base import (
     fail_os,
     up_to_date,
 )
-from flock_node.engine.resources.file import mode_change
+from flock_node.engine.resources.file import chmod_by, mode_change
 from flock_node.engine.resources.props import _bool, _mode
 
 
@@ -52,15 +52,7 @@ class Directory(Resource):
         chmod = mode_change(cur.mode, mode)
         if not chmod:
             return up_to_date("exists" + (", mode as wanted" if mode is not None else ""))
-
-        def change_mode() -> str:
-            try:
-                os.chmod(path, mode)
-            except OSError as e:
-                raise fail_os(f"cannot chmod {path}", e) from None
-            return chmod
-
-        return converge_by(chmod, change_mode)
+        return chmod_by(path, mode, chmod)
 
     def _mkdir(self) -> str:
         path, mode = self.name, self.props["mode"]

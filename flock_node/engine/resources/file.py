@@ -47,6 +47,19 @@ def mode_change(cur: int, want: int | None) -> str:
     return f"mode {cur:04o} -> {want:04o}" if want is not None and want != cur else ""
 
 
+def chmod_by(path: str, mode: int, why: str) -> Decision:
+    """A decision to change only the mode of `path` (file or directory)."""
+
+    def change_mode() -> str:
+        try:
+            os.chmod(path, mode)
+        except OSError as e:
+            raise fail_os(f"cannot chmod {path}", e) from None
+        return why
+
+    return converge_by(why, change_mode)
+
+
 @dataclass
 class FileState:
     """What is at the path now."""
@@ -112,14 +125,7 @@ class File(Resource):
 
             return converge_by(why, rewrite)
         if chmod:
-            def change_mode() -> str:
-                try:
-                    os.chmod(path, mode)
-                except OSError as e:
-                    raise fail_os(f"cannot chmod {path}", e) from None
-                return chmod
-
-            return converge_by(chmod, change_mode)
+            return chmod_by(path, mode, chmod)
         return up_to_date("content and mode as wanted" if self._data is not None else "exists")
 
     def decide_create_if_missing(self, cur: FileState) -> Decision:
