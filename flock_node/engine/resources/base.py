@@ -118,7 +118,7 @@ def _json_safe(v: Any) -> Any:
     return repr(v)
 
 
-@dataclass
+@dataclass(slots=True)  # one per resource per run: cheap to make
 class Decision:
     """What an action would do. `why` says it for a person ("content differs", "mode 0644 ->
     0600", "command would run"); `converge` does it and returns the output to record; None

@@ -20,7 +20,7 @@ from flock_node.engine.resources.file import chmod_by, mode_change
 from flock_node.engine.resources.props import _bool, _mode
 
 
-@dataclass
+@dataclass(slots=True)
 class DirState:
     """What is at the path now."""
 

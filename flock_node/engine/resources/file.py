@@ -60,7 +60,12 @@ def chmod_by(path: str, mode: int, why: str) -> Decision:
     return converge_by(why, change_mode)
 
 
-@dataclass
+# The usual answer of a converge, made once (a Decision is never changed once made).
+_AS_WANTED = up_to_date("content and mode as wanted")
+_EXISTS = up_to_date("exists")
+
+
+@dataclass(slots=True)
 class FileState:
     """What is at the path now."""
 
@@ -126,7 +131,7 @@ class File(Resource):
             return converge_by(why, rewrite)
         if chmod:
             return chmod_by(path, mode, chmod)
-        return up_to_date("content and mode as wanted" if self._data is not None else "exists")
+        return _AS_WANTED if self._data is not None else _EXISTS
 
     def decide_create_if_missing(self, cur: FileState) -> Decision:
         return self.decide_create(cur)
