@@ -160,3 +160,28 @@ def test_a_macro_step_can_roll(five):
     assert r.returncode == 1 and "stopped at step 1/2" in r.stderr
     (doc,) = [json.loads(line) for line in r.stdout.splitlines()]
     assert doc["failed"] == 1 and doc["nodes"][2]["outcome"] == "failed"
+
+
+def test_a_node_killed_mid_roll_is_unreachable_and_the_roll_goes_on(five):
+    """Last in this module: it kills r2 (and starts it again for good measure)."""
+    import subprocess
+    import sys
+
+    five.modes(r2="sleep 30")
+    proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", "--json", "run-chef", "r*",
+                             "--wait", "--max-parallel", "2", "--timeout", "4"],
+                            env=five.env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        with five.env.flock() as f:
+            wait_for(lambda: f["r2"].flock_api.active(), 15, what="r2 converging")
+        five.env.nodes["r2"].kill9()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 3, err
+    got = {o["node"]: o["outcome"] for o in json.loads(out)["nodes"]}
+    assert got == {"r0": "ok", "r1": "ok", "r2": "unreachable", "r3": "ok", "r4": "ok"}
+    five.modes()
+    five.env.restart("r2", recipes=[five.env.root / "r2.py"])

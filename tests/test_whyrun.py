@@ -51,6 +51,11 @@ def test_why_run_changes_nothing_sends_nothing_and_names_the_target_node(flock_e
         assert h["kind"] == "why-run" and h["id"] == plan["id"] and h["updated"] == 2
         assert all(x["last_result"] is None for x in fl["a"].resource_manager.resources())
         assert fl["a"].flock_api.status()["last_run"] is None  # health: no converge yet
+        # The Python client asks the same (a new plan, recorded too).
+        again = fl["a"].flock_api.why_run(timeout=30)
+        assert again["kind"] == "why-run" and again["id"] != plan["id"]
+        assert [x["result"] for x in again["resources"]] == [
+            x["result"] for x in plan["resources"]]
         # The human form says the same.
         text = flock_env.cli("run-chef", "a", "--why-run").stdout
         assert "would send run execute[hit] -> b (immediately)" in text

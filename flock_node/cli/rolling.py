@@ -17,6 +17,9 @@ from flock_node.cli.context import _UNREACHABLE_CODES, Ctx
 from flock_node.transport import RpcError
 
 POLL = 0.1  # seconds between looks at the runs in flight
+# A node silent this long while converging is given up as unreachable: it frees its slot
+# rather than holding the roll until --timeout (a restart within it is waited for).
+UNREACHABLE_AFTER = 30.0
 
 
 @dataclass
@@ -91,6 +94,7 @@ class _Driver:
     def __init__(self, c: Ctx, roll: Roll, report: Callable[[Outcome], None]):
         self.c, self.roll, self.report = c, roll, report
         self.deadline: dict[str, float] = {}
+        self.silent_since: dict[str, float] = {}
 
     def start(self, n: str) -> None:
         o = self.roll.nodes[n]
@@ -110,10 +114,14 @@ class _Driver:
         try:
             r = self.c.flock.call(n, "flock_api", "run", {"id": o.run}, timeout=2.0)
         except RpcError as e:
-            if e.code not in _UNREACHABLE_CODES or time.monotonic() >= self.deadline[n]:
+            now = time.monotonic()
+            since = self.silent_since.setdefault(n, now)
+            if (e.code not in _UNREACHABLE_CODES or now >= self.deadline[n]
+                    or now - since >= UNREACHABLE_AFTER):
                 o.outcome, o.error = "unreachable", f"{e.code}: {e.message}"
                 self.report(o)
             return
+        self.silent_since.pop(n, None)
         if r and r["status"] in ("ok", "failed"):
             o.outcome, o.error = r["status"], r.get("error")
             o.updated, o.duration = r.get("updated") or 0, r.get("duration")
