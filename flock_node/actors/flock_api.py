@@ -1,8 +1,9 @@
-"""`flock_api`: what operators, consoles and recipes ask a node (run_chef, active, status,
-history, members, outbox, retry)."""
+"""`flock_api`: what operators, consoles and recipes ask a node (run_chef, why_run, active,
+status, history, members, outbox, retry)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -12,6 +13,7 @@ from flock_node import __version__
 from flock_node.actors import BadRequest, NodeFacts
 from flock_node.api import Member, State, last_run_view
 from flock_node.delivery import Deliverer
+from flock_node.engine import RunContext
 from flock_node.membership import Membership
 from flock_node.paging import (
     HISTORY_LIMIT,
@@ -23,12 +25,12 @@ from flock_node.paging import (
 from flock_node.protocol import Heartbeat, RunSummary
 from flock_node.store import Store
 from flock_node.transport import RpcError
-from flock_node.work import WorkQueue
+from flock_node.work import WorkQueue, run_id
 
 
 class FlockApi:
     NAME = "flock_api"
-    METHODS = ('run_chef', 'active', 'status', 'history', 'run', 'members', 'outbox', 'retry',
+    METHODS = ('run_chef', 'why_run', 'active', 'status', 'history', 'run', 'members', 'outbox', 'retry',
                'discard')
 
     def __init__(self, node: NodeFacts, store: Store, work: WorkQueue, deliverer: Deliverer,
@@ -47,6 +49,16 @@ class FlockApi:
         ahead = (self.work.current is not None and self.work.current.run_id != run_id) or any(
             j.run_id != run_id for j in list(self.work.queue)[:1])
         return {"run_id": run_id, "queued": joined or ahead, "joined": joined}
+
+    async def why_run(self) -> dict[str, Any]:
+        """Compile and decide without changing or sending anything: the plan (each resource's
+        would-be action and why, the notifications it would fire, the nodes remote ones would
+        reach), also recorded in history as a why-run. Answers when the plan is made."""
+        if self.work.stopping.is_set():
+            raise RpcError("stopping", f"{self.node.name} is shutting down")
+        ctx = RunContext(run_id(), "why-run", stop=self.work.stopping)
+        # Off the loop (guards run commands), and beside a converge: it changes nothing.
+        return await asyncio.to_thread(self.work.engine.why_run, ctx)
 
     async def active(self) -> bool:
         return self.work.active

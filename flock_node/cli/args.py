@@ -123,6 +123,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("target")
     s.add_argument("--wait", action="store_true", help="wait for the runs to finish")
     s.add_argument("--timeout", type=positive_seconds, default=3600.0, metavar="S")
+    s.add_argument("--why-run", action="store_true",
+                   help="change nothing, send nothing: say what each resource would do and why, "
+                   "and which nodes its notifications would reach")
+    s.add_argument("--max-parallel", type=positive_int, metavar="N",
+                   help="a rolling run: nodes in name order, at most N converging at once")
+    s.add_argument("--max-fail", type=positive_int, metavar="K",
+                   help="with --max-parallel: start no new node once K have failed (default 1)")
     s = sub.add_parser("active", help="print true/false: is NODE converging")
     s.add_argument("node")
     s = sub.add_parser("resources", help="a node's persisted resources")

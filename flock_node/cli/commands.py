@@ -114,8 +114,9 @@ def cmd_history(c: Ctx) -> int:
         return OK
     for h in hs:
         dur = f"{h['duration']:.2f}s" if h.get("duration") is not None else "running"
+        would = "would update" if h["kind"] == "why-run" else "updated"
         c.print(f"{h['id']}  {h['kind']:<9} {h['status']:<7} {ago(h['started'])}  {dur}  "
-                f"{h['updated']} updated")
+                f"{h['updated']} {would}")
         cause = h.get("cause")
         if cause and cause.get("scheduled"):
             c.print("    scheduled (--interval)")

@@ -7,12 +7,21 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from flock_node.cli.args import FAILED, OK, UNREACHABLE, CliError
+from flock_node.cli.args import FAILED, OK, UNREACHABLE, USAGE, CliError
 from flock_node.cli.context import _UNREACHABLE_CODES, Ctx, _cli_error, is_group, select
+from flock_node.cli.rolling import cmd_rolling
+from flock_node.cli.whyrun import cmd_why_run
 from flock_node.transport import RpcError
 
 
 def cmd_run_chef(c: Ctx) -> int:
+    """Start a converge on every target node; --why-run only plans, --max-parallel rolls."""
+    if c.args.why_run:
+        return cmd_why_run(c)
+    if c.args.max_parallel is not None:
+        return cmd_rolling(c)
+    if c.args.max_fail is not None:
+        raise CliError("--max-fail goes with --max-parallel N (a rolling run)", USAGE)
     names = c.targets(c.args.target)
     started: dict[str, str] = {}
     errors: dict[str, CliError] = {}

@@ -20,7 +20,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from flock_node.engine.ansible_session import (
     HIDDEN,
@@ -33,7 +33,7 @@ from flock_node.engine.ansible_session import (
     run_module,
 )
 from flock_node.engine.errors import RecipeError, ResourceFailure
-from flock_node.engine.resources import TYPES, Resource, command_env
+from flock_node.engine.resources import Decision, Resource, command_env, converge_by, up_to_date
 from flock_node.engine.shell import run_command
 
 CALLBACK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ansible_callback")
@@ -108,6 +108,14 @@ class _AnsibleBase(Resource):
             return out.changed, out.output
         return super().act(action)
 
+    def decide_run(self, current: Any) -> Decision:
+        """Why-run: Ansible's own check mode says whether the run would change anything."""
+        out = self.inspect()
+        if out.changed and not self.props["check"]:
+            first = (out.output.strip().splitlines() or ["changes"])[0]
+            return converge_by(f"{self.type} would change: {first}", lambda: self.apply().output)
+        return up_to_date("no change (check mode)", out.output)
+
     def inspect(self) -> Outcome:
         """Check mode: what the run would change, changing nothing."""
         return self._run(check=True)
@@ -126,7 +134,7 @@ class Ansible(_AnsibleBase):
     type = "ansible"
     actions = ("run", "nothing")
     default_action = "run"
-    props_spec: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    props_spec: ClassVar[dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "module": (_module, None),
         "args": (_dict, lambda r: {}),
         "vars": (_dict, lambda r: {}),  # template variables
@@ -239,7 +247,7 @@ class Playbook(_AnsibleBase):
     type = "playbook"
     actions = ("run", "nothing")
     default_action = "run"
-    props_spec: dict[str, tuple[Callable[[Any], Any], Any]] = {
+    props_spec: ClassVar[dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "path": (_path, lambda r: r.name),
         "tags": (_tags, lambda r: []),
         "skip_tags": (_tags, lambda r: []),
@@ -341,4 +349,3 @@ class Playbook(_AnsibleBase):
         return Outcome(bool(fired), output, {"tasks": events})
 
 
-TYPES.update({c.type: c for c in (Ansible, Playbook)})

@@ -73,6 +73,14 @@ class Runs:
                 [(row[3], row[2], run_id, now, row[1]) for row in rows],
             )
 
+    def record_why_run(self, run_id: str, rows: list[tuple[Any, ...]], would_update: int) -> None:
+        """A why-run's plan, as history rows (seq, resource, action, result, duration, error,
+        output): nothing else is touched (persisted resources, outbox, subscriptions)."""
+        with self.db.tx() as db:
+            db.executemany("INSERT OR REPLACE INTO run_resources VALUES (?,?,?,?,?,?,?,?)",
+                           [(run_id, *row) for row in rows])
+            db.execute("UPDATE runs SET updated=? WHERE id=?", (would_update, run_id))
+
     def finish(
         self, run_id: str, ok: bool, error: str | None = None, total: int | None = None
     ) -> None:
@@ -130,7 +138,9 @@ class Runs:
             )
         else:
             r = self.db.one(
-                "SELECT * FROM runs WHERE status!='running' ORDER BY started DESC LIMIT 1"
+                # A why-run changed nothing: it says nothing about the node's health.
+                "SELECT * FROM runs WHERE status!='running' AND kind!='why-run'"
+                " ORDER BY started DESC LIMIT 1"
             )
         return self._row(r, with_resources=False) if r else None
 
