@@ -5,6 +5,10 @@
   repeated call ids (Req0 re-sends after a reconnect) get the first call's answer, kept
   within bounds (`AnswerCache`); an answer too big for a frame is answered `too_large`.
 - `AsyncRpc` / `SyncRpc`: Req0 clients with deadlines; errors come back as `RpcError`.
+
+Every socket takes an optional `TlsIdentity`: `tls+tcp://` endpoints then get its TLS
+configuration, each connection passes its gate (a flock identity, not revoked), and the
+verified identity of the connection is the only sender its frames may name.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ from flock_node.protocol import (
     Request,
     Response,
 )
+from flock_node.trust.identity import NODE, UNVERIFIED, Caller, parse_cn
+from flock_node.trust.tls import TlsIdentity
 
 log = logging.getLogger("flock.transport")
 
@@ -62,26 +68,32 @@ def ipc_addresses(runtime_dir: Path, node: str) -> tuple[str, str]:
 
 
 def tcp_addresses(listen: str) -> tuple[str, str]:
-    """`tcp://HOST:PORT` → bus on PORT, RPC on PORT+1."""
-    if not listen.startswith("tcp://"):
-        raise ValueError(f"--listen must look like tcp://HOST:PORT, got {listen!r}")
-    hostport = listen[len("tcp://") :]
+    """`tcp://HOST:PORT` (or `tls+tcp://`) → bus on PORT, RPC on PORT+1."""
+    scheme, sep, hostport = listen.partition("://")
+    if not sep or scheme not in ("tcp", "tls+tcp"):
+        raise ValueError(f"--listen must look like tcp://HOST:PORT or tls+tcp://HOST:PORT, "
+                         f"got {listen!r}")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise ValueError(f"--listen must look like tcp://HOST:PORT, got {listen!r}")
+        raise ValueError(f"--listen must look like {scheme}://HOST:PORT, got {listen!r}")
     p = int(port)
     if not 0 < p < 65535:
         raise ValueError(f"port out of range in {listen!r}")
-    return f"tcp://{host}:{p}", f"tcp://{host}:{p + 1}"
+    return f"{scheme}://{host}:{p}", f"{scheme}://{host}:{p + 1}"
+
+
+def is_tls(addr: str) -> bool:
+    return addr.startswith("tls+tcp://")
 
 
 def rpc_for_bus(bus: str) -> str:
     """The RPC address that goes with a bus address (seeds name only the bus)."""
     if bus.startswith("ipc://") and bus.endswith(".bus"):
         return bus[: -len(".bus")] + ".rpc"
-    if bus.startswith("tcp://"):
-        host, _, port = bus[len("tcp://") :].rpartition(":")
-        return f"tcp://{host}:{int(port) + 1}"
+    if bus.startswith(("tcp://", "tls+tcp://")):
+        scheme, _, hostport = bus.partition("://")
+        host, _, port = hostport.rpartition(":")
+        return f"{scheme}://{host}:{int(port) + 1}"
     raise ValueError(f"cannot tell the RPC address for {bus!r}")
 
 
@@ -153,14 +165,17 @@ class AddressInUse(OSError):
     """A listen address is taken (by another agent or any other program)."""
 
 
-def _listen(sock: pynng.Socket, addr: str) -> None:
+def _listen(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None) -> None:
     path = ipc_path(addr)
     if path and os.path.exists(path):
         if ipc_alive(path):
             raise AddressInUse(errno.EADDRINUSE, f"{path} is in use by another agent")
         os.unlink(path)
     try:
-        sock.listen(addr)
+        if is_tls(addr):
+            _tls_endpoint(sock, addr, _need_tls(tls, addr), listen=True)
+        else:
+            sock.listen(addr)
     except pynng.AddressInUse:
         raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {addr}: the address is already "
                            "in use (another agent or program; choose another --listen port, "
@@ -169,6 +184,125 @@ def _listen(sock: pynng.Socket, addr: str) -> None:
         raise OSError(errno.EINVAL, f"cannot listen on {addr}: {e}") from None
     if path:
         os.chmod(path, 0o600)
+
+
+# --- TLS: the one place that reads nng's TLS options ------------------------------------------
+
+
+def _need_tls(tls: TlsIdentity | None, addr: str) -> TlsIdentity:
+    if tls is None:
+        raise pynng.NNGException(f"{addr} needs a TLS identity (--tls-dir)", pynng.lib.NNG_EINVAL)
+    return tls
+
+
+def peer_cn(pipe: pynng.Pipe) -> str | None:
+    """The verified certificate common name of a TLS connection's peer (None if not TLS or
+    not verified). pynng has only private helpers for it: wrapped here, once."""
+    from pynng.options import _getopt_bool, _getopt_string
+
+    try:
+        if not _getopt_bool(pipe, "tls-verified"):
+            return None
+        return str(_getopt_string(pipe, "tls-peer-cn"))
+    except pynng.NNGException:
+        return None
+
+
+def _tls_endpoint(sock: pynng.Socket, addr: str, tls: TlsIdentity, listen: bool,
+                  block: bool = False) -> Any:
+    """A listener or dialer with our TLS configuration, set before it starts (pynng's own
+    listen/dial start at once, and a socket-wide configuration cannot be server and client)."""
+    from pynng import ffi, lib
+    from pynng.nng import Dialer, Listener, check_err, to_char
+
+    if listen:
+        lp = ffi.new("nng_listener *")
+        check_err(lib.nng_listener_create(lp, sock.socket, to_char(addr)))
+        ep: Any = Listener(lp, sock)
+        ep.tls_config = tls.config(server=True)
+        check_err(lib.nng_listener_start(lp[0], 0))
+        sock._listeners[lib.nng_listener_id(lp[0])] = ep
+    else:
+        dp = ffi.new("nng_dialer *")
+        check_err(lib.nng_dialer_create(dp, sock.socket, to_char(addr)))
+        ep = Dialer(dp, sock)
+        ep.tls_config = tls.config(server=False)
+        check_err(lib.nng_dialer_start(dp[0], 0 if block else lib.NNG_FLAG_NONBLOCK))
+        sock._dialers[lib.nng_dialer_id(dp[0])] = ep
+    return ep
+
+
+def dial(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None,
+         block: bool = False) -> Any:
+    """Dial `addr` (with our TLS identity for `tls+tcp://`)."""
+    if is_tls(addr):
+        return _tls_endpoint(sock, addr, _need_tls(tls, addr), listen=False, block=block)
+    return sock.dial(addr, block=block)
+
+
+def guard_pipes(sock: pynng.Socket, tls: TlsIdentity | None, nodes_only: bool = False) -> None:
+    """Refuse, as they connect, TLS peers that are no flock identity or are revoked (and,
+    for `nodes_only`, anyone but a node: a client must be answered by a node)."""
+    if tls is None:
+        return
+
+    def check(pipe: pynng.Pipe) -> None:
+        cn = peer_cn(pipe)
+        who = parse_cn(cn) if cn else None
+        if not tls.gate.allows(cn) or who is None or (nodes_only and who.role != NODE):
+            log.warning("refused a connection from %s", cn or "a peer without a certificate")
+            # Closing in the pre-connect callback is how nng rejects a pipe.
+            with contextlib.suppress(pynng.NNGException):
+                pipe.close()
+
+    sock.add_pre_pipe_connect_cb(check)
+
+
+def close_revoked(sock: pynng.Socket, tls: TlsIdentity) -> int:
+    """Close the connections of peers the gate no longer allows; how many. Called on the
+    loop, never from an nng callback (nng #1247)."""
+    n = 0
+    for pipe in list(sock.pipes):
+        cn = peer_cn(pipe)
+        if cn is not None and not tls.gate.allows(cn):
+            with contextlib.suppress(pynng.NNGException):
+                pipe.close()
+            n += 1
+    return n
+
+
+_UNREAD = Caller("", "")  # a pipe whose certificate was not read yet
+
+
+class _Callers:
+    """The verified caller of each pipe, read once per pipe; None where no TLS is used."""
+
+    def __init__(self, tls: TlsIdentity | None):
+        self.tls = tls
+        self._by_pipe: dict[int, Caller | None] = {}
+
+    def of(self, pipe: pynng.Pipe | None) -> Caller | None:
+        if self.tls is None:
+            return UNVERIFIED
+        if pipe is None:
+            return None
+        got = self._by_pipe.get(pipe.id, _UNREAD)
+        if got is _UNREAD:
+            cn = peer_cn(pipe)
+            got = parse_cn(cn) if cn and self.tls.gate.allows(cn) else None
+            if len(self._by_pipe) > 4096:
+                self._by_pipe.clear()
+            self._by_pipe[pipe.id] = got
+        if got is not None and got.cn in self.tls.gate.revoked:
+            return None
+        return got
+
+    def forget(self, pipe_id: int) -> None:
+        self._by_pipe.pop(pipe_id, None)
+
+
+def _drop(codec: Codec, reason: str) -> None:
+    codec.dropped[reason] = codec.dropped.get(reason, 0) + 1
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 1.0) -> None:
@@ -200,8 +334,11 @@ class Bus:
         on_message: Callable[[Envelope, Message, int], None],
         on_pipe_removed: Callable[[int], None] | None = None,
         on_pipe_added: Callable[[int], None] | None = None,
+        tls: TlsIdentity | None = None,
     ):
         self.codec = codec
+        self.tls = tls
+        self._callers = _Callers(tls)
         self.on_message = on_message
         self.on_pipe_removed = on_pipe_removed
         self.on_pipe_added = on_pipe_added
@@ -220,14 +357,14 @@ class Bus:
         self._closed = False
 
     def listen(self, addr: str) -> None:
-        _listen(self.sock, addr)
+        _listen(self.sock, addr, self.tls)
         self.listen_addr = addr
 
     def dial(self, addr: str) -> None:
         if addr in self._dialed or addr == self.listen_addr:
             return
         try:
-            self._dialed[addr] = self.sock.dial(addr, block=False)
+            self._dialed[addr] = dial(self.sock, addr, self.tls)
         except pynng.NNGException as e:
             log.warning("cannot dial %s: %s", addr, e)
 
@@ -245,14 +382,24 @@ class Bus:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self.on_pipe_removed is not None:
+        guard_pipes(self.sock, self.tls)
+        if self.on_pipe_removed is not None or self.tls is not None:
             self.sock.add_post_pipe_remove_cb(self._pipe_removed)
         if self.on_pipe_added is not None:
             self.sock.add_post_pipe_connect_cb(self._pipe_added)
         self._task = asyncio.create_task(self._recv_loop(), name="bus-recv")
 
     def _pipe_removed(self, pipe: pynng.Pipe) -> None:
-        self._to_loop(self.on_pipe_removed, pipe.id)
+        self._to_loop(self._forget_pipe, pipe.id)
+
+    def _forget_pipe(self, pid: int) -> None:
+        self._callers.forget(pid)
+        if self.on_pipe_removed is not None:
+            self.on_pipe_removed(pid)
+
+    def close_revoked(self) -> int:
+        """Close the bus connections of identities revoked since they connected."""
+        return close_revoked(self.sock, self.tls) if self.tls is not None else 0
 
     def _pipe_added(self, pipe: pynng.Pipe) -> None:
         self._to_loop(self.on_pipe_added, pipe.id)
@@ -287,10 +434,24 @@ class Bus:
                 log.exception("bus frame dropped")
                 self.codec.dropped["malformed"] = self.codec.dropped.get("malformed", 0) + 1
                 continue
+            if self.tls is not None and not self._from_its_sender(env, msg.pipe):
+                continue
             try:
                 self.on_message(env, body, pipe)
             except Exception:
                 log.exception("bus handler failed")
+
+    def _from_its_sender(self, env: Envelope, pipe: pynng.Pipe | None) -> bool:
+        """On TLS, only a node speaks on the bus, and only in its own name."""
+        caller = self._callers.of(pipe)
+        if caller is None or caller.role != NODE:
+            _drop(self.codec, "not_a_node" if caller is not None else "unauthorized")
+            return False
+        if env.sender != caller.name:
+            _drop(self.codec, "sender_mismatch")
+            log.debug("bus frame from %s in the name of %s dropped", caller.name, env.sender)
+            return False
+        return True
 
     def _warn_skew(self, e: FrameError) -> None:
         """Once per peer per minute, not once per frame."""
@@ -349,7 +510,7 @@ class Bus:
 
 # --- RPC server -------------------------------------------------------------------------------
 
-Handler = Callable[[Request, Envelope], Awaitable[Response]]
+Handler = Callable[[Request, Envelope, Caller], Awaitable[Response]]
 
 # What the RPC server keeps to answer Req0 re-sends. A re-send only comes while its caller
 # still waits (a call's timeout is seconds, a few minutes at most), so age bounds it as
@@ -444,9 +605,12 @@ class AnswerCache:
 
 
 class RpcServer:
-    def __init__(self, codec: Codec, handler: Handler, contexts: int = RPC_CONTEXTS):
+    def __init__(self, codec: Codec, handler: Handler, contexts: int = RPC_CONTEXTS,
+                 tls: TlsIdentity | None = None):
         self.codec = codec
         self.handler = handler
+        self.tls = tls
+        self._callers = _Callers(tls)
         self.sock = pynng.Rep0(recv_max_size=MAX_FRAME)
         self.sock.send_timeout = 5000
         self.n = contexts
@@ -456,10 +620,23 @@ class RpcServer:
         self.addr: str | None = None
 
     def listen(self, addr: str) -> None:
-        _listen(self.sock, addr)
+        _listen(self.sock, addr, self.tls)
         self.addr = addr
 
+    def close_revoked(self) -> int:
+        """Close the RPC connections of identities revoked since they connected."""
+        return close_revoked(self.sock, self.tls) if self.tls is not None else 0
+
     def start(self) -> None:
+        guard_pipes(self.sock, self.tls)
+        if self.tls is not None:
+            loop = asyncio.get_running_loop()
+
+            def removed(pipe: pynng.Pipe) -> None:  # an nng thread: hand it to the loop
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._callers.forget, pipe.id)
+
+            self.sock.add_post_pipe_remove_cb(removed)
         for i in range(self.n):
             ctx = self.sock.new_context()
             self._ctxs.append(ctx)
@@ -468,7 +645,7 @@ class RpcServer:
     async def _serve(self, ctx: pynng.Context) -> None:
         while True:
             try:
-                frame = await ctx.arecv()
+                got = await ctx.arecv_msg()
             except asyncio.CancelledError:
                 raise
             except pynng.Closed:
@@ -477,7 +654,7 @@ class RpcServer:
                 log.debug("rpc receive: %s", e)
                 continue
             try:
-                reply = await self._answer(frame)
+                reply = await self._answer(got.bytes, self._callers.of(got.pipe))
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bad frame must not end this context's loop
@@ -497,7 +674,7 @@ class RpcServer:
             except pynng.NNGException as e:
                 log.debug("rpc send: %s", e)
 
-    async def _answer(self, frame: bytes) -> bytes | None:
+    async def _answer(self, frame: bytes, caller: Caller | None) -> bytes | None:
         try:
             env, msg = self.codec.decode(frame, check_replay=False)
         except FrameError as e:
@@ -513,6 +690,13 @@ class RpcServer:
             return None
         if not isinstance(msg, Request):
             self.codec.dropped["unexpected"] = self.codec.dropped.get("unexpected", 0) + 1
+            return None
+        if caller is None:  # revoked since it connected: its pipe is being closed
+            _drop(self.codec, "unauthorized")
+            return None
+        if caller.verified and env.sender != caller.name:
+            _drop(self.codec, "sender_mismatch")
+            log.warning("a call from %s in the name of %s dropped", caller.name, env.sender)
             return None
         replayed = self.codec.key is not None and self.codec.seen(env.nonce)
         known = self._answers.get(msg.call_id)
@@ -532,7 +716,7 @@ class RpcServer:
         kept: bytes | None = None
         try:
             try:
-                resp = await self.handler(msg, env)
+                resp = await self.handler(msg, env, caller)
             except Exception as e:  # a handler bug must not take the agent down
                 log.exception("rpc handler %s.%s failed", msg.actor, msg.method)
                 resp = Response(msg.call_id, False,
@@ -582,7 +766,7 @@ def _request(codec: Codec, actor: str, method: str, args: dict[str, Any]) -> tup
     return call_id, frame
 
 
-def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
+def _reply(codec: Codec, call_id: str, frame: bytes, tls: bool = False) -> Any:
     try:
         _, msg = codec.decode(frame, check_replay=False)
     except FrameError as e:
@@ -601,7 +785,7 @@ def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
         raise RpcError("bad_response", "answer does not match the call")
     if not msg.ok:
         err = msg.error or Error("internal", "no error given")
-        if err.code == "unauthorized":  # the node refused our frame: say what to check
+        if err.code == "unauthorized" and not tls:  # the node refused our frame: which key?
             raise RpcError(err.code, "the node and this client do not share the same flock key "
                            f"(check --key-file / FLOCK_KEY_FILE / --insecure): {err.message}")
         raise RpcError(err.code, err.message)
@@ -630,11 +814,18 @@ def _check_reachable(addr: str) -> None:
         raise RpcError("unreachable", f"no agent listening at {addr}")
 
 
+def _no_connection(addr: str, timeout: float, tls: TlsIdentity | None) -> RpcError:
+    hint = (" (on TLS also: a certificate from another CA, expired or revoked is refused at "
+            "the handshake; check --tls-dir)" if tls is not None and is_tls(addr) else "")
+    return RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s{hint}")
+
+
 class SyncRpc:
     """Blocking Req0 client: one socket per address, one context per call (thread-safe)."""
 
-    def __init__(self, codec: Codec, timeout: float = 5.0):
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
         self.codec = codec
+        self.tls = tls
         self.timeout = timeout
         self._socks: dict[tuple[str, float], pynng.Req0] = {}
         self._lock = threading.Lock()
@@ -654,6 +845,7 @@ class SyncRpc:
                 s.recv_timeout = int(timeout * 1000)
                 s.send_timeout = int(timeout * 1000)
                 s.resend_time = int(max(timeout, 1.0) * 1000)
+                guard_pipes(s, self.tls, nodes_only=True)
                 if local:
                     # A blocking ipc dial fails at once when nobody listens (a socket file
                     # left by kill -9), instead of the call waiting out its timeout.
@@ -663,7 +855,7 @@ class SyncRpc:
                         s.close()
                         raise RpcError("unreachable", f"no agent listening at {addr} ({e})") from None
                 else:
-                    s.dial(addr, block=False)
+                    dial(s, addr, self.tls)
                 self._socks[key] = s
             return s
 
@@ -679,7 +871,7 @@ class SyncRpc:
             reply = ctx.recv_msg().bytes
         except pynng.Timeout:
             if not sock.pipes:
-                raise RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s") from None
+                raise _no_connection(addr, timeout, self.tls) from None
             raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
         except pynng.NNGException as e:
             raise RpcError("unreachable", f"{addr}: {e}") from None
@@ -688,7 +880,7 @@ class SyncRpc:
             # context went with it, and that must not turn "unreachable" into a crash.
             with contextlib.suppress(pynng.NNGException):
                 ctx.close()
-        return _reply(self.codec, call_id, reply)
+        return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def close(self) -> None:
         with self._lock:
@@ -704,8 +896,9 @@ class AsyncRpc:
     last of them ends: closing it under them would turn an ordinary "unreachable" into an
     exception from deep inside pynng."""
 
-    def __init__(self, codec: Codec, timeout: float = 5.0):
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
         self.codec = codec
+        self.tls = tls
         self.timeout = timeout
         self._socks: dict[str, pynng.Req0] = {}
         self._inflight: dict[int, int] = {}  # id(socket) → calls in flight
@@ -718,7 +911,8 @@ class AsyncRpc:
             s.recv_timeout = 600_000
             s.send_timeout = 600_000
             s.resend_time = 5000
-            s.dial(addr, block=False)
+            guard_pipes(s, self.tls, nodes_only=True)
+            dial(s, addr, self.tls)
             self._socks[addr] = s
         return s
 
@@ -741,7 +935,7 @@ class AsyncRpc:
                 reply = await ctx.arecv()
         except TimeoutError:
             if not sock.pipes:
-                raise RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s") from None
+                raise _no_connection(addr, timeout, self.tls) from None
             raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
         except pynng.NNGException as e:  # Closed included: the node went while we asked
             raise RpcError("unreachable", f"{addr}: {e}") from None
@@ -750,7 +944,7 @@ class AsyncRpc:
                 with contextlib.suppress(Exception):
                     ctx.close()
             self._release(key)
-        return _reply(self.codec, call_id, reply)
+        return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def _release(self, key: int) -> None:
         n = self._inflight.get(key, 0) - 1
@@ -762,6 +956,12 @@ class AsyncRpc:
         if s is not None:
             with contextlib.suppress(Exception):
                 s.close()
+
+    def close_revoked(self) -> int:
+        """Close our connections to identities revoked since we dialed them."""
+        if self.tls is None:
+            return 0
+        return sum(close_revoked(s, self.tls) for s in list(self._socks.values()))
 
     def forget(self, addr: str) -> None:
         """Drop the socket to `addr` (a fresh one next time); closed once no call uses it."""

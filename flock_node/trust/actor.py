@@ -1,0 +1,46 @@
+"""`trust`: the audit trail and the revocation list, over RPC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flock_node.actors import BadRequest, int_arg
+from flock_node.trust.audit import AuditLog
+from flock_node.trust.revocation import RevocationError
+from flock_node.trust.tls import Gate
+
+
+class TrustApi:
+    NAME = "trust"
+    METHODS = ("audit", "crl", "install_crl")
+
+    def __init__(self, node: str, audit: AuditLog, gate: Gate | None):
+        self.node = node
+        self._audit = audit
+        self.gate = gate
+
+    async def audit(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest `limit` audit rows, newest first."""
+        n = int_arg(limit, "limit")
+        if not 0 < n <= 10_000:
+            raise BadRequest("limit must be between 1 and 10000")
+        return self._audit.recent(n)
+
+    async def crl(self) -> dict[str, Any]:
+        """Our revocation list: its version and the signed list (None without one)."""
+        if self.gate is None:
+            return {"version": 0, "list": None}
+        return {"version": self.gate.version, "list": self.gate.blob,
+                "revoked": sorted(self.gate.revoked)}
+
+    async def install_crl(self, list: bytes) -> dict[str, Any]:
+        """Take a revocation list signed by our CA if it is newer than ours."""
+        if self.gate is None:
+            raise BadRequest(f"{self.node} does not use TLS: it has no revocation list")
+        if not isinstance(list, bytes):
+            raise BadRequest("list must be the signed revocation list (bytes)")
+        try:
+            installed = self.gate.offer(list)
+        except RevocationError as e:
+            raise BadRequest(f"{self.node}: {e}") from None
+        return {"version": self.gate.version, "installed": installed}
