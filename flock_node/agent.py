@@ -8,6 +8,7 @@ task, subscriptions we want on other nodes by a sync task, heartbeats by a third
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -88,7 +89,7 @@ class AgentConfig:
     interval: float | None = None  # converge every interval (+ splay) seconds
     splay: float = 0.0
     tls: TlsIdentity | None = None  # tls+tcp: our certificate, the CA, the revocation gate
-    policy: Policy = DEFAULT_POLICY
+    policy: Policy = field(default_factory=lambda: DEFAULT_POLICY)
 
 
 class Agent:
@@ -310,8 +311,8 @@ class Agent:
         assert self.tls is not None
         try:
             got = await self.rpc.call(addr, "trust", "crl", timeout=2.0)
-            if isinstance(got, dict) and isinstance(got.get("list"), bytes):
-                self.tls.gate.offer(got["list"])
+            if isinstance(got, dict) and isinstance(got.get("list"), str):
+                self.tls.gate.offer(base64.b64decode(got["list"]))
         except Exception as e:  # noqa: BLE001 - the next heartbeat tries again
             log.warning("could not fetch the revocation list from %s: %s", addr, e)
         finally:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 from typing import Any
 
 from flock_node.actors import BadRequest, int_arg
@@ -27,16 +29,22 @@ class TrustApi:
         return self._audit.recent(n)
 
     async def crl(self) -> dict[str, Any]:
-        """Our revocation list: its version and the signed list (None without one)."""
-        if self.gate is None:
-            return {"version": 0, "list": None}
-        return {"version": self.gate.version, "list": self.gate.blob,
+        """Our revocation list: its version and the signed list, base64 (None without one)."""
+        if self.gate is None or self.gate.blob is None:
+            return {"version": 0, "list": None, "revoked": []}
+        return {"version": self.gate.version, "list": base64.b64encode(self.gate.blob).decode(),
                 "revoked": sorted(self.gate.revoked)}
 
-    async def install_crl(self, list: bytes) -> dict[str, Any]:
-        """Take a revocation list signed by our CA if it is newer than ours."""
+    async def install_crl(self, list: bytes | str) -> dict[str, Any]:
+        """Take a revocation list signed by our CA (bytes, or base64 as `crl` gives it) if it
+        is newer than ours."""
         if self.gate is None:
             raise BadRequest(f"{self.node} does not use TLS: it has no revocation list")
+        if isinstance(list, str):
+            try:
+                list = base64.b64decode(list, validate=True)
+            except (binascii.Error, ValueError):
+                raise BadRequest("list must be the signed revocation list") from None
         if not isinstance(list, bytes):
             raise BadRequest("list must be the signed revocation list (bytes)")
         try:

@@ -10,7 +10,8 @@ file. Pure: `decide` takes the caller, the call and its arguments and returns a 
     role = "node"                           # optional: node | operator | observer
     call = "notify"                         # glob on the method, or "actor.method"
     on = "db-*"                             # glob on the node answering (default "*")
-    resource = "execute[restart*]"          # glob on the resource named by the call
+    resource = "execute[restart*]"          # the resource named by the call: * and ?
+                                            # only, brackets are literal
 
     [[rule]]
     effect = "deny"
@@ -94,7 +95,14 @@ def _matches(r: Rule, caller: Caller, node: str, actor: str, method: str,
         return False
     if not fnmatchcase(node, r.on):
         return False
-    return r.resource is None or (resource is not None and fnmatchcase(resource, r.resource))
+    return r.resource is None or (resource is not None and resource_glob(resource, r.resource))
+
+
+def resource_glob(resource: str, pattern: str) -> bool:
+    """`*` and `?` only: brackets are part of resource ids (`execute[restart*]`), not a
+    character class as in fnmatch."""
+    rx = "".join(".*" if ch == "*" else "." if ch == "?" else re.escape(ch) for ch in pattern)
+    return re.fullmatch(rx, resource, re.DOTALL) is not None
 
 
 def default_decision(caller: Caller, method: str) -> Decision:
