@@ -42,7 +42,17 @@ from flock_node.protocol import (
     Request,
     Response,
 )
-from flock_node.trust.identity import NODE, UNVERIFIED, Caller, parse_cn
+from flock_node.transport_tls import (
+    Callers,
+    close_revoked,
+    count_drop,
+    dial,
+    guard_pipes,
+    is_tls,
+    need_tls,
+    tls_endpoint,
+)
+from flock_node.trust.identity import NODE, Caller
 from flock_node.trust.tls import TlsIdentity
 
 log = logging.getLogger("flock.transport")
@@ -80,10 +90,6 @@ def tcp_addresses(listen: str) -> tuple[str, str]:
     if not 0 < p < 65535:
         raise ValueError(f"port out of range in {listen!r}")
     return f"{scheme}://{host}:{p}", f"{scheme}://{host}:{p + 1}"
-
-
-def is_tls(addr: str) -> bool:
-    return addr.startswith("tls+tcp://")
 
 
 def rpc_for_bus(bus: str) -> str:
@@ -173,7 +179,7 @@ def _listen(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None) -> No
         os.unlink(path)
     try:
         if is_tls(addr):
-            _tls_endpoint(sock, addr, _need_tls(tls, addr), listen=True)
+            tls_endpoint(sock, addr, need_tls(tls, addr), listen=True)
         else:
             sock.listen(addr)
     except pynng.AddressInUse:
@@ -184,125 +190,6 @@ def _listen(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None) -> No
         raise OSError(errno.EINVAL, f"cannot listen on {addr}: {e}") from None
     if path:
         os.chmod(path, 0o600)
-
-
-# --- TLS: the one place that reads nng's TLS options ------------------------------------------
-
-
-def _need_tls(tls: TlsIdentity | None, addr: str) -> TlsIdentity:
-    if tls is None:
-        raise pynng.NNGException(f"{addr} needs a TLS identity (--tls-dir)", pynng.lib.NNG_EINVAL)
-    return tls
-
-
-def peer_cn(pipe: pynng.Pipe) -> str | None:
-    """The verified certificate common name of a TLS connection's peer (None if not TLS or
-    not verified). pynng has only private helpers for it: wrapped here, once."""
-    from pynng.options import _getopt_bool, _getopt_string
-
-    try:
-        if not _getopt_bool(pipe, "tls-verified"):
-            return None
-        return str(_getopt_string(pipe, "tls-peer-cn"))
-    except pynng.NNGException:
-        return None
-
-
-def _tls_endpoint(sock: pynng.Socket, addr: str, tls: TlsIdentity, listen: bool,
-                  block: bool = False) -> Any:
-    """A listener or dialer with our TLS configuration, set before it starts (pynng's own
-    listen/dial start at once, and a socket-wide configuration cannot be server and client)."""
-    from pynng import ffi, lib
-    from pynng.nng import Dialer, Listener, check_err, to_char
-
-    if listen:
-        lp = ffi.new("nng_listener *")
-        check_err(lib.nng_listener_create(lp, sock.socket, to_char(addr)))
-        ep: Any = Listener(lp, sock)
-        ep.tls_config = tls.config(server=True)
-        check_err(lib.nng_listener_start(lp[0], 0))
-        sock._listeners[lib.nng_listener_id(lp[0])] = ep
-    else:
-        dp = ffi.new("nng_dialer *")
-        check_err(lib.nng_dialer_create(dp, sock.socket, to_char(addr)))
-        ep = Dialer(dp, sock)
-        ep.tls_config = tls.config(server=False)
-        check_err(lib.nng_dialer_start(dp[0], 0 if block else lib.NNG_FLAG_NONBLOCK))
-        sock._dialers[lib.nng_dialer_id(dp[0])] = ep
-    return ep
-
-
-def dial(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None,
-         block: bool = False) -> Any:
-    """Dial `addr` (with our TLS identity for `tls+tcp://`)."""
-    if is_tls(addr):
-        return _tls_endpoint(sock, addr, _need_tls(tls, addr), listen=False, block=block)
-    return sock.dial(addr, block=block)
-
-
-def guard_pipes(sock: pynng.Socket, tls: TlsIdentity | None, nodes_only: bool = False) -> None:
-    """Refuse, as they connect, TLS peers that are no flock identity or are revoked (and,
-    for `nodes_only`, anyone but a node: a client must be answered by a node)."""
-    if tls is None:
-        return
-
-    def check(pipe: pynng.Pipe) -> None:
-        cn = peer_cn(pipe)
-        who = parse_cn(cn) if cn else None
-        if not tls.gate.allows(cn) or who is None or (nodes_only and who.role != NODE):
-            log.warning("refused a connection from %s", cn or "a peer without a certificate")
-            # Closing in the pre-connect callback is how nng rejects a pipe.
-            with contextlib.suppress(pynng.NNGException):
-                pipe.close()
-
-    sock.add_pre_pipe_connect_cb(check)
-
-
-def close_revoked(sock: pynng.Socket, tls: TlsIdentity) -> int:
-    """Close the connections of peers the gate no longer allows; how many. Called on the
-    loop, never from an nng callback (nng #1247)."""
-    n = 0
-    for pipe in list(sock.pipes):
-        cn = peer_cn(pipe)
-        if cn is not None and not tls.gate.allows(cn):
-            with contextlib.suppress(pynng.NNGException):
-                pipe.close()
-            n += 1
-    return n
-
-
-_UNREAD = Caller("", "")  # a pipe whose certificate was not read yet
-
-
-class _Callers:
-    """The verified caller of each pipe, read once per pipe; None where no TLS is used."""
-
-    def __init__(self, tls: TlsIdentity | None):
-        self.tls = tls
-        self._by_pipe: dict[int, Caller | None] = {}
-
-    def of(self, pipe: pynng.Pipe | None) -> Caller | None:
-        if self.tls is None:
-            return UNVERIFIED
-        if pipe is None:
-            return None
-        got = self._by_pipe.get(pipe.id, _UNREAD)
-        if got is _UNREAD:
-            cn = peer_cn(pipe)
-            got = parse_cn(cn) if cn and self.tls.gate.allows(cn) else None
-            if len(self._by_pipe) > 4096:
-                self._by_pipe.clear()
-            self._by_pipe[pipe.id] = got
-        if got is not None and got.cn in self.tls.gate.revoked:
-            return None
-        return got
-
-    def forget(self, pipe_id: int) -> None:
-        self._by_pipe.pop(pipe_id, None)
-
-
-def _drop(codec: Codec, reason: str) -> None:
-    codec.dropped[reason] = codec.dropped.get(reason, 0) + 1
 
 
 async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 1.0) -> None:
@@ -338,7 +225,7 @@ class Bus:
     ):
         self.codec = codec
         self.tls = tls
-        self._callers = _Callers(tls)
+        self._callers = Callers(tls)
         self.on_message = on_message
         self.on_pipe_removed = on_pipe_removed
         self.on_pipe_added = on_pipe_added
@@ -445,10 +332,10 @@ class Bus:
         """On TLS, only a node speaks on the bus, and only in its own name."""
         caller = self._callers.of(pipe)
         if caller is None or caller.role != NODE:
-            _drop(self.codec, "not_a_node" if caller is not None else "unauthorized")
+            count_drop(self.codec, "not_a_node" if caller is not None else "unauthorized")
             return False
         if env.sender != caller.name:
-            _drop(self.codec, "sender_mismatch")
+            count_drop(self.codec, "sender_mismatch")
             log.debug("bus frame from %s in the name of %s dropped", caller.name, env.sender)
             return False
         return True
@@ -561,7 +448,7 @@ class AnswerCache:
 
     def begin(self, call_id: str, pending: Any, now: float) -> None:
         """A call starts: `pending` stands for it until `finish`."""
-        self._drop(call_id)
+        self.count_drop(call_id)
         self._entries[call_id] = _Answer(now, pending, 0, False)
         self._evict(now)
 
@@ -571,7 +458,7 @@ class AnswerCache:
         which is harmless for the calls that answer big (resources, history, outbox and
         other reads); the calls that change something answer a few bytes, and receivers
         de-duplicate notifications by id anyway."""
-        self._drop(call_id)
+        self.count_drop(call_id)
         if answer is None:
             return
         if len(answer) > self.max_entry:
@@ -581,7 +468,7 @@ class AnswerCache:
             self.bytes += len(answer)
         self._evict(now)
 
-    def _drop(self, call_id: str) -> None:
+    def count_drop(self, call_id: str) -> None:
         e = self._entries.pop(call_id, None)
         if e is not None:
             self.bytes -= e.size
@@ -601,7 +488,7 @@ class AnswerCache:
             n -= 1
             size -= e.size
         for k in doomed:
-            self._drop(k)
+            self.count_drop(k)
 
 
 class RpcServer:
@@ -610,7 +497,7 @@ class RpcServer:
         self.codec = codec
         self.handler = handler
         self.tls = tls
-        self._callers = _Callers(tls)
+        self._callers = Callers(tls)
         self.sock = pynng.Rep0(recv_max_size=MAX_FRAME)
         self.sock.send_timeout = 5000
         self.n = contexts
@@ -692,10 +579,10 @@ class RpcServer:
             self.codec.dropped["unexpected"] = self.codec.dropped.get("unexpected", 0) + 1
             return None
         if caller is None:  # revoked since it connected: its pipe is being closed
-            _drop(self.codec, "unauthorized")
+            count_drop(self.codec, "unauthorized")
             return None
         if caller.verified and env.sender != caller.name:
-            _drop(self.codec, "sender_mismatch")
+            count_drop(self.codec, "sender_mismatch")
             log.warning("a call from %s in the name of %s dropped", caller.name, env.sender)
             return None
         replayed = self.codec.key is not None and self.codec.seen(env.nonce)
