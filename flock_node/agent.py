@@ -157,6 +157,9 @@ class Agent:
     def loop_failures(self) -> list[dict[str, Any]]:
         return self.supervisor.report()
 
+    def name_clashes(self) -> list[dict[str, Any]]:
+        return list(self.members.clashes.values())
+
     # -- engine hooks (called from the worker thread) -------------------------------------
     def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
         if node is not None and not any(c in node for c in "*?["):

@@ -178,6 +178,45 @@ def test_a_node_refuses_to_start_with_a_certificate_not_its_own(tls):
                           str(tls.dirs[cert]), wait=False)
         assert n.proc.wait(15) == 2
         assert words in n.output() and "Traceback" not in n.output(), n.output()
+    bad = tls.env.root / "policy.toml"
+    bad.write_text('[[rule]]\neffect = "allow"\nwho = "web-*"\n\n[[rule]]\nefect = "deny"\n')
+    n = tls.env.start("a", "--listen", f"tls+tcp://127.0.0.1:{port}", "--tls-dir",
+                      str(tls.dirs["a"]), "--policy", str(bad), wait=False)
+    assert n.proc.wait(15) == 2
+    assert "line 5 (rule 2)" in n.output() and "efect" in n.output(), n.output()
+
+
+def test_a_policy_file_narrows_a_node_per_glob_and_resource(tls):
+    out = tls.env.root / "restarted"
+    rules = tls.env.root / "policy.toml"
+    rules.write_text(textwrap.dedent("""
+        [[rule]]
+        name = "web restarts db"
+        effect = "allow"
+        who = "web-*"
+        call = "notify"
+        resource = "execute[restart*]"
+
+        [[rule]]
+        name = "only web restarts db"
+        effect = "deny"
+        call = "notify*"
+        resource = "execute[restart*]"
+    """))
+    tls.start("db-1", "--policy", str(rules), recipe=RESTART.format(out=out))
+    tls.issue("web-1")
+    tls.issue("app-1")
+    args = {"resource": "execute[restart db]", "action": "run"}
+    with pytest.raises(RpcError) as ei:
+        tls.raw("app-1", "app-1").call(tls.rpc("db-1"), "resource_manager", "notify", args)
+    assert ei.value.code == "unauthorized" and "'only web restarts db'" in ei.value.message
+    assert "line 9" in ei.value.message
+    # In a batch (how the outbox delivers), the refused one is answered in its place.
+    [ans] = tls.raw("app-1", "app-1").call(tls.rpc("db-1"), "resource_manager",
+                                           "notify_batch", {"items": [{**args, "id": "n1"}]})
+    assert ans["error"]["code"] == "unauthorized"
+    tls.raw("web-1", "web-1").call(tls.rpc("db-1"), "resource_manager", "notify", args)
+    wait_for(lambda: out.exists(), what="web-1's restart to run")
 
 
 def test_other_ca_expired_revoked_and_no_certificate_are_refused(tls, tmp_path):
@@ -403,3 +442,27 @@ def test_a_capture_of_the_traffic_holds_no_resource_name(tls):
     assert len(data) > 1000, len(data)  # the handshake and the calls were captured
     for word in (b"restart db", b"resource_manager", b"notify", b"restarted"):
         assert word not in data, word
+
+
+# --- names are unique (shared-key mode) ------------------------------------------------------
+
+
+def test_two_agents_claiming_one_name_both_show_the_clash(flock_env):
+    from flock_node.protocol import generate_key_file
+
+    env = flock_env
+    key = generate_key_file(env.root / "flock.key")
+    p1, p2 = free_port(), free_port()
+    first = env.start("dup", "--listen", f"tcp://127.0.0.1:{p1}", "--key-file", key,
+                      heartbeat=HB)
+    env.start("dup", "--listen", f"tcp://127.0.0.1:{p2}", "--key-file", key,
+              "--seed", f"tcp://127.0.0.1:{p1}", heartbeat=HB)
+    second = env.nodes["dup"]
+    for port in (p1, p2):
+        def shown(port: int = port) -> bool:
+            r = env.cli("--seed", f"tcp://127.0.0.1:{port}", "--key-file", key, "status",
+                        "dup")
+            return "name clash:  dup: another process at" in r.stdout
+        wait_for(shown, 10, interval=0.2, what=f"the clash in status on port {port}")
+    for n in (first, second):
+        assert "name clash for dup" in n.output()

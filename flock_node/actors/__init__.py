@@ -47,6 +47,8 @@ class NodeFacts(Protocol):
 
     def loop_failures(self) -> list[dict[str, Any]]: ...
 
+    def name_clashes(self) -> list[dict[str, Any]]: ...
+
 
 class Actor(Protocol):
     NAME: str
