@@ -108,31 +108,30 @@ def close_revoked(sock: pynng.Socket, tls: TlsIdentity) -> int:
     return n
 
 
-_UNREAD = Caller("", "")  # a pipe whose certificate was not read yet
-
-
 class Callers:
     """The verified caller of each pipe, read once per pipe; None where no TLS is used."""
 
     def __init__(self, tls: TlsIdentity | None):
         self.tls = tls
-        self._by_pipe: dict[int, Caller | None] = {}
+        self._by_pipe: dict[int, tuple[Caller, str] | None] = {}
 
     def of(self, pipe: pynng.Pipe | None) -> Caller | None:
         if self.tls is None:
             return UNVERIFIED
         if pipe is None:
             return None
-        got = self._by_pipe.get(pipe.id, _UNREAD)
-        if got is _UNREAD:
+        try:
+            got = self._by_pipe[pipe.id]
+        except KeyError:
             cn = peer_cn(pipe)
-            got = parse_cn(cn) if cn and self.tls.gate.allows(cn) else None
+            who = parse_cn(cn) if cn and self.tls.gate.allows(cn) else None
+            got = (who, cn) if who is not None and cn else None
             if len(self._by_pipe) > 4096:
                 self._by_pipe.clear()
             self._by_pipe[pipe.id] = got
-        if got is not None and got.cn in self.tls.gate.revoked:
+        if got is None or got[1] in self.tls.gate.revoked:  # revoked since it connected
             return None
-        return got
+        return got[0]
 
     def forget(self, pipe_id: int) -> None:
         self._by_pipe.pop(pipe_id, None)
