@@ -466,3 +466,32 @@ def test_two_agents_claiming_one_name_both_show_the_clash(flock_env):
         wait_for(shown, 10, interval=0.2, what=f"the clash in status on port {port}")
     for n in (first, second):
         assert "name clash for dup" in n.output()
+
+
+def test_notifications_and_subscriptions_flow_between_tls_nodes(tls):
+    hits, subs = tls.env.root / "hits", tls.env.root / "subs"
+    tls.start("b", recipe=f"""
+        from flock_node.dsl import execute
+        execute("hit", command="echo hit >> {hits}", action="nothing")
+        execute("sub", command="echo sub >> {subs}", action="nothing").remote_subscribes(
+            "run", "file[{tls.env.root}/x]", node="a")
+    """)
+    tls.start("a", seed="b", recipe=f"""
+        from flock_node.dsl import file
+        file("{tls.env.root}/x", content="1").remote_notifies("run", "execute[hit]", node="b")
+    """)
+    tls.issue("alice", "operator")
+    with tls.flock("alice", seed="b") as f:
+        wait_for(lambda: any(s["state"] == "registered"
+                             for s in f["b"].resource_manager.subscriptions()["outgoing"]),
+                 15, what="b's subscription registered on a")
+        f["a"].flock_api.run_chef()
+        wait_for(lambda: hits.exists() and subs.exists(), 15, what="both reactions on b")
+        causes = [h["cause"] for h in f["b"].flock_api.history() if h.get("cause")]
+        assert {c["node"] for c in causes} == {"a"}
+        on_b = f.call("b", "trust", "audit", {"limit": 20})
+        on_a = f.call("a", "trust", "audit", {"limit": 20})
+    assert any(r["caller"] == "a" and r["role"] == "node" and r["outcome"] == "ok"
+               and r["call"].startswith("resource_manager.notify") for r in on_b), on_b
+    assert any(r["caller"] == "b" and r["call"] == "resource_manager.subscribe"
+               and r["outcome"] == "ok" for r in on_a), on_a
