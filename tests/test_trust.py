@@ -8,6 +8,7 @@ holding a certificate.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import shutil
@@ -18,10 +19,11 @@ import threading
 import time
 from pathlib import Path
 
+import pynng
 import pytest
 from conftest import FlockEnv, free_port, wait_for, write_recipe
 
-from flock_node.client import Flock
+from flock_node.client import AsyncFlock, Flock
 from flock_node.protocol import Codec, Heartbeat, Leave
 from flock_node.transport import Bus, RpcError, SyncRpc
 from flock_node.trust import ca, policy
@@ -236,10 +238,17 @@ def test_other_ca_expired_revoked_and_no_certificate_are_refused(tls, tmp_path):
     with pytest.raises(RpcError) as ei:
         tls.raw("old", "operator:old").call(tls.rpc("a"), "flock_api", "active")
     assert ei.value.code == "unreachable"
-    # No certificate: plain TCP to the TLS port gets nothing.
+    # No certificate: plain TCP to the TLS port gets nothing, nor does TLS without one.
     with pytest.raises(RpcError):
         SyncRpc(Codec(None, "x"), timeout=1.0).call(f"tcp://127.0.0.1:{tls.ports['a'] + 1}",
                                                     "flock_api", "active")
+    anon = pynng.TLSConfig(pynng.TLSConfig.MODE_CLIENT, server_name="node.flock",
+                           ca_string=(tls.dirs["a"] / "ca.crt").read_text(),
+                           auth_mode=pynng.TLSConfig.AUTH_MODE_REQUIRED)
+    with pynng.Req0(recv_timeout=1000, send_timeout=1000, tls_config=anon) as s:
+        s.dial(tls.rpc("a"), block=False)
+        time.sleep(0.5)
+        assert not s.pipes
     # Revoked: pushed by `flockctl ca revoke`, refused from then on.
     tls.issue("bob", "observer")
     assert tls.cli("bob", "active", "a").returncode == 0
@@ -258,6 +267,7 @@ def test_observer_run_chef_exits_4_and_is_audited(tls):
     assert r.returncode == 4, r.stdout + r.stderr
     assert "observer:bob (observer) may not call run_chef" in r.stdout + r.stderr, r.stderr
     assert tls.cli("bob", "status", "a").returncode == 0  # reads are fine
+    assert asyncio.run(_async_nodes(tls, "bob")) == ["a"]  # AsyncFlock on TLS too
     assert tls.cli("alice", "run-chef", "a").returncode == 0
     rows = json.loads(tls.cli("bob", "--json", "audit", "a").stdout)
     got = [(x["caller"], x["role"], x["call"], x["outcome"]) for x in rows]
@@ -311,9 +321,13 @@ def test_a_node_speaks_only_for_itself(tls):
     tls.env.stop_all()
 
 
-def _forge_on_bus(tls: Tls, cert: str, frames: list) -> None:
-    import asyncio
+async def _async_nodes(tls: Tls, who: str) -> list[str]:
+    async with await AsyncFlock.connect(seeds=[tls.bus("a")], tls_dir=tls.dirs[who],
+                                        runtime_dir=tls.env.runtime_dir, timeout=2.0) as f:
+        return [n["name"] for n in await f.nodes()]
 
+
+def _forge_on_bus(tls: Tls, cert: str, frames: list) -> None:
     async def go() -> None:
         codecs = {}
         bus = Bus(Codec(None, "?"), lambda *a: None, tls=load_identity(tls.dirs[cert]))

@@ -189,8 +189,9 @@ def _ca_parsers(p: argparse.ArgumentParser) -> None:
     ca.add_parser("list", help="what was issued and revoked")
     s = ca.add_parser("revoke", help="revoke NAME and push the signed list to reachable nodes")
     s.add_argument("name")
-    for sp in ca.choices.values():  # `flockctl ca issue x --ca-dir D` works too
+    for sp in ca.choices.values():  # `flockctl ca issue x --ca-dir D --json` works too
         sp.add_argument("--ca-dir", metavar="DIR", default=argparse.SUPPRESS)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 def two_word_commands(argv: list[str]) -> list[str]:
