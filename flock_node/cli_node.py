@@ -116,13 +116,17 @@ def main(argv: list[str] | None = None) -> int:
         why = check_node_identity(tls, args.name)
         if why is not None:
             return _fail(f"refusing to start {args.name}: {why}")
+    # Roles and policy apply to verified callers: on TLS only (a key holder is an operator).
     policy_file = Path(args.policy) if args.policy else paths.config_dir() / "policy.toml"
-    if args.policy or policy_file.exists():
+    if args.policy and not tls_mode:
+        return _fail("--policy needs tls+tcp: with a shared key every key holder is an operator")
+    if tls_mode:
         from flock_node.trust.policy import PolicyError, load
 
         try:
-            policy = load(policy_file)
-        except PolicyError as e:
+            if args.policy or policy_file.exists():
+                policy = load(policy_file)
+        except (PolicyError, OSError) as e:
             return _fail(str(e))
     if args.command == "service":
         print(systemd_unit(args, recipes), end="")

@@ -25,6 +25,8 @@ def cmd_ca(c: Ctx) -> int:
                 "revoke": _revoke}[c.args.ca_command](c)
     except ca.CaError as e:
         raise CliError(str(e), FAILED) from None
+    except BrokenPipeError:
+        raise
     except OSError as e:
         raise CliError(f"{e.filename or ''}: {e.strerror or e}", FAILED) from None
 
