@@ -471,15 +471,18 @@ def test_two_agents_claiming_one_name_both_show_the_clash(flock_env):
                       heartbeat=HB)
     env.start("dup", "--listen", f"tcp://127.0.0.1:{p2}", "--key-file", key,
               "--seed", f"tcp://127.0.0.1:{p1}", heartbeat=HB)
-    second = env.nodes["dup"]
-    for port in (p1, p2):
-        def shown(port: int = port) -> bool:
-            r = env.cli("--seed", f"tcp://127.0.0.1:{port}", "--key-file", key, "status",
-                        "dup")
-            return "name clash:  dup: another process at" in r.stdout
-        wait_for(shown, 10, interval=0.2, what=f"the clash in status on port {port}")
-    for n in (first, second):
-        assert "name clash for dup" in n.output()
+    second = env.nodes["dup"]  # the fixture stops only this one: the first one is ours
+    try:
+        for port in (p1, p2):
+            def shown(port: int = port) -> bool:
+                r = env.cli("--seed", f"tcp://127.0.0.1:{port}", "--key-file", key,
+                            "status", "dup")
+                return "name clash:  dup: another process at" in r.stdout
+            wait_for(shown, 10, interval=0.2, what=f"the clash in status on port {port}")
+        for n in (first, second):
+            assert "name clash for dup" in n.output()
+    finally:
+        first.stop()
 
 
 def test_notifications_and_subscriptions_flow_between_tls_nodes(tls):
