@@ -8,6 +8,7 @@ task, subscriptions we want on other nodes by a sync task, heartbeats by a third
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -39,7 +40,10 @@ from flock_node.membership import (
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
+    Envelope,
     Event,
+    Heartbeat,
+    Message,
 )
 from flock_node.store import (
     OutboxItem,
@@ -58,6 +62,11 @@ from flock_node.transport import (
     scan_runtime_dir,
     tcp_addresses,
 )
+from flock_node.trust.actor import TrustApi
+from flock_node.trust.guard import Guard
+from flock_node.trust.policy import DEFAULT as DEFAULT_POLICY
+from flock_node.trust.policy import Policy
+from flock_node.trust.tls import TlsIdentity
 from flock_node.work import Job, WorkQueue
 
 log = logging.getLogger("flock.agent")
@@ -79,6 +88,8 @@ class AgentConfig:
     stop_timeout: float = 30.0  # SIGTERM: how long the resource in progress may still take
     interval: float | None = None  # converge every interval (+ splay) seconds
     splay: float = 0.0
+    tls: TlsIdentity | None = None  # tls+tcp: our certificate, the CA, the revocation gate
+    policy: Policy = field(default_factory=lambda: DEFAULT_POLICY)
 
 
 class Agent:
@@ -112,7 +123,12 @@ class Agent:
         self.next_run: float | None = None  # wall clock of the next scheduled converge
         self.view_synced = threading.Event()  # heard from the seeds: targets can resolve
         self.supervisor = Supervisor()
-        self.rpc = AsyncRpc(self.codec, timeout=2.0)
+        self.tls = cfg.tls
+        if self.tls is not None:
+            self.tls.gate.persist_in(cfg.state_dir / "revoked.list")
+            self.tls.gate.listeners.append(self._revoked)
+        self._crl_fetching = False
+        self.rpc = AsyncRpc(self.codec, timeout=2.0, tls=self.tls)
         self.deliverer = Deliverer(self.store, self.rpc, cfg.name, self._locate, self.emit)
         self.subscriptions = SubscriptionSync(self.store, self.rpc, cfg.name,
                                               self._resolve_addr, self.emit)
@@ -123,10 +139,12 @@ class Agent:
         self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)
         self.work = WorkQueue(self.engine, self.store, cfg.stop_timeout, self.emit,
                               self.members.prompt, self._job_finished, self._stopped.set)
+        self.audit = self.store.audit
         self.dispatcher = Dispatcher(cfg.name, [
             FlockApi(self, self.store, self.work, self.deliverer, self.membership),
             ResourceManager(self, self.store, self.work, self.subscriptions, self.emit),
-        ])
+            TrustApi(cfg.name, self.audit, self.tls.gate if self.tls else None),
+        ], Guard(cfg.name, self.audit, cfg.policy, self._subscriber_of))
 
     # -- what the actors read about this node (NodeFacts) ---------------------------------
     @property
@@ -138,6 +156,9 @@ class Agent:
 
     def loop_failures(self) -> list[dict[str, Any]]:
         return self.supervisor.report()
+
+    def name_clashes(self) -> list[dict[str, Any]]:
+        return list(self.members.clashes.values())
 
     # -- engine hooks (called from the worker thread) -------------------------------------
     def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
@@ -175,11 +196,11 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.bus = Bus(self.codec, self.members.on_bus, self.members.on_pipe_removed,
-                       self.members.on_pipe_added)
+        self.bus = Bus(self.codec, self._on_bus, self.members.on_pipe_removed,
+                       self.members.on_pipe_added, tls=self.tls)
         self.members.attach(self.bus)
         self.members.listeners.append(self._member_changed)
-        self.server = RpcServer(self.codec, self.dispatcher.handle)
+        self.server = RpcServer(self.codec, self.dispatcher.handle, tls=self.tls)
         # Recover before serving: a notification accepted now must find the inbox as the
         # last run left it, or a retry landing during the start would be queued twice.
         interrupted = self.store.runs.recover_interrupted()
@@ -240,7 +261,7 @@ class Agent:
         from flock_node.client import Flock
         from flock_node.dsl import bind_flock
 
-        self._recipe_rpc = SyncRpc(Codec(self.cfg.key, self.name), timeout=2.0)
+        self._recipe_rpc = SyncRpc(Codec(self.cfg.key, self.name), timeout=2.0, tls=self.tls)
         bind_flock(Flock(self._recipe_rpc, resolver=self._resolve_addr))
 
     def _resolve_addr(self, name: str) -> str | None:
@@ -280,8 +301,40 @@ class Agent:
             "tags": list(self.cfg.tags), "active": self.work.active, "run": self.work.progress,
             "last_run": summary(last), "last_converge": summary(converge),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
-            "dead": counts.get("dead", 0),
+            "dead": counts.get("dead", 0), "crl": self.tls.gate.version if self.tls else 0,
         }
+
+    # -- trust -------------------------------------------------------------------------------
+    def _subscriber_of(self, sid: str) -> str | None:
+        return next((s["subscriber"] for s in self.store.subscriptions.all() if s["id"] == sid),
+                    None)
+
+    def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
+        self.members.on_bus(env, msg, pipe)
+        if (isinstance(msg, Heartbeat) and self.tls is not None and msg.crl > self.tls.gate.version
+                and not self._crl_fetching and msg.node == env.sender):
+            self._crl_fetching = True
+            asyncio.get_running_loop().create_task(self._fetch_crl(msg.rpc), name="fetch-crl")
+
+    async def _fetch_crl(self, addr: str) -> None:
+        """A peer has a newer revocation list: take it (it is signed, so from anyone)."""
+        assert self.tls is not None
+        try:
+            got = await self.rpc.call(addr, "trust", "crl", timeout=2.0)
+            if isinstance(got, dict) and isinstance(got.get("list"), str):
+                self.tls.gate.offer(base64.b64decode(got["list"]))
+        except Exception as e:  # noqa: BLE001 - the next heartbeat tries again
+            log.warning("could not fetch the revocation list from %s: %s", addr, e)
+        finally:
+            self._crl_fetching = False
+
+    def _revoked(self) -> None:
+        """A newer revocation list: close what the revoked identities still hold open."""
+        if self._loop is None:
+            return
+        n = self.bus.close_revoked() + self.server.close_revoked() + self.rpc.close_revoked()
+        if n:
+            log.warning("closed %d connection(s) of revoked identities", n)
 
     def _member_changed(self, t: Transition, m: Member | None) -> None:
         if t.new == ALIVE:

@@ -38,6 +38,10 @@ class RunChef(Args):
     pass
 
 
+class WhyRun(Args):
+    pass
+
+
 class Active(Args):
     pass
 
@@ -123,8 +127,24 @@ class Subscriptions(Args):
     pass
 
 
+# --- trust ----------------------------------------------------------------------------------
+
+
+class Audit(Args):
+    limit: Count = 50
+
+
+class Crl(Args):
+    pass
+
+
+class InstallCrl(Args):
+    list: Any  # bytes signed by the flock CA, or base64 as `crl` gives it (checked by the actor)
+
+
 CALLS: dict[tuple[str, str], type[Args]] = {
     ("flock_api", "run_chef"): RunChef,
+    ("flock_api", "why_run"): WhyRun,
     ("flock_api", "active"): Active,
     ("flock_api", "status"): Status,
     ("flock_api", "history"): History,
@@ -140,6 +160,9 @@ CALLS: dict[tuple[str, str], type[Args]] = {
     ("resource_manager", "subscribe_to"): SubscribeTo,
     ("resource_manager", "unsubscribe"): Unsubscribe,
     ("resource_manager", "subscriptions"): Subscriptions,
+    ("trust", "audit"): Audit,
+    ("trust", "crl"): Crl,
+    ("trust", "install_crl"): InstallCrl,
 }
 
 

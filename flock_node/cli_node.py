@@ -34,7 +34,8 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("name", metavar="NAME")
     r.add_argument("--recipe", action="append", default=[], metavar="FILE",
                    help="recipe file (repeatable, converged in order)")
-    r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT (bus on PORT, RPC on PORT+1)")
+    r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT or tls+tcp://HOST:PORT "
+                   "(bus on PORT, RPC on PORT+1)")
     r.add_argument("--seed", action="append", default=[], metavar="URL", type=seed_url,
                    help="bus address of a node to join (repeatable)")
     r.add_argument("--tag", action="append", default=[], metavar="TAG")
@@ -43,6 +44,11 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     g = r.add_mutually_exclusive_group()
     g.add_argument("--key-file", metavar="FILE")
     g.add_argument("--insecure", action="store_true", help="allow TCP without a flock key")
+    r.add_argument("--tls-dir", metavar="DIR",
+                   help="with tls+tcp: this node's certificate (ca.crt, identity.crt, "
+                        "identity.key; default FLOCK_TLS_DIR, then <config dir>/tls)")
+    r.add_argument("--policy", metavar="FILE",
+                   help="who may call what (default <config dir>/policy.toml if it exists)")
     r.add_argument("--heartbeat", type=positive_seconds, default=1.0, metavar="SECONDS")
     r.add_argument("--ttl", type=positive_seconds, default=24 * 3600.0, metavar="SECONDS",
                    help="how long an undelivered notification is retried (default 24 h)")
@@ -79,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         if not rp.is_file():
             return _fail(f"recipe file {r} does not exist")
         recipes.append(rp)
+    tls_mode = bool(args.listen and args.listen.startswith("tls+tcp://")) or any(
+        s.startswith("tls+tcp://") for s in args.seed)
     key = None
-    if not args.insecure:
+    if not args.insecure and not tls_mode:
         kf = paths.key_file(args.key_file)
         if kf is not None:
             try:
@@ -89,9 +97,35 @@ def main(argv: list[str] | None = None) -> int:
                 return _fail(f"cannot read key file {kf}: {e.strerror}")
             except ValueError as e:
                 return _fail(str(e))
-    if args.listen and key is None and not args.insecure:
+    if tls_mode and not (args.listen or "").startswith("tls+tcp://"):
+        return _fail("tls+tcp:// seeds need --listen tls+tcp://HOST:PORT: a node on TLS "
+                     "speaks only TLS")
+    if args.listen and key is None and not args.insecure and not tls_mode:
         return _fail(f"--listen {args.listen} needs a flock key: make one with `flockctl keygen` "
                      "and pass --key-file (or set FLOCK_KEY_FILE), or say --insecure")
+    tls = policy = None
+    if tls_mode:
+        from flock_node.trust.tls import TlsError, check_node_identity, load_identity, tls_dir
+
+        try:
+            tls = load_identity(tls_dir(args.tls_dir))
+        except TlsError as e:
+            return _fail(str(e))
+        why = check_node_identity(tls, args.name)
+        if why is not None:
+            return _fail(f"refusing to start {args.name}: {why}")
+    # Roles and policy apply to verified callers: on TLS only (a key holder is an operator).
+    policy_file = Path(args.policy) if args.policy else paths.config_dir() / "policy.toml"
+    if args.policy and not tls_mode:
+        return _fail("--policy needs tls+tcp: with a shared key every key holder is an operator")
+    if tls_mode:
+        from flock_node.trust.policy import PolicyError, load
+
+        try:
+            if args.policy or policy_file.exists():
+                policy = load(policy_file)
+        except (PolicyError, OSError) as e:
+            return _fail(str(e))
     if args.command == "service":
         print(systemd_unit(args, recipes), end="")
         return 0
@@ -115,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=paths.state_dir(args.name, args.state_dir),
         runtime_dir=paths.runtime_dir(args.runtime_dir), key=key, heartbeat=args.heartbeat,
         ttl=args.ttl, stop_timeout=args.stop_timeout, interval=args.interval, splay=args.splay,
+        tls=tls,
     )
+    if policy is not None:
+        cfg.policy = policy
     try:
         return run_agent(cfg)
     except (StoreError, AddressInUse) as e:
@@ -138,6 +175,7 @@ def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
     flags: list[tuple[str, object]] = [
         ("--listen", args.listen), ("--state-dir", _abs(args.state_dir)),
         ("--runtime-dir", _abs(args.runtime_dir)), ("--key-file", _abs(args.key_file)),
+        ("--tls-dir", _abs(args.tls_dir)), ("--policy", _abs(args.policy)),
         ("--heartbeat", args.heartbeat), ("--ttl", args.ttl),
         ("--stop-timeout", args.stop_timeout), ("--interval", args.interval),
         ("--log-level", args.log_level), ("--log-file", _abs(args.log_file)),

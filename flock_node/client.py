@@ -29,6 +29,8 @@ from flock_node import api, paths
 from flock_node.paging import PAGED, acollect, collect
 from flock_node.protocol import Codec, load_key
 from flock_node.transport import AsyncRpc, RpcError, SyncRpc, rpc_for_bus, scan_runtime_dir
+from flock_node.trust.tls import TlsError, TlsIdentity, load_identity
+from flock_node.trust.tls import tls_dir as default_tls_dir
 
 FlockError = RpcError
 
@@ -59,6 +61,25 @@ def resolve_key(key_file: str | None = None, insecure: bool = False) -> bytes | 
         raise RpcError("bad_request", f"cannot read key file {p}: {e.strerror}") from None
     except ValueError as e:
         raise RpcError("bad_request", str(e)) from None
+
+
+def resolve_tls(tls_dir: str | Path | None, seeds: Iterable[str]) -> TlsIdentity | None:
+    """The TLS identity for a client: with --tls-dir, or when a seed is `tls+tcp://` (then
+    FLOCK_TLS_DIR or `<config dir>/tls`); None for ipc and keyed tcp."""
+    if tls_dir is None and not any(s.startswith("tls+tcp://") for s in seeds):
+        return None
+    try:
+        return load_identity(default_tls_dir(str(tls_dir) if tls_dir else None))
+    except TlsError as e:
+        raise RpcError("bad_request", str(e)) from None
+
+
+def _codec(key: bytes | None, tls: TlsIdentity | None) -> Codec:
+    # On TLS the sender must be the verified name of our certificate, and frames are not
+    # signed (TLS protects them).
+    if tls is not None:
+        return Codec(None, tls.me.name)
+    return Codec(key, f"client-{os.getpid()}")
 
 
 class _Discovery:
@@ -130,11 +151,13 @@ class Flock:
     @classmethod
     def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
                 key_file: str | None = None, insecure: bool = False,
-                timeout: float = 5.0) -> Flock:
-        """Find the flock through the local runtime dir and `seeds`."""
+                timeout: float = 5.0, tls_dir: str | Path | None = None) -> Flock:
+        """Find the flock through the local runtime dir and `seeds`; `tls_dir` (or a
+        `tls+tcp://` seed) speaks mutual TLS with that certificate."""
         seeds = list(seeds) or _env_seeds()
-        key = resolve_key(key_file, insecure)
-        rpc = SyncRpc(Codec(key, f"client-{os.getpid()}"), timeout=timeout)
+        tls = resolve_tls(tls_dir, seeds)
+        key = None if tls is not None else resolve_key(key_file, insecure)
+        rpc = SyncRpc(_codec(key, tls), timeout=timeout, tls=tls)
         disc = _Discovery(seeds, runtime_dir)
         self = cls(rpc, disc.address, disc)
         self.refresh()
@@ -225,15 +248,19 @@ class AsyncFlock:
     def __init__(self, rpc: AsyncRpc, discovery: _Discovery):
         self._rpc = rpc
         self._discovery = discovery
+        self.tls: TlsIdentity | None = None  # the identity in use on TLS
 
     @classmethod
     async def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
                       key_file: str | None = None, insecure: bool = False,
-                      timeout: float = 5.0) -> AsyncFlock:
+                      timeout: float = 5.0, tls_dir: str | Path | None = None) -> AsyncFlock:
+        """Like `Flock.connect`, for asyncio."""
         seeds = list(seeds) or _env_seeds()
-        key = resolve_key(key_file, insecure)
-        self = cls(AsyncRpc(Codec(key, f"client-{os.getpid()}"), timeout=timeout),
+        tls = resolve_tls(tls_dir, seeds)
+        key = None if tls is not None else resolve_key(key_file, insecure)
+        self = cls(AsyncRpc(_codec(key, tls), timeout=timeout, tls=tls),
                    _Discovery(seeds, runtime_dir))
+        self.tls = tls
         await self.refresh()
         return self
 

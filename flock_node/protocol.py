@@ -90,6 +90,7 @@ class Heartbeat(msgspec.Struct, tag="hb", omit_defaults=True):
     dead: int = 0
     started: float = 0.0
     peers: list[Peer] = []
+    crl: int = 0  # version of the revocation list we hold (TLS): a newer one is fetched
 
 
 class Leave(msgspec.Struct, tag="leave", omit_defaults=True):

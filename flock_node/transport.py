@@ -5,6 +5,10 @@
   repeated call ids (Req0 re-sends after a reconnect) get the first call's answer, kept
   within bounds (`AnswerCache`); an answer too big for a frame is answered `too_large`.
 - `AsyncRpc` / `SyncRpc`: Req0 clients with deadlines; errors come back as `RpcError`.
+
+Every socket takes an optional `TlsIdentity`: `tls+tcp://` endpoints then get its TLS
+configuration, each connection passes its gate (a flock identity, not revoked), and the
+verified identity of the connection is the only sender its frames may name.
 """
 
 from __future__ import annotations
@@ -38,6 +42,18 @@ from flock_node.protocol import (
     Request,
     Response,
 )
+from flock_node.transport_tls import (
+    Callers,
+    close_revoked,
+    count_drop,
+    dial,
+    guard_pipes,
+    is_tls,
+    need_tls,
+    tls_endpoint,
+)
+from flock_node.trust.identity import NODE, Caller
+from flock_node.trust.tls import TlsIdentity
 
 log = logging.getLogger("flock.transport")
 
@@ -62,26 +78,28 @@ def ipc_addresses(runtime_dir: Path, node: str) -> tuple[str, str]:
 
 
 def tcp_addresses(listen: str) -> tuple[str, str]:
-    """`tcp://HOST:PORT` → bus on PORT, RPC on PORT+1."""
-    if not listen.startswith("tcp://"):
-        raise ValueError(f"--listen must look like tcp://HOST:PORT, got {listen!r}")
-    hostport = listen[len("tcp://") :]
+    """`tcp://HOST:PORT` (or `tls+tcp://`) → bus on PORT, RPC on PORT+1."""
+    scheme, sep, hostport = listen.partition("://")
+    if not sep or scheme not in ("tcp", "tls+tcp"):
+        raise ValueError(f"--listen must look like tcp://HOST:PORT or tls+tcp://HOST:PORT, "
+                         f"got {listen!r}")
     host, sep, port = hostport.rpartition(":")
     if not sep or not port.isdigit() or not host:
-        raise ValueError(f"--listen must look like tcp://HOST:PORT, got {listen!r}")
+        raise ValueError(f"--listen must look like {scheme}://HOST:PORT, got {listen!r}")
     p = int(port)
     if not 0 < p < 65535:
         raise ValueError(f"port out of range in {listen!r}")
-    return f"tcp://{host}:{p}", f"tcp://{host}:{p + 1}"
+    return f"{scheme}://{host}:{p}", f"{scheme}://{host}:{p + 1}"
 
 
 def rpc_for_bus(bus: str) -> str:
     """The RPC address that goes with a bus address (seeds name only the bus)."""
     if bus.startswith("ipc://") and bus.endswith(".bus"):
         return bus[: -len(".bus")] + ".rpc"
-    if bus.startswith("tcp://"):
-        host, _, port = bus[len("tcp://") :].rpartition(":")
-        return f"tcp://{host}:{int(port) + 1}"
+    if bus.startswith(("tcp://", "tls+tcp://")):
+        scheme, _, hostport = bus.partition("://")
+        host, _, port = hostport.rpartition(":")
+        return f"{scheme}://{host}:{int(port) + 1}"
     raise ValueError(f"cannot tell the RPC address for {bus!r}")
 
 
@@ -153,14 +171,17 @@ class AddressInUse(OSError):
     """A listen address is taken (by another agent or any other program)."""
 
 
-def _listen(sock: pynng.Socket, addr: str) -> None:
+def _listen(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None) -> None:
     path = ipc_path(addr)
     if path and os.path.exists(path):
         if ipc_alive(path):
             raise AddressInUse(errno.EADDRINUSE, f"{path} is in use by another agent")
         os.unlink(path)
     try:
-        sock.listen(addr)
+        if is_tls(addr):
+            tls_endpoint(sock, addr, need_tls(tls, addr), listen=True)
+        else:
+            sock.listen(addr)
     except pynng.AddressInUse:
         raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {addr}: the address is already "
                            "in use (another agent or program; choose another --listen port, "
@@ -200,8 +221,11 @@ class Bus:
         on_message: Callable[[Envelope, Message, int], None],
         on_pipe_removed: Callable[[int], None] | None = None,
         on_pipe_added: Callable[[int], None] | None = None,
+        tls: TlsIdentity | None = None,
     ):
         self.codec = codec
+        self.tls = tls
+        self._callers = Callers(tls)
         self.on_message = on_message
         self.on_pipe_removed = on_pipe_removed
         self.on_pipe_added = on_pipe_added
@@ -220,14 +244,14 @@ class Bus:
         self._closed = False
 
     def listen(self, addr: str) -> None:
-        _listen(self.sock, addr)
+        _listen(self.sock, addr, self.tls)
         self.listen_addr = addr
 
     def dial(self, addr: str) -> None:
         if addr in self._dialed or addr == self.listen_addr:
             return
         try:
-            self._dialed[addr] = self.sock.dial(addr, block=False)
+            self._dialed[addr] = dial(self.sock, addr, self.tls)
         except pynng.NNGException as e:
             log.warning("cannot dial %s: %s", addr, e)
 
@@ -245,14 +269,24 @@ class Bus:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        if self.on_pipe_removed is not None:
+        guard_pipes(self.sock, self.tls)
+        if self.on_pipe_removed is not None or self.tls is not None:
             self.sock.add_post_pipe_remove_cb(self._pipe_removed)
         if self.on_pipe_added is not None:
             self.sock.add_post_pipe_connect_cb(self._pipe_added)
         self._task = asyncio.create_task(self._recv_loop(), name="bus-recv")
 
     def _pipe_removed(self, pipe: pynng.Pipe) -> None:
-        self._to_loop(self.on_pipe_removed, pipe.id)
+        self._to_loop(self._forget_pipe, pipe.id)
+
+    def _forget_pipe(self, pid: int) -> None:
+        self._callers.forget(pid)
+        if self.on_pipe_removed is not None:
+            self.on_pipe_removed(pid)
+
+    def close_revoked(self) -> int:
+        """Close the bus connections of identities revoked since they connected."""
+        return close_revoked(self.sock, self.tls) if self.tls is not None else 0
 
     def _pipe_added(self, pipe: pynng.Pipe) -> None:
         self._to_loop(self.on_pipe_added, pipe.id)
@@ -287,10 +321,24 @@ class Bus:
                 log.exception("bus frame dropped")
                 self.codec.dropped["malformed"] = self.codec.dropped.get("malformed", 0) + 1
                 continue
+            if self.tls is not None and not self._from_its_sender(env, msg.pipe):
+                continue
             try:
                 self.on_message(env, body, pipe)
             except Exception:
                 log.exception("bus handler failed")
+
+    def _from_its_sender(self, env: Envelope, pipe: pynng.Pipe | None) -> bool:
+        """On TLS, only a node speaks on the bus, and only in its own name."""
+        caller = self._callers.of(pipe)
+        if caller is None or caller.role != NODE:
+            count_drop(self.codec, "not_a_node" if caller is not None else "unauthorized")
+            return False
+        if env.sender != caller.name:
+            count_drop(self.codec, "sender_mismatch")
+            log.debug("bus frame from %s in the name of %s dropped", caller.name, env.sender)
+            return False
+        return True
 
     def _warn_skew(self, e: FrameError) -> None:
         """Once per peer per minute, not once per frame."""
@@ -349,7 +397,7 @@ class Bus:
 
 # --- RPC server -------------------------------------------------------------------------------
 
-Handler = Callable[[Request, Envelope], Awaitable[Response]]
+Handler = Callable[[Request, Envelope, Caller], Awaitable[Response]]
 
 # What the RPC server keeps to answer Req0 re-sends. A re-send only comes while its caller
 # still waits (a call's timeout is seconds, a few minutes at most), so age bounds it as
@@ -400,7 +448,7 @@ class AnswerCache:
 
     def begin(self, call_id: str, pending: Any, now: float) -> None:
         """A call starts: `pending` stands for it until `finish`."""
-        self._drop(call_id)
+        self.count_drop(call_id)
         self._entries[call_id] = _Answer(now, pending, 0, False)
         self._evict(now)
 
@@ -410,7 +458,7 @@ class AnswerCache:
         which is harmless for the calls that answer big (resources, history, outbox and
         other reads); the calls that change something answer a few bytes, and receivers
         de-duplicate notifications by id anyway."""
-        self._drop(call_id)
+        self.count_drop(call_id)
         if answer is None:
             return
         if len(answer) > self.max_entry:
@@ -420,7 +468,7 @@ class AnswerCache:
             self.bytes += len(answer)
         self._evict(now)
 
-    def _drop(self, call_id: str) -> None:
+    def count_drop(self, call_id: str) -> None:
         e = self._entries.pop(call_id, None)
         if e is not None:
             self.bytes -= e.size
@@ -440,13 +488,16 @@ class AnswerCache:
             n -= 1
             size -= e.size
         for k in doomed:
-            self._drop(k)
+            self.count_drop(k)
 
 
 class RpcServer:
-    def __init__(self, codec: Codec, handler: Handler, contexts: int = RPC_CONTEXTS):
+    def __init__(self, codec: Codec, handler: Handler, contexts: int = RPC_CONTEXTS,
+                 tls: TlsIdentity | None = None):
         self.codec = codec
         self.handler = handler
+        self.tls = tls
+        self._callers = Callers(tls)
         self.sock = pynng.Rep0(recv_max_size=MAX_FRAME)
         self.sock.send_timeout = 5000
         self.n = contexts
@@ -456,10 +507,23 @@ class RpcServer:
         self.addr: str | None = None
 
     def listen(self, addr: str) -> None:
-        _listen(self.sock, addr)
+        _listen(self.sock, addr, self.tls)
         self.addr = addr
 
+    def close_revoked(self) -> int:
+        """Close the RPC connections of identities revoked since they connected."""
+        return close_revoked(self.sock, self.tls) if self.tls is not None else 0
+
     def start(self) -> None:
+        guard_pipes(self.sock, self.tls)
+        if self.tls is not None:
+            loop = asyncio.get_running_loop()
+
+            def removed(pipe: pynng.Pipe) -> None:  # an nng thread: hand it to the loop
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._callers.forget, pipe.id)
+
+            self.sock.add_post_pipe_remove_cb(removed)
         for i in range(self.n):
             ctx = self.sock.new_context()
             self._ctxs.append(ctx)
@@ -468,7 +532,7 @@ class RpcServer:
     async def _serve(self, ctx: pynng.Context) -> None:
         while True:
             try:
-                frame = await ctx.arecv()
+                got = await ctx.arecv_msg()
             except asyncio.CancelledError:
                 raise
             except pynng.Closed:
@@ -477,7 +541,7 @@ class RpcServer:
                 log.debug("rpc receive: %s", e)
                 continue
             try:
-                reply = await self._answer(frame)
+                reply = await self._answer(got.bytes, self._callers.of(got.pipe))
             except asyncio.CancelledError:
                 raise
             except Exception:  # a bad frame must not end this context's loop
@@ -497,7 +561,7 @@ class RpcServer:
             except pynng.NNGException as e:
                 log.debug("rpc send: %s", e)
 
-    async def _answer(self, frame: bytes) -> bytes | None:
+    async def _answer(self, frame: bytes, caller: Caller | None) -> bytes | None:
         try:
             env, msg = self.codec.decode(frame, check_replay=False)
         except FrameError as e:
@@ -513,6 +577,13 @@ class RpcServer:
             return None
         if not isinstance(msg, Request):
             self.codec.dropped["unexpected"] = self.codec.dropped.get("unexpected", 0) + 1
+            return None
+        if caller is None:  # revoked since it connected: its pipe is being closed
+            count_drop(self.codec, "unauthorized")
+            return None
+        if caller.verified and env.sender != caller.name:
+            count_drop(self.codec, "sender_mismatch")
+            log.warning("a call from %s in the name of %s dropped", caller.name, env.sender)
             return None
         replayed = self.codec.key is not None and self.codec.seen(env.nonce)
         known = self._answers.get(msg.call_id)
@@ -532,7 +603,7 @@ class RpcServer:
         kept: bytes | None = None
         try:
             try:
-                resp = await self.handler(msg, env)
+                resp = await self.handler(msg, env, caller)
             except Exception as e:  # a handler bug must not take the agent down
                 log.exception("rpc handler %s.%s failed", msg.actor, msg.method)
                 resp = Response(msg.call_id, False,
@@ -582,7 +653,7 @@ def _request(codec: Codec, actor: str, method: str, args: dict[str, Any]) -> tup
     return call_id, frame
 
 
-def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
+def _reply(codec: Codec, call_id: str, frame: bytes, tls: bool = False) -> Any:
     try:
         _, msg = codec.decode(frame, check_replay=False)
     except FrameError as e:
@@ -601,7 +672,7 @@ def _reply(codec: Codec, call_id: str, frame: bytes) -> Any:
         raise RpcError("bad_response", "answer does not match the call")
     if not msg.ok:
         err = msg.error or Error("internal", "no error given")
-        if err.code == "unauthorized":  # the node refused our frame: say what to check
+        if err.code == "unauthorized" and not tls:  # the node refused our frame: which key?
             raise RpcError(err.code, "the node and this client do not share the same flock key "
                            f"(check --key-file / FLOCK_KEY_FILE / --insecure): {err.message}")
         raise RpcError(err.code, err.message)
@@ -630,11 +701,18 @@ def _check_reachable(addr: str) -> None:
         raise RpcError("unreachable", f"no agent listening at {addr}")
 
 
+def _no_connection(addr: str, timeout: float, tls: TlsIdentity | None) -> RpcError:
+    hint = (" (on TLS also: a certificate from another CA, expired or revoked is refused at "
+            "the handshake; check --tls-dir)" if tls is not None and is_tls(addr) else "")
+    return RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s{hint}")
+
+
 class SyncRpc:
     """Blocking Req0 client: one socket per address, one context per call (thread-safe)."""
 
-    def __init__(self, codec: Codec, timeout: float = 5.0):
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
         self.codec = codec
+        self.tls = tls
         self.timeout = timeout
         self._socks: dict[tuple[str, float], pynng.Req0] = {}
         self._lock = threading.Lock()
@@ -654,6 +732,7 @@ class SyncRpc:
                 s.recv_timeout = int(timeout * 1000)
                 s.send_timeout = int(timeout * 1000)
                 s.resend_time = int(max(timeout, 1.0) * 1000)
+                guard_pipes(s, self.tls, nodes_only=True)
                 if local:
                     # A blocking ipc dial fails at once when nobody listens (a socket file
                     # left by kill -9), instead of the call waiting out its timeout.
@@ -663,7 +742,7 @@ class SyncRpc:
                         s.close()
                         raise RpcError("unreachable", f"no agent listening at {addr} ({e})") from None
                 else:
-                    s.dial(addr, block=False)
+                    dial(s, addr, self.tls)
                 self._socks[key] = s
             return s
 
@@ -679,7 +758,7 @@ class SyncRpc:
             reply = ctx.recv_msg().bytes
         except pynng.Timeout:
             if not sock.pipes:
-                raise RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s") from None
+                raise _no_connection(addr, timeout, self.tls) from None
             raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
         except pynng.NNGException as e:
             raise RpcError("unreachable", f"{addr}: {e}") from None
@@ -688,7 +767,7 @@ class SyncRpc:
             # context went with it, and that must not turn "unreachable" into a crash.
             with contextlib.suppress(pynng.NNGException):
                 ctx.close()
-        return _reply(self.codec, call_id, reply)
+        return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def close(self) -> None:
         with self._lock:
@@ -704,8 +783,9 @@ class AsyncRpc:
     last of them ends: closing it under them would turn an ordinary "unreachable" into an
     exception from deep inside pynng."""
 
-    def __init__(self, codec: Codec, timeout: float = 5.0):
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
         self.codec = codec
+        self.tls = tls
         self.timeout = timeout
         self._socks: dict[str, pynng.Req0] = {}
         self._inflight: dict[int, int] = {}  # id(socket) → calls in flight
@@ -718,7 +798,8 @@ class AsyncRpc:
             s.recv_timeout = 600_000
             s.send_timeout = 600_000
             s.resend_time = 5000
-            s.dial(addr, block=False)
+            guard_pipes(s, self.tls, nodes_only=True)
+            dial(s, addr, self.tls)
             self._socks[addr] = s
         return s
 
@@ -741,7 +822,7 @@ class AsyncRpc:
                 reply = await ctx.arecv()
         except TimeoutError:
             if not sock.pipes:
-                raise RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s") from None
+                raise _no_connection(addr, timeout, self.tls) from None
             raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
         except pynng.NNGException as e:  # Closed included: the node went while we asked
             raise RpcError("unreachable", f"{addr}: {e}") from None
@@ -750,7 +831,7 @@ class AsyncRpc:
                 with contextlib.suppress(Exception):
                     ctx.close()
             self._release(key)
-        return _reply(self.codec, call_id, reply)
+        return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def _release(self, key: int) -> None:
         n = self._inflight.get(key, 0) - 1
@@ -762,6 +843,12 @@ class AsyncRpc:
         if s is not None:
             with contextlib.suppress(Exception):
                 s.close()
+
+    def close_revoked(self) -> int:
+        """Close our connections to identities revoked since we dialed them."""
+        if self.tls is None:
+            return 0
+        return sum(close_revoked(s, self.tls) for s in list(self._socks.values()))
 
     def forget(self, addr: str) -> None:
         """Drop the socket to `addr` (a fresh one next time); closed once no call uses it."""

@@ -282,6 +282,8 @@ def global_args(args: argparse.Namespace) -> list[str]:
         g += ["--key-file", str(args.key_file)]
     if getattr(args, "insecure", False):
         g.append("--insecure")
+    if getattr(args, "tls_dir", None):
+        g += ["--tls-dir", str(args.tls_dir)]
     if getattr(args, "json", False):
         g.append("--json")
     if getattr(args, "connect_timeout", None) is not None:

@@ -10,10 +10,11 @@ from hypothesis import strategies as st
 from flock_node import api
 from flock_node.actors.flock_api import FlockApi
 from flock_node.actors.resource_manager import ResourceManager
+from flock_node.trust.actor import TrustApi
 
 
 def test_every_served_method_has_its_struct_and_nothing_else_does():
-    served = {(a.NAME, m) for a in (FlockApi, ResourceManager) for m in a.METHODS}
+    served = {(a.NAME, m) for a in (FlockApi, ResourceManager, TrustApi) for m in a.METHODS}
     assert served == set(api.CALLS)
 
 

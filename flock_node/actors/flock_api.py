@@ -84,6 +84,7 @@ class FlockApi:
             "uptime": time.time() - self.node.started, "compile_error": self.work.compile_error,
             "dropped_frames": self.node.dropped_frames(), "ready": self.node.ready,
             "loop_failures": self.node.loop_failures(),
+            "name_clashes": self.node.name_clashes(),
             "next_run": self.node.next_run,
         }
 

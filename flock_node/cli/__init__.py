@@ -1,7 +1,7 @@
 """The `flockctl` scripting commands (the console itself lives in flock_tui).
 
 Exit codes: 0 success, 1 the thing asked for failed (a run failed, a wait timed out),
-2 usage error, 3 a node could not be reached.
+2 usage error, 3 a node could not be reached, 4 refused (unauthorized).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from flock_node.cli.args import (
     seed_url,
     two_word_commands,
 )
+from flock_node.cli.ca import cmd_audit, cmd_ca
 from flock_node.cli.commands import (
     cmd_active,
     cmd_history,
@@ -57,7 +58,7 @@ COMMANDS: dict[str, Callable[[Ctx], int]] = {
     "outbox": cmd_outbox, "outbox-discard": cmd_outbox_discard, "retry": cmd_retry,
     "subscribe": cmd_subscribe, "subscriptions": cmd_subscriptions,
     "unsubscribe": cmd_unsubscribe, "wait-until": cmd_wait, "wait-while": cmd_wait,
-    "keygen": cmd_keygen, "paths": cmd_paths,
+    "keygen": cmd_keygen, "paths": cmd_paths, "ca": cmd_ca, "audit": cmd_audit,
 }
 
 

@@ -11,7 +11,7 @@ from typing import Any, NoReturn
 from flock_node import __version__
 from flock_node.transport import rpc_for_bus, tcp_addresses
 
-OK, FAILED, USAGE, UNREACHABLE = 0, 1, 2, 3
+OK, FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 
 
 STATES = ("active", "idle", "alive", "down")
@@ -26,13 +26,14 @@ class CliError(Exception):
 def seed_url(text: str) -> str:
     """A --seed: the bus address of a node, tcp://HOST:PORT or ipc://PATH.bus."""
     try:
-        if text.startswith("tcp://"):
+        if text.startswith(("tcp://", "tls+tcp://")):
             tcp_addresses(text)
         else:
             rpc_for_bus(text)
     except (ValueError, IndexError):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a node's bus address (tcp://HOST:PORT or ipc://PATH.bus)"
+            f"{text!r} is not a node's bus address (tcp://HOST:PORT, tls+tcp://HOST:PORT or "
+            "ipc://PATH.bus)"
         ) from None
     return text
 
@@ -91,6 +92,9 @@ def _global_flags(p: argparse.ArgumentParser, suppress: bool | None) -> None:
                    help="the flock key (default: FLOCK_KEY_FILE, then the config dir's)")
     g.add_argument("--insecure", action="store_true", default=d(False),
                    help="no key: talk to nodes started with --insecure")
+    p.add_argument("--tls-dir", metavar="DIR", default=d(None),
+                   help="mutual TLS with this certificate (ca.crt, identity.crt, identity.key; "
+                        "default for tls+tcp:// seeds: FLOCK_TLS_DIR, then <config dir>/tls)")
     p.add_argument("--json", action="store_true", default=d(False),
                    help="machine-readable output")
     p.add_argument("--connect-timeout", type=positive_seconds, default=d(5.0), metavar="S",
@@ -185,11 +189,33 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("paths", help="where config, state and runtime files live")
     s = sub.add_parser("config", help="`config schema`: the JSON schema of console.toml")
     s.add_argument("what", choices=["schema"])
+    s = sub.add_parser("audit", help="NODE's audit trail: changes and refusals, newest first")
+    s.add_argument("node")
+    s.add_argument("--limit", type=positive_int, default=50, metavar="N")
+    _ca_parsers(sub.add_parser("ca", help="the flock CA: init, issue, list, revoke"))
     s = sub.add_parser("demo", help="start a local demo flock and open the console on it")
     s.add_argument("--nodes", type=positive_int, default=3, metavar="N")
     s.add_argument("--no-console", action="store_true",
                    help="keep the demo flock running without opening the console")
     return p
+
+
+def _ca_parsers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-dir", metavar="DIR", help="the CA (default <config dir>/ca)")
+    ca = p.add_subparsers(dest="ca_command", metavar="CA_COMMAND", required=True)
+    ca.add_parser("init", help="make a CA (ECDSA P-256, key 0600)")
+    s = ca.add_parser("issue", help="a certificate for NAME: OUT/ca.crt, identity.crt, "
+                      "identity.key (a ready --tls-dir)")
+    s.add_argument("name")
+    s.add_argument("--role", required=True, choices=["node", "operator", "observer"])
+    s.add_argument("--out", metavar="DIR", help="default ./NAME")
+    s.add_argument("--days", type=positive_seconds, default=365.0, metavar="N")
+    ca.add_parser("list", help="what was issued and revoked")
+    s = ca.add_parser("revoke", help="revoke NAME and push the signed list to reachable nodes")
+    s.add_argument("name")
+    for sp in ca.choices.values():  # `flockctl ca issue x --ca-dir D --json` works too
+        sp.add_argument("--ca-dir", metavar="DIR", default=argparse.SUPPRESS)
+        sp.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
 
 
 def two_word_commands(argv: list[str]) -> list[str]:

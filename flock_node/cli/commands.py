@@ -82,6 +82,9 @@ def cmd_status(c: Ctx) -> int:
         state = "restarted" if lf.get("running") else "restarting"
         lines.append(f"loop:        {lf['loop']} crashed {lf['crashes']}x ({state}), last "
                      f"{ago(lf['last_at'])}: {lf['last_error']}")
+    for nc in st.get("name_clashes") or ():
+        lines.append(f"name clash:  {nc['name']}: {nc['why']} ({nc['count']}x, last "
+                     f"{ago(nc['at'])})")
     if st.get("next_run"):
         lines.append(f"next run:    in {max(0.0, st['next_run'] - time.time()):.0f}s "
                      "(scheduled, --interval)")

@@ -8,7 +8,7 @@ import sys
 from fnmatch import fnmatchcase
 from typing import Any, TextIO
 
-from flock_node.cli.args import FAILED, UNREACHABLE, CliError
+from flock_node.cli.args import FAILED, REFUSED, UNREACHABLE, CliError
 from flock_node.client import Flock
 from flock_node.transport import RpcError
 
@@ -41,7 +41,7 @@ class Ctx:
                 self._flock = Flock.connect(
                     seeds=self.args.seed, runtime_dir=self.args.runtime_dir,
                     key_file=self.args.key_file, insecure=self.args.insecure,
-                    timeout=self.args.connect_timeout,
+                    timeout=self.args.connect_timeout, tls_dir=getattr(self.args, "tls_dir", None),
                 )
             except RpcError as e:
                 raise _cli_error(e) from None
@@ -86,5 +86,9 @@ def _cli_error(e: RpcError, node: str | None = None) -> CliError:
     if e.code in _UNREACHABLE_CODES:
         return CliError(f"{where}could not be reached ({e.message})", UNREACHABLE)
     if e.code == "unauthorized":
-        return CliError(f"{where}{e.message}", UNREACHABLE)
+        # A key that does not match is a connection problem (3); a refusal by role or
+        # policy is 4.
+        key = "flock key" in e.message
+        return CliError(f"{where}{'' if key else 'unauthorized: '}{e.message}",
+                        UNREACHABLE if key else REFUSED)
     return CliError(f"{where}{e.code}: {e.message}", FAILED)

@@ -6,6 +6,7 @@
     store.inbox          notifications received, exactly once    (inbox.py)
     store.subscriptions  others' subscriptions to our resources  (subscriptions.py)
     store.wanted         our subscriptions to others' resources  (subscriptions.py)
+    store.audit          changes and refusals, by verified caller (audit.py)
 
 All share one connection and its lock (db.py); a transaction may span tables (a result and
 its outbox rows commit together).
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from flock_node.store.audit import AuditLog
 from flock_node.store.db import (
     DEFAULT_TTL,
     HISTORY_LIMIT,
@@ -33,7 +35,7 @@ from flock_node.store.runs import Runs
 from flock_node.store.subscriptions import Subscriptions, Wanted, subscription_id
 
 __all__ = ["DEFAULT_TTL", "HISTORY_LIMIT", "HISTORY_SLACK", "INTERRUPTED", "SCHEMA_VERSION",
-           "STOPPED_BEFORE_ACTION", "Db", "OutboxItem", "ResourceRow", "Store", "StoreError",
+           "STOPPED_BEFORE_ACTION", "AuditLog", "Db", "OutboxItem", "ResourceRow", "Store", "StoreError",
            "store_error", "subscription_id"]
 
 
@@ -51,6 +53,7 @@ class Store:
         self.inbox = Inbox(self.db)
         self.subscriptions = Subscriptions(self.db, node)
         self.wanted = Wanted(self.db, node)
+        self.audit = AuditLog(self.db)
 
     def next_incarnation(self, now: float | None = None) -> int:
         """Bump and return the incarnation (see Db.next_incarnation)."""
