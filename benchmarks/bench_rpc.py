@@ -39,7 +39,7 @@ def serve_raw(addr: str, reply_size: int, tls_dir: str | None = None) -> None:
     async def main() -> None:
         sock = pynng.Rep0(recv_max_size=1 << 20)
         if tls_dir:
-            from flock_node.transport_tls import tls_endpoint
+            from flock_node.transport.tls import tls_endpoint
             from flock_node.trust.tls import load_identity
 
             tls_endpoint(sock, addr, load_identity(Path(tls_dir)), listen=True)
