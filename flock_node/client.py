@@ -83,23 +83,57 @@ def _codec(key: bytes | None, tls: TlsIdentity | None) -> Codec:
 
 
 class _Discovery:
+    """Who is in the flock, as the entry points tell it: one set of rules for `Flock` and
+    `AsyncFlock` (they differ only in how they ask)."""
+
     def __init__(self, seeds: Iterable[str], runtime_dir: str | Path | None):
         self.seeds = [s for s in seeds]
         self.runtime_dir = paths.runtime_dir(str(runtime_dir) if runtime_dir else None)
         self.members: dict[str, dict[str, Any]] = {}
+        self.refused: list[str] = []  # entry points that refused us (another flock key)
+
+    def absorb(self, addrs: list[str],
+               answers: list[list[dict[str, Any]] | RpcError]) -> list[dict[str, Any]]:
+        """Take the entry points' answers to `members` (or their errors) as the new view.
+
+        A node with another key must not hide the ones we can talk to: only when nobody
+        answers is an error raised, a refusal before an unreachable seed. With no answer at
+        all the last view stays (a blip must not empty the console's table)."""
+        fresh: dict[str, dict[str, Any]] = {}
+        refused: RpcError | None = None
+        last: RpcError | None = None
+        self.refused = []
+        for addr, answer in zip(addrs, answers, strict=True):
+            if isinstance(answer, RpcError):
+                if answer.code == "unauthorized":
+                    refused = answer
+                    self.refused.append(addr)
+                else:
+                    last = answer
+            else:
+                self._merge(fresh, answer)
+        if fresh or (refused is None and last is None):
+            self.members = fresh
+        if not self.members and refused is not None:
+            raise refused
+        if not self.members and last is not None and self.seeds:
+            raise last
+        return list(self.members.values())
 
     def entry_points(self) -> list[str]:
         """RPC addresses to ask for the member list: local nodes first, then seeds."""
         local = [rpc for _, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())]
         return local + [rpc_for_bus(s) for s in self.seeds]
 
-    def merge(self, rows: list[dict[str, Any]]) -> None:
+    @staticmethod
+    def _merge(into: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        """The freshest word on each node: its latest incarnation, most recently heard."""
         for r in rows:
-            old = self.members.get(r["name"])
+            old = into.get(r["name"])
             if old is None or (r["incarnation"], -r.get("age", 0)) > (
                 old["incarnation"], -old.get("age", 0)
             ):
-                self.members[r["name"]] = r
+                into[r["name"]] = r
 
     def address(self, name: str) -> str | None:
         m = self.members.get(name)
@@ -168,7 +202,6 @@ class Flock:
         disc = self._discovery
         if disc is None:
             return []
-        last: RpcError | None = None
         addrs = disc.entry_points()
 
         def ask(addr: str) -> list[dict[str, Any]] | RpcError:
@@ -185,25 +218,11 @@ class Flock:
                 results = list(ex.map(ask, addrs))
         else:
             results = [ask(a) for a in addrs]
-        refused: RpcError | None = None
-        self.refused = []
-        for addr, r in zip(addrs, results, strict=True):
-            if isinstance(r, RpcError):
-                if r.code == "unauthorized":
-                    refused = r
-                    self.refused.append(addr)
-                else:
-                    last = r
-            else:
-                disc.merge(r)
-        self._refreshed = time.monotonic()
-        # A node with another key must not hide the ones we can talk to; only when nobody
-        # answers is the key the error.
-        if not disc.members and refused is not None:
-            raise refused
-        if not disc.members and last is not None and disc.seeds:
-            raise last
-        return list(disc.members.values())
+        try:
+            return disc.absorb(addrs, results)
+        finally:
+            self.refused = disc.refused
+            self._refreshed = time.monotonic()
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every known node, from the freshest view any entry point gave."""
@@ -277,19 +296,7 @@ class AsyncFlock:
                 return e
 
         results = await asyncio.gather(*(ask(a) for a in addrs))
-        fresh = _Discovery(disc.seeds, disc.runtime_dir)
-        errors = []
-        for r in results:
-            if isinstance(r, RpcError):
-                errors.append(r)
-            else:
-                fresh.merge(r)
-        if fresh.members or not errors:
-            disc.members = fresh.members
-        for e in errors:
-            if e.code == "unauthorized":
-                raise e
-        return list(disc.members.values())
+        return disc.absorb(addrs, list(results))
 
     async def nodes(self) -> list[dict[str, Any]]:
         return sorted(await self.refresh(), key=lambda m: m["name"])
