@@ -244,9 +244,9 @@ class Flock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return collect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout), method,
+            return collect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout, node), method,
                            args)
-        return self._rpc.call(addr, actor, method, args, timeout)
+        return self._rpc.call(addr, actor, method, args, timeout, node)
 
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)
@@ -311,9 +311,9 @@ class AsyncFlock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return await acollect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout),
+            return await acollect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout, node),
                                   method, args)
-        return await self._rpc.call(addr, actor, method, args, timeout)
+        return await self._rpc.call(addr, actor, method, args, timeout, node)
 
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)

@@ -198,7 +198,7 @@ class Deliverer:
             try:
                 answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
                                               {"items": [self._wire(it) for it in chunk]},
-                                              timeout=5.0)
+                                              timeout=5.0, expect=target)
             except RpcError as e:
                 if e.code == "unknown_method":
                     self._no_batch.add(target)  # an older node: one by one
@@ -237,7 +237,7 @@ class Deliverer:
             else:
                 try:
                     await self.rpc.call(where.addr, "resource_manager", "notify",
-                                        self._wire(item), timeout=2.0)
+                                        self._wire(item), timeout=2.0, expect=target)
                 except RpcError as e:
                     err = e
                 else:

@@ -64,14 +64,15 @@ class SubscriptionSync:
             return False
         try:
             if w["state"] == "removing":
-                await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid})
+                await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid},
+                                    expect=w["node"])
                 self.store.wanted.set_state(w["id"], "removed")
                 self.emit("subscription_removed", id=sid, node=w["node"])
             else:
                 await self.rpc.call(addr, "resource_manager", "subscribe", {
                     "resource": w["remote_resource"], "subscriber": self.name,
                     "subscriber_resource": w["resource"], "action": w["action"],
-                })
+                }, expect=w["node"])
                 self.store.wanted.set_state(w["id"], "registered")
                 if w["state"] != "recheck":  # a routine re-registration is not news
                     self.emit("subscription_registered", id=sid, node=w["node"],

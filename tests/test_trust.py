@@ -512,3 +512,19 @@ def test_notifications_and_subscriptions_flow_between_tls_nodes(tls):
                and r["call"].startswith("resource_manager.notify") for r in on_b), on_b
     assert any(r["caller"] == "b" and r["call"] == "resource_manager.subscribe"
                and r["outcome"] == "ok" for r in on_a), on_a
+
+
+def test_a_client_drops_an_answer_from_another_node_than_the_one_it_asked(tls):
+    """Every node's certificate passes the handshake: an address pointing at b (a stale or
+    forged member entry) must not answer in a's name."""
+    tls.start("a")
+    tls.start("b", seed="a")
+    tls.issue("alice", "operator")
+    rpc = tls.raw("alice", "operator:alice")
+    try:
+        assert rpc.call(tls.rpc("b"), "flock_api", "active", expect="b") is False
+        with pytest.raises(RpcError) as e:
+            rpc.call(tls.rpc("b"), "flock_api", "active", expect="a")
+        assert e.value.code == "wrong_node" and "answered as node:b, not as node a" in str(e.value)
+    finally:
+        rpc.close()

@@ -28,7 +28,9 @@ from flock_node.transport.tls import (
     dial,
     guard_pipes,
     is_tls,
+    peer_cn,
 )
+from flock_node.trust.identity import NODE, parse_cn
 from flock_node.trust.tls import TlsIdentity
 
 log = logging.getLogger("flock.transport")
@@ -41,6 +43,20 @@ def _request(codec: Codec, actor: str, method: str, args: dict[str, Any]) -> tup
         raise RpcError("too_large", f"{actor}.{method}: request of {len(frame)} bytes exceeds "
                                     f"{_frame_limit()}; send less at once")
     return call_id, frame
+
+
+def _check_peer(tls: TlsIdentity | None, pipe: Any, addr: str, expect: str | None) -> None:
+    """On TLS, the answer must come from the node we meant to ask: any node's certificate
+    passes the handshake, so an address that points at another node (a stale or forged
+    member entry) would otherwise answer in that node's name."""
+    if tls is None or expect is None or not is_tls(addr):
+        return
+    who = parse_cn(peer_cn(pipe) or "") if pipe is not None else None
+    if who is None or who.role != NODE or who.name != expect:
+        said = "no verified identity" if who is None else (
+            f"node:{who.name}" if who.role == NODE else who.name)
+        raise RpcError("wrong_node", f"{addr} answered as {said}, not as node {expect}; "
+                                     "its answer was dropped")
 
 
 def _reply(codec: Codec, call_id: str, frame: bytes, tls: bool = False) -> Any:
@@ -137,7 +153,8 @@ class SyncRpc:
             return s
 
     def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
-             timeout: float | None = None) -> Any:
+             timeout: float | None = None, expect: str | None = None) -> Any:
+        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer."""
         timeout = self.timeout if timeout is None else timeout
         _check_reachable(addr)
         sock = self._sock(addr, timeout)
@@ -145,7 +162,8 @@ class SyncRpc:
         ctx = sock.new_context()
         try:
             ctx.send(frame)
-            reply = ctx.recv_msg().bytes
+            answer = ctx.recv_msg()
+            reply, pipe = answer.bytes, answer.pipe
         except pynng.Timeout:
             if not sock.pipes:
                 raise _no_connection(addr, timeout, self.tls) from None
@@ -157,6 +175,7 @@ class SyncRpc:
             # context went with it, and that must not turn "unreachable" into a crash.
             with contextlib.suppress(pynng.NNGException):
                 ctx.close()
+        _check_peer(self.tls, pipe, addr, expect)
         return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def close(self) -> None:
@@ -194,7 +213,8 @@ class AsyncRpc:
         return s
 
     async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
-                   timeout: float | None = None) -> Any:
+                   timeout: float | None = None, expect: str | None = None) -> Any:
+        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer."""
         timeout = self.timeout if timeout is None else timeout
         _check_reachable(addr)
         try:
@@ -209,7 +229,8 @@ class AsyncRpc:
             ctx = sock.new_context()
             async with asyncio.timeout(timeout):
                 await ctx.asend(frame)
-                reply = await ctx.arecv()
+                answer = await ctx.arecv_msg()
+                reply, pipe = answer.bytes, answer.pipe
         except TimeoutError:
             if not sock.pipes:
                 raise _no_connection(addr, timeout, self.tls) from None
@@ -221,6 +242,7 @@ class AsyncRpc:
                 with contextlib.suppress(Exception):
                     ctx.close()
             self._release(key)
+        _check_peer(self.tls, pipe, addr, expect)
         return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def _release(self, key: int) -> None:
