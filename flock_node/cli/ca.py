@@ -51,8 +51,7 @@ def _issue(c: Ctx) -> int:
 
 def _list(c: Ctx) -> int:
     rows = ca.entries(_ca_dir(c))
-    if c.args.json:
-        c.emit_json(rows)
+    if c.emitted(rows):
         return OK
     if not rows:
         c.print("nothing issued yet")
@@ -77,8 +76,7 @@ def _revoke(c: Ctx) -> int:
             reached.append(node)
         except RpcError as e:
             missed.append(f"{node} ({e.code})")
-    if c.args.json:
-        c.emit_json({"revoked": c.args.name, "pushed_to": reached, "missed": missed})
+    if c.emitted({"revoked": c.args.name, "pushed_to": reached, "missed": missed}):
         return OK
     c.print(f"revoked {c.args.name}; the signed list is in {_ca_dir(c) / ca.REVOKED}")
     c.print(f"pushed to {len(reached)} node(s){': ' + ', '.join(reached) if reached else ''}; "
@@ -91,8 +89,7 @@ def _revoke(c: Ctx) -> int:
 def cmd_audit(c: Ctx) -> int:
     """NODE's audit trail: changes and refusals, newest first."""
     rows = c.call(c.args.node, "trust", "audit", limit=c.args.limit)
-    if c.args.json:
-        c.emit_json(rows)
+    if c.emitted(rows):
         return OK
     if not rows:
         c.print(f"{c.args.node}: nothing audited yet")

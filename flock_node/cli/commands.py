@@ -33,8 +33,7 @@ def cmd_nodes(c: Ctx) -> int:
     for addr in c.flock.refused:
         print(f"flockctl: {addr} refused our flock key (it runs with another key, or none)",
               file=sys.stderr)
-    if c.args.json:
-        c.emit_json(nodes)
+    if c.emitted(nodes):
         return OK
     if not nodes:
         c.print("no nodes found (runtime dir: "
@@ -49,8 +48,7 @@ def cmd_nodes(c: Ctx) -> int:
 
 def cmd_status(c: Ctx) -> int:
     st = c.call(c.args.node, "flock_api", "status")
-    if c.args.json:
-        c.emit_json(st)
+    if c.emitted(st):
         return OK
     cur = st.get("current_run")
     lines = [
@@ -101,8 +99,7 @@ def cmd_active(c: Ctx) -> int:
 
 def cmd_resources(c: Ctx) -> int:
     rs = c.call(c.args.node, "resource_manager", "resources")
-    if c.args.json:
-        c.emit_json(rs)
+    if c.emitted(rs):
         return OK
     rows = [[r["id"], r["default_action"], ",".join(r["actions"]), r.get("last_result") or "-",
              ago(r.get("last_at")), r["source"]] for r in rs]
@@ -112,8 +109,7 @@ def cmd_resources(c: Ctx) -> int:
 
 def cmd_history(c: Ctx) -> int:
     hs = c.call(c.args.node, "flock_api", "history", limit=c.args.limit)
-    if c.args.json:
-        c.emit_json(hs)
+    if c.emitted(hs):
         return OK
     for h in hs:
         dur = f"{h['duration']:.2f}s" if h.get("duration") is not None else "running"
@@ -148,8 +144,7 @@ def cmd_history(c: Ctx) -> int:
 
 def cmd_outbox(c: Ctx) -> int:
     rows = c.call(c.args.node, "flock_api", "outbox", status=c.args.status, limit=c.args.limit)
-    if c.args.json:
-        c.emit_json(rows)
+    if c.emitted(rows):
         return OK
     if not rows:
         c.print(f"{c.args.node}: no notifications" + (f" {c.args.status}" if c.args.status else ""))
@@ -192,8 +187,7 @@ def _only_settled(node: str, asked: list[str], done: list[str], verb: str) -> No
 def cmd_retry(c: Ctx) -> int:
     r = c.call(c.args.node, "flock_api", "retry", ids=c.args.ids or None)
     _only_settled(c.args.node, c.args.ids, r["retried"], "sent again")
-    if c.args.json:
-        c.emit_json(r)
+    if c.emitted(r):
         return OK
     n = len(r["retried"])
     c.print(f"{c.args.node}: {n} dead-lettered or refused notification{'s' if n != 1 else ''} "

@@ -56,6 +56,12 @@ class Ctx:
         else:
             self.print(json.dumps(obj, indent=2, sort_keys=True, default=str))
 
+    def emitted(self, obj: Any) -> bool:
+        """With --json: print `obj` as the answer and say so (the command is done)."""
+        if self.args.json:
+            self.emit_json(obj)
+        return bool(self.args.json)
+
     def call(self, node: str, actor: str, method: str, /, **kw: Any) -> Any:
         try:
             return self.flock.call(node, actor, method, kw)

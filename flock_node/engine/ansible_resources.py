@@ -92,6 +92,9 @@ class Outcome:
 
 
 class _AnsibleBase(Resource):
+    actions = ("run", "nothing")
+    default_action = "run"
+
     def setup(self) -> None:
         if not self.restored:
             missing = ansible_missing()
@@ -132,8 +135,6 @@ class Ansible(_AnsibleBase):
     """ansible[name]: one Ansible module run on this node."""
 
     type = "ansible"
-    actions = ("run", "nothing")
-    default_action = "run"
     props_spec: ClassVar[dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "module": (_module, None),
         "args": (_dict, lambda r: {}),
@@ -245,8 +246,6 @@ class Playbook(_AnsibleBase):
     """playbook[name]: a whole playbook run on this node (`-c local`)."""
 
     type = "playbook"
-    actions = ("run", "nothing")
-    default_action = "run"
     props_spec: ClassVar[dict[str, tuple[Callable[[Any], Any], Any]]] = {
         "path": (_path, lambda r: r.name),
         "tags": (_tags, lambda r: []),

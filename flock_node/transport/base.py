@@ -183,3 +183,16 @@ async def cancel_and_wait(tasks: list[asyncio.Task[Any]], timeout: float = 1.0) 
 
 
 Handler = Callable[[Request, Envelope, Caller], Awaitable[Response]]
+
+
+async def receive(src: Any, what: str) -> pynng.Message | None:
+    """The next message from a socket or context, None once it is closed; nng's passing
+    errors are logged and skipped."""
+    while True:
+        try:
+            msg: pynng.Message = await src.arecv_msg()
+            return msg
+        except pynng.Closed:
+            return None
+        except pynng.NNGException as e:
+            log.debug("%s receive: %s", what, e)

@@ -19,7 +19,7 @@ from flock_node.protocol import (
     FrameError,
     Message,
 )
-from flock_node.transport.base import BUS_BUFFER, _listen, cancel_and_wait
+from flock_node.transport.base import BUS_BUFFER, _listen, cancel_and_wait, receive
 from flock_node.transport.tls import (
     Callers,
     close_revoked,
@@ -124,15 +124,9 @@ class Bus:
 
     async def _recv_loop(self) -> None:
         while True:
-            try:
-                msg = await self.sock.arecv_msg()
-            except asyncio.CancelledError:
-                raise
-            except pynng.Closed:
+            msg = await receive(self.sock, "bus")
+            if msg is None:
                 return
-            except pynng.NNGException as e:
-                log.debug("bus receive: %s", e)
-                continue
             pipe = msg.pipe.id if msg.pipe else 0
             try:
                 env, body = self.codec.decode(msg.bytes, channel=pipe or None)

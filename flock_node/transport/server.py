@@ -14,15 +14,8 @@ from typing import Any
 import msgspec
 import pynng
 
-from flock_node.protocol import (
-    MAX_FRAME,
-    Codec,
-    Error,
-    FrameError,
-    Request,
-    Response,
-)
-from flock_node.transport.base import RPC_CONTEXTS, Handler, _listen, cancel_and_wait
+from flock_node.protocol import MAX_FRAME, Codec, Error, FrameError, Request, Response
+from flock_node.transport.base import RPC_CONTEXTS, Handler, _listen, cancel_and_wait, receive
 from flock_node.transport.tls import (
     Callers,
     close_revoked,
@@ -173,15 +166,9 @@ class RpcServer:
 
     async def _serve(self, ctx: pynng.Context) -> None:
         while True:
-            try:
-                got = await ctx.arecv_msg()
-            except asyncio.CancelledError:
-                raise
-            except pynng.Closed:
+            got = await receive(ctx, "rpc")
+            if got is None:
                 return
-            except pynng.NNGException as e:
-                log.debug("rpc receive: %s", e)
-                continue
             try:
                 reply = await self._answer(got.bytes, self._callers.of(got.pipe))
             except asyncio.CancelledError:

@@ -225,23 +225,24 @@ class Resource:
                 f"{src}: {self.id}: bad timing {timing!r} (use {' or '.join(allowed)})"
             )
 
-    def notifies(self, action: str, target: str, timing: str = "delayed") -> Resource:
-        """When this resource is updated, run `action` on local resource `target`."""
+    def _local_link(self, action: str, target: str, timing: str) -> str:
+        """Check a `notifies`/`subscribes` declaration; the recipe line it is on."""
         collector.current()
         src = collector.caller_source()
         self._check_action_name(action, src)
         self._check_target(target, src)
         self._check_timing(timing, LOCAL_TIMINGS, src)
+        return src
+
+    def notifies(self, action: str, target: str, timing: str = "delayed") -> Resource:
+        """When this resource is updated, run `action` on local resource `target`."""
+        src = self._local_link(action, target, timing)
         self.notifications.append(Notify(action, target, timing, src))
         return self
 
     def subscribes(self, action: str, target: str, timing: str = "delayed") -> Resource:
         """When local resource `target` is updated, run `action` on this resource."""
-        collector.current()
-        src = collector.caller_source()
-        self._check_action_name(action, src)
-        self._check_target(target, src)
-        self._check_timing(timing, LOCAL_TIMINGS, src)
+        src = self._local_link(action, target, timing)
         if action not in self.actions:
             raise RecipeError(
                 f"{src}: {self.id}: unknown action {action!r} (allowed: {', '.join(self.actions)})"

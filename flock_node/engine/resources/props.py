@@ -12,22 +12,21 @@ def _any(v: Any) -> Any:
     return v
 
 
-def _opt_str(v: Any) -> str | None:
-    if v is not None and not isinstance(v, str):
-        raise ValueError(f"must be a string, not {type(v).__name__}")
-    return v
+def _of(kinds: type | tuple[type, ...], what: str,
+        optional: bool = False) -> Callable[[Any], Any]:
+    """A property check: a value of `kinds` (or None when `optional`), else why not."""
+
+    def check(v: Any) -> Any:
+        if (v is None and optional) or isinstance(v, kinds):
+            return v
+        raise ValueError(f"must be {what}, not {type(v).__name__}")
+
+    return check
 
 
-def _str(v: Any) -> str:
-    if not isinstance(v, str):
-        raise ValueError(f"must be a string, not {type(v).__name__}")
-    return v
-
-
-def _content(v: Any) -> str | bytes | None:
-    if v is not None and not isinstance(v, (str, bytes)):
-        raise ValueError(f"must be a string or bytes, not {type(v).__name__}")
-    return v
+_opt_str = _of(str, "a string", optional=True)
+_str = _of(str, "a string")
+_content = _of((str, bytes), "a string or bytes", optional=True)
 
 
 def _bool(v: Any) -> bool:
