@@ -469,3 +469,28 @@ def test_a_restored_resource_runs_unless_its_secrets_were_masked(env):
     r = eng.run_action("ansible[secret]", "run", RunContext(run_id="react-2", kind="reaction"))
     assert r["status"] == "failed" and "were not persisted (secret or no_log)" in r["error"]
     assert not (env.dir / "s").exists()
+
+
+def test_why_run_asks_ansible_check_mode_and_changes_nothing(env):
+    """Ansible's check mode is our why-run: a module that would change is planned as
+    would_update with the module's own words, and nothing on the host moves."""
+    (env.dir / "conf").write_text("a=1\n")
+    env.write("""
+        ansible("conf", module="ansible.builtin.copy",
+                args={"content": "a=2\\n", "dest": D + "/conf"}).notifies("run", "execute[reload]")
+        ansible("same", module="ansible.builtin.copy",
+                args={"content": "a=1\\n", "dest": D + "/same"})
+        execute("reload", command="touch " + D + "/reloaded", action="nothing")
+    """)
+    (env.dir / "same").write_text("a=1\n")
+    eng = Engine("bender0", [env.recipe], env.store)
+    plan = eng.why_run(RunContext(run_id="why-1"))
+    by = {r["resource"]: r for r in plan["resources"]}
+    assert by["ansible[conf]"]["result"] == "would_update"
+    assert "would change" in by["ansible[conf]"]["why"]
+    assert by["ansible[conf]"]["notifies"] == [
+        {"action": "run", "target": "execute[reload]", "timing": "delayed"}]
+    assert by["ansible[same]"]["result"] == "up_to_date"
+    assert by["execute[reload]"]["result"] == "would_update"  # the notification's action
+    assert (env.dir / "conf").read_text() == "a=1\n" and not (env.dir / "reloaded").exists()
+    assert env.store.runs.get("why-1")["kind"] == "why-run"
