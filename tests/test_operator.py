@@ -211,14 +211,14 @@ def test_the_agent_logs_each_converge_and_reaction_on_one_line(ops):
     def lines() -> list[str]:
         return log.output().splitlines()
 
-    wait_for(lambda: any("reaction finished" in ln and "sender=flock-cli" in ln
+    wait_for(lambda: any("reaction finished" in ln and "sender=flockctl" in ln
                          for ln in lines()), 10, what="the reaction's log line")
     start = next(ln for ln in lines() if "converge started" in ln and f"run={run}" in ln)
     end = next(ln for ln in lines() if "converge finished" in ln and f"run={run}" in ln)
     assert " INFO " in start and "cause=run_chef" in start
     assert re.search(r"updated=\d+/\d+ ", end) and re.search(r"duration=\d+\.\d+s", end), end
     assert "status=ok" in end
-    react = next(ln for ln in lines() if "reaction finished" in ln and "sender=flock-cli" in ln)
+    react = next(ln for ln in lines() if "reaction finished" in ln and "sender=flockctl" in ln)
     for needle in ("notification=n", "resource=execute[react]", "action=run", "status=ok",
                    "result=updated"):
         assert needle in react, react
@@ -247,3 +247,15 @@ def test_sighup_without_a_log_file_stops_gracefully(flock_env):
     node.proc.send_signal(signal.SIGHUP)
     assert node.proc.wait(15) == 0  # not killed by the signal (that would be -1)
     assert "node hup1 stopped" in node.output()
+
+
+def test_history_says_who_caused_a_run_in_words():
+    """An out-of-band notification (flockctl notify, the console) reads as such, not as
+    `caused by flockctl:? (run ?, ...)`."""
+    assert text.cause_text({"node": "flockctl", "notification": "n-1", "hops": 1}) == (
+        "caused by flockctl, out of band (notification n-1)")
+    assert text.cause_text({"node": "db", "resource": "file[/s]", "run": "r-1",
+                            "notification": "n-2", "hops": 2}) == (
+        "caused by db:file[/s] (run r-1, notification n-2, hop 2)")
+    assert text.cause_text({"scheduled": True}) == "scheduled (--interval)"
+    assert text.cause_text(None) is None

@@ -17,6 +17,7 @@ from flock_node.cli.text import (
     _outbox_text,
     activity,
     ago,
+    cause_text,
     converge_of,
     converge_text,
     health,
@@ -117,12 +118,9 @@ def cmd_history(c: Ctx) -> int:
         c.print(f"{h['id']}  {h['kind']:<9} {h['status']:<7} {ago(h['started'])}  {dur}  "
                 f"{h['updated']} {would}")
         cause = h.get("cause")
-        if cause and cause.get("scheduled"):
-            c.print("    scheduled (--interval)")
-        elif cause:
-            c.print(f"    caused by {cause.get('node')}:{cause.get('resource', '?')} "
-                    f"(run {cause.get('run', '?')}, notification {cause.get('notification')}, "
-                    f"hop {cause.get('hops', '?')})")
+        why = cause_text(cause)
+        if why:
+            c.print(f"    {why}")
         if h.get("error"):
             c.print(f"    error: {h['error']}")
         for r in h.get("resources", []):
@@ -197,7 +195,7 @@ def cmd_retry(c: Ctx) -> int:
 
 def cmd_notify(c: Ctx) -> int:
     r = c.call(c.args.node, "resource_manager", "notify", resource=c.args.resource,
-               action=c.args.action, sender="flock-cli")
+               action=c.args.action, sender="flockctl")
     if c.args.json:
         c.emit_json(r)
     else:

@@ -110,3 +110,20 @@ def output_excerpt(output: str | None, failed: bool, width: int = 160) -> list[s
         rest = rest[-keep:]
     out += rest
     return [ln if len(ln) <= width else ln[:width - 1] + "…" for ln in out]
+
+
+def cause_text(cause: dict[str, Any] | None) -> str | None:
+    """Why a run ran, for a person: a schedule, another node's update, or an out-of-band
+    notification (`flockctl notify`, the console, a script) naming who sent it."""
+    if not cause:
+        return None
+    if cause.get("scheduled"):
+        return "scheduled (--interval)"
+    who = cause.get("node") or "?"
+    n = cause.get("notification")
+    if cause.get("resource"):
+        return (f"caused by {who}:{cause['resource']} (run {cause.get('run', '?')}, "
+                f"notification {n}, hop {cause.get('hops', '?')})")
+    if n:
+        return f"caused by {who}, out of band (notification {n})"
+    return f"requested by {who}"
