@@ -22,7 +22,7 @@ OUT = ROOT / "screenshots"
 SIZE = (140, 40)
 MACROS = ConsoleConfig(macros=[
     Macro(name="deploy-web", key="D", description="converge the web nodes, wait until idle",
-          steps=["run-chef bender1 --wait", "wait-until web-* idle --timeout 600",
+          steps=["run-chef bender1 --wait", "wait-until tag:web idle --timeout 600",
                  "run-chef bender2 --wait"]),
     Macro(name="probe", key="p", description="is the cursor node busy?",
           steps=["active {node}"]),

@@ -21,7 +21,14 @@ async def offline(pilot: Any, app: FlockApp, rows: list[dict[str, Any]] | None =
     await until(pilot, lambda: app.ready, 3, "mounted")
     app.apply_members(rows if rows is not None else members(NOW))
     app.flush()
-    await pilot.pause(0.1)
+    name = (rows or members(NOW))[0]["name"]
+
+    def drawn() -> bool:
+        lines = screen_text(app).splitlines()
+        return (any(f" {name} " in ln and "STATE" in lines[i - 1] for i, ln in enumerate(lines))
+                and bool(lines[-1].strip()))
+
+    await until(pilot, drawn, 3, "the table and the footer on screen")
 
 
 def row_line(text: str, name: str) -> str:
@@ -52,7 +59,7 @@ async def node_screen(pilot: Any, app: FlockApp, data: Any, node: str = "db1") -
     await until(pilot, lambda: scr.ready, 3, "node screen")
     scr.data = data
     scr.refill()
-    await pilot.pause(0.1)
+    await until(pilot, lambda: "Back" in screen_text(app).splitlines()[-1], 3, "the footer")
     return scr
 
 
