@@ -35,7 +35,7 @@ from flock_tui.context import err_text
 from flock_tui.keymap import check_keymap, help_rows, make_main_screen
 from flock_tui.keys import CHANGING_ACTIONS, builtin_keys
 from flock_tui.macros import ConfigError, ConsoleConfig, Macro
-from flock_tui.messages import ConnectionProblem, NodeEvent, MembersUpdated
+from flock_tui.messages import ConnectionProblem, MembersUpdated, NodeEvent
 from flock_tui.model import COLUMNS, FlockView, Styles, event_text, run_target
 from flock_tui.palette import FlockCommands, commands
 from flock_tui.screens.confirm import ConfirmScreen
@@ -56,10 +56,8 @@ class FlockApp(App[int]):
     COMMANDS = App.COMMANDS | {FlockCommands}
     BINDINGS: ClassVar = [Binding("ctrl+q", "quit", "Quit", show=False, id="app.quit")]
     # Every screen gets -narrow/-wide and -short/-tall: console.tcss fits them to the terminal.
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"),
-                                                                       (120, "-wide")]
-    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-short"),
-                                                                     (34, "-tall")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
 
     def __init__(self, args: argparse.Namespace, *, clock: Callable[[], float] = time.time,
                  config: ConsoleConfig | None = None, connect: bool = True):
@@ -317,8 +315,12 @@ class FlockApp(App[int]):
         else:
             body.append("$ " + " & ".join(f"flockctl run-chef {shlex.quote(n)}" for n in nodes)
                         + " & wait", style=st.muted)
-        self.push_screen(ConfirmScreen("Run chef?", body, "Run"),
-                         lambda yes: self.do_run_chef(nodes) if yes else None)
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.do_run_chef(nodes)
+
+        self.push_screen(ConfirmScreen("Run chef?", body, "Run"), done)
 
     @work(group="run_chef", exit_on_error=False)
     async def do_run_chef(self, nodes: list[str]) -> None:

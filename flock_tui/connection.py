@@ -18,7 +18,7 @@ from flock_node.membership import admit
 from flock_node.protocol import Codec, Event, Heartbeat, Leave
 from flock_node.transport import Bus, RpcError
 from flock_tui.context import err_text
-from flock_tui.messages import ConnectionProblem, NodeEvent, MembersUpdated
+from flock_tui.messages import ConnectionProblem, MembersUpdated, NodeEvent
 from flock_tui.model import Change, FlockView, Styles, change_text, merge_event, merge_heartbeat
 
 POLL_INTERVAL = 1.0
@@ -29,7 +29,7 @@ class Connection:
     """Owns the AsyncFlock and the Bus; `post` hands messages to the app, `log` writes the
     membership changes to the event log."""
 
-    def __init__(self, args: Any, view: FlockView, post: Callable[[Message], None], log: Log,
+    def __init__(self, args: Any, view: FlockView, post: Callable[[Message], object], log: Log,
                  styles: Callable[[], Styles]):
         self.args, self.view, self.post, self.log, self.styles = args, view, post, log, styles
         self.flock: AsyncFlock | None = None

@@ -17,12 +17,15 @@ from flock_tui.model import FlockView, Styles
 class Console(Protocol):
     """The console app as the screens see it."""
 
-    flock: AsyncFlock | None
     styles_: Styles
     clock: Callable[[], float]
     read_only: bool
     view: FlockView
     node_events: dict[str, deque[Text]]
+
+    @property
+    def flock(self) -> AsyncFlock | None:
+        """The flock client (None until connected)."""
 
     def log_line(self, text: Text, node: str | None = None, at: float | None = None) -> None:
         """Add a line to the event log (and to `node`'s screen)."""

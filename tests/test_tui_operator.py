@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 from rich.text import Text
+from tui_support import aio, members, offline_args, screen_text, until
 
 from flock_tui.app import FlockApp
 from flock_tui.macros import ConsoleConfig, Macro
 from flock_tui.screens import ConfirmScreen, NodeScreen, Step, Wizard
-from tui_support import aio, members, offline_args, screen_text, until
 
 NOW = 1_700_000_000.0
 SIZES = [(80, 24), (160, 45)]

@@ -16,7 +16,7 @@ from textual.widgets import DataTable, Footer, Label, RichLog, Static
 
 from flock_node.transport import RpcError
 from flock_tui.context import Console, console_of, err_text
-from flock_tui.messages import NodeEvent, MembersUpdated
+from flock_tui.messages import MembersUpdated, NodeEvent
 from flock_tui.model import activity_text, last_run_text
 from flock_tui.screens.confirm import ConfirmScreen
 from flock_tui.screens.node_text import (
@@ -41,10 +41,8 @@ class NodeScreen(Screen[None]):
     """One node: resources with last results, run history with causes, subscriptions both ways,
     and its live events."""
 
-    HORIZONTAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-narrow"),
-                                                                       (110, "-wide")]
-    VERTICAL_BREAKPOINTS: ClassVar[list[tuple[int, str]] | None] = [(0, "-short"),
-                                                                     (34, "-tall")]
+    HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
     BINDINGS: ClassVar = [
         Binding("escape,backspace", "app.pop_screen", "Back", id="node.back"),
         Binding("r", "run_chef", "Run chef", id="node.run_chef"),
@@ -346,15 +344,23 @@ class NodeScreen(Screen[None]):
             body.append(f"{s['subscriber']} stops being told when {self.node}:{s['resource']} "
                         "is updated.")
         sid = str(s["id"])
-        self.app.push_screen(ConfirmScreen("Remove subscription?", body, "Remove"),
-                             lambda yes: self.call_flock("unsubscribe", sid) if yes else None)
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.call_flock("unsubscribe", sid)
+
+        self.app.push_screen(ConfirmScreen("Remove subscription?", body, "Remove"), done)
 
     def action_retry_outbox(self) -> None:
         body = Text(f"$ flockctl retry {self.node}\n\n")
         body.append(f"{self.node} sends its dead-lettered and refused notifications again, "
                     "with a fresh TTL.")
-        self.app.push_screen(ConfirmScreen("Retry notifications?", body, "Retry"),
-                             lambda yes: self.call_flock("retry") if yes else None)
+
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.call_flock("retry")
+
+        self.app.push_screen(ConfirmScreen("Retry notifications?", body, "Retry"), done)
 
     @work(group="node-change", exit_on_error=False)
     async def call_flock(self, what: str, sid: str = "") -> None:
