@@ -36,7 +36,7 @@ from flock_tui.keymap import check_keymap, help_rows, make_main_screen
 from flock_tui.keys import CHANGING_ACTIONS, builtin_keys
 from flock_tui.macros import ConfigError, ConsoleConfig, Macro
 from flock_tui.messages import ConnectionProblem, MembersUpdated, NodeEvent
-from flock_tui.model import COLUMNS, FlockView, Styles, event_text, run_target
+from flock_tui.model import FlockView, Styles, event_text, run_target
 from flock_tui.palette import FlockCommands, commands
 from flock_tui.screens.confirm import ConfirmScreen
 from flock_tui.screens.help import HelpScreen
@@ -219,47 +219,6 @@ class FlockApp(App[int]):
         self.status_line = msg.problem
         if self.main is not None:
             self.main.update_title()
-
-    # -- what the screens show ------------------------------------------------------------------
-    def title_text(self, marks: set[str], table: FlockTable) -> Text:
-        """The title line: counts by state, marks, sort, filter, problems."""
-        ms = self.view.members.values()
-        st = self.styles_
-        t = Text()
-        t.append("Flock", style=f"bold {st.accent}")
-        t.append(f"  {len(self.view.members)} nodes")
-        counts: dict[str, int] = {}
-        for m in ms:
-            counts[m.get("state", "?")] = counts.get(m.get("state", "?"), 0) + 1
-        for s in ("alive", "suspect", "down", "left"):
-            if counts.get(s):
-                t.append(f" · {counts[s]} {s}", style=st.state(s))
-        busy = sum(1 for m in ms if m.get("active"))
-        if busy:
-            t.append(f" · {busy} converging", style=st.accent)
-        if marks:
-            t.append(f" · {len(marks)} marked", style=f"bold {st.accent}")
-        label = dict(COLUMNS).get(table.sort_column, table.sort_column).lower()
-        t.append(f"   sort: {label}", style=st.muted)
-        if table.filter:
-            t.append(f"   filter: {table.filter}", style=st.warning)
-        if self.read_only:
-            t.append("   READ-ONLY", style=f"bold {st.warning}")
-        if self.status_line:
-            t.append(f"   {self.status_line}", style=st.error)
-        return t
-
-    def empty_message(self) -> Text:
-        if self.main is not None and self.main.table.filter and self.view.members:
-            return Text(f"no node matches the filter {self.main.table.filter!r} "
-                        "(esc clears it)")
-        if self.status_line and self.status_line != "connecting…":
-            return Text(self.status_line)
-        rd = paths.runtime_dir(getattr(self.args, "runtime_dir", None))
-        seeds = " ".join(getattr(self.args, "seed", None) or []) or "none"
-        return Text(f"no nodes found; runtime dir {rd}, seeds: {seeds}\n\n"
-                    "start one with `flock-node run NAME`, try `flockctl demo`, "
-                    "or pass --seed tcp://HOST:PORT")
 
     # -- log ------------------------------------------------------------------------------------
     def log_line(self, text: Text, node: str | None = None, at: float | None = None) -> None:

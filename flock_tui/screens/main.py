@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
-from textual.containers import Horizontal
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import DataTable, Input, ProgressBar, RichLog, Static
+from textual.widgets import DataTable, Input, RichLog, Static
 from textual.worker import Worker, get_current_worker
 
+from flock_node import paths
 from flock_tui import macros as macros_mod
 from flock_tui.macro_run import run_steps
 from flock_tui.macros import Macro, StepError
@@ -23,6 +23,7 @@ from flock_tui.screens.confirm import ConfirmScreen
 from flock_tui.screens.node import NodeScreen
 from flock_tui.widgets.flock_table import FlockTable
 from flock_tui.widgets.footer import FlockFooter
+from flock_tui.widgets.macro_bar import MacroBar
 
 if TYPE_CHECKING:
     from flock_tui.app import FlockApp
@@ -40,7 +41,6 @@ class MainScreen(Screen[None]):
         super().__init__()
         self.marks: set[str] = set()
         self.macro_worker: Worker[Any] | None = None
-        self.macro_state: tuple[str, int, int, str] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
@@ -48,9 +48,7 @@ class MainScreen(Screen[None]):
                                 "esc clears)", id="filter", disabled=True)
         yield FlockTable(id="flock-table")
         yield Static(id="empty")
-        with Horizontal(id="macro-bar"):
-            yield Static(id="macro-label")
-            yield ProgressBar(id="macro-progress", show_eta=False)
+        yield MacroBar()
         yield RichLog(id="log", markup=False, wrap=True, max_lines=1000)
         yield FlockFooter()
 
@@ -116,7 +114,7 @@ class MainScreen(Screen[None]):
         self.query_one("#empty").set_class(not t.shown, "shown")
         t.display = bool(t.shown)
         if not t.shown:
-            self.query_one("#empty", Static).update(c.empty_message())
+            self.query_one("#empty", Static).update(self.empty_message())
 
     def refilter(self, text: str) -> None:
         self.table.filter = text
@@ -128,7 +126,48 @@ class MainScreen(Screen[None]):
         c = self.console
         if not c.ready:
             return
-        self.query_one("#title", Static).update(c.title_text(self.marks, self.table))
+        self.query_one("#title", Static).update(self.title_text())
+
+    def title_text(self) -> Text:
+        """The title line: counts by state, marks, sort, filter, problems."""
+        c, table, marks = self.console, self.table, self.marks
+        ms = c.view.members.values()
+        st = c.styles_
+        t = Text()
+        t.append("Flock", style=f"bold {st.accent}")
+        t.append(f"  {len(c.view.members)} nodes")
+        counts: dict[str, int] = {}
+        for m in ms:
+            counts[m.get("state", "?")] = counts.get(m.get("state", "?"), 0) + 1
+        for s in ("alive", "suspect", "down", "left"):
+            if counts.get(s):
+                t.append(f" · {counts[s]} {s}", style=st.state(s))
+        busy = sum(1 for m in ms if m.get("active"))
+        if busy:
+            t.append(f" · {busy} converging", style=st.accent)
+        if marks:
+            t.append(f" · {len(marks)} marked", style=f"bold {st.accent}")
+        label = dict(COLUMNS).get(table.sort_column, table.sort_column).lower()
+        t.append(f"   sort: {label}", style=st.muted)
+        if table.filter:
+            t.append(f"   filter: {table.filter}", style=st.warning)
+        if c.read_only:
+            t.append("   READ-ONLY", style=f"bold {st.warning}")
+        if c.status_line:
+            t.append(f"   {c.status_line}", style=st.error)
+        return t
+
+    def empty_message(self) -> Text:
+        c = self.console
+        if self.table.filter and c.view.members:
+            return Text(f"no node matches the filter {self.table.filter!r} (esc clears it)")
+        if c.status_line and c.status_line != "connecting…":
+            return Text(c.status_line)
+        rd = paths.runtime_dir(getattr(c.args, "runtime_dir", None))
+        seeds = " ".join(getattr(c.args, "seed", None) or []) or "none"
+        return Text(f"no nodes found; runtime dir {rd}, seeds: {seeds}\n\n"
+                    "start one with `flock-node run NAME`, try `flockctl demo`, "
+                    "or pass --seed tcp://HOST:PORT")
 
     # -- actions --------------------------------------------------------------------------------
     def action_run_chef(self) -> None:
@@ -272,30 +311,15 @@ class MainScreen(Screen[None]):
         finally:
             call(self.macro_finished)
 
+    @property
+    def macro_state(self) -> tuple[str, int, int, str] | None:
+        return self.query_one(MacroBar).state
+
     def macro_progress(self, name: str, i: int, n: int, step: str) -> None:
-        self.macro_state = (name, i, n, step)
-        self.query_one("#macro-progress", ProgressBar).update(total=n, progress=i - 1)
-        self.set_macro_bar(None)
+        self.query_one(MacroBar).progress(name, i, n, step, self.console.styles_)
 
     def set_macro_bar(self, note: str | None) -> None:
-        if self.macro_state is None:
-            return
-        name, i, n, step = self.macro_state
-        st = self.console.styles_
-        t = Text()
-        t.append("▶ macro ", style="bold")
-        t.append(name, style=f"bold {st.accent}")
-        t.append(f"  step {i}/{n}  ")
-        t.append(f"flockctl {step}", style="bold")
-        t.append(f"   {note}" if note else "   (esc cancels)", style=st.muted)
-        self.query_one("#macro-label", Static).update(t)
-        self.query_one("#macro-bar").add_class("shown")
+        self.query_one(MacroBar).note(note, self.console.styles_)
 
     def macro_finished(self) -> None:
-        self.macro_state = None
-        self.query_one("#macro-bar").remove_class("shown")
-
-
-def title_columns() -> dict[str, str]:
-    """Column labels by key (the title names the sort column)."""
-    return dict(COLUMNS)
+        self.query_one(MacroBar).finished()

@@ -22,14 +22,15 @@ from flock_tui.screens.confirm import ConfirmScreen
 from flock_tui.screens.node_text import (
     Row,
     action_width,
-    cause_step,
     problems_text,
     resource_rows,
-    run_detail,
     run_rows,
     sub_rows,
+    tabs_text,
+    unsubscribe_text,
 )
-from flock_tui.widgets.tables import cursor_key, flex_width, refill
+from flock_tui.widgets.run_detail import RunDetail
+from flock_tui.widgets.tables import cursor_key, flex_width, refill, update_column
 
 PANES = [("resources", "Resources"), ("runs", "Runs"), ("subs", "Subscriptions"),
          ("detail", "Run detail")]
@@ -89,7 +90,7 @@ class NodeScreen(Screen[None]):
                         yield Label(title, classes="pane-title")
                     if key == "detail":
                         with VerticalScroll(id="node-detail-scroll"):
-                            yield Static(id="node-detail")
+                            yield RunDetail(id="node-detail")
                     else:
                         yield DataTable(id=f"node-{key}", cursor_type="row", zebra_stripes=True)
         yield Label("Events", classes="pane-title", id="node-events-title")
@@ -120,13 +121,7 @@ class NodeScreen(Screen[None]):
         for key, _ in PANES:
             self.query_one(f"#pane-{key}").set_class(key == self.pane, "-current")
         if self.compact:
-            t = Text()
-            for key, title in PANES:
-                style = "bold reverse" if key == self.pane else "dim"
-                t.append(f" {title} ", style=style)
-                t.append(" ")
-            t.append("  tab: next pane", style="dim")
-            self.query_one("#node-tabs", Static).update(t)
+            self.query_one("#node-tabs", Static).update(tabs_text(PANES, self.pane))
             self._focus_pane()
         elif first:
             self.query_one("#node-runs", DataTable).focus()
@@ -269,54 +264,17 @@ class NodeScreen(Screen[None]):
         if self.data is None or not self.is_attached:
             return
         res, runs, _subs, _w = self._rows()
-        for table_id, rows, col in (("#node-resources", res, 3), ("#node-runs", runs, 2)):
-            t = self.query_one(table_id, DataTable)
-            for key, cells in rows:
-                try:
-                    if t.get_cell(key, t.ordered_columns[col].key).plain != cells[col].plain:
-                        t.update_cell(key, t.ordered_columns[col].key, cells[col])
-                except Exception:  # noqa: BLE001 - the row is gone meanwhile
-                    continue
+        update_column(self.query_one("#node-resources", DataTable), res, 3)
+        update_column(self.query_one("#node-runs", DataTable), runs, 2)
 
     @on(DataTable.RowHighlighted, "#node-runs")
     def _run_highlighted(self, ev: DataTable.RowHighlighted) -> None:
         self.show_run(ev.row_key.value)
 
-    def _detail_width(self) -> int:
-        return max(40, self.query_one("#node-detail", Static).size.width or 60)
-
     def show_run(self, run_id: str | None) -> None:
         h = self.history.get(run_id or "")
-        if not h:
-            return
-        t = run_detail(h, self._detail_width(), self.console.styles_)
-        self.query_one("#node-detail", Static).update(t)
-        if h.get("cause") and not h["cause"].get("scheduled"):
-            self.show_cause_chain(h, t)
-
-    @work(exclusive=True, group="node-cause", exit_on_error=False)
-    async def show_cause_chain(self, h: dict[str, Any], base: Text) -> None:
-        """Walk the cause chain node by node: each cause names the run that sent it."""
-        flock = self.console.flock
-        st = self.console.styles_
-        width = self._detail_width()
-        t = base.copy()
-        t.append("caused by:\n", style="bold")
-        cause = h.get("cause")
-        depth = 0
-        while cause and depth < 17:
-            cause_step(t, cause, depth, width, st)
-            depth += 1
-            if flock is None or not cause.get("node") or not cause.get("run"):
-                break
-            try:
-                parent = await flock[cause["node"]].flock_api.run(cause["run"], timeout=2.0)
-            except RpcError as e:
-                t.append(f"{'  ' * depth}  ({err_text(e)})\n", style=st.muted)
-                break
-            cause = (parent or {}).get("cause")
-        if self.is_attached:
-            self.query_one("#node-detail", Static).update(t)
+        if h:
+            self.query_one(RunDetail).show(h, self.console.styles_, self.console.flock)
 
     def action_run_chef(self) -> None:
         self.console.run_chef_on([self.node])
@@ -336,13 +294,7 @@ class NodeScreen(Screen[None]):
         if s is None:
             self.notify("no subscription selected", severity="warning")
             return
-        body = Text(f"$ flockctl unsubscribe {self.node} {s['id']}\n\n")
-        if key and key.startswith("out:"):
-            body.append(f"{self.node} stops running {s['action']} on {s['resource']} when "
-                        f"{s['node']}:{s['remote_resource']} is updated.")
-        else:
-            body.append(f"{s['subscriber']} stops being told when {self.node}:{s['resource']} "
-                        "is updated.")
+        body = unsubscribe_text(self.node, s, outgoing=bool(key and key.startswith("out:")))
         sid = str(s["id"])
 
         def done(yes: bool | None) -> None:
@@ -352,9 +304,8 @@ class NodeScreen(Screen[None]):
         self.app.push_screen(ConfirmScreen("Remove subscription?", body, "Remove"), done)
 
     def action_retry_outbox(self) -> None:
-        body = Text(f"$ flockctl retry {self.node}\n\n")
-        body.append(f"{self.node} sends its dead-lettered and refused notifications again, "
-                    "with a fresh TTL.")
+        body = Text(f"$ flockctl retry {self.node}\n\n{self.node} sends its dead-lettered and "
+                    "refused notifications again, with a fresh TTL.")
 
         def done(yes: bool | None) -> None:
             if yes:

@@ -165,3 +165,25 @@ def cause_step(t: Text, cause: dict[str, Any], depth: int, width: int, st: Style
                             width - len(indent) - len(node) - 3) + "\n")
     t.append(f"{indent}  run {cause.get('run', '?')}  hop {cause.get('hops', '?')}\n",
              style=st.muted)
+
+
+def tabs_text(panes: list[tuple[str, str]], current: str) -> Text:
+    """The pane strip of a small terminal: the current pane reversed, then the key."""
+    t = Text()
+    for key, title in panes:
+        t.append(f" {title} ", style="bold reverse" if key == current else "dim")
+        t.append(" ")
+    t.append("  tab: next pane", style="dim")
+    return t
+
+
+def unsubscribe_text(node: str, s: dict[str, Any], outgoing: bool) -> Text:
+    """What removing subscription `s` does, and the equivalent command."""
+    body = Text(f"$ flockctl unsubscribe {node} {s['id']}\n\n")
+    if outgoing:
+        body.append(f"{node} stops running {s['action']} on {s['resource']} when "
+                    f"{s['node']}:{s['remote_resource']} is updated.")
+    else:
+        body.append(f"{s['subscriber']} stops being told when {node}:{s['resource']} "
+                    "is updated.")
+    return body

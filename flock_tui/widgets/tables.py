@@ -45,3 +45,16 @@ def refill(table: DataTable[Any], columns: list[tuple[str, int]],
             table.move_cursor(row=table.get_row_index(key))
         except Exception:  # noqa: BLE001 - the row is gone
             pass
+
+
+def update_column(table: DataTable[Any], rows: list[tuple[str, list[Text]]], col: int) -> None:
+    """Update column `col` of the rows whose text changed (ages: "5s ago" → "6s ago")."""
+    if col >= len(table.ordered_columns):
+        return
+    ckey = table.ordered_columns[col].key
+    for key, cells in rows:
+        try:
+            if table.get_cell(key, ckey).plain != cells[col].plain:
+                table.update_cell(key, ckey, cells[col])
+        except Exception:  # noqa: BLE001 - the row is gone meanwhile
+            continue
