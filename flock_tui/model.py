@@ -67,18 +67,21 @@ def activity_text(m: dict[str, Any], st: Styles) -> Text:
     return Text("idle", style=st.muted)
 
 
-def run_text(lr: dict[str, Any], now: float, st: Styles) -> Text:
-    """`ok 42s ago 3.2s 2 upd`: one run's outcome, age, duration and updates."""
+def run_text(lr: dict[str, Any], now: float, st: Styles, narrow: bool = False) -> Text:
+    """`ok 42s ago 3.2s 2 upd`: one run's outcome, age, duration (not when narrow) and
+    updates."""
     ok = lr.get("status") == "ok"
     t = Text()
     t.append(str(lr.get("status", "?")), style=f"bold {st.success if ok else st.error}")
     t.append(f" {ago(lr.get('started'), now)}")
-    t.append(f" {duration(lr.get('duration'))}", style=st.muted)
+    if not narrow:
+        t.append(f" {duration(lr.get('duration'))}", style=st.muted)
     t.append(f" {lr.get('updated', 0)} upd")
     return t
 
 
-def last_run_text(m_or_lr: dict[str, Any] | None, now: float, st: Styles) -> Text:
+def last_run_text(m_or_lr: dict[str, Any] | None, now: float, st: Styles,
+                  narrow: bool = False) -> Text:
     """A node's health: its last converge's outcome, and a later reaction's result beside it
     (`failed 1m ago 2.0s 0 upd ↺ ok`), never instead of it."""
     if not m_or_lr:
@@ -89,7 +92,7 @@ def last_run_text(m_or_lr: dict[str, Any] | None, now: float, st: Styles) -> Tex
         lr = m_or_lr
         conv = lr if lr.get("kind") != "reaction" else None
     if conv:
-        t = run_text(conv, now, st)
+        t = run_text(conv, now, st, narrow)
     elif lr:
         t = Text("no converge seen", style=st.muted)
     else:
@@ -117,7 +120,8 @@ def pending_text(m: dict[str, Any], st: Styles) -> Text:
     return t
 
 
-def row_cells(m: dict[str, Any], now: float, marked: bool, st: Styles) -> dict[str, Text]:
+def row_cells(m: dict[str, Any], now: float, marked: bool, st: Styles,
+              narrow: bool = False) -> dict[str, Text]:
     """The cells of one member's row, keyed by column. Values are Text: never markup."""
     state = str(m.get("state", "?"))
     return {
@@ -125,7 +129,7 @@ def row_cells(m: dict[str, Any], now: float, marked: bool, st: Styles) -> dict[s
         "name": Text(str(m.get("name", "?")), style="bold"),
         "state": Text(state, style=st.state(state)),
         "activity": activity_text(m, st),
-        "last": last_run_text(m, now, st),
+        "last": last_run_text(m, now, st, narrow),
         "pending": pending_text(m, st),
         "address": Text(str(m.get("address") or ""), style=st.muted),
         "tags": Text(",".join(str(t) for t in m.get("tags") or [])),

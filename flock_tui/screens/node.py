@@ -12,7 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Vertical, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Label, RichLog, Static
+from textual.widgets import DataTable, Label, RichLog, Static
 
 from flock_node.transport import RpcError
 from flock_tui.context import Console, console_of, err_text
@@ -29,6 +29,7 @@ from flock_tui.screens.node_text import (
     tabs_text,
     unsubscribe_text,
 )
+from flock_tui.widgets.footer import FlockFooter
 from flock_tui.widgets.run_detail import RunDetail
 from flock_tui.widgets.tables import cursor_key, flex_width, refill, update_column
 
@@ -95,7 +96,7 @@ class NodeScreen(Screen[None]):
                         yield DataTable(id=f"node-{key}", cursor_type="row", zebra_stripes=True)
         yield Label("Events", classes="pane-title", id="node-events-title")
         yield RichLog(id="node-events", markup=False, wrap=True, max_lines=500)
-        yield Footer()
+        yield FlockFooter()
 
     def on_mount(self) -> None:
         log = self.query_one("#node-events", RichLog)

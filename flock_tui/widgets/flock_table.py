@@ -15,7 +15,7 @@ from textual.widgets import DataTable
 from flock_tui.model import COLUMNS, FlockView, Styles, matches, row_cells, sort_key
 
 WIDE = {"mark": 1, "state": 7, "activity": 32, "last": 28}
-NARROW = {"mark": 1, "state": 7, "activity": 14, "last": 22}
+NARROW = {"mark": 1, "state": 7, "activity": 14, "last": 24}
 NARROW_BELOW = 120
 
 
@@ -122,7 +122,7 @@ class FlockTable(DataTable[Any]):
                     self.reanchor(key)
                     changed = True
                 continue
-            cells = row_cells(m, now, name in marks, st)
+            cells = row_cells(m, now, name in marks, st, self.widths == NARROW)
             cells["address"] = short_address(cells["address"])
             if not present:
                 self.add_row(*(cells[c] for c, _ in COLUMNS), key=name)
