@@ -35,6 +35,10 @@ class Step:
 class Wizard(ModalScreen[dict[str, Any] | None]):
     """Pick one value per step (fuzzy filter as you type), then confirm and perform."""
 
+    # Each step focuses what it needs; the confirmation focuses nothing, so `y` is not typed
+    # into the hidden filter.
+    AUTO_FOCUS = ""
+
     BINDINGS: ClassVar = [
         Binding("escape", "back", "Back", id="wizard.back"),
         Binding("down", "move(1)", show=False),
@@ -96,7 +100,7 @@ class Wizard(ModalScreen[dict[str, Any] | None]):
             confirm.display = True
             confirm.update(self.summary(self.choices))
             hint.update("enter/y do it · esc back")
-            self.focus()
+            self.set_focus(None)  # keys go to the screen: y, enter, escape
             return
         step = self.steps[self.index]
         self.query_one("#wizard-prompt", Label).update(
