@@ -38,6 +38,9 @@ class FlockTable(DataTable[Any]):
     default. Keeps the cursor on its node across sorts, filters and removals."""
 
     BINDINGS: ClassVar = [Binding("enter", "open_node", "Node", id="flock.node")]
+    DEFAULT_CSS = """
+    FlockTable { height: auto; max-height: 70%; }
+    """
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(cursor_type="row", zebra_stripes=True, **kw)

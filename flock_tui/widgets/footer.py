@@ -20,6 +20,10 @@ __all__ = ["FlockFooter", "FooterKey", "FooterLabel"]
 class FlockFooter(Footer):
     """`? Help  q Quit` always visible; macros shown as `│ macros: D deploy-web`."""
 
+    DEFAULT_CSS = """
+    FlockFooter FooterLabel.macros { color: $text-muted; margin: 0 1; }
+    """
+
     def __init__(self) -> None:
         super().__init__()
         self._narrow: bool | None = None

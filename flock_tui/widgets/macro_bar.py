@@ -13,6 +13,13 @@ from flock_tui.model import Styles
 class MacroBar(Horizontal):
     """`▶ macro deploy-web  step 2/3  flockctl run-chef tag:web --wait   (esc cancels)`."""
 
+    DEFAULT_CSS = """
+    MacroBar { display: none; height: 1; background: $boost; padding: 0 1; }
+    MacroBar.shown { display: block; }
+    MacroBar #macro-label { width: 1fr; }
+    MacroBar #macro-progress { width: 40; }
+    """
+
     def __init__(self) -> None:
         super().__init__(id="macro-bar")
         self.state: tuple[str, int, int, str] | None = None
