@@ -198,8 +198,10 @@ class FlockApp(App[int]):
     # -- messages from the connection: logged here, each screen gets its copy ------------------
     @on(MembersUpdated)
     def _members_updated(self, msg: MembersUpdated) -> None:
-        if self.status_line == "connecting…":
+        if self.status_line == "connecting…":  # the first answer, even an empty flock
             self.status_line = ""
+            if self.main is not None:
+                self.main.update_title()
         for scr in self.screen_stack:
             scr.post_message(MembersUpdated(msg.names))
 
