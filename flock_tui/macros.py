@@ -4,7 +4,7 @@
     name = "deploy-web"
     key = "D"
     description = "converge the web nodes, then wait for them"
-    steps = ["run-chef web-* --wait", "wait-until web-* idle --timeout 600"]
+    steps = ["run-chef tag:web --wait", "wait-until tag:web idle --timeout 600"]
     confirm = true
 
 `{node}` is the cursor node (headless: --node); a step using `{marked}` runs once per marked

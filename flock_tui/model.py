@@ -67,30 +67,61 @@ def activity_text(m: dict[str, Any], st: Styles) -> Text:
     return Text("idle", style=st.muted)
 
 
-def last_run_text(lr: dict[str, Any] | None, now: float, st: Styles) -> Text:
-    if not lr:
-        return Text("never", style=st.muted)
+def run_text(lr: dict[str, Any], now: float, st: Styles, narrow: bool = False) -> Text:
+    """`ok 42s ago 3.2s 2 upd`: one run's outcome, age, duration (not when narrow) and
+    updates."""
     ok = lr.get("status") == "ok"
     t = Text()
     t.append(str(lr.get("status", "?")), style=f"bold {st.success if ok else st.error}")
     t.append(f" {ago(lr.get('started'), now)}")
-    t.append(f" {duration(lr.get('duration'))}", style=st.muted)
+    if not narrow:
+        t.append(f" {duration(lr.get('duration'))}", style=st.muted)
     t.append(f" {lr.get('updated', 0)} upd")
-    if lr.get("kind") == "reaction":
-        t.append(" ↺", style=st.muted)
     return t
+
+
+def last_run_text(m_or_lr: dict[str, Any] | None, now: float, st: Styles,
+                  narrow: bool = False) -> Text:
+    """A node's health: its last converge's outcome, and a later reaction's result beside it
+    (`failed 1m ago 2.0s 0 upd ↺ ok`), never instead of it."""
+    if not m_or_lr:
+        return Text("never", style=st.muted)
+    if "name" in m_or_lr:
+        lr, conv = m_or_lr.get("last_run"), m_or_lr.get("last_converge")
+    else:  # a bare run summary (older callers)
+        lr = m_or_lr
+        conv = lr if lr.get("kind") != "reaction" else None
+    if conv:
+        t = run_text(conv, now, st, narrow)
+    elif lr:
+        t = Text("no converge seen", style=st.muted)
+    else:
+        return Text("never", style=st.muted)
+    if lr and lr.get("kind") == "reaction" and (not conv or lr.get("id") != conv.get("id")):
+        ok = lr.get("status") == "ok"
+        t.append(" ↺ ", style=st.muted)
+        t.append(str(lr.get("status", "?")), style=st.success if ok else f"bold {st.error}")
+        if not conv:
+            t.append(f" {ago(lr.get('started'), now)}", style=st.muted)
+    return t
+
+
+def health(m: dict[str, Any]) -> dict[str, Any]:
+    """The run that says whether a node is healthy: its last converge (else its last run)."""
+    return m.get("last_converge") or m.get("last_run") or {}
 
 
 def pending_text(m: dict[str, Any], st: Styles) -> Text:
     p, dead = int(m.get("pending") or 0), int(m.get("dead_letters") or 0)
     t = Text()
     t.append(str(p), style=st.warning if p else st.muted)
-    if dead:
-        t.append(f" {dead} dead", style=f"bold {st.error}")
+    if dead:  # the one number that says something was lost: the column fits it whole
+        t.append(f" ({dead} dead)", style=f"bold {st.error}")
     return t
 
 
-def row_cells(m: dict[str, Any], now: float, marked: bool, st: Styles) -> dict[str, Text]:
+def row_cells(m: dict[str, Any], now: float, marked: bool, st: Styles,
+              narrow: bool = False) -> dict[str, Text]:
     """The cells of one member's row, keyed by column. Values are Text: never markup."""
     state = str(m.get("state", "?"))
     return {
@@ -98,7 +129,7 @@ def row_cells(m: dict[str, Any], now: float, marked: bool, st: Styles) -> dict[s
         "name": Text(str(m.get("name", "?")), style="bold"),
         "state": Text(state, style=st.state(state)),
         "activity": activity_text(m, st),
-        "last": last_run_text(m.get("last_run"), now, st),
+        "last": last_run_text(m, now, st, narrow),
         "pending": pending_text(m, st),
         "address": Text(str(m.get("address") or ""), style=st.muted),
         "tags": Text(",".join(str(t) for t in m.get("tags") or [])),
@@ -112,7 +143,7 @@ def sort_key(column: str, m: dict[str, Any]) -> Any:
     if column == "activity":
         return (0 if m.get("active") else 1, name)
     if column == "last":
-        lr = m.get("last_run") or {}
+        lr = health(m)
         return (0 if lr.get("status") == "failed" else 1, -(lr.get("started") or 0), name)
     if column == "pending":
         return (-(int(m.get("pending") or 0) + int(m.get("dead_letters") or 0)), name)
@@ -133,7 +164,7 @@ def matches(m: dict[str, Any], query: str) -> bool:
         hay += " active converging"
     else:
         hay += " idle"
-    lr = m.get("last_run") or {}
+    lr = health(m)
     if lr.get("status"):
         hay += f" {lr['status']}"
     return all(w in hay for w in query.lower().split())
@@ -157,7 +188,22 @@ def merge_heartbeat(members: dict[str, dict[str, Any]], hb: Heartbeat) -> dict[s
             "pending": hb.pending, "dead_letters": hb.dead, "tags": list(hb.tags),
             "version": hb.version, "age": 0.0,
         })
+        remember_converge(m, getattr(hb, "last_converge", None))
     return m
+
+
+def remember_converge(m: dict[str, Any], told: Any = None,
+                      known: dict[str, Any] | None = None) -> None:
+    """Fill `last_converge`: what the agent says (`last_converge`, newer agents), else its
+    last run when that was a converge, else the converge the console saw before."""
+    if told is not None:
+        m["last_converge"] = told if isinstance(told, dict) else msgspec.to_builtins(told)
+        return
+    lr = m.get("last_run")
+    if lr and lr.get("kind") != "reaction":
+        m["last_converge"] = lr
+    elif known and not m.get("last_converge"):
+        m["last_converge"] = known
 
 
 def merge_event(members: dict[str, dict[str, Any]], ev: Event) -> None:
@@ -183,6 +229,20 @@ def merge_event(members: dict[str, dict[str, Any]], ev: Event) -> None:
                          "kind": d.get("kind", "converge"), "started": started,
                          "duration": max(0.0, ev.at - started), "updated": d.get("updated", 0),
                          "error": d.get("error")}
+        remember_converge(m)
+
+
+def run_target(nodes: list[str], members: dict[str, dict[str, Any]]) -> str | None:
+    """The one `flockctl run-chef TARGET` that names exactly `nodes`: `'*'` or `tag:TAG`;
+    None when no glob or tag says it (then the nodes are listed)."""
+    want = set(nodes)
+    if want == set(members):
+        return "'*'"
+    tags = sorted({t for m in members.values() for t in m.get("tags") or []})
+    for tag in tags:
+        if want == {n for n, m in members.items() if tag in (m.get("tags") or [])}:
+            return f"tag:{tag}"
+    return None
 
 
 @dataclass
@@ -293,6 +353,8 @@ class FlockView:
         changes = diff_states(self.members, rows)
         fresh = {}
         for r in rows:
+            old = self.members.get(r["name"]) or {}
+            remember_converge(r, r.get("last_converge"), old.get("last_converge"))
             fresh[r["name"]] = r
         for name in set(self.members) | set(fresh):
             if self.members.get(name) != fresh.get(name):

@@ -22,7 +22,7 @@ OUT = ROOT / "screenshots"
 SIZE = (140, 40)
 MACROS = ConsoleConfig(macros=[
     Macro(name="deploy-web", key="D", description="converge the web nodes, wait until idle",
-          steps=["run-chef bender1 --wait", "wait-until web-* idle --timeout 600",
+          steps=["run-chef bender1 --wait", "wait-until tag:web idle --timeout 600",
                  "run-chef bender2 --wait"]),
     Macro(name="probe", key="p", description="is the cursor node busy?",
           steps=["active {node}"]),
@@ -92,13 +92,35 @@ async def shoot(demo: DemoFlock) -> None:
         await until(pilot, lambda: app.macro_state is None)
 
 
+async def shoot_small(demo: DemoFlock) -> None:
+    """An 80x24 terminal (ssh on a laptop): the table keeps OUTBOX, the node screen shows
+    one pane at a time."""
+    args = build_parser().parse_args(["--runtime-dir", str(demo.runtime_dir), "--insecure"])
+    app = FlockApp(args, config=MACROS)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: len(app.shown) == len(demo.names))
+        await until(pilot, lambda: not any(m.get("active") for m in app.view.members.values()))
+        await pilot.pause(0.5)
+        app.save_screenshot(str(OUT / "console-80x24.svg"))
+        t = app.table
+        t.move_cursor(row=t.get_row_index("bender0"))
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, NodeScreen))
+        scr = app.screen
+        await until(pilot, lambda: scr.query_one("#node-resources").row_count >= 3)
+        await pilot.pause(0.5)
+        app.save_screenshot(str(OUT / "node-screen-80x24.svg"))
+
+
 def main() -> int:
     OUT.mkdir(exist_ok=True)
     root = Path(tempfile.mkdtemp(prefix="flock-shots-"))
     os.environ["FLOCK_CONFIG_DIR"] = str(root / "config")
     with DemoFlock(3, root=root) as demo:
         asyncio.run(shoot(demo))
-    for name in ("flock-table", "node-screen", "subscription-wizard", "macro-running"):
+        asyncio.run(shoot_small(demo))
+    for name in ("flock-table", "node-screen", "subscription-wizard", "macro-running",
+                 "console-80x24", "node-screen-80x24"):
         print(f"wrote {OUT / name}.svg")
     return 0
 

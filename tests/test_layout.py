@@ -51,6 +51,7 @@ def test_an_installed_flock_starts_its_demo(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr
     assert (target / "flock_tui" / "examples" / "bender0.py").exists()
+    assert (target / "flock_tui" / "console.tcss").exists()  # the console's styles
     assert (target / "flock_node" / "py.typed").exists()
     # the operator command is `flockctl`; nothing may shadow util-linux's `flock`
     assert (target / "bin" / "flockctl").exists() and (target / "bin" / "flock-node").exists()

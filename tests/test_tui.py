@@ -299,6 +299,8 @@ async def test_no_nodes_message(tmp_path):
         empty = app.main.query_one("#empty")
         await until(pilot, lambda: "no nodes found" in str(empty.content), 5, "message")
         assert str(tmp_path / "empty") in str(empty.content)
+        title = app.main.query_one("#title")
+        await until(pilot, lambda: "connecting" not in str(title.content), 5, "connected")
 
 
 def _members(now: float) -> list[dict]:

@@ -1,0 +1,1 @@
+"""The console's own widgets: the flock table, the footer, table helpers."""

@@ -1,0 +1,170 @@
+"""The flock table: one row per member, updated by diff (`update_cell` on rows keyed by node
+name inside `batch_update`), never clear-and-refill; narrower columns on a narrow terminal so
+OUTBOX (pending and dead letters) stays on screen."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.coordinate import Coordinate
+from textual.widgets import DataTable
+
+from flock_tui.model import COLUMNS, FlockView, Styles, matches, row_cells, sort_key
+
+WIDE = {"mark": 1, "state": 7, "activity": 32, "last": 28}
+NARROW = {"mark": 1, "state": 7, "activity": 14, "last": 24}
+NARROW_BELOW = 120
+
+
+def column_widths(width: int) -> dict[str, int]:
+    """Fixed column widths for a terminal `width` wide (the others size to their content)."""
+    return NARROW if width < NARROW_BELOW else WIDE
+
+
+def short_address(t: Text) -> Text:
+    """`ipc:///very/long/runtime/dir/a.rpc` → `ipc:…/dir/a.rpc`."""
+    s = t.plain
+    if s.startswith("ipc://"):
+        parts = s[6:].rstrip("/").split("/")
+        return Text("ipc:…/" + "/".join(parts[-2:]), style=t.style)
+    return t
+
+
+class FlockTable(DataTable[Any]):
+    """Rows keyed by node name; `enter` opens the node screen instead of the DataTable
+    default. Keeps the cursor on its node across sorts, filters and removals."""
+
+    BINDINGS: ClassVar = [Binding("enter", "open_node", "Node", id="flock.node")]
+    DEFAULT_CSS = """
+    FlockTable { height: auto; max-height: 70%; }
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(cursor_type="row", zebra_stripes=True, **kw)
+        self.shown: dict[str, dict[str, Text]] = {}  # rows in the table and their cells
+        self.filter = ""
+        self.sort_column = "name"
+        self.widths: dict[str, int] = {}
+        self.force_all = False
+        self.resort_needed = False
+        self._last_ago = 0.0
+
+    def action_open_node(self) -> None:
+        self.screen.action_open_node()  # type: ignore[attr-defined]
+
+    def setup_columns(self, width: int) -> None:
+        """(Re)build the columns for a terminal `width` wide; rows are added back by the
+        next refresh."""
+        widths = column_widths(width)
+        if widths == self.widths:
+            return
+        key = self.cursor_node()
+        self.widths = widths
+        self.clear(columns=True)
+        self.shown.clear()
+        for k, label in COLUMNS:
+            self.add_column(label, key=k, width=widths.get(k))
+        self.force_all = True
+        self._anchor = key
+
+    def cursor_node(self) -> str | None:
+        """The node under the cursor."""
+        if not self.row_count:
+            return None
+        try:
+            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
+        except Exception:  # noqa: BLE001 - the cursor can briefly point past a removed row
+            return None
+
+    def visible_rows(self) -> set[str]:
+        """Names of the rows on screen (and a few around)."""
+        first = max(0, int(self.scroll_y) - 2)
+        last = min(self.row_count, first + self.size.height + 4)
+        out: set[str] = set()
+        for i in range(first, last):
+            try:
+                key = self.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value
+                if key is not None:
+                    out.add(key)
+            except Exception:  # noqa: BLE001 - rows changed meanwhile
+                break
+        return out
+
+    def due(self, view: FlockView, now: float) -> Iterable[str] | None:
+        """The names to revisit now, None when nothing is due."""
+        if self.force_all:
+            self.force_all = False
+            view.dirty.clear()
+            return set(view.members) | set(self.shown)
+        if now - self._last_ago >= 1.0:
+            # "5s ago" moves every second: revisit the rows on screen once a second.
+            self._last_ago = now
+            names, view.dirty = view.dirty | self.visible_rows(), set()
+            return names
+        if view.dirty:
+            names, view.dirty = view.dirty, set()
+            return names
+        return None
+
+    def apply(self, view: FlockView, names: Iterable[str], marks: set[str], now: float,
+              st: Styles) -> bool:
+        """Update the rows of `names`; True if anything on screen changed."""
+        changed = added = False
+        was_empty = not self.shown
+        for name in names:
+            m = view.members.get(name)
+            present = name in self.shown
+            if m is None or not matches(m, self.filter):
+                if present:
+                    key = self.cursor_node()
+                    self.remove_row(name)
+                    del self.shown[name]
+                    self.reanchor(key)
+                    changed = True
+                continue
+            cells = row_cells(m, now, name in marks, st, self.widths == NARROW)
+            cells["address"] = short_address(cells["address"])
+            if not present:
+                self.add_row(*(cells[c] for c, _ in COLUMNS), key=name)
+                added = True
+            else:
+                old = self.shown[name]
+                for c, v in cells.items():
+                    if old[c] != v:
+                        # OUTBOX sizes to its content: `0 (12 dead)` is never cut.
+                        self.update_cell(name, c, v, update_width=c == "pending")
+                        changed = True
+            self.shown[name] = cells
+        if added or self.resort_needed or (changed and self.sort_column != "name"):
+            self.resort(view)
+        self.resort_needed = False
+        anchor = getattr(self, "_anchor", None)
+        if anchor and anchor in self.shown:
+            self.reanchor(anchor)
+            self._anchor = None
+        elif was_empty and self.shown:
+            self.move_cursor(row=0)  # the first node in sort order, not the first to answer
+        return added or changed
+
+    def resort(self, view: FlockView) -> None:
+        """Sort by the current column, keeping the cursor on its node."""
+        key = self.cursor_node()
+        col = self.sort_column
+        members = view.members
+        self.sort("name", key=lambda cell: sort_key(col, members.get(cell.plain,
+                                                                     {"name": cell.plain})))
+        self.reanchor(key)
+
+    def reanchor(self, key: str | None) -> None:
+        """sort()/remove_row keep the cursor index: put it back on the same node."""
+        if key is None or key not in self.shown:
+            return
+        try:
+            idx = self.get_row_index(key)
+        except Exception:  # noqa: BLE001
+            return
+        if idx != self.cursor_row:
+            self.move_cursor(row=idx, animate=False)

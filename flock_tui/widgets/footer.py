@@ -1,0 +1,53 @@
+"""The footer: Textual's own, with the macro keys after a "macros:" label, and on a narrow
+terminal compact, with short descriptions and `?` and `q` first, so they are never cut.
+
+The only module that imports Textual's private footer parts (FooterKey, FooterLabel)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.widgets import Footer
+from textual.widgets._footer import FooterKey, FooterLabel
+
+NARROW = 120
+SHORT = {"Run chef": "Run", "Subscribe": "Sub", "Mark": "Mark", "Filter": "Find",
+         "Notify": "Notify", "Remove sub": "Unsub", "Retry outbox": "Retry"}
+FIRST = ("help", "quit")
+
+__all__ = ["FlockFooter", "FooterKey", "FooterLabel"]
+
+
+class FlockFooter(Footer):
+    """`? Help  q Quit` always visible; macros shown as `│ macros: D deploy-web`."""
+
+    DEFAULT_CSS = """
+    FlockFooter FooterLabel.macros { color: $text-muted; margin: 0 1; }
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._narrow: bool | None = None
+
+    def compose(self) -> ComposeResult:
+        narrow = self.app.size.width < NARROW
+        self._narrow = narrow
+        self.compact = narrow
+        keys = list(super().compose())
+        if narrow:
+            keys.sort(key=lambda w: 0 if isinstance(w, FooterKey) and w.action in FIRST else 1)
+            for w in keys:
+                if isinstance(w, FooterKey):
+                    w.description = SHORT.get(w.description, w.description)
+                    if w.key == "space":
+                        w.key_display = "␣"
+        labelled = False
+        for w in keys:
+            if (not labelled and isinstance(w, FooterKey)
+                    and str(w.action).startswith("macro(")):
+                labelled = True
+                yield FooterLabel("│ macros:", classes="macros")
+            yield w
+
+    def on_resize(self) -> None:
+        if self._narrow is not None and (self.app.size.width < NARROW) != self._narrow:
+            self.call_after_refresh(self.recompose)
