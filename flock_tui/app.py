@@ -333,12 +333,12 @@ class FlockApp(App[int]):
 def run_console(args: argparse.Namespace) -> int:
     """Open the console; returns the exit code (errors show in the UI, not as tracebacks)."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        print("flock: the console needs a terminal; in scripts use a command "
+        print("flockctl: the console needs a terminal; in scripts use a command "
               "(`flockctl nodes`, `flockctl run-chef ...`; see `flockctl --help`)",
               file=sys.stderr)
         return 2
     app = FlockApp(args)
     result = app.run()
     if app.config_error:
-        print(f"flock: {app.config_error}", file=sys.stderr)
+        print(f"flockctl: {app.config_error}", file=sys.stderr)
     return int(result or 0)

@@ -101,7 +101,7 @@ class DemoFlock:
 
 def run_demo(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 100:
-        print("flock: --nodes must be between 1 and 100", file=sys.stderr)
+        print("flockctl: --nodes must be between 1 and 100", file=sys.stderr)
         return 2
     demo = DemoFlock(args.nodes)
 
@@ -128,7 +128,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
         return run_console(args)
     except (RuntimeError, FileNotFoundError) as e:
-        print(f"flock: demo: {e}", file=sys.stderr)
+        print(f"flockctl: demo: {e}", file=sys.stderr)
         return 1
     finally:
         demo.stop()
