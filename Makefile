@@ -31,8 +31,8 @@ cov: $(STAMP)
 	# write the coverage data file): `make test` is the pass/fail check, this is the figure.
 	-$(BIN)/python -m coverage run -m pytest -q -p no:cacheprovider
 	$(BIN)/python -m coverage combine -q
-	$(BIN)/python -m coverage report --include='flock_node/*' | tail -1
-	$(BIN)/python -m coverage report --include='flock_tui/*' | tail -1
+	$(BIN)/python -m coverage report --include='flock_node/*' | grep TOTAL
+	$(BIN)/python -m coverage report --include='flock_tui/*' | grep TOTAL
 
 screenshots: $(STAMP)
 	$(BIN)/python scripts/screenshots.py

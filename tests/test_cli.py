@@ -26,6 +26,8 @@ if mode == "fail":
     execute("boom", command="echo doomed >&2; exit 7")
 elif mode.startswith("sleep"):
     execute("slow", command="sleep " + mode.split()[1])
+elif mode.startswith("gate"):  # converges until the test creates the gate file
+    execute("gated", command="while [ ! -e " + mode.split()[1] + " ]; do sleep 0.05; done")
 """
 
 
@@ -144,7 +146,9 @@ def test_run_chef_wait_ok_then_failed(flock3):
 
 
 def test_active_wait_while_and_wait_until(flock3):
-    flock3.mode("b0", "sleep 2")
+    gate = flock3.env.root / "b0.gate"
+    gate.unlink(missing_ok=True)
+    flock3.mode("b0", f"gate {gate}")
     try:
         r = flock3.cli("run-chef", "b0")
         assert r.returncode == 0 and "started" in r.stdout
@@ -156,6 +160,9 @@ def test_active_wait_while_and_wait_until(flock3):
         assert flock3.json("active", "b0") is True
         st = flock3.json("status", "b0")
         assert st["active"] is True and st["current_run"]["id"]
+        r = flock3.cli("wait-while", "b0", "active", "--timeout", "1")
+        assert r.returncode == 1 and "timed out" in r.stderr  # still converging: the gate holds
+        gate.touch()
         r = flock3.cli("wait-while", "b0", "active", "--timeout", "15")
         assert r.returncode == 0, r.stderr
         r = flock3.cli("active", "b0")
@@ -165,6 +172,7 @@ def test_active_wait_while_and_wait_until(flock3):
         r = flock3.cli("wait-until", "b*", "alive", "--timeout", "5")
         assert r.returncode == 0, r.stderr
     finally:
+        gate.touch()
         flock3.mode("b0", "ok")
 
 
