@@ -123,3 +123,20 @@ def test_no_import_cycles():
 
     cycles = sorted(f"{a} -> {b}" for a in graph for b in graph[a] if reaches(b, a))
     assert not cycles, "import cycles: " + ", ".join(cycles)
+
+
+def test_no_module_over_500_lines_and_no_class_over_300():
+    """Issue 9's house rule: a part that grows past this is doing two jobs."""
+    import ast
+
+    too_big = []
+    for pkg in ("flock_node", "flock_tui"):
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            text = path.read_text()
+            if text.count("\n") > 500:
+                too_big.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+            for node in ast.walk(ast.parse(text)):
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 300:
+                    too_big.append(f"{path.relative_to(ROOT)}: class {node.name} "
+                                   f"{node.end_lineno - node.lineno + 1} lines")
+    assert not too_big, too_big
