@@ -14,6 +14,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from flock_node import trace
 from flock_node.store import Store
 from flock_node.transport import AsyncRpc, RpcError
 
@@ -175,6 +176,7 @@ class Deliverer:
         return out
 
     async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
+        trace.stamp("delivery_started")
         by_target: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_target.setdefault(item["target"], []).append(item)
@@ -242,6 +244,7 @@ class Deliverer:
                     err = e
                 else:
                     self._settle(target, [item], [])
+                    trace.stamp("settled")
                     continue
             if is_final(err.code):
                 self._settle(target, [], [(item, err)])

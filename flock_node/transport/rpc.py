@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 import pynng
 
+from flock_node import trace
 from flock_node.protocol import (
     MAX_FRAME,
     Codec,
@@ -228,8 +229,11 @@ class AsyncRpc:
         try:
             ctx = sock.new_context()
             async with asyncio.timeout(timeout):
+                trace.stamp("call_sending")
                 await ctx.asend(frame)
+                trace.stamp("call_sent")
                 answer = await ctx.arecv_msg()
+                trace.stamp("call_answered")
                 reply, pipe = answer.bytes, answer.pipe
         except TimeoutError:
             if not sock.pipes:
