@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -57,6 +58,10 @@ def hop_refusal(hops: int) -> str | None:
 DELIVERY_BATCH = 128  # notifications per notify_batch call
 BATCH_BYTES = 256 * 1024  # ...and at most this much of them, well inside a frame
 CLOCK_JUMP = 5.0  # seconds of wall clock vs monotonic drift taken as a clock jump
+# The most the converge worker steps aside, after committing outbox rows, for an idle delivery
+# loop to hand them to nng: the two threads share the GIL, and a worker racing on with its
+# bookkeeping makes each of the loop's nng calls wait for the GIL (up to a switch interval).
+HANDOFF_WAIT = 0.002
 
 
 class Target(NamedTuple):
@@ -92,14 +97,34 @@ class Deliverer:
         # unknown change makes it False until a query finds none pending.
         self._clean = False
         self._query_sent: deque[str] = deque(maxlen=4096)  # ids last sent from a query
+        self._idle = False  # the loop waits for work: rows added now are sent at once
+        self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
 
     # -- called from any thread ----------------------------------------------------------------
     def added(self, rows: list[dict[str, Any]]) -> None:
-        """Rows the worker just committed, pending now."""
-        if rows:
-            self._fresh.append(rows)
-            self.wake()
+        """Rows the worker just committed, pending now. From another thread, when the loop
+        is idle, wait (at most HANDOFF_WAIT) until they are handed to nng."""
+        if not rows:
+            return
+        handoff = threading.Event() if self._idle and not self._on_loop() else None
+        if handoff is not None:
+            self._handoffs.append(handoff)
+        self._fresh.append(rows)
+        self.wake()
+        if handoff is not None:
+            handoff.wait(HANDOFF_WAIT)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _handed_off(self) -> None:
+        """The rows taken so far are sent (or will not be sent now): their workers go on."""
+        while self._handoffs:
+            self._handoffs.popleft().set()
 
     def changed(self) -> None:
         """The outbox changed in a way only a query sees (delayed ones released, retries)."""
@@ -150,9 +175,14 @@ class Deliverer:
             self._clean = nxt is None
             wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            self._handed_off()
+            self._idle = True
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+            finally:
+                self._idle = False
 
     def _check_clock(self) -> None:
         """TTLs and retry times are stored as wall-clock times (they must survive a restart);
@@ -177,6 +207,12 @@ class Deliverer:
 
     async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
         trace.stamp("delivery_started")
+        try:
+            await self._deliver_targets(items)
+        finally:
+            self._handed_off()
+
+    async def _deliver_targets(self, items: list[dict[str, Any]]) -> None:
         by_target: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_target.setdefault(item["target"], []).append(item)
@@ -200,7 +236,7 @@ class Deliverer:
             try:
                 answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
                                               {"items": [self._wire(it) for it in chunk]},
-                                              timeout=5.0, expect=target)
+                                              timeout=5.0, expect=target, sent=self._handed_off)
             except RpcError as e:
                 if e.code == "unknown_method":
                     self._no_batch.add(target)  # an older node: one by one
@@ -239,7 +275,8 @@ class Deliverer:
             else:
                 try:
                     await self.rpc.call(where.addr, "resource_manager", "notify",
-                                        self._wire(item), timeout=2.0, expect=target)
+                                        self._wire(item), timeout=2.0, expect=target,
+                                        sent=self._handed_off)
                 except RpcError as e:
                     err = e
                 else:
