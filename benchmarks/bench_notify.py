@@ -22,6 +22,7 @@ Not part of the test suite; exits 1 if a correctness check fails.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sqlite3
@@ -41,7 +42,7 @@ from common import free_port
 from flock_node.client import Flock
 
 RAW_SERVER = """
-import sys, pynng
+import asyncio, sys, pynng
 from pathlib import Path
 with pynng.Rep0(recv_timeout=30000) as s:
     if sys.argv[2]:
@@ -51,6 +52,13 @@ with pynng.Rep0(recv_timeout=30000) as s:
     else:
         s.listen(sys.argv[1])
     print("ready", flush=True)
+    if sys.argv[3] == "async":  # as the agents serve: asyncio, a context per call
+        async def main():
+            ctx = s.new_context()
+            while True:
+                m = await ctx.arecv()
+                await ctx.asend(m)
+        asyncio.run(main())
     while True:
         try:
             m = s.recv()
@@ -85,8 +93,8 @@ def raw_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None) -> 
     """Raw Req0/Rep0 round trips over ipc, or over tls+tcp with `tls` = (server's tls dir,
     client's tls dir)."""
     addr = f"tls+tcp://127.0.0.1:{free_port()}" if tls else f"ipc://{root}/raw.sock"
-    srv = subprocess.Popen([sys.executable, "-c", RAW_SERVER, addr, str(tls[0]) if tls else ""],
-                           stdout=subprocess.PIPE)
+    srv = subprocess.Popen([sys.executable, "-c", RAW_SERVER, addr, str(tls[0]) if tls else "",
+                            "sync"], stdout=subprocess.PIPE)
     assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
     out = []
     with pynng.Req0(recv_timeout=5000, send_timeout=5000) as s:
@@ -110,6 +118,42 @@ def raw_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None) -> 
         s.recv()
     srv.wait(5)
     return out
+
+
+def asyncio_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None
+                       ) -> list[float]:
+    """The floor under the agents' own calls: Req0/Rep0 with asyncio on both ends (each
+    send and receive completes on an nng thread and is handed to the loop), same frames."""
+    addr = f"tls+tcp://127.0.0.1:{free_port()}" if tls else f"ipc://{root}/araw.sock"
+    srv = subprocess.Popen([sys.executable, "-c", RAW_SERVER, addr, str(tls[0]) if tls else "",
+                            "async"], stdout=subprocess.PIPE)
+    assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+
+    async def main() -> list[float]:
+        out = []
+        with pynng.Req0(recv_timeout=5000, send_timeout=5000) as s:
+            if tls:
+                from flock_node.transport import dial
+                from flock_node.trust.tls import load_identity
+
+                dial(s, addr, load_identity(tls[1]), block=True)
+            else:
+                s.dial(addr, block=True)
+            msg = b"x" * 200
+            for _ in range(200 + n):
+                ctx = s.new_context()
+                t0 = time.perf_counter()
+                await ctx.asend(msg)
+                await ctx.arecv()
+                out.append(time.perf_counter() - t0)
+                ctx.close()
+        return out[200:]
+
+    try:
+        return asyncio.run(main())
+    finally:
+        srv.kill()
+        srv.wait(5)
 
 
 class Agents:
@@ -399,8 +443,9 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="fbn"))
     agents = Agents(root, tls=args.tls)
     wire = "tls+tcp" if args.tls else "ipc"
-    raw = raw_round_trip(root, args.n, (agents.certs["raw"], agents.certs["bench"])
-                         if args.tls else None)
+    certs = (agents.certs["raw"], agents.certs["bench"]) if args.tls else None
+    raw = raw_round_trip(root, args.n, certs)
+    floor = asyncio_round_trip(root, args.n, certs)
     ok = True
     t0 = t1 = 0.0
     try:
@@ -429,6 +474,10 @@ def main() -> int:
         ratio = lat_p50 / raw_p50
         print(f"  p50 ratio to raw round trip: {ratio:.1f}x (target ≤ 5x) "
               f"{'OK' if ratio <= 5 else 'MISSED'}")
+        fl = statistics.median(floor)
+        print(f"  floor: Req0/Rep0 with asyncio on both ends, as the agents, {wire}: p50 "
+              f"{fl * 1e6:.0f} µs ({fl / raw_p50:.1f}x raw); the notification is "
+              f"{lat_p50 / fl:.1f}x that")
         s = sustained(f, root, args.rate, args.seconds, count_lines(root / "b.times"),
                       50 + args.n, args.source, agents.connect)
         print(f"sustained {args.rate:.0f}/s for {args.seconds:g} s: {s['total']} sent in "
