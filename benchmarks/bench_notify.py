@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import os
 import signal
 import sqlite3
@@ -302,12 +303,16 @@ def read_trace(path: Path, t0: float, t1: float) -> dict[str, list[float]]:
 
 def stages(traces: dict[str, dict[str, list[float]]], n: int) -> list[tuple[str, list[float]]]:
     """Each stage's samples (seconds), matching the i-th stamp of every step to the i-th
-    notification: they went one at a time. A step seen more or less than n times (something
-    else ran meanwhile) is left out, and its time falls into the next stage."""
+    notification: they went one at a time. A step seen more than n times (a delivery pass
+    of its own for a retry, say) is matched by the first stamp after the step before it; one
+    seen fewer times is left out, and its time falls into the next stage."""
     prev = traces["A"]["tick"]
     out = []
     for label, node, step in STAGES:
         got = traces[node].get(step, [])
+        if len(got) > n:
+            at = [bisect.bisect_left(got, t) for t in prev]
+            got = [got[k] for k in at if k < len(got)]
         if len(got) != n:
             out.append((f"{label} (seen {len(got)}x, not {n}: skipped)", []))
             continue
