@@ -58,7 +58,7 @@ def hop_refusal(hops: int) -> str | None:
 DELIVERY_BATCH = 128  # notifications per notify_batch call
 BATCH_BYTES = 256 * 1024  # ...and at most this much of them, well inside a frame
 CLOCK_JUMP = 5.0  # seconds of wall clock vs monotonic drift taken as a clock jump
-# The most the converge worker steps aside, after committing outbox rows, for an idle delivery
+# The most the worker steps aside, after a reaction committed outbox rows, for an idle delivery
 # loop to hand them to nng: the two threads share the GIL, and a worker racing on with its
 # bookkeeping makes each of the loop's nng calls wait for the GIL (up to a switch interval).
 HANDOFF_WAIT = 0.002
@@ -102,12 +102,13 @@ class Deliverer:
         self._anchor = (time.time(), time.monotonic())
 
     # -- called from any thread ----------------------------------------------------------------
-    def added(self, rows: list[dict[str, Any]]) -> None:
-        """Rows the worker just committed, pending now. From another thread, when the loop
-        is idle, wait (at most HANDOFF_WAIT) until they are handed to nng."""
+    def added(self, rows: list[dict[str, Any]], hand_off: bool = False) -> None:
+        """Rows the worker just committed, pending now. `hand_off` (from another thread):
+        when the loop is idle, wait (at most HANDOFF_WAIT) until they are handed to nng."""
         if not rows:
             return
-        handoff = threading.Event() if self._idle and not self._on_loop() else None
+        handoff = (threading.Event() if hand_off and self._idle and not self._on_loop()
+                   else None)
         if handoff is not None:
             self._handoffs.append(handoff)
         self._fresh.append(rows)

@@ -123,7 +123,7 @@ def test_the_worker_steps_aside_until_an_idle_delivery_loop_has_sent_its_rows(mo
 
         def worker() -> None:
             d.added([{"id": "n-1", "target": "b", "resource": "r", "action": "run", "hops": 1,
-                      "cause": {}, "attempts": 0}])
+                      "cause": {}, "attempts": 0}], hand_off=True)
             returned.append(time.monotonic())
 
         t = threading.Thread(target=worker)
