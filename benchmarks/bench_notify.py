@@ -90,22 +90,35 @@ def wait_for(cond, timeout: float, what: str, interval: float = 0.005):
     raise SystemExit(f"timed out after {timeout}s waiting for {what}")
 
 
+def raw_server(root: Path, mode: str, tls: tuple[Path, Path] | None
+               ) -> tuple[str, subprocess.Popen]:
+    """The baseline's echo server in a process of its own (`mode`: sync or async)."""
+    addr = f"tls+tcp://127.0.0.1:{free_port()}" if tls else f"ipc://{root}/{mode}.sock"
+    srv = subprocess.Popen([sys.executable, "-c", RAW_SERVER, addr, str(tls[0]) if tls else "",
+                            mode], stdout=subprocess.PIPE)
+    assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+    return addr, srv
+
+
+def raw_client(addr: str, tls: tuple[Path, Path] | None) -> pynng.Req0:
+    """A Req0 socket dialed to the baseline's server (with the client's certificate)."""
+    s = pynng.Req0(recv_timeout=5000, send_timeout=5000)
+    if tls:
+        from flock_node.transport import dial
+        from flock_node.trust.tls import load_identity
+
+        dial(s, addr, load_identity(tls[1]), block=True)
+    else:
+        s.dial(addr, block=True)
+    return s
+
+
 def raw_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None) -> list[float]:
     """Raw Req0/Rep0 round trips over ipc, or over tls+tcp with `tls` = (server's tls dir,
     client's tls dir)."""
-    addr = f"tls+tcp://127.0.0.1:{free_port()}" if tls else f"ipc://{root}/raw.sock"
-    srv = subprocess.Popen([sys.executable, "-c", RAW_SERVER, addr, str(tls[0]) if tls else "",
-                            "sync"], stdout=subprocess.PIPE)
-    assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+    addr, srv = raw_server(root, "sync", tls)
     out = []
-    with pynng.Req0(recv_timeout=5000, send_timeout=5000) as s:
-        if tls:
-            from flock_node.transport import dial
-            from flock_node.trust.tls import load_identity
-
-            dial(s, addr, load_identity(tls[1]), block=True)
-        else:
-            s.dial(addr, block=True)
+    with raw_client(addr, tls) as s:
         msg = b"x" * 200
         for _ in range(200):  # warm up
             s.send(msg)
@@ -125,21 +138,11 @@ def asyncio_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None
                        ) -> list[float]:
     """The floor under the agents' own calls: Req0/Rep0 with asyncio on both ends (each
     send and receive completes on an nng thread and is handed to the loop), same frames."""
-    addr = f"tls+tcp://127.0.0.1:{free_port()}" if tls else f"ipc://{root}/araw.sock"
-    srv = subprocess.Popen([sys.executable, "-c", RAW_SERVER, addr, str(tls[0]) if tls else "",
-                            "async"], stdout=subprocess.PIPE)
-    assert srv.stdout is not None and srv.stdout.readline().strip() == b"ready"
+    addr, srv = raw_server(root, "async", tls)
 
     async def main() -> list[float]:
         out = []
-        with pynng.Req0(recv_timeout=5000, send_timeout=5000) as s:
-            if tls:
-                from flock_node.transport import dial
-                from flock_node.trust.tls import load_identity
-
-                dial(s, addr, load_identity(tls[1]), block=True)
-            else:
-                s.dial(addr, block=True)
+        with raw_client(addr, tls) as s:
             msg = b"x" * 200
             for _ in range(200 + n):
                 ctx = s.new_context()
