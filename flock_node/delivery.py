@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
 import threading
@@ -62,6 +63,7 @@ CLOCK_JUMP = 5.0  # seconds of wall clock vs monotonic drift taken as a clock ju
 # loop to hand them to nng: the two threads share the GIL, and a worker racing on with its
 # bookkeeping makes each of the loop's nng calls wait for the GIL (up to a switch interval).
 HANDOFF_WAIT = 0.002
+QUERY_SENT_KEEP = 4096  # ids sent from a query remembered, so the fast path does not resend
 
 
 class Target(NamedTuple):
@@ -96,7 +98,9 @@ class Deliverer:
         # True when every pending outbox row is in _fresh: send from memory. Any retry or
         # unknown change makes it False until a query finds none pending.
         self._clean = False
-        self._query_sent: deque[str] = deque(maxlen=4096)  # ids last sent from a query
+        # Ids last sent from a query, oldest first: a dict, so the fast path asks about each
+        # fresh row instead of copying all of them (4,096 of them cost ~0.5 ms a pass here).
+        self._query_sent: dict[str, None] = {}
         self._idle = False  # the loop waits for work: rows added now are sent at once
         self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
@@ -162,14 +166,14 @@ class Deliverer:
                 fresh = self._take_fresh()
                 if fresh is not None:
                     # Fast path: nothing else is pending, so these are the whole queue.
-                    sent = set(self._query_sent)
+                    sent = self._query_sent
                     await self._deliver_all([it for it in fresh if it["id"] not in sent])
                     continue
                 self._clean = False
             self._fresh.clear()  # committed before the query below: it finds them
             due = self.store.outbox.due(time.time())
             if due:
-                self._query_sent.extend(it["id"] for it in due)
+                self._sent_from_query([it["id"] for it in due])
                 await self._deliver_all(due)
                 continue
             nxt = self.store.outbox.next_due()
@@ -184,6 +188,12 @@ class Deliverer:
                         await self._wake.wait()
             finally:
                 self._idle = False
+
+    def _sent_from_query(self, ids: list[str]) -> None:
+        sent = self._query_sent
+        sent.update(dict.fromkeys(ids))
+        for old in list(itertools.islice(sent, max(0, len(sent) - QUERY_SENT_KEEP))):
+            del sent[old]
 
     def _check_clock(self) -> None:
         """TTLs and retry times are stored as wall-clock times (they must survive a restart);

@@ -74,6 +74,7 @@ class _Rpc:
 
     def __init__(self) -> None:
         self.handed: float | None = None
+        self.calls: list[str] = []
 
     async def call(self, addr: str, actor: str, method: str, args: Any = None,
                    timeout: float | None = None, expect: str | None = None,
@@ -83,15 +84,21 @@ class _Rpc:
         if sent is not None:
             asyncio.get_running_loop().call_soon(sent)
         await asyncio.sleep(0)
+        self.calls.append(method)
+        if method == "notify_batch":
+            return [{"id": it["id"], "accepted": True, "duplicate": False}
+                    for it in args["items"]]
         return {"id": args["id"], "accepted": True, "duplicate": False}
 
 
 class _Outbox:
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = 0) -> None:
         self.settled: list[str] = []
+        self.backlog = [_row(f"old-{i}") for i in range(backlog)]
 
     def due(self, now: float) -> list[dict[str, Any]]:
-        return []
+        rows, self.backlog = self.backlog, []
+        return rows
 
     def next_due(self) -> float | None:
         return None
@@ -101,8 +108,25 @@ class _Outbox:
 
 
 class _Store:
-    def __init__(self) -> None:
-        self.outbox = _Outbox()
+    def __init__(self, backlog: int = 0) -> None:
+        self.outbox = _Outbox(backlog)
+
+
+def _row(nid: str) -> dict[str, Any]:
+    return {"id": nid, "target": "b", "resource": "r", "action": "run", "hops": 1, "cause": {},
+            "attempts": 0}
+
+
+def _deliverer(rpc: _Rpc, store: _Store) -> Deliverer:
+    return Deliverer(store, rpc, "a", lambda t: Target("ipc:///nowhere", "alive"),  # type: ignore[arg-type]
+                     lambda *a, **k: None)
+
+
+async def _settled(store: _Store, n: int) -> None:
+    for _ in range(500):
+        if len(store.outbox.settled) >= n:
+            return
+        await asyncio.sleep(0.01)
 
 
 def test_the_worker_steps_aside_until_an_idle_delivery_loop_has_sent_its_rows(monkeypatch):
@@ -113,8 +137,7 @@ def test_the_worker_steps_aside_until_an_idle_delivery_loop_has_sent_its_rows(mo
     # what is checked here, not the bound.
     monkeypatch.setattr(delivery, "HANDOFF_WAIT", 5.0, raising=False)
     rpc, store = _Rpc(), _Store()
-    d = Deliverer(store, rpc, "a", lambda t: Target("ipc:///nowhere", "alive"),  # type: ignore[arg-type]
-                  lambda *a, **k: None)
+    d = _deliverer(rpc, store)
     returned: list[float] = []
 
     async def main() -> None:
@@ -122,17 +145,13 @@ def test_the_worker_steps_aside_until_an_idle_delivery_loop_has_sent_its_rows(mo
         await asyncio.sleep(0.05)  # idle, waiting for work
 
         def worker() -> None:
-            d.added([{"id": "n-1", "target": "b", "resource": "r", "action": "run", "hops": 1,
-                      "cause": {}, "attempts": 0}], hand_off=True)
+            d.added([_row("n-1")], hand_off=True)
             returned.append(time.monotonic())
 
         t = threading.Thread(target=worker)
         t.start()
         await asyncio.to_thread(t.join, 5)
-        for _ in range(100):
-            if store.outbox.settled:
-                break
-            await asyncio.sleep(0.01)
+        await _settled(store, 1)
         task.cancel()
 
     asyncio.run(main())
@@ -140,3 +159,45 @@ def test_the_worker_steps_aside_until_an_idle_delivery_loop_has_sent_its_rows(mo
     assert rpc.handed is not None and returned
     assert returned[0] >= rpc.handed  # not before the rows were handed over
     assert returned[0] - rpc.handed < 1.0  # released when handed, not at the bound
+
+
+class _Counting:
+    """Wraps the deliverer's record of ids sent from a query; counts walks over all of it."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.walks = 0
+
+    def __iter__(self) -> Any:
+        self.walks += 1
+        return iter(self.inner)
+
+    def __contains__(self, x: object) -> bool:
+        return x in self.inner
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+
+def test_a_fresh_row_is_checked_against_the_ids_sent_from_queries_without_walking_them():
+    """After a backlog went out from a query, each fresh row is looked up among the ids that
+    query sent (so it is not sent twice); copying all 4,096 of them on every pass cost about
+    0.5 ms of every later notification."""
+    rpc, store = _Rpc(), _Store(backlog=delivery.QUERY_SENT_KEEP + 10
+                                if hasattr(delivery, "QUERY_SENT_KEEP") else 4106)
+    d = _deliverer(rpc, store)
+
+    async def main() -> int:
+        task = asyncio.create_task(d.run())
+        await _settled(store, 4106)
+        assert len(d._query_sent) <= 4096  # bounded
+        counting = _Counting(d._query_sent)
+        d._query_sent = counting  # type: ignore[assignment]
+        d.added([_row("old-4105"), _row("n-1")])  # the first was sent by the query already
+        await _settled(store, 4107)
+        task.cancel()
+        return counting.walks
+
+    assert asyncio.run(main()) == 0
+    assert store.outbox.settled.count("old-4105") == 1
+    assert store.outbox.settled[-1] == "n-1"
