@@ -1,5 +1,5 @@
 """Latency trace: `perf_counter` stamps at the steps a remote notification goes through, for
-`benchmarks/bench_notify.py --stages`.
+`benchmarks/bench_notify.py`, which shows them as the stages of the path.
 
 Off unless the agent starts with FLOCK_TRACE naming a file: then each `stamp(step)` appends
 (nanoseconds, step) to a list in memory (no I/O on the measured path), written to that file
