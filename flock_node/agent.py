@@ -182,7 +182,10 @@ class Agent:
         rows = [{"id": i.id, "target": i.target, "resource": i.resource, "action": i.action,
                  "hops": i.hops, "cause": _plain(i.cause), "attempts": 0}
                 for i in items if i.timing != "delayed" and i.unmatched is None]
-        self.deliverer.added(rows)
+        # A reaction is a link of a chain, where each hop's latency adds up: its worker waits
+        # for the send. A converge's rows are better left to pile up into batches.
+        job = self.work.current
+        self.deliverer.added(rows, hand_off=job is not None and job.kind == "reaction")
 
     def _await_view(self) -> None:
         """Before the first converge resolves a glob or tag: give the seeds and local nodes a

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import random
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from typing import Any, NamedTuple
 
 import msgspec
 
+from flock_node import trace
 from flock_node.store import Store
 from flock_node.transport import AsyncRpc, RpcError
 
@@ -56,6 +59,11 @@ def hop_refusal(hops: int) -> str | None:
 DELIVERY_BATCH = 128  # notifications per notify_batch call
 BATCH_BYTES = 256 * 1024  # ...and at most this much of them, well inside a frame
 CLOCK_JUMP = 5.0  # seconds of wall clock vs monotonic drift taken as a clock jump
+# The most the worker steps aside, after a reaction committed outbox rows, for an idle delivery
+# loop to hand them to nng: the two threads share the GIL, and a worker racing on with its
+# bookkeeping makes each of the loop's nng calls wait for the GIL (up to a switch interval).
+HANDOFF_WAIT = 0.002
+QUERY_SENT_KEEP = 4096  # ids sent from a query remembered, so the fast path does not resend
 
 
 class Target(NamedTuple):
@@ -90,15 +98,38 @@ class Deliverer:
         # True when every pending outbox row is in _fresh: send from memory. Any retry or
         # unknown change makes it False until a query finds none pending.
         self._clean = False
-        self._query_sent: deque[str] = deque(maxlen=4096)  # ids last sent from a query
+        # Ids last sent from a query, oldest first: a dict, so the fast path asks about each
+        # fresh row instead of copying all of them (4,096 of them cost ~0.5 ms a pass here).
+        self._query_sent: dict[str, None] = {}
+        self._idle = False  # the loop waits for work: rows added now are sent at once
+        self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
 
     # -- called from any thread ----------------------------------------------------------------
-    def added(self, rows: list[dict[str, Any]]) -> None:
-        """Rows the worker just committed, pending now."""
-        if rows:
-            self._fresh.append(rows)
-            self.wake()
+    def added(self, rows: list[dict[str, Any]], hand_off: bool = False) -> None:
+        """Rows the worker just committed, pending now. `hand_off` (from another thread):
+        when the loop is idle, wait (at most HANDOFF_WAIT) until they are handed to nng."""
+        if not rows:
+            return
+        handoff = (threading.Event() if hand_off and self._idle and not self._on_loop()
+                   else None)
+        if handoff is not None:
+            self._handoffs.append(handoff)
+        self._fresh.append(rows)
+        self.wake()
+        if handoff is not None:
+            handoff.wait(HANDOFF_WAIT)
+
+    def _on_loop(self) -> bool:
+        try:
+            return asyncio.get_running_loop() is self._loop
+        except RuntimeError:
+            return False
+
+    def _handed_off(self) -> None:
+        """The rows taken so far are sent (or will not be sent now): their workers go on."""
+        while self._handoffs:
+            self._handoffs.popleft().set()
 
     def changed(self) -> None:
         """The outbox changed in a way only a query sees (delayed ones released, retries)."""
@@ -135,23 +166,34 @@ class Deliverer:
                 fresh = self._take_fresh()
                 if fresh is not None:
                     # Fast path: nothing else is pending, so these are the whole queue.
-                    sent = set(self._query_sent)
+                    sent = self._query_sent
                     await self._deliver_all([it for it in fresh if it["id"] not in sent])
                     continue
                 self._clean = False
             self._fresh.clear()  # committed before the query below: it finds them
             due = self.store.outbox.due(time.time())
             if due:
-                self._query_sent.extend(it["id"] for it in due)
+                self._sent_from_query([it["id"] for it in due])
                 await self._deliver_all(due)
                 continue
             nxt = self.store.outbox.next_due()
             self._clean = nxt is None
             wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
             self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake.wait()
+            self._handed_off()
+            self._idle = True
+            try:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await self._wake.wait()
+            finally:
+                self._idle = False
+
+    def _sent_from_query(self, ids: list[str]) -> None:
+        sent = self._query_sent
+        sent.update(dict.fromkeys(ids))
+        for old in list(itertools.islice(sent, max(0, len(sent) - QUERY_SENT_KEEP))):
+            del sent[old]
 
     def _check_clock(self) -> None:
         """TTLs and retry times are stored as wall-clock times (they must survive a restart);
@@ -175,6 +217,13 @@ class Deliverer:
         return out
 
     async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
+        trace.stamp("delivery_started")
+        try:
+            await self._deliver_targets(items)
+        finally:
+            self._handed_off()
+
+    async def _deliver_targets(self, items: list[dict[str, Any]]) -> None:
         by_target: dict[str, list[dict[str, Any]]] = {}
         for item in items:
             by_target.setdefault(item["target"], []).append(item)
@@ -198,7 +247,7 @@ class Deliverer:
             try:
                 answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
                                               {"items": [self._wire(it) for it in chunk]},
-                                              timeout=5.0, expect=target)
+                                              timeout=5.0, expect=target, sent=self._handed_off)
             except RpcError as e:
                 if e.code == "unknown_method":
                     self._no_batch.add(target)  # an older node: one by one
@@ -237,11 +286,13 @@ class Deliverer:
             else:
                 try:
                     await self.rpc.call(where.addr, "resource_manager", "notify",
-                                        self._wire(item), timeout=2.0, expect=target)
+                                        self._wire(item), timeout=2.0, expect=target,
+                                        sent=self._handed_off)
                 except RpcError as e:
                     err = e
                 else:
                     self._settle(target, [item], [])
+                    trace.stamp("settled")
                     continue
             if is_final(err.code):
                 self._settle(target, [], [(item, err)])

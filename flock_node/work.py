@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from flock_node import logs
+from flock_node import logs, trace
 from flock_node.engine import Engine, Kill, RunContext
 from flock_node.protocol import RunProgress
 from flock_node.store import INTERRUPTED, STOPPED_BEFORE_ACTION, Store
@@ -172,6 +172,7 @@ class WorkQueue:
         self.progress = RunProgress(job.run_id, job.kind, started=time.time())
         loop = self._loop or asyncio.get_running_loop()
         fut = loop.run_in_executor(self._executor, self._execute, job)
+        trace.stamp("kicked")
         fut.add_done_callback(lambda f: self._done(job, f))
         # Announce after handing the job over: the worker starts while we send these.
         self.emit("run_started", run=job.run_id, kind=job.kind,
@@ -183,6 +184,7 @@ class WorkQueue:
             log.log(level, logs.run_started(job.kind, job.run_id, job.cause, job.notification))
 
     def _done(self, job: Job, fut: asyncio.Future[dict[str, Any]]) -> None:
+        trace.stamp("job_done")
         try:
             result = fut.result()
         except BaseException as e:  # never leave `active` stuck on a bug
@@ -210,6 +212,7 @@ class WorkQueue:
 
     # -- on the worker thread ------------------------------------------------------------------
     def _execute(self, job: Job) -> dict[str, Any]:
+        trace.stamp("worker_started")
         def progress(k: int, n: int, rid: str) -> None:
             self.progress = RunProgress(job.run_id, job.kind, rid, k, n,
                                         self.progress.started if self.progress else 0)

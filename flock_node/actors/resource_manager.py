@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 
-from flock_node import delivery
+from flock_node import delivery, trace
 from flock_node.actors import BadRequest, NodeFacts
 from flock_node.actors import int_arg as _int
 from flock_node.paging import count_arg, fill_page
@@ -89,6 +89,7 @@ class ResourceManager:
         run_id = new_run_id() if self.work.idle() else None
         fresh = self.store.inbox.accept(nid, sender or "?", resource, action, hops, cause,
                                         run=(run_id, cause_of(n)) if run_id else None)
+        trace.stamp("inbox_committed")
         if fresh:
             self.work.enqueue_reaction(n, run_id)
             self.emit("notification_received", id=nid, sender=sender, resource=resource,

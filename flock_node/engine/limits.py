@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from flock_node import trace
 from flock_node.engine.errors import ResourceFailure
 
 STOP_GRACE = 1.0  # how long a callable gets to unwind after the exception was raised in it
@@ -191,7 +192,9 @@ def call_with_limit(fn: Callable[[], Any], limit: float, grace: float = STOP_GRA
     def job() -> None:
         try:
             try:
+                trace.stamp("block_started")
                 box["value"] = ctx.run(fn)
+                trace.stamp("block_ended")
             except TimeLimit:
                 box["limit"] = True
             except BaseException as e:  # handed to the waiting worker, which reports it
@@ -210,6 +213,7 @@ def call_with_limit(fn: Callable[[], Any], limit: float, grace: float = STOP_GRA
     with contextlib.nullcontext() if kill is None else kill.watch(on_kill):
         runner.jobs.put(job)
         wake.wait(limit)
+    trace.stamp("worker_back")
     if not finished.is_set():
         stopped = _stop(runner, finished, grace)
         runner.let_go()

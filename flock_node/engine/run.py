@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from flock_node import trace
 from flock_node.engine.context import RunContext, chain_origin, derived_id
 from flock_node.engine.errors import ResourceFailure
 from flock_node.engine.guards import check_guards, wait
@@ -86,6 +87,7 @@ class Run:
             items, [n for n in res.notifications if res.fires(n.on)] if result == "updated" else [],
         )
         if items and not self.why_run:
+            trace.stamp("outbox_committed")
             self.held_remote |= any(i.timing == "delayed" for i in items)
             self.engine._outbox_changed(items)
         if result == "failed":

@@ -8,11 +8,13 @@ import logging
 import os
 import threading
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import pynng
 
+from flock_node import trace
 from flock_node.protocol import (
     MAX_FRAME,
     Codec,
@@ -213,8 +215,10 @@ class AsyncRpc:
         return s
 
     async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
-                   timeout: float | None = None, expect: str | None = None) -> Any:
-        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer."""
+                   timeout: float | None = None, expect: str | None = None,
+                   sent: Callable[[], None] | None = None) -> Any:
+        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer;
+        `sent()` is called once the request is handed to nng."""
         timeout = self.timeout if timeout is None else timeout
         _check_reachable(addr)
         try:
@@ -228,8 +232,15 @@ class AsyncRpc:
         try:
             ctx = sock.new_context()
             async with asyncio.timeout(timeout):
+                trace.stamp("call_sending")
+                if sent is not None:
+                    # Runs as soon as this task yields inside asend, i.e. once nng has the
+                    # request, without waiting for the send's completion to come back.
+                    asyncio.get_running_loop().call_soon(sent)
                 await ctx.asend(frame)
+                trace.stamp("call_sent")
                 answer = await ctx.arecv_msg()
+                trace.stamp("call_answered")
                 reply, pipe = answer.bytes, answer.pipe
         except TimeoutError:
             if not sock.pipes:

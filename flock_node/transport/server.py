@@ -14,6 +14,7 @@ from typing import Any
 import msgspec
 import pynng
 
+from flock_node import trace
 from flock_node.protocol import MAX_FRAME, Codec, Error, FrameError, Request, Response
 from flock_node.transport.base import RPC_CONTEXTS, Handler, _listen, cancel_and_wait, receive
 from flock_node.transport.tls import (
@@ -169,6 +170,7 @@ class RpcServer:
             got = await receive(ctx, "rpc")
             if got is None:
                 return
+            trace.stamp("rpc_received")
             try:
                 reply = await self._answer(got.bytes, self._callers.of(got.pipe))
             except asyncio.CancelledError:
@@ -185,6 +187,7 @@ class RpcServer:
                 continue
             try:
                 await ctx.asend(reply)
+                trace.stamp("answer_sent")
             except asyncio.CancelledError:
                 raise
             except pynng.NNGException as e:

@@ -4,6 +4,7 @@ only for themselves (a node's notifications and subscriptions), and the audit tr
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -42,9 +43,12 @@ class Guard:
             return await self._batch(who, req, args, call)
         resp = await call(args)
         if req.method in CHANGES:
-            self._record(who, req, args, "ok" if resp.ok else
-                         (resp.error.code if resp.error else "error"),
-                         resp.error.message if resp.error else None)
+            # Written once this step of the loop is over, i.e. the answer is handed to nng:
+            # its commit need not stand between a notification and its answer.
+            asyncio.get_running_loop().call_soon(
+                self._record, who, req, args, "ok" if resp.ok else
+                (resp.error.code if resp.error else "error"),
+                resp.error.message if resp.error else None)
         return resp
 
     def _refusal(self, who: Caller, req: Request, args: dict[str, Any]) -> str | None:
@@ -103,9 +107,10 @@ class Guard:
                 {"id": it.get("id") if isinstance(it, dict) else None,
                  "error": {"code": "unauthorized", "message": refusals[i]}}
                 if i in refusals else next(answers, None) for i, it in enumerate(items)])
-        self._record(who, req, {"items": len(items), "refused": len(refusals)},
-                     "ok" if resp.ok else (resp.error.code if resp.error else "error"),
-                     resp.error.message if resp.error else None)
+        asyncio.get_running_loop().call_soon(
+            self._record, who, req, {"items": len(items), "refused": len(refusals)},
+            "ok" if resp.ok else (resp.error.code if resp.error else "error"),
+            resp.error.message if resp.error else None)
         return resp
 
     def _refuse(self, who: Caller, req: Request, args: dict[str, Any], why: str) -> Response:
