@@ -1,0 +1,496 @@
+"""SWIM with Lifeguard: the membership of one node as a pure state machine (sans-IO).
+
+Feed it `receive(now, msg)` and `tick(now)`; each returns `(sends, changes)`: messages to
+send as `(address, message)` and membership changes as `(node, old, new)` tuples (old None:
+a new member). Nothing here reads a clock, a socket or global randomness: `now` is passed in
+and random choices come from the injected `random.Random`, so the simulator (`sim.py`) and
+the tests replay a run exactly. The driver (not written yet) moves the bytes and checks that a
+message's `sender` is the connection's verified identity; `vouch` is its hook for statements
+relayed by others (an `Alive` about X is believed from X, or when X's signature holds).
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import compress
+from operator import attrgetter, is_not
+from typing import Any
+
+from flock_node.membership.gossip import Broadcasts, retransmit_limit
+from flock_node.membership.lifeguard import (
+    Awareness,
+    Suspicion,
+    confirmations_wanted,
+    suspicion_bounds,
+)
+from flock_node.membership.messages import (
+    ALIVE,
+    DOWN,
+    LEFT,
+    SUSPECT,
+    Ack,
+    Alive,
+    Dead,
+    Entry,
+    Gossip,
+    Mark,
+    Message,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    Update,
+    encode,
+)
+
+Change = tuple[str, str | None, str]  # (node, old state or None when new, new state)
+Send = tuple[str, Message]  # (address, message)
+Output = tuple[list[Send], list[Change]]
+_node_of = attrgetter("node")
+
+
+@dataclass
+class Config:
+    """Protocol timings and bounds (memberlist's LAN defaults unless said otherwise)."""
+
+    probe_interval: float = 1.0
+    probe_timeout: float = 0.5
+    indirect_checks: int = 3
+    retransmit_mult: int = 4
+    suspicion_mult: int = 4
+    suspicion_max_mult: int = 6
+    awareness_max: int = 8
+    gossip_budget: int = 1024  # bytes of updates on one message
+    queue_max: int = 256
+    push_pull_interval: float = 30.0
+    push_pull_first: float = 2.0  # a joiner's catch-up exchanges start here and double
+    join_retry: float = 1.0
+    reap_after: float = 30.0  # a down or left member stays listed this long
+
+
+def state_of(e: Entry) -> str:
+    """The SPEC word for a table entry."""
+    return ALIVE if type(e) is Alive else e.state  # type: ignore[union-attr]
+
+
+class Swim:
+    """One member's view of the flock and its side of the protocol."""
+
+    def __init__(self, me: Alive, rng: random.Random, config: Config | None = None,
+                 vouch: Callable[[Alive], bool] | None = None,
+                 sign: Callable[[Alive], Alive] | None = None,
+                 size: Callable[[Any], int] | None = None) -> None:
+        self.cfg = config or Config()
+        self.rng = rng
+        self.vouch = vouch or (lambda a: False)  # relayed statements need the driver's check
+        self.sign = sign or (lambda a: a)
+        self.size = size or (lambda u: len(encode(u)))
+        self.me = self.sign(me)
+        self.name = me.node
+        self.left = False
+        self.table: dict[str, Entry] = {}
+        self.awareness = Awareness(self.cfg.awareness_max)
+        self.queue = Broadcasts(self.cfg.queue_max)
+        self.listeners: list[Callable[[Change], None]] = []
+        self._suspicions: dict[str, Suspicion] = {}
+        self._timers: list[tuple[float, int, str, Any]] = []
+        self._tseq = 0
+        self._seq = 0
+        self._acks: dict[int, list[Any]] = {}  # seq -> [kind, target, acked, nacks, expected]
+        self._order: list[str] = []
+        self._pos = 0
+        self._probing: int | None = None
+        self._pp_delay = self.cfg.push_pull_first
+        self._seeds: list[str] = []
+        self._sends: list[Send] = []
+        self._changes: list[Change] = []
+
+    # -- inputs ---------------------------------------------------------------------------
+    def start(self, now: float, seeds: list[str]) -> Output:
+        """Join through `seeds` (addresses): push-pull with each, then probe and gossip."""
+        self._seeds = [s for s in seeds if s != self.me.addr]
+        self._broadcast(self.name, self.me)
+        for s in self._seeds:
+            self._sends.append((s, PushPull(self.name, self.me.addr, True, False, self._states())))
+        if self._seeds:
+            self._at(now + self.cfg.join_retry, "join", self.cfg.join_retry)
+        self._at(now + self.rng.random() * self.cfg.probe_interval, "probe", None)
+        self._at(now + self.cfg.push_pull_first * (1 + self.rng.random()), "pp", None)
+        return self._flush()
+
+    def leave(self, now: float) -> Output:
+        """Announce our departure to a few members; afterwards we stay silent."""
+        bye = Dead(self.name, self.me.incarnation, self.name)
+        for addr in self._random_addrs(self.cfg.indirect_checks, None):
+            self._sends.append((addr, Gossip(self.name, [bye])))
+        self.left = True
+        return self._flush()
+
+    def update_record(self, now: float, record: dict[str, Any]) -> Output:
+        """Our own facts changed: a new version of our statement, gossiped like any update."""
+        m = self.me
+        self.me = self.sign(Alive(m.node, m.incarnation, m.instance, m.addr, m.version + 1,
+                                  record))
+        self._broadcast(self.name, self.me)
+        return self._flush()
+
+    def receive(self, now: float, msg: Message) -> Output:
+        """One message from the network (its sender already authenticated by the driver)."""
+        if self.left:
+            return [], []
+        tm = type(msg)
+        if tm is not PushPull:
+            g = msg.gossip  # type: ignore[union-attr]
+            if g:
+                self._apply_updates(now, g, msg.sender)
+        if tm is Ping:
+            if msg.target == self.name:  # type: ignore[union-attr]
+                self._sends.append((msg.reply_to, Ack(self.name, msg.seq, self._gossip())))  # type: ignore[union-attr]
+        elif tm is Ack:
+            self._acked(now, msg)  # type: ignore[arg-type]
+        elif tm is Nack:
+            w = self._acks.get(msg.seq)  # type: ignore[union-attr]
+            if w is not None and w[0] == "probe":
+                w[3] += 1
+        elif tm is PingReq:
+            self._relay(now, msg)  # type: ignore[arg-type]
+        elif tm is PushPull:
+            self._push_pulled(now, msg)  # type: ignore[arg-type]
+        return self._flush()
+
+    def tick(self, now: float) -> Output:
+        """Run the timers that are due at `now`."""
+        timers = self._timers
+        while timers and timers[0][0] <= now and not self.left:
+            _, _, kind, arg = heapq.heappop(timers)
+            if kind == "probe":
+                self._probe(now)
+            elif kind == "ptimeout":
+                self._indirect(now, arg)
+            elif kind == "relay":
+                w = self._acks.pop(arg, None)
+                if w is not None and not w[2]:
+                    self._sends.append((w[3], Nack(self.name, w[4], self._gossip())))
+            elif kind == "suspect":
+                self._suspicion_due(now, arg)
+            elif kind == "pp":
+                self._periodic_push_pull(now)
+            elif kind == "join":
+                if not self.table:
+                    for s in self._seeds:
+                        self._sends.append((s, PushPull(self.name, self.me.addr, True, False, [self.me])))
+                    self._at(now + arg * 2, "join", min(arg * 2, 30.0))
+            elif kind == "reap":
+                e = self.table.get(arg)
+                if e is not None and type(e) is Mark and e.state in (DOWN, LEFT):
+                    del self.table[arg]
+        return self._flush()
+
+    def next_deadline(self) -> float | None:
+        """When `tick` has work next (None: never)."""
+        return self._timers[0][0] if self._timers and not self.left else None
+
+    # -- queries --------------------------------------------------------------------------
+    def state(self, node: str) -> str | None:
+        """alive, suspect, down or left; None for a node we do not know."""
+        e = self.table.get(node)
+        return None if e is None else state_of(e)
+
+    def record(self, node: str) -> dict[str, Any] | None:
+        """The latest record `node` published, as we know it."""
+        e = self.table.get(node)
+        if e is None:
+            return None
+        return (e if type(e) is Alive else e.alive).record  # type: ignore[union-attr]
+
+    # -- probing --------------------------------------------------------------------------
+    def _probe(self, now: float) -> None:
+        cfg = self.cfg
+        if self._probing is not None:
+            self._probe_done(now, self._probing)
+        self._at(now + self.awareness.scale(cfg.probe_interval), "probe", None)
+        target = self._next_target()
+        if target is None:
+            return
+        e = self.table[target]
+        self._seq += 1
+        seq = self._seq
+        self._acks[seq] = ["probe", target, False, 0, 0]
+        self._probing = seq
+        self._sends.append((self._addr(target, e), Ping(self.name, seq, target, self.me.addr,
+                                                              self._gossip())))
+        self._at(now + self.awareness.scale(cfg.probe_timeout), "ptimeout", seq)
+
+    def _next_target(self) -> str | None:
+        order, table = self._order, self.table
+        for _ in range(2):
+            while self._pos < len(order):
+                n = order[self._pos]
+                self._pos += 1
+                e = table.get(n)
+                if e is not None and (type(e) is Alive or e.state == SUSPECT):  # type: ignore[union-attr]
+                    return n
+            # A new round, reshuffled: every member is probed once per round. Down members
+            # stay in the list (not probed) so push-pull can still pick them after a partition.
+            order[:] = list(table)
+            self.rng.shuffle(order)
+            self._pos = 0
+        return None
+
+    def _enlist(self, node: str) -> None:
+        # At a random place among those not yet probed this round (memberlist does the same):
+        # members learned together are not probed in lockstep by everyone.
+        order = self._order
+        order.append(node)
+        j = self._pos + int(self.rng.random() * (len(order) - self._pos))
+        order[j], order[-1] = order[-1], order[j]
+
+    def _indirect(self, now: float, seq: int) -> None:
+        w = self._acks.get(seq)
+        if w is None or w[2]:
+            return
+        target = w[1]
+        e = self.table.get(target)
+        if e is None:
+            return
+        addrs = self._random_addrs(self.cfg.indirect_checks, target)
+        w[4] = len(addrs)
+        taddr = self._addr(target, e)
+        for addr in addrs:
+            self._sends.append((addr, PingReq(self.name, seq, target, taddr, self.me.addr,
+                                                     self._gossip())))
+
+    def _probe_done(self, now: float, seq: int) -> None:
+        self._probing = None
+        w = self._acks.pop(seq, None)
+        if w is None:
+            return
+        if w[2]:
+            self.awareness.apply(-1)
+            return
+        # Lifeguard: relays that did not even nack point at our own trouble.
+        self.awareness.apply(w[4] - w[3] if w[4] else 1)
+        e = self.table.get(w[1])
+        if e is not None and (type(e) is Alive or e.state == SUSPECT):  # type: ignore[union-attr]
+            self._suspect(now, w[1], e.incarnation, self.name)
+
+    def _acked(self, now: float, msg: Ack) -> None:
+        w = self._acks.get(msg.seq)
+        if w is None or w[2]:
+            return
+        w[2] = True
+        if w[0] == "relay":
+            del self._acks[msg.seq]
+            self._sends.append((w[3], Ack(self.name, w[4], self._gossip())))
+
+    def _relay(self, now: float, msg: PingReq) -> None:
+        self._seq += 1
+        self._acks[self._seq] = ["relay", msg.target, False, msg.reply_to, msg.seq]
+        self._sends.append((msg.addr, Ping(self.name, self._seq, msg.target, self.me.addr,
+                                           self._gossip())))
+        self._at(now + self.cfg.probe_timeout * 0.8, "relay", self._seq)
+
+    # -- push-pull ------------------------------------------------------------------------
+    def _periodic_push_pull(self, now: float) -> None:
+        # A joiner catches up fast (2 s, doubling) then settles at the interval, stretched
+        # with the flock's size as memberlist does, so the bytes per node stay bounded.
+        n = len(self.table) + 1
+        scale = 1 + max(0, (n.bit_length() - 6))
+        self._pp_delay = min(self._pp_delay * 2, self.cfg.push_pull_interval * scale)
+        self._at(now + self._pp_delay * (0.5 + self.rng.random()), "pp", None)
+        # Down members are candidates too: that is how the two sides of a partition meet.
+        for addr in self._random_addrs(1, None, include_down=True):
+            self._sends.append((addr, PushPull(self.name, self.me.addr, False, False, self._states())))
+
+    def _states(self) -> list[Entry]:
+        states: list[Entry] = list(self.table.values())
+        states.append(self.me)
+        return states
+
+    def _push_pulled(self, now: float, msg: PushPull) -> None:
+        if not msg.reply:
+            self._sends.append((msg.reply_to, PushPull(self.name, self.me.addr, msg.join, True,
+                                                       self._states())))
+        self._merge(now, msg.states, msg.sender)
+
+    def _merge(self, now: float, states: list[Entry], sender: str) -> None:
+        get = self.table.get
+        # Shared, unchanged entries are skipped at C speed: the common case once converged.
+        changed = compress(states, map(is_not, map(get, map(_node_of, states)), states))
+        for s in changed:
+            node = s.node
+            if type(s) is Alive:
+                # What a push-pull teaches is not gossiped again, except a joiner about itself.
+                self._alive(now, s, sender, node == sender)
+            else:
+                self._alive(now, s.alive, sender, False)  # type: ignore[union-attr]
+                if s.state == SUSPECT:  # type: ignore[union-attr]
+                    self._suspect(now, node, s.incarnation, s.by)  # type: ignore[union-attr]
+                else:
+                    self._dead(now, node, s.incarnation, s.by)  # type: ignore[union-attr]
+
+    # -- updates --------------------------------------------------------------------------
+    def _apply_updates(self, now: float, updates: list[Update], sender: str) -> None:
+        get = self.table.get
+        for u in updates:
+            tu = type(u)
+            if tu is Alive:
+                if get(u.node) is not u:
+                    self._alive(now, u, sender, True)  # type: ignore[arg-type]
+            elif tu is Suspect:
+                self._suspect(now, u.node, u.incarnation, u.by)  # type: ignore[union-attr]
+            else:
+                self._dead(now, u.node, u.incarnation, u.by)  # type: ignore[union-attr]
+
+    def _alive(self, now: float, a: Alive, sender: str, gossip: bool) -> None:
+        node = a.node
+        if node == self.name:
+            me = self.me
+            if a is not me and a.incarnation >= me.incarnation and (
+                    a.instance != me.instance or a.incarnation > me.incarnation):
+                self._refute(a.incarnation)  # someone else's (or our past's) claim to our name
+            return
+        cur = self.table.get(node)
+        if cur is a:
+            return
+        if node != sender and not self.vouch(a):
+            return  # a node is believed only about itself
+        if cur is None:
+            self.table[node] = a
+            self._enlist(node)
+            self._note(node, None, ALIVE)
+            if gossip:
+                self._broadcast(node, a)
+            return
+        marked = type(cur) is Mark
+        known: Alive = cur.alive if marked else cur  # type: ignore[union-attr, assignment]
+        if a.instance != known.instance:
+            if not marked and a.incarnation <= cur.incarnation:
+                return  # a live member keeps its name until it is suspected
+        elif a.incarnation < cur.incarnation:
+            return
+        elif a.incarnation == cur.incarnation:
+            if a.version <= known.version:
+                return
+            if marked:  # a newer record does not refute a suspicion
+                m: Mark = cur  # type: ignore[assignment]
+                self.table[node] = Mark(node, m.state, m.incarnation, m.by, a)
+                self._broadcast(node, a)
+                return
+        self.table[node] = a
+        if marked:
+            self._suspicions.pop(node, None)
+            self._note(node, cur.state, ALIVE)  # type: ignore[union-attr]
+            self._enlist(node)
+        self._broadcast(node, a)
+
+    def _suspect(self, now: float, node: str, inc: int, by: str) -> None:
+        if node == self.name:
+            if inc >= self.me.incarnation:
+                self.awareness.apply(1)  # being suspected hints that we are the slow one
+                self._refute(inc)
+            return
+        cur = self.table.get(node)
+        if cur is None or inc < cur.incarnation:
+            return
+        if type(cur) is Mark:
+            if cur.state != SUSPECT:
+                return
+            s = self._suspicions.get(node)
+            if inc == cur.incarnation and s is not None:
+                if s.confirm(by):
+                    self._at(s.deadline(), "suspect", node)
+                    self._broadcast(node, Suspect(node, inc, by))
+                return
+        alive: Alive = cur.alive if type(cur) is Mark else cur  # type: ignore[assignment]
+        self.table[node] = Mark(node, SUSPECT, inc, by, alive)
+        n = len(self.table) + 1
+        lo, hi = suspicion_bounds(self.cfg.suspicion_mult, self.cfg.suspicion_max_mult, n,
+                                  self.cfg.probe_interval)
+        s = Suspicion(now, lo, hi, confirmations_wanted(self.cfg.suspicion_mult, n), by, inc)
+        self._suspicions[node] = s
+        self._at(s.deadline(), "suspect", node)
+        if type(cur) is Alive:
+            self._note(node, ALIVE, SUSPECT)
+        self._broadcast(node, Suspect(node, inc, by))
+
+    def _suspicion_due(self, now: float, node: str) -> None:
+        s = self._suspicions.get(node)
+        if s is None or s.deadline() > now + 1e-9:
+            return  # refuted, or a later timer holds it
+        del self._suspicions[node]
+        self._dead(now, node, s.incarnation, self.name)
+
+    def _dead(self, now: float, node: str, inc: int, by: str) -> None:
+        if node == self.name:
+            if inc >= self.me.incarnation:
+                self._refute(inc)
+            return
+        cur = self.table.get(node)
+        if cur is None or inc < cur.incarnation:
+            return
+        new = LEFT if by == node else DOWN
+        old = state_of(cur)
+        if old in (DOWN, LEFT) and (old == new or inc == cur.incarnation):
+            return
+        alive: Alive = cur.alive if type(cur) is Mark else cur  # type: ignore[assignment]
+        self.table[node] = Mark(node, new, inc, by, alive)
+        self._suspicions.pop(node, None)
+        self._note(node, old, new)
+        self._broadcast(node, Dead(node, inc, by))
+        self._at(now + self.cfg.reap_after, "reap", node)
+
+    def _refute(self, inc: int) -> None:
+        m = self.me
+        self.me = self.sign(Alive(m.node, inc + 1, m.instance, m.addr, m.version, m.record))
+        self._broadcast(self.name, self.me)
+
+    # -- plumbing -------------------------------------------------------------------------
+    def _broadcast(self, node: str, u: Update) -> None:
+        self.queue.add(node, u, self.size(u))
+
+    def _gossip(self) -> list[Update]:
+        limit = retransmit_limit(self.cfg.retransmit_mult, len(self.table) + 1)
+        return self.queue.take(self.cfg.gossip_budget, limit)
+
+    def _note(self, node: str, old: str | None, new: str) -> None:
+        c = (node, old, new)
+        self._changes.append(c)
+        for fn in self.listeners:
+            fn(c)
+
+    def _addr(self, node: str, e: Entry | None) -> str:
+        if e is None:
+            return ""
+        return e.addr if type(e) is Alive else e.alive.addr  # type: ignore[union-attr]
+
+    def _random_addrs(self, k: int, exclude: str | None,
+                      include_down: bool = False) -> list[str]:
+        order, table, rng = self._order, self.table, self.rng
+        out: list[str] = []
+        seen = set()
+        for _ in range(k * 3):
+            if len(out) >= k or not order:
+                break
+            n = order[int(rng.random() * len(order))]
+            e = table.get(n)
+            if n == exclude or n in seen or e is None:
+                continue
+            if type(e) is Mark and (e.state == LEFT or (e.state == DOWN and not include_down)):
+                continue
+            seen.add(n)
+            out.append(self._addr(n, e))
+        return out
+
+    def _at(self, when: float, kind: str, arg: Any) -> None:
+        self._tseq += 1
+        heapq.heappush(self._timers, (when, self._tseq, kind, arg))
+
+    def _flush(self) -> Output:
+        out = (self._sends, self._changes)
+        self._sends, self._changes = [], []
+        return out
