@@ -15,7 +15,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress
+from itertools import compress, repeat
 from operator import attrgetter, is_not
 from typing import Any
 
@@ -113,10 +113,12 @@ class Swim:
     def start(self, now: float, seeds: list[str]) -> Output:
         """Join through `seeds` (addresses): push-pull with each, then probe and gossip."""
         self._seeds = [s for s in seeds if s != self.me.addr]
+        self.rng.shuffle(self._seeds)
         self._broadcast(self.name, self.me)
-        for s in self._seeds:
-            self._sends.append((s, PushPull(self.name, self.me.addr, True, False, self._states())))
         if self._seeds:
+            # One seed is enough; the others are tried in turn while nobody answers.
+            self._sends.append((self._seeds[0], PushPull(self.name, self.me.addr, True, False,
+                                                         self._states())))
             self._at(now + self.cfg.join_retry, "join", self.cfg.join_retry)
         self._at(now + self.rng.random() * self.cfg.probe_interval, "probe", None)
         self._at(now + self.cfg.push_pull_first * (1 + self.rng.random()), "pp", None)
@@ -181,9 +183,10 @@ class Swim:
                 self._periodic_push_pull(now)
             elif kind == "join":
                 if not self.table:
-                    for s in self._seeds:
-                        self._sends.append((s, PushPull(self.name, self.me.addr, True, False, [self.me])))
-                    self._at(now + arg * 2, "join", min(arg * 2, 30.0))
+                    self._seeds.append(self._seeds.pop(0))
+                    self._sends.append((self._seeds[0], PushPull(self.name, self.me.addr, True,
+                                                                 False, [self.me])))
+                    self._at(now + arg, "join", min(arg * 2, 30.0))
             elif kind == "reap":
                 e = self.table.get(arg)
                 if e is not None and type(e) is Mark and e.state in (DOWN, LEFT):
@@ -320,7 +323,18 @@ class Swim:
     def _merge(self, now: float, states: list[Entry], sender: str) -> None:
         get = self.table.get
         # Shared, unchanged entries are skipped at C speed: the common case once converged.
-        changed = compress(states, map(is_not, map(get, map(_node_of, states)), states))
+        changed = list(compress(states, map(is_not, map(get, map(_node_of, states)), states)))
+        if not changed:
+            return
+        me, vouch = self.name, self.vouch
+        # Members we never heard of, plainly alive: added in bulk (a joiner learns the flock).
+        new = [a for a in changed if type(a) is Alive and get(a.node) is None and a.node != me
+               and (a.node == sender or vouch(a))]
+        if new:
+            names = list(map(_node_of, new))
+            if len(set(names)) == len(names):
+                self._add_many(names, new, sender)
+                changed = [s for s in changed if get(s.node) is not s]
         for s in changed:
             node = s.node
             if type(s) is Alive:
@@ -332,6 +346,21 @@ class Swim:
                     self._suspect(now, node, s.incarnation, s.by)  # type: ignore[union-attr]
                 else:
                     self._dead(now, node, s.incarnation, s.by)  # type: ignore[union-attr]
+
+    def _add_many(self, names: list[str], alives: list[Alive], sender: str) -> None:
+        self.table.update(zip(names, alives))
+        # Rotated by a random offset: nodes that learned the same list do not probe in step.
+        k = int(self.rng.random() * len(names))
+        self._order.extend(names[k:])
+        self._order.extend(names[:k])
+        changes = list(zip(names, repeat(None), repeat(ALIVE)))
+        self._changes.extend(changes)
+        for fn in self.listeners:
+            for c in changes:
+                fn(c)
+        a = self.table.get(sender)
+        if type(a) is Alive and a in alives:
+            self._broadcast(sender, a)  # a joiner's arrival is news worth gossiping
 
     # -- updates --------------------------------------------------------------------------
     def _apply_updates(self, now: float, updates: list[Update], sender: str) -> None:
