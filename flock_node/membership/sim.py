@@ -106,7 +106,7 @@ class Sim:
         self._secret = self.rng.getrandbits(64)
         self._signed: dict[int, Alive] = {}
         self.nodes: list[Swim] = []
-        for i, name in enumerate(self.names):
+        for name in self.names:
             me = Alive(name, 0, f"{self.rng.getrandbits(32):08x}", name, 0,
                        {"tags": [], "active": False, "pending": 0, "dead": 0})
             self.nodes.append(self._machine(me))
