@@ -19,6 +19,7 @@ import math
 import random
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -115,6 +116,7 @@ class Sim:
         self.tick_at = [INF] * n
         self.side = [0] * n  # partition side; messages cross only when all are on side 0
         self.partitioned = False
+        self.cut_links: set[tuple[int, int]] = set()
         # Bookkeeping over "healthy" nodes (never faulted): who sees whom alive or not.
         fault_at = sc.fault_at if sc.fault_at is not None else 0.4 * sc.seconds
         self.fault_at = fault_at
@@ -131,6 +133,8 @@ class Sim:
         self.recovered: dict[int, float] = {}
         self.false_dead: set[int] = set()
         self.false_suspect: set[int] = set()
+        self.partition_dead: set[int] = set()
+        self.cut_window = False  # from a partition until the flock re-converged after it
         self.healed_at: float | None = None
         self.heal_time: float | None = None
         self.msgs = 0
@@ -193,23 +197,25 @@ class Sim:
             cut = max(1, round(self.sc.partition * self.sc.nodes))
             for j in range(self.sc.nodes - cut, self.sc.nodes):
                 self.side[j] = 1
-            self.partitioned = True
+            self.partitioned = self.cut_window = True
         elif what == "heal":
             self.partitioned = False
             self.healed_at = now
             if self.good == self.h * (self.h - 1):
-                self.heal_time = 0.0
+                self.heal_time, self.cut_window = 0.0, False
 
     def run(self) -> dict[str, Any]:
         """Run the scenario to its end; the figures."""
         wall = time.perf_counter()
-        end = self.sc.seconds
+        self.advance(self.sc.seconds)
+        return self.report(time.perf_counter() - wall)
+
+    def advance(self, until: float) -> None:
+        """Run every event up to virtual time `until`."""
         heap, nodes, silent, tick_at = self._heap, self.nodes, self.silent, self.tick_at
         pop = heapq.heappop
-        while heap:
+        while heap and heap[0][0] <= until:
             t, _, kind, i, arg = pop(heap)
-            if t > end:
-                break
             self.now = t
             if kind == _DELIVER:
                 if not silent[i]:
@@ -220,7 +226,37 @@ class Sim:
                     self._handle(i, nodes[i].tick(t))
             else:
                 self._fault(i, arg)
-        return self.report(time.perf_counter() - wall)
+        self.now = max(self.now, until)
+
+    # -- what tests do to a running flock ------------------------------------------------
+    def inject(self, i: int, msg: Message) -> None:
+        """Hand node `i` a message now, as if it came from the network."""
+        self._handle(i, self.nodes[i].receive(self.now, msg))
+
+    def leave(self, i: int) -> None:
+        """Node `i` announces its departure and goes silent."""
+        self._handle(i, self.nodes[i].leave(self.now))
+        self.silent[i] = True
+
+    def restart(self, i: int, incarnation: int = 0) -> Swim:
+        """Node `i` comes back as a new process with its state wiped (same name)."""
+        name = self.names[i]
+        me = Alive(name, incarnation, f"{self.rng.getrandbits(32):08x}", name, 0, None)
+        self.nodes[i] = self._machine(me)
+        self.silent[i] = self.crashed[i] = False
+        self.tick_at[i] = INF
+        self._handle(i, self.nodes[i].start(self.now, self.names[:self.sc.seeds]))
+        return self.nodes[i]
+
+    def cut(self, i: int, j: int) -> None:
+        """Drop every message from node `i` to node `j` (one direction)."""
+        self.cut_links.add((i, j))
+
+    def views(self, node: int) -> Counter[str | None]:
+        """How the other live nodes see `node`: a count per state."""
+        name = self.names[node]
+        return Counter(n.state(name) for k, n in enumerate(self.nodes)
+                       if k != node and not self.silent[k])
 
     def _handle(self, i: int, out: tuple[list[Send], list[Change]]) -> None:
         sends, changes = out
@@ -241,6 +277,7 @@ class Sim:
         lo, hi = self.sc.delay
         now = self.now
         size = self.sizes.message
+        cut = self.cut_links
         for addr, msg in sends:
             self.msgs += 1
             self.bytes += size(msg)
@@ -248,6 +285,8 @@ class Sim:
             if j is None or (loss and rng.random() < loss):
                 continue
             if self.partitioned and side[i] != side[j]:
+                continue
+            if cut and (i, j) in cut:
                 continue
             self._push(now + lo + rng.random() * (hi - lo), _DELIVER, j, msg)
 
@@ -258,11 +297,16 @@ class Sim:
             j = index.get(node)
             if j is None:
                 continue
-            if new == DOWN and healthy[j] and not (self.partitioned
-                                                   and self.side[i] != self.side[j]):
-                self.false_dead.add(j)
-            if new == SUSPECT and healthy[j] and not self.partitioned:
-                self.false_suspect.add(j)
+            if healthy[j] and new in (DOWN, SUSPECT):
+                # A partition's verdicts keep arriving until the flock has re-converged:
+                # counted apart, they are the protocol working, not a false alarm.
+                if self.cut_window:
+                    if new == DOWN:
+                        self.partition_dead.add(j)
+                elif new == DOWN:
+                    self.false_dead.add(j)
+                else:
+                    self.false_suspect.add(j)
             if not observer_ok:
                 continue
             if old == ALIVE:
@@ -286,7 +330,7 @@ class Sim:
                 if self.converged_at is None:
                     self.converged_at = now
                 if self.healed_at is not None and self.heal_time is None:
-                    self.heal_time = now - self.healed_at
+                    self.heal_time, self.cut_window = now - self.healed_at, False
             return
         if now < self.fault_at:
             return
@@ -315,6 +359,7 @@ class Sim:
             "heal_s": _r(self.heal_time),
             "false_dead": len(self.false_dead),
             "false_suspect": len(self.false_suspect),
+            "partition_dead": len(self.partition_dead),
             "max_awareness": self.max_awareness,
             "msgs_per_node_s": round(self.msgs / sc.nodes / sc.seconds, 3),
             "bytes_per_node_s": round(self.bytes / sc.nodes / sc.seconds, 1),
