@@ -21,6 +21,7 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import is_
 from typing import Any
 
 from flock_node.membership.messages import (
@@ -123,6 +124,7 @@ class Sim:
         faulted = self.rng.sample(range(sc.seeds, n), min(n - sc.seeds, sc.crash + sc.freeze))
         self.crash_set = set(faulted[:sc.crash])
         self.freeze_set = set(faulted[sc.crash:])
+        self.faulty_idx = self.crash_set | self.freeze_set
         self.healthy = [i not in self.crash_set and i not in self.freeze_set for i in range(n)]
         self.h = sum(self.healthy)
         self.alive_views = [0] * n  # healthy observers seeing node i alive
@@ -144,7 +146,7 @@ class Sim:
 
     def _machine(self, me: Alive) -> Swim:
         return Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
-                    sign=self._sign, size=self.sizes.of)
+                    sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
 
     # -- the simulated signature: stands for the driver's real check ----------------------
     def _tag(self, a: Alive) -> bytes:
@@ -159,6 +161,12 @@ class Sim:
 
     def _vouch(self, a: Alive) -> bool:
         return self._signed.get(id(a)) is a or a.sig == self._tag(a)
+
+    def _vouch_many(self, alives: list[Alive]) -> list[bool]:
+        ok = list(map(is_, map(self._signed.get, map(id, alives)), alives))
+        if not all(ok):
+            ok = list(map(self._vouch, alives))
+        return ok
 
     # -- events ---------------------------------------------------------------------------
     def _push(self, t: float, kind: int, i: int, arg: Any) -> None:
@@ -291,12 +299,26 @@ class Sim:
             self._push(now + lo + rng.random() * (hi - lo), _DELIVER, j, msg)
 
     def _changes(self, i: int, changes: list[Change]) -> None:
+        # A joiner learns thousands of members in one push-pull: those (None -> alive)
+        # changes are counted in bulk at C speed, the rest one by one.
+        if len(changes) > 8:
+            fresh = [c[0] for c in changes if c[1] is None and c[2] == ALIVE]
+            if len(fresh) == len(changes):
+                if self.healthy[i]:
+                    js = list(map(self.index.__getitem__, fresh))
+                    self.good += sum(map(self.healthy.__getitem__, js))
+                    av = self.alive_views
+                    for j in self.faulty_idx.intersection(js):
+                        av[j] += 1
+                    self._milestones(js[0])
+                return
         index, healthy = self.index, self.healthy
         observer_ok = healthy[i]
         for node, old, new in changes:
-            j = index.get(node)
-            if j is None:
+            k = index.get(node)
+            if k is None:
                 continue
+            j = k
             if healthy[j] and new in (DOWN, SUSPECT):
                 # A partition's verdicts keep arriving until the flock has re-converged:
                 # counted apart, they are the protocol working, not a false alarm.
@@ -325,14 +347,12 @@ class Sim:
 
     def _milestones(self, j: int) -> None:
         now = self.now
-        if self.healthy[j]:
-            if self.good == self.h * (self.h - 1):
-                if self.converged_at is None:
-                    self.converged_at = now
-                if self.healed_at is not None and self.heal_time is None:
-                    self.heal_time, self.cut_window = now - self.healed_at, False
-            return
-        if now < self.fault_at:
+        if self.good == self.h * (self.h - 1):
+            if self.converged_at is None:
+                self.converged_at = now
+            if self.healed_at is not None and self.heal_time is None:
+                self.heal_time, self.cut_window = now - self.healed_at, False
+        if self.healthy[j] or now < self.fault_at:
             return
         if j not in self.detected and self.bad_views[j] >= self.h:
             self.detected[j] = now - self.fault_at

@@ -45,8 +45,9 @@ class Swim(Table):
     def __init__(self, me: Alive, rng: random.Random, config: Config | None = None,
                  vouch: Callable[[Alive], bool] | None = None,
                  sign: Callable[[Alive], Alive] | None = None,
-                 size: Callable[[Any], int] | None = None) -> None:
-        super().__init__(me, rng, config, vouch, sign, size)
+                 size: Callable[[Any], int] | None = None,
+                 vouch_many: Callable[[list[Alive]], list[bool]] | None = None) -> None:
+        super().__init__(me, rng, config, vouch, sign, size, vouch_many)
         self.left = False
         self._seq = 0
         self._acks: dict[int, list[Any]] = {}  # seq -> [kind, target, acked, nacks, expected]
@@ -136,6 +137,7 @@ class Swim(Table):
                 e = self.table.get(arg)
                 if e is not None and type(e) is Mark and e.state in (DOWN, LEFT):
                     del self.table[arg]
+                    self.down.discard(arg)
         return self._flush()
 
     def next_deadline(self) -> float | None:
@@ -229,9 +231,16 @@ class Swim(Table):
         scale = 1 + max(0, (n.bit_length() - 6))
         self._pp_delay = min(self._pp_delay * 2, self.cfg.push_pull_interval * scale)
         self._at(now + self._pp_delay * (0.5 + self.rng.random()), "pp", None)
-        # Down members are candidates too: that is how the two sides of a partition meet.
-        for addr in self._random_addrs(1, None, include_down=True):
-            self._sends.append((addr, PushPull(self.name, self.me.addr, False, False, self._states())))
+        # Half the time a member we believe down, if any (serf's reconnect): that is how the
+        # two sides of a healed partition meet, each learning the other holds it down.
+        if self.down and self.rng.random() < 0.5:
+            e = self.table[sorted(self.down)[int(self.rng.random() * len(self.down))]]
+            addrs = [self._addr(e.node, e)]
+        else:
+            addrs = self._random_addrs(1, None)
+        for addr in addrs:
+            self._sends.append((addr, PushPull(self.name, self.me.addr, False, False,
+                                               self._states())))
 
     def _states(self) -> list[Entry]:
         states: list[Entry] = list(self.table.values())
@@ -239,10 +248,11 @@ class Swim(Table):
         return states
 
     def _push_pulled(self, now: float, msg: PushPull) -> None:
+        # Merged first, so the answer carries our refutation if the sender held us down.
+        self._merge(now, msg.states, msg.sender)
         if not msg.reply:
             self._sends.append((msg.reply_to, PushPull(self.name, self.me.addr, msg.join, True,
                                                        self._states())))
-        self._merge(now, msg.states, msg.sender)
 
     # -- plumbing -------------------------------------------------------------------------
     def _gossip(self) -> list[Update]:

@@ -14,7 +14,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import attrgetter, is_not
+from operator import attrgetter, is_, is_not
 from typing import Any
 
 from flock_node.membership.gossip import Broadcasts
@@ -61,7 +61,7 @@ class Config:
     push_pull_interval: float = 30.0
     push_pull_first: float = 2.0  # a joiner's catch-up exchanges start here and double
     join_retry: float = 1.0
-    reap_after: float = 30.0  # a down or left member stays listed this long
+    reap_after: float = 120.0  # a down or left member stays listed this long
 
 
 def state_of(e: Entry) -> str:
@@ -75,15 +75,20 @@ class Table:
     def __init__(self, me: Alive, rng: random.Random, config: Config | None = None,
                  vouch: Callable[[Alive], bool] | None = None,
                  sign: Callable[[Alive], Alive] | None = None,
-                 size: Callable[[Any], int] | None = None) -> None:
+                 size: Callable[[Any], int] | None = None,
+                 vouch_many: Callable[[list[Alive]], list[bool]] | None = None) -> None:
         self.cfg = config or Config()
         self.rng = rng
         self.vouch = vouch or (lambda a: False)  # relayed statements need the driver's check
+        # Many statements at once (a push-pull): a driver can batch its signature checks.
+        self.vouch_many: Callable[[list[Alive]], list[bool]] = vouch_many or (
+            lambda alives: [self.vouch(a) for a in alives])
         self.sign = sign or (lambda a: a)
         self.size = size or (lambda u: len(encode(u)))
         self.me = self.sign(me)
         self.name = me.node
         self.table: dict[str, Entry] = {}
+        self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
         self.awareness = Awareness(self.cfg.awareness_max)
         self.queue = Broadcasts(self.cfg.queue_max)
         self.listeners: list[Callable[[Change], None]] = []
@@ -114,15 +119,19 @@ class Table:
         changed = list(compress(states, map(is_not, map(get, map(_node_of, states)), states)))
         if not changed:
             return
-        me, vouch = self.name, self.vouch
-        # Members we never heard of, plainly alive: added in bulk (a joiner learns the flock).
-        new = [a for a in changed if type(a) is Alive and get(a.node) is None and a.node != me
-               and (a.node == sender or vouch(a))]
+        # Members we never heard of, plainly alive and vouched for, are added in bulk (a
+        # joiner learns the whole flock at once); every step here runs at C speed.
+        fresh = list(compress(changed, map(is_, map(get, map(_node_of, changed)),
+                                           repeat(None))))
+        alives: list[Alive] = list(compress(fresh, map(is_, map(type, fresh), repeat(Alive))))  # type: ignore[arg-type]
+        new = list(compress(alives, self.vouch_many(alives))) if alives else []
         if new:
             names = list(map(_node_of, new))
-            if len(set(names)) == len(names):
-                self._add_many(names, new, sender)
-                changed = [s for s in changed if get(s.node) is not s]
+            unique = set(names)
+            if len(unique) == len(names) and self.name not in unique:
+                self._add_many(names, new, sender if sender in unique else None)
+                changed = list(compress(changed, map(is_not, map(get, map(_node_of, changed)),
+                                                     changed)))
         for s in changed:
             node = s.node
             if type(s) is Alive:
@@ -135,7 +144,7 @@ class Table:
                 else:
                     self._dead(now, node, s.incarnation, s.by)  # type: ignore[union-attr]
 
-    def _add_many(self, names: list[str], alives: list[Alive], sender: str) -> None:
+    def _add_many(self, names: list[str], alives: list[Alive], sender: str | None) -> None:
         self.table.update(zip(names, alives, strict=True))
         # Rotated by a random offset: nodes that learned the same list do not probe in step.
         k = int(self.rng.random() * len(names))
@@ -146,9 +155,9 @@ class Table:
         for fn in self.listeners:
             for c in changes:
                 fn(c)
-        a = self.table.get(sender)
-        if type(a) is Alive and a in alives:
-            self._broadcast(sender, a)  # a joiner's arrival is news worth gossiping
+        if sender is not None:
+            a = alives[names.index(sender)]
+            self._broadcast(a.node, a)  # a joiner's arrival is news worth gossiping
 
     # -- updates --------------------------------------------------------------------------
     def _apply_updates(self, now: float, updates: list[Update], sender: str) -> None:
@@ -279,6 +288,10 @@ class Table:
         self.queue.add(node, u, self.size(u))
 
     def _note(self, node: str, old: str | None, new: str) -> None:
+        if new == DOWN:
+            self.down.add(node)
+        elif old == DOWN:
+            self.down.discard(node)
         c = (node, old, new)
         self._changes.append(c)
         for fn in self.listeners:
