@@ -53,6 +53,7 @@ class Swim(Table):
         self._acks: dict[int, list[Any]] = {}  # seq -> [kind, target, acked, nacks, expected]
         self._probing: int | None = None
         self._pp_delay = self.cfg.push_pull_first
+        self._pp_learned = 0
         self._seeds: list[str] = []
 
     # -- inputs ---------------------------------------------------------------------------
@@ -225,11 +226,16 @@ class Swim(Table):
 
     # -- push-pull ------------------------------------------------------------------------
     def _periodic_push_pull(self, now: float) -> None:
-        # A joiner catches up fast (2 s, doubling) then settles at the interval, stretched
-        # with the flock's size as memberlist does, so the bytes per node stay bounded.
+        # While exchanges teach us new members (a flock forming, a partition healed) they come
+        # every 2 s; then the delay doubles up to the interval, stretched with the flock's
+        # size as memberlist does, so the bytes per node stay bounded.
         n = len(self.table) + 1
         scale = 1 + max(0, (n.bit_length() - 6))
-        self._pp_delay = min(self._pp_delay * 2, self.cfg.push_pull_interval * scale)
+        if self.learned > self._pp_learned:
+            self._pp_delay = self.cfg.push_pull_first  # still learning members: keep at it
+        else:
+            self._pp_delay = min(self._pp_delay * 2, self.cfg.push_pull_interval * scale)
+        self._pp_learned = self.learned
         self._at(now + self._pp_delay * (0.5 + self.rng.random()), "pp", None)
         # Half the time a member we believe down, if any (serf's reconnect): that is how the
         # two sides of a healed partition meet, each learning the other holds it down.

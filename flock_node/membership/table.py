@@ -88,6 +88,7 @@ class Table:
         self.me = self.sign(me)
         self.name = me.node
         self.table: dict[str, Entry] = {}
+        self.learned = 0  # members ever added: a push-pull that teaches some comes back soon
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
         self.awareness = Awareness(self.cfg.awareness_max)
         self.queue = Broadcasts(self.cfg.queue_max)
@@ -128,7 +129,11 @@ class Table:
         if new:
             names = list(map(_node_of, new))
             unique = set(names)
-            if len(unique) == len(names) and self.name not in unique:
+            if self.name in unique:  # our own entry is never a member
+                k = names.index(self.name)
+                del names[k], new[k]
+                unique.discard(self.name)
+            if names and len(unique) == len(names):
                 self._add_many(names, new, sender if sender in unique else None)
                 changed = list(compress(changed, map(is_not, map(get, map(_node_of, changed)),
                                                      changed)))
@@ -150,6 +155,7 @@ class Table:
         k = int(self.rng.random() * len(names))
         self._order.extend(names[k:])
         self._order.extend(names[:k])
+        self.learned += len(names)
         changes = list(zip(names, repeat(None), repeat(ALIVE)))
         self._changes.extend(changes)
         for fn in self.listeners:
@@ -187,6 +193,7 @@ class Table:
             return  # a node is believed only about itself
         if cur is None:
             self.table[node] = a
+            self.learned += 1
             self._enlist(node)
             self._note(node, None, ALIVE)
             if gossip:
