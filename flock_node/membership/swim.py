@@ -231,8 +231,8 @@ class Swim(Table):
         # size as memberlist does, so the bytes per node stay bounded.
         n = len(self.table) + 1
         scale = 1 + max(0, (n.bit_length() - 6))
-        if self.learned > self._pp_learned:
-            self._pp_delay = self.cfg.push_pull_first  # still learning members: keep at it
+        if self.learned - self._pp_learned > max(8, n // 100):
+            self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
         else:
             self._pp_delay = min(self._pp_delay * 2, self.cfg.push_pull_interval * scale)
         self._pp_learned = self.learned
