@@ -35,6 +35,7 @@ from flock_node.membership.messages import (
     PushPull,
     encode,
 )
+from flock_node.membership.ports import dispatch
 from flock_node.membership.swim import Change, Config, Send, Swim
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
@@ -95,6 +96,19 @@ class Sizes:
         return head - 1 + header + total
 
 
+class SimPort:
+    """The simulator's `Transport` for one node: loss, delay, partitions, cut links."""
+
+    __slots__ = ("sim", "i")
+
+    def __init__(self, sim: Sim, i: int) -> None:
+        self.sim, self.i = sim, i
+
+    def send(self, addr: str, msg: Message) -> None:
+        """Count the message and its bytes; deliver it later unless the network drops it."""
+        self.sim._send(self.i, addr, msg)
+
+
 class Sim:
     """The network, the clock and the bookkeeping of one scenario."""
 
@@ -115,6 +129,7 @@ class Sim:
             me = Alive(name, 0, f"{self.rng.getrandbits(32):08x}", name, 0,
                        {"tags": [], "active": False, "pending": 0, "dead": 0})
             self.nodes.append(self._machine(me))
+        self.ports = [self.port(i) for i in range(n)]
         self.silent = [False] * n  # crashed or frozen: receives and sends nothing
         self.crashed = [False] * n
         self.tick_at = [INF] * n
@@ -146,6 +161,10 @@ class Sim:
         self.bytes = 0
         self.max_awareness = 0
         self._plan()
+
+    def port(self, i: int) -> SimPort:
+        """Node `i`'s end of the simulated network."""
+        return SimPort(self, i)
 
     def _machine(self, me: Alive) -> Swim:
         return Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
@@ -270,10 +289,8 @@ class Sim:
                        if k != node and not self.silent[k])
 
     def _handle(self, i: int, out: tuple[list[Send], list[Change]]) -> None:
-        sends, changes = out
+        changes = dispatch(out, self.ports[i])
         node = self.nodes[i]
-        if sends:
-            self._send(i, sends)
         if changes:
             self._changes(i, changes)
         d = node.next_deadline()
@@ -283,23 +300,18 @@ class Sim:
         if node.awareness.score > self.max_awareness:
             self.max_awareness = node.awareness.score
 
-    def _send(self, i: int, sends: list[Send]) -> None:
-        rng, loss, index, side = self.rng, self.sc.loss, self.index, self.side
+    def _send(self, i: int, addr: str, msg: Message) -> None:
+        self.msgs += 1
+        self.bytes += self.sizes.message(msg)
+        j = self.index.get(addr)
+        if j is None or (self.sc.loss and self.rng.random() < self.sc.loss):
+            return
+        if self.partitioned and self.side[i] != self.side[j]:
+            return
+        if self.cut_links and (i, j) in self.cut_links:
+            return
         lo, hi = self.sc.delay
-        now = self.now
-        size = self.sizes.message
-        cut = self.cut_links
-        for addr, msg in sends:
-            self.msgs += 1
-            self.bytes += size(msg)
-            j = index.get(addr)
-            if j is None or (loss and rng.random() < loss):
-                continue
-            if self.partitioned and side[i] != side[j]:
-                continue
-            if cut and (i, j) in cut:
-                continue
-            self._push(now + lo + rng.random() * (hi - lo), _DELIVER, j, msg)
+        self._push(self.now + lo + self.rng.random() * (hi - lo), _DELIVER, j, msg)
 
     def _changes(self, i: int, changes: list[Change]) -> None:
         # A joiner learns thousands of members in one push-pull: those (None -> alive)
