@@ -107,6 +107,28 @@ def test_confirmations_through_the_machine_bring_the_deadline_forward():
     assert node.state(sim.names[x]) == DOWN
 
 
+def test_a_record_update_reaches_everyone_and_the_newer_version_wins():
+    sim = flock()
+    x = 3
+    sim._handle(x, sim.nodes[x].update_record(sim.now, {"active": True, "pending": 2}))
+    sim._handle(x, sim.nodes[x].update_record(sim.now, {"active": False, "pending": 0}))
+    sim.advance(sim.now + 6)
+    assert {str(n.record(sim.names[x])) for k, n in enumerate(sim.nodes) if k != x} == {
+        str({"active": False, "pending": 0})}
+
+
+def test_a_member_that_cannot_be_heard_raises_its_own_health_score():
+    # Lifeguard: probes that fail with no nack from the relays point at ourselves.
+    sim = flock()
+    a = 2
+    for j in range(12):
+        if j != a:
+            sim.cut(j, a)  # a hears nobody (its sends still go out)
+    sim.advance(sim.now + 6)
+    assert sim.nodes[a].awareness.score >= 2
+    assert all(sim.nodes[k].awareness.score <= 1 for k in range(12) if k != a)
+
+
 def test_a_leave_is_announced_and_gossiped_to_all():
     sim = flock()
     sim.leave(8)
