@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from itertools import compress, repeat
-from operator import is_
+from operator import is_, itemgetter
 from typing import Any
 
 from flock_node.membership.messages import (
@@ -39,6 +39,7 @@ from flock_node.membership.ports import dispatch
 from flock_node.membership.swim import Change, Config, Send, Swim
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
+_node, _old, _new = itemgetter(0), itemgetter(1), itemgetter(2)
 _BAD = (SUSPECT, DOWN, LEFT)
 INF = float("inf")
 
@@ -316,17 +317,16 @@ class Sim:
     def _changes(self, i: int, changes: list[Change]) -> None:
         # A joiner learns thousands of members in one push-pull: those (None -> alive)
         # changes are counted in bulk at C speed, the rest one by one.
-        if len(changes) > 8:
-            fresh = [c[0] for c in changes if c[1] is None and c[2] == ALIVE]
-            if len(fresh) == len(changes):
-                if self.healthy[i]:
-                    js = list(map(self.index.__getitem__, fresh))
-                    self.good += sum(map(self.healthy.__getitem__, js))
-                    av = self.alive_views
-                    for j in self.faulty_idx.intersection(js):
-                        av[j] += 1
-                    self._milestones(js[0])
-                return
+        if len(changes) > 8 and set(map(_old, changes)) == {None} and set(
+                map(_new, changes)) == {ALIVE}:
+            if self.healthy[i]:
+                js = list(map(self.index.__getitem__, map(_node, changes)))
+                self.good += sum(map(self.healthy.__getitem__, js))
+                av = self.alive_views
+                for j in self.faulty_idx.intersection(js):
+                    av[j] += 1
+                self._milestones(js[0])
+            return
         index, healthy = self.index, self.healthy
         observer_ok = healthy[i]
         for node, old, new in changes:
