@@ -226,15 +226,19 @@ class Swim(Table):
 
     # -- push-pull ------------------------------------------------------------------------
     def _periodic_push_pull(self, now: float) -> None:
-        # While exchanges teach us new members (a flock forming, a partition healed) they come
-        # every 2 s; then the delay doubles up to the interval, stretched with the flock's
-        # size as memberlist does, so the bytes per node stay bounded.
+        # While exchanges teach us many members (a flock forming, a partition healed) they
+        # come every 2 s, then less often while they teach a few, then at the interval,
+        # stretched with the flock's size as memberlist does, so the bytes per node per
+        # second stay bounded.
         n = len(self.table) + 1
         scale = 1 + max(0, (n.bit_length() - 6))
-        if self.learned - self._pp_learned > max(8, n // 100):
+        learned, longest = self.learned - self._pp_learned, self.cfg.push_pull_interval * scale
+        if learned > max(8, n // 100):
             self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
+        elif learned:
+            self._pp_delay = min(self._pp_delay * 2, longest)  # the last few stragglers
         else:
-            self._pp_delay = min(self._pp_delay * 2, self.cfg.push_pull_interval * scale)
+            self._pp_delay = longest
         self._pp_learned = self.learned
         self._at(now + self._pp_delay * (0.5 + self.rng.random()), "pp", None)
         # Half the time a member we believe down, if any (serf's reconnect): that is how the

@@ -88,7 +88,7 @@ class Table:
         self.me = self.sign(me)
         self.name = me.node
         self.table: dict[str, Entry] = {}
-        self.learned = 0  # members ever added: a push-pull that teaches some comes back soon
+        self.learned = 0  # members found alive (new or back): push-pull comes back soon
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
         self.awareness = Awareness(self.cfg.awareness_max)
         self.queue = Broadcasts(self.cfg.queue_max)
@@ -197,7 +197,6 @@ class Table:
             return  # a node is believed only about itself
         if cur is None:
             self.table[node] = a
-            self.learned += 1
             self._enlist(node)
             self._note(node, None, ALIVE)
             if gossip:
@@ -303,6 +302,8 @@ class Table:
             self.down.add(node)
         elif old == DOWN:
             self.down.discard(node)
+        if new == ALIVE:
+            self.learned += 1
         c = (node, old, new)
         self._changes.append(c)
         for fn in self.listeners:
