@@ -258,11 +258,14 @@ class Swim(Table):
         return states
 
     def _push_pulled(self, now: float, msg: PushPull) -> None:
-        # Merged first, so the answer carries our refutation if the sender held us down.
+        # The answer is our table as it was (the sender has its own entries already), with
+        # our statement as it is after the merge: a refutation if the sender held us down.
+        ours = None if msg.reply else self._states()
         self._merge(now, msg.states, msg.sender)
-        if not msg.reply:
+        if ours is not None:
+            ours[-1] = self.me
             self._sends.append((msg.reply_to, PushPull(self.name, self.me.addr, msg.join, True,
-                                                       self._states())))
+                                                       ours)))
 
     # -- plumbing -------------------------------------------------------------------------
     def _gossip(self) -> list[Update]:
