@@ -126,8 +126,11 @@ class Sim:
         self._secret = self.rng.getrandbits(64)
         self._signed: dict[int, Alive] = {}
         self.nodes: list[Swim] = []
-        for name in self.names:
-            me = Alive(name, 0, f"{self.rng.getrandbits(32):08x}", name, 0,
+        window = sc.start_window if sc.start_window is not None else min(5.0, 0.005 * n)
+        self.starts = [window * i / max(1, n) for i in range(n)]
+        for name, start in zip(self.names, self.starts, strict=True):
+            # Incarnations are start times in milliseconds, as the agent's are.
+            me = Alive(name, round(start * 1000), f"{self.rng.getrandbits(32):08x}", name, 0,
                        {"tags": [], "active": False, "pending": 0, "dead": 0})
             self.nodes.append(self._machine(me))
         self.ports = [self.port(i) for i in range(n)]
@@ -198,9 +201,8 @@ class Sim:
 
     def _plan(self) -> None:
         sc, n = self.sc, self.sc.nodes
-        window = sc.start_window if sc.start_window is not None else min(5.0, 0.005 * n)
         for i in range(n):
-            self._push(window * i / max(1, n), _FAULT, i, "start")
+            self._push(self.starts[i], _FAULT, i, "start")
         for i in self.crash_set:
             self._push(self.fault_at, _FAULT, i, "crash")
         for i in self.freeze_set:

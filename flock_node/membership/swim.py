@@ -243,7 +243,15 @@ class Swim(Table):
         self._at(now + self._pp_delay * (0.5 + self.rng.random()), "pp", None)
         # Half the time a member we believe down, if any (serf's reconnect): that is how the
         # two sides of a healed partition meet, each learning the other holds it down.
-        if self.down and self.rng.random() < 0.5:
+        if self._pp_delay == self.cfg.push_pull_first and self._order:
+            # Catching up: of a few members drawn at random, the one that started last
+            # (incarnations are start times) joined through a seed last, so knows the most.
+            rng, order, table = self.rng, self._order, self.table
+            drawn = [table.get(order[int(rng.random() * len(order))]) for _ in range(8)]
+            best = max((e for e in drawn if type(e) is Alive), default=None,
+                       key=lambda e: e.incarnation)
+            addrs = [best.addr] if best is not None else []
+        elif self.down and self.rng.random() < 0.5:
             e = self.table[sorted(self.down)[int(self.rng.random() * len(self.down))]]
             addrs = [self._addr(e.node, e)]
         else:
