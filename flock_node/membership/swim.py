@@ -63,9 +63,13 @@ class Swim(Table):
         self.rng.shuffle(self._seeds)
         self._broadcast(self.name, self.me)
         if self._seeds:
-            # One seed is enough; the others are tried in turn while nobody answers.
+            # One seed answers with its table (the others are tried in turn while nobody
+            # answers); the others are only told we exist, so every seed knows every joiner
+            # and a catching-up node can learn the whole flock from one late starter.
             self._sends.append((self._seeds[0], PushPull(self.name, self.me.addr, True, False,
                                                          self._states())))
+            for s in self._seeds[1:]:
+                self._sends.append((s, Gossip(self.name, [self.me])))
             self._at(now + self.cfg.join_retry, "join", self.cfg.join_retry)
         self._at(now + self.rng.random() * self.cfg.probe_interval, "probe", None)
         self._at(now + self.cfg.push_pull_first * (1 + self.rng.random()), "pp", None)
