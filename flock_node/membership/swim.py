@@ -58,7 +58,7 @@ class Swim(Table):
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self, now: float, seeds: list[str]) -> Output:
-        """Join through `seeds` (addresses): push-pull with each, then probe and gossip."""
+        """Join through `seeds` (addresses): push-pull with one, then probe and gossip."""
         self._seeds = [s for s in seeds if s != self.me.addr]
         self.rng.shuffle(self._seeds)
         self._broadcast(self.name, self.me)
