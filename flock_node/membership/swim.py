@@ -237,7 +237,7 @@ class Swim(Table):
         n = len(self.table) + 1
         scale = 1 + max(0, (n.bit_length() - 6))
         learned, longest = self.learned - self._pp_learned, self.cfg.push_pull_interval * scale
-        if learned > max(8, n // 100):
+        if learned > max(8, n // 30):
             self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
         elif learned:
             self._pp_delay = min(self._pp_delay * 2, longest)  # the last few stragglers
