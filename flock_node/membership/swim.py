@@ -54,6 +54,7 @@ class Swim(Table):
         self._probing: int | None = None
         self._pp_delay = self.cfg.push_pull_first
         self._pp_learned = 0
+        self._pp_due = 0.0
         self._seeds: list[str] = []
 
     # -- inputs ---------------------------------------------------------------------------
@@ -72,8 +73,8 @@ class Swim(Table):
                 self._sends.append((s, Gossip(self.name, [self.me])))
             self._at(now + self.cfg.join_retry, "join", self.cfg.join_retry)
         self._at(now + self.rng.random() * self.cfg.probe_interval, "probe", None)
-        self._at(now + self.cfg.push_pull_first * (1 + self.rng.random()), "pp", None)
-        return self._flush()
+        self._pp_at(now + self.cfg.push_pull_first * (1 + self.rng.random()))
+        return self._flush(now)
 
     def leave(self, now: float) -> Output:
         """Announce our departure to a few members; afterwards we stay silent."""
@@ -81,7 +82,7 @@ class Swim(Table):
         for addr in self._random_addrs(self.cfg.indirect_checks, None):
             self._sends.append((addr, Gossip(self.name, [bye])))
         self.left = True
-        return self._flush()
+        return self._flush(now)
 
     def update_record(self, now: float, record: dict[str, Any]) -> Output:
         """Our own facts changed: a new version of our statement, gossiped like any update."""
@@ -89,7 +90,7 @@ class Swim(Table):
         self.me = self.sign(Alive(m.node, m.incarnation, m.instance, m.addr, m.version + 1,
                                   record))
         self._broadcast(self.name, self.me)
-        return self._flush()
+        return self._flush(now)
 
     def receive(self, now: float, msg: Message) -> Output:
         """One message from the network (its sender already authenticated by the driver)."""
@@ -113,7 +114,7 @@ class Swim(Table):
             self._relay(now, msg)  # type: ignore[arg-type]
         elif tm is PushPull:
             self._push_pulled(now, msg)  # type: ignore[arg-type]
-        return self._flush()
+        return self._flush(now)
 
     def tick(self, now: float) -> Output:
         """Run the timers that are due at `now`."""
@@ -131,6 +132,8 @@ class Swim(Table):
             elif kind == "suspect":
                 self._suspicion_due(now, arg)
             elif kind == "pp":
+                if arg != self._pp_due:
+                    continue  # moved earlier since
                 self._periodic_push_pull(now)
             elif kind == "join":
                 if not self.table:
@@ -143,7 +146,7 @@ class Swim(Table):
                 if e is not None and type(e) is Mark and e.state in (DOWN, LEFT):
                     del self.table[arg]
                     self.down.discard(arg)
-        return self._flush()
+        return self._flush(now)
 
     def next_deadline(self) -> float | None:
         """When `tick` has work next (None: never)."""
@@ -231,7 +234,7 @@ class Swim(Table):
     # -- push-pull ------------------------------------------------------------------------
     def _periodic_push_pull(self, now: float) -> None:
         # While exchanges teach us many members (a flock forming, a partition healed) they
-        # come every 2 s, then less often while they teach a few, then at the interval,
+        # come every 2 s, every 4 s while they teach a few, then at the interval,
         # stretched with the flock's size as memberlist does, so the bytes per node per
         # second stay bounded.
         n = len(self.table) + 1
@@ -240,11 +243,11 @@ class Swim(Table):
         if learned > max(8, n // 30):
             self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
         elif learned:
-            self._pp_delay = min(self._pp_delay * 2, longest)  # the last few stragglers
+            self._pp_delay = min(self.cfg.push_pull_first * 2, longest)  # the last stragglers
         else:
             self._pp_delay = longest
         self._pp_learned = self.learned
-        self._at(now + self._pp_delay * (0.5 + self.rng.random()), "pp", None)
+        self._pp_at(now + self._pp_delay * (0.5 + self.rng.random()))
         # Half the time a member we believe down, if any (serf's reconnect): that is how the
         # two sides of a healed partition meet, each learning the other holds it down.
         if self._pp_delay == self.cfg.push_pull_first and self._order:
@@ -263,6 +266,10 @@ class Swim(Table):
         for addr in addrs:
             self._sends.append((addr, PushPull(self.name, self.me.addr, False, False,
                                                self._states())))
+
+    def _pp_at(self, when: float) -> None:
+        self._pp_due = when
+        self._at(when, "pp", when)
 
     def _states(self) -> list[Entry]:
         states: list[Entry] = list(self.table.values())
@@ -302,7 +309,13 @@ class Swim(Table):
             out.append(self._addr(n, e))
         return out
 
-    def _flush(self) -> Output:
+    def _flush(self, now: float) -> Output:
+        # News of members we did not know hints that our table has gaps (a lost join, a
+        # healed partition): the next push-pull comes within 4 s, not at the long interval.
+        if self.learned != self._pp_learned and not self.left:
+            soon = now + self.cfg.push_pull_first * 2
+            if self._pp_due > soon:
+                self._pp_at(soon)
         out = (self._sends, self._changes)
         self._sends, self._changes = [], []
         return out
