@@ -1,0 +1,270 @@
+"""SWIM + Lifeguard membership: the state machine, driven through the deterministic simulator.
+
+Every scenario has a fixed seed, so a failure replays exactly; the flocks are small and the
+runs a few virtual seconds, so the whole file takes seconds of wall time.
+"""
+
+import json
+import random
+import subprocess
+import sys
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flock_node.membership.lifeguard import Suspicion, suspicion_bounds
+from flock_node.membership.messages import (
+    ALIVE,
+    DOWN,
+    LEFT,
+    SUSPECT,
+    Ack,
+    Alive,
+    BadMessage,
+    Dead,
+    Gossip,
+    Mark,
+    Nack,
+    Ping,
+    PingReq,
+    PushPull,
+    Suspect,
+    decode,
+    encode,
+)
+from flock_node.membership.sim import Scenario, Sim, simulate
+from flock_node.membership.swim import Config, Swim
+
+
+def converged(sim: Sim) -> bool:
+    return sim.good == sim.h * (sim.h - 1)
+
+
+def flock(n: int = 12, seed: int = 3, settle: float = 12.0, **kw) -> Sim:
+    sim = Sim(Scenario(nodes=n, seconds=600, seed=seed, fault_at=10_000, **kw))
+    sim.advance(settle)
+    assert converged(sim)
+    return sim
+
+
+def test_a_falsely_suspected_node_refutes_with_a_higher_incarnation():
+    sim = flock()
+    x, accuser = 5, 2
+    inc = sim.nodes[x].me.incarnation
+    sim.inject(accuser, Gossip(sim.names[7], [Suspect(sim.names[x], inc, sim.names[7])]))
+    assert sim.nodes[accuser].state(sim.names[x]) == SUSPECT
+    sim.advance(sim.now + 5)
+    assert sim.nodes[x].me.incarnation > inc
+    assert sim.views(x) == {ALIVE: 11}
+    assert not sim.false_dead
+
+
+def test_indirect_probes_carry_a_member_through_a_broken_direct_path():
+    sim = flock()
+    a, b = 1, 4
+    sim.cut(a, b)
+    sim.cut(b, a)
+    sim.advance(sim.now + 40)  # a probes b several times, never directly
+    assert sim.nodes[a].state(sim.names[b]) == ALIVE
+    assert not sim.false_suspect and not sim.false_dead
+
+
+def test_without_indirect_probes_the_same_broken_path_means_suspicion():
+    # The control for the test above: the indirect path is what kept b alive.
+    sim = flock(config=Config(indirect_checks=0))
+    a, b = 1, 4
+    sim.cut(a, b)
+    sim.cut(b, a)
+    sim.advance(sim.now + 40)
+    assert b in sim.false_suspect
+
+
+def test_suspicion_timeout_shrinks_with_independent_confirmations():
+    lo, hi = suspicion_bounds(4, 6, 100, 1.0)
+    assert (lo, hi) == (8.0, 48.0)
+    s = Suspicion(start=0.0, lo=lo, hi=hi, k=2, by="a", incarnation=1)
+    first = s.deadline()
+    assert first == hi
+    assert s.confirm("b") and s.deadline() < first
+    assert not s.confirm("b")  # the same accuser twice is one confirmation
+    assert s.confirm("c") and s.deadline() == pytest.approx(lo)
+    assert not s.confirm("d")  # past k confirmations nothing changes
+
+
+def test_confirmations_through_the_machine_bring_the_deadline_forward():
+    sim = flock()
+    x, node = 6, sim.nodes[0]
+    inc = sim.nodes[x].me.incarnation
+    sim.silent[x] = True  # nobody hears x refute
+    sim.inject(0, Gossip(sim.names[1], [Suspect(sim.names[x], inc, sim.names[1])]))
+    alone = node._suspicions[sim.names[x]].deadline()
+    sim.inject(0, Gossip(sim.names[2], [Suspect(sim.names[x], inc, sim.names[2])]))
+    sim.inject(0, Gossip(sim.names[3], [Suspect(sim.names[x], inc, sim.names[3])]))
+    confirmed = node._suspicions[sim.names[x]].deadline()
+    assert confirmed < alone
+    sim.advance(confirmed + 0.01)
+    assert node.state(sim.names[x]) == DOWN
+
+
+def test_a_record_update_reaches_everyone_and_the_newer_version_wins():
+    sim = flock()
+    x = 3
+    sim._handle(x, sim.nodes[x].update_record(sim.now, {"active": True, "pending": 2}))
+    sim._handle(x, sim.nodes[x].update_record(sim.now, {"active": False, "pending": 0}))
+    sim.advance(sim.now + 6)
+    assert {str(n.record(sim.names[x])) for k, n in enumerate(sim.nodes) if k != x} == {
+        str({"active": False, "pending": 0})}
+
+
+def test_a_member_that_cannot_be_heard_raises_its_own_health_score():
+    # Lifeguard: probes that fail with no nack from the relays point at ourselves.
+    sim = flock()
+    a = 2
+    for j in range(12):
+        if j != a:
+            sim.cut(j, a)  # a hears nobody (its sends still go out)
+    sim.advance(sim.now + 6)
+    assert sim.nodes[a].awareness.score >= 2
+    assert all(sim.nodes[k].awareness.score <= 1 for k in range(12) if k != a)
+
+
+def test_a_leave_is_announced_and_gossiped_to_all():
+    sim = flock()
+    sim.leave(8)
+    sim.advance(sim.now + 8)
+    assert sim.views(8) == {LEFT: 11}
+    assert not sim.false_dead
+
+
+def test_a_node_that_lost_its_state_rejoins_and_replaces_its_old_entry():
+    sim = flock()
+    x = 9
+    old = sim.nodes[x].me
+    sim.silent[x] = True  # crashed...
+    sim.advance(sim.now + 1)
+    fresh = sim.restart(x, incarnation=0)  # ...and back, state wiped, clock set back
+    assert fresh.me.instance != old.instance
+    sim.advance(sim.now + 10)
+    assert sim.views(x) == {ALIVE: 11}
+    assert all(n.table[sim.names[x]].instance == fresh.me.instance
+               for k, n in enumerate(sim.nodes) if k != x)
+
+
+def test_a_partition_heals_and_the_flock_converges_again():
+    r = simulate(Scenario(nodes=20, seconds=60, partition=0.3, partition_for=20, fault_at=10,
+                          seed=5))
+    assert r["heal_s"] is not None and r["converged_now"], r
+    assert r["false_dead"] == 0  # declared down only across the cut
+
+
+def test_crashes_are_seen_by_all():
+    r = simulate(Scenario(nodes=30, seconds=30, crash=3, loss=0.01, seed=2))
+    assert r["detect_s"]["detected"] == 3 and r["detect_s"]["max"] is not None, r
+    assert r["false_dead"] == 0
+
+
+def test_a_frozen_node_is_detected_then_comes_back_alive():
+    r = simulate(Scenario(nodes=30, seconds=40, freeze=1, freeze_for=6, seed=4))
+    assert r["detect_s"]["detected"] == 1, r
+    assert r["recovered_s"]["recovered"] == 1, r
+
+
+def test_no_live_node_is_declared_down_at_one_percent_loss():
+    r = simulate(Scenario(nodes=60, seconds=60, loss=0.01, seed=7))
+    assert r["converged_s"] is not None and r["converged_now"], r
+    assert r["false_dead"] == 0
+
+
+def test_the_simulator_is_deterministic():
+    sc = dict(nodes=20, seconds=15, loss=0.05, crash=1, seed=11)
+    a, b = simulate(Scenario(**sc)), simulate(Scenario(**sc))
+    a.pop("wall_s"), b.pop("wall_s")
+    assert a == b
+
+
+# -- property tests ------------------------------------------------------------------------
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_garbage_bytes_are_one_clean_error(data):
+    try:
+        msg = decode(data)
+    except BadMessage:
+        return
+    assert decode(encode(msg)) == msg
+
+
+NAMES = ["a", "b", "c", "d"]
+names = st.sampled_from(NAMES)
+incs = st.integers(0, 5)
+alives = st.builds(Alive, node=names, incarnation=incs, instance=st.sampled_from(["i1", "i2"]),
+                   addr=names, version=st.integers(0, 3),
+                   record=st.none() | st.just({"tags": ["x"]}))
+updates = st.one_of(alives, st.builds(Suspect, names, incs, names),
+                    st.builds(Dead, names, incs, names))
+entries = st.one_of(alives, st.builds(Mark, names, st.sampled_from([SUSPECT, DOWN, LEFT]),
+                                      incs, names, alives))
+gossip = st.lists(updates, max_size=4)
+messages = st.one_of(
+    st.builds(Ping, names, st.integers(0, 9), names, names, gossip),
+    st.builds(Ack, names, st.integers(0, 9), gossip),
+    st.builds(Nack, names, st.integers(0, 9), gossip),
+    st.builds(PingReq, names, st.integers(0, 9), names, names, names, gossip),
+    st.builds(Gossip, names, gossip),
+    st.builds(PushPull, names, names, st.booleans(), st.booleans(), st.lists(entries, max_size=5)),
+)
+
+
+def _own_statements(msg):
+    """The Alive statements in `msg` its sender made about itself."""
+    found = list(getattr(msg, "gossip", [])) + [
+        e if isinstance(e, Alive) else e.alive for e in getattr(msg, "states", [])]
+    return {id(a) for a in found if isinstance(a, Alive) and a.node == msg.sender}
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.tuples(st.floats(0, 0.5), messages), max_size=40))
+def test_random_messages_never_raise_nor_plant_a_statement_about_x_from_y(steps):
+    me = Alive("a", 1, "i0", "a")
+    node = Swim(me, random.Random(1))  # no vouch hook: relayed statements are never enough
+    node.start(0.0, ["b"])
+    own: dict[int, Alive] = {}
+    now = 0.0
+    for dt, msg in steps:
+        now += dt
+        for i in _own_statements(msg):
+            own[i] = next(a for a in [*getattr(msg, "gossip", []),
+                                      *(e if isinstance(e, Alive) else e.alive
+                                        for e in getattr(msg, "states", []))] if id(a) == i)
+        node.receive(now, msg)
+        node.tick(now)
+        for name, e in node.table.items():
+            statement = e if isinstance(e, Alive) else e.alive
+            assert name != "a"
+            assert id(statement) in own, (name, statement)  # only ever its own word
+        assert node.me.node == "a" and node.me.instance == "i0"
+
+
+def test_the_simulator_command_prints_one_json_object():
+    out = subprocess.run([sys.executable, "-m", "flock_node.membership.sim", "--nodes", "50",
+                          "--seconds", "20", "--json"], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    for key in ("converged_s", "detect_s", "false_dead", "msgs_per_node_s",
+                "bytes_per_node_s", "wall_s"):
+        assert key in r
+    assert set(r["detect_s"]) >= {"p50", "max"}
+    assert r["converged_s"] is not None and r["false_dead"] == 0
+
+
+@pytest.mark.parametrize("args", [["--nodes", "x", "--seconds", "5"],
+                                  ["--nodes", "10", "--seconds", "-1"],
+                                  ["--nodes", "10", "--seconds", "5", "--loss", "2"],
+                                  ["--nodes", "10", "--seconds", "5", "--crash", "9"],
+                                  ["--seconds", "5"]])
+def test_bad_simulator_flags_are_a_usage_error(args):
+    out = subprocess.run([sys.executable, "-m", "flock_node.membership.sim", *args],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "usage:" in out.stderr and "Traceback" not in out.stderr
