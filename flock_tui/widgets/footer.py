@@ -1,5 +1,6 @@
 """The footer: Textual's own, with the macro keys after a "macros:" label, and on a narrow
-terminal compact, with short descriptions and `?` and `q` first, so they are never cut.
+terminal compact, with short descriptions and `?`, `q` and `^p` first, so they are never cut
+(the stock `^p palette` is docked right, where it covers the last key on a narrow footer).
 
 The only module that imports Textual's private footer parts (FooterKey, FooterLabel)."""
 
@@ -34,7 +35,12 @@ class FlockFooter(Footer):
         self.compact = narrow
         keys = list(super().compose())
         if narrow:
-            keys.sort(key=lambda w: 0 if isinstance(w, FooterKey) and w.action in FIRST else 1)
+            for w in keys:
+                if w.has_class("-command-palette"):
+                    w.remove_class("-command-palette")
+                    w.add_class("palette")
+            keys.sort(key=lambda w: 0 if isinstance(w, FooterKey) and (
+                w.action in FIRST or w.has_class("palette")) else 1)
             for w in keys:
                 if isinstance(w, FooterKey):
                     w.description = SHORT.get(w.description, w.description)
