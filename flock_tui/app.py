@@ -32,6 +32,7 @@ from flock_node.transport import RpcError
 from flock_tui import macros as macros_mod
 from flock_tui.connection import Connection
 from flock_tui.context import err_text
+from flock_tui.identity import identity_of
 from flock_tui.keymap import check_keymap, help_rows, make_main_screen
 from flock_tui.keys import CHANGING_ACTIONS, builtin_keys
 from flock_tui.macros import ConfigError, ConsoleConfig, Macro
@@ -64,7 +65,10 @@ class FlockApp(App[int]):
         super().__init__()
         self.args = args
         self.clock = clock
-        self.read_only = bool(getattr(args, "read_only", False))
+        self.identity = identity_of(args)
+        # An observer may only read: its console is read-only by itself, as --read-only.
+        self.read_only = bool(getattr(args, "read_only", False)) or self.identity.observer
+        self.sub_title = self.identity.title()
         self.connect_enabled = connect
         self.config_error: str | None = None
         self.config_from_file = config is None

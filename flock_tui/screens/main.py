@@ -151,6 +151,7 @@ class MainScreen(Screen[None]):
         t.append(f"   sort: {label}", style=st.muted)
         if table.filter:
             t.append(f"   filter: {table.filter}", style=st.warning)
+        t.append(f"   {c.identity.title()}", style=st.accent)
         if c.read_only:
             t.append("   READ-ONLY", style=f"bold {st.warning}")
         if c.status_line:

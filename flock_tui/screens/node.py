@@ -1,6 +1,6 @@
 """The node screen: one node's resources, runs with their causes, subscriptions both ways and
-live events. Four panes in a grid on a big terminal; on a small one (below 110x34) one pane at
-a time, `tab` switching, so each pane keeps enough rows to be useful."""
+live events, its audit trail. Five panes in a grid on a big terminal; on a small one (below
+110x40) one pane at a time, `tab` switching, so each pane keeps enough rows to be useful."""
 
 from __future__ import annotations
 
@@ -29,12 +29,13 @@ from flock_tui.screens.node_text import (
     tabs_text,
     unsubscribe_text,
 )
+from flock_tui.widgets.audit import AuditPane
 from flock_tui.widgets.footer import FlockFooter
 from flock_tui.widgets.run_detail import RunDetail
 from flock_tui.widgets.tables import cursor_key, flex_width, refill, update_column
 
 PANES = [("resources", "Resources"), ("runs", "Runs"), ("subs", "Subscriptions"),
-         ("detail", "Run detail")]
+         ("detail", "Run detail"), ("audit", "Audit")]
 RELOAD_ON = ("run_finished", "subscription_registered", "subscription_removed",
              "notification_received")
 
@@ -44,7 +45,7 @@ class NodeScreen(Screen[None]):
     and its live events."""
 
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]  # five panes need 40 rows
     BINDINGS: ClassVar = [
         Binding("escape,backspace", "app.pop_screen", "Back", id="node.back"),
         Binding("r", "run_chef", "Run chef", id="node.run_chef"),
@@ -81,7 +82,7 @@ class NodeScreen(Screen[None]):
         yield Static(id="node-title")
         yield Static(id="node-tabs")
         with Grid(id="node-panes"):
-            for key, title in PANES:
+            for key, title in PANES[:-1]:
                 with Vertical(classes="pane", id=f"pane-{key}"):
                     if key == "subs":
                         yield Label(Text.assemble(f"{title}  ", (
@@ -94,6 +95,7 @@ class NodeScreen(Screen[None]):
                             yield RunDetail(id="node-detail")
                     else:
                         yield DataTable(id=f"node-{key}", cursor_type="row", zebra_stripes=True)
+            yield AuditPane(self.node, classes="pane", id="pane-audit")
         yield Label("Events", classes="pane-title", id="node-events-title")
         yield RichLog(id="node-events", markup=False, wrap=True, max_lines=500)
         yield FlockFooter()
@@ -127,6 +129,7 @@ class NodeScreen(Screen[None]):
         elif first:
             self.query_one("#node-runs", DataTable).focus()
         self.refill()
+        self.query_one(AuditPane).refill()
 
     def _focus_pane(self) -> None:
         target = "#node-detail-scroll" if self.pane == "detail" else f"#node-{self.pane}"
@@ -197,6 +200,7 @@ class NodeScreen(Screen[None]):
         flock = self.console.flock
         if flock is None:
             return
+        self.query_one(AuditPane).reload()
         node = flock[self.node]
         try:
             resources = await node.resource_manager.resources()
@@ -264,6 +268,7 @@ class NodeScreen(Screen[None]):
         self.update_title()
         if self.data is None or not self.is_attached:
             return
+        self.query_one(AuditPane).tick()
         res, runs, _subs, _w = self._rows()
         update_column(self.query_one("#node-resources", DataTable), res, 3)
         update_column(self.query_one("#node-runs", DataTable), runs, 2)
