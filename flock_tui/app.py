@@ -39,10 +39,12 @@ from flock_tui.macros import ConfigError, ConsoleConfig, Macro
 from flock_tui.messages import ConnectionProblem, MembersUpdated, NodeEvent
 from flock_tui.model import FlockView, Styles, event_text, run_target
 from flock_tui.palette import FlockCommands, commands
-from flock_tui.screens.confirm import ConfirmScreen
+from flock_tui.screens.confirm import RunConfirmScreen
 from flock_tui.screens.help import HelpScreen
 from flock_tui.screens.main import MainScreen
 from flock_tui.screens.node import NodeScreen
+from flock_tui.screens.rolling import RollForm, RollScreen
+from flock_tui.screens.whyrun import WhyRunScreen
 from flock_tui.screens.wizards import notify_wizard, subscribe_wizard
 from flock_tui.widgets.flock_table import FlockTable
 
@@ -285,7 +287,30 @@ class FlockApp(App[int]):
             if yes:
                 self.do_run_chef(nodes)
 
-        self.push_screen(ConfirmScreen("Run chef?", body, "Run"), done)
+        self.push_screen(RunConfirmScreen("Run chef?", body, "Run", lambda: self.why_run_on(nodes),
+                                          lambda: self.roll_on(nodes)), done)
+
+    def target_of(self, nodes: list[str]) -> str | None:
+        """The one `flockctl` TARGET naming `nodes` (a name, `tag:TAG`, `'*'`), if any."""
+        return shlex.quote(nodes[0]) if len(nodes) == 1 else run_target(nodes, self.view.members)
+
+    def why_run_on(self, nodes: list[str]) -> None:
+        """Each node's plan, nothing runs (`flockctl run-chef NODE --why-run`)."""
+        if self.read_only or not nodes:
+            return
+        self.push_screen(WhyRunScreen(nodes, self.target_of(nodes)))
+
+    def roll_on(self, nodes: list[str]) -> None:
+        """The rolling-run form, then the roll (`flockctl run-chef ... --max-parallel N`)."""
+        if self.read_only or not nodes:
+            return
+        target = self.target_of(nodes)
+
+        def start(limits: tuple[int, int] | None) -> None:
+            if limits is not None:
+                self.push_screen(RollScreen(nodes, target, *limits))
+
+        self.push_screen(RollForm(nodes, target), start)
 
     @work(group="run_chef", exit_on_error=False)
     async def do_run_chef(self, nodes: list[str]) -> None:

@@ -174,6 +174,12 @@ class MainScreen(Screen[None]):
     def action_run_chef(self) -> None:
         self.console.run_chef_on(self.targets())
 
+    def action_why_run(self) -> None:
+        self.console.why_run_on(self.targets())
+
+    def action_rolling(self) -> None:
+        self.console.roll_on(self.targets())
+
     def action_open_node(self) -> None:
         node = self.cursor_node()
         if node:

@@ -49,6 +49,7 @@ class NodeScreen(Screen[None]):
     BINDINGS: ClassVar = [
         Binding("escape,backspace", "app.pop_screen", "Back", id="node.back"),
         Binding("r", "run_chef", "Run chef", id="node.run_chef"),
+        Binding("w", "why_run", "Why-run", id="node.why_run"),
         Binding("n", "notify_node", "Notify", id="node.notify"),
         Binding("s", "subscribe", "Subscribe", id="node.subscribe"),
         Binding("d", "remove_subscription", "Remove sub", id="node.unsubscribe"),
@@ -284,6 +285,9 @@ class NodeScreen(Screen[None]):
 
     def action_run_chef(self) -> None:
         self.console.run_chef_on([self.node])
+
+    def action_why_run(self) -> None:
+        self.console.why_run_on([self.node])
 
     def action_notify_node(self) -> None:
         self.console.open_notify(self.node)

@@ -11,7 +11,7 @@ from textual.widgets import Footer
 from textual.widgets._footer import FooterKey, FooterLabel
 
 NARROW = 120
-SHORT = {"Run chef": "Run", "Subscribe": "Sub", "Mark": "Mark", "Filter": "Find",
+SHORT = {"Run chef": "Run", "Why-run": "Why", "Subscribe": "Sub", "Mark": "Mark", "Filter": "Find",
          "Notify": "Notify", "Remove sub": "Unsub", "Retry outbox": "Retry"}
 FIRST = ("help", "quit")
 
