@@ -18,7 +18,7 @@ from flock_node.transport import RpcError
 from flock_tui.context import Console, console_of, err_text
 from flock_tui.messages import MembersUpdated, NodeEvent
 from flock_tui.model import activity_text, last_run_text
-from flock_tui.screens.confirm import ConfirmScreen
+from flock_tui.screens.node_changes import NodeChanges
 from flock_tui.screens.node_text import (
     Row,
     action_width,
@@ -27,7 +27,6 @@ from flock_tui.screens.node_text import (
     run_rows,
     sub_rows,
     tabs_text,
-    unsubscribe_text,
 )
 from flock_tui.widgets.audit import AuditPane
 from flock_tui.widgets.footer import FlockFooter
@@ -40,7 +39,7 @@ RELOAD_ON = ("run_finished", "subscription_registered", "subscription_removed",
              "notification_received")
 
 
-class NodeScreen(Screen[None]):
+class NodeScreen(NodeChanges, Screen[None]):
     """One node: resources with last results, run history with causes, subscriptions both ways,
     and its live events."""
 
@@ -296,49 +295,4 @@ class NodeScreen(Screen[None]):
         self.console.open_subscribe(self.node)
 
     def action_reload(self) -> None:
-        self.reload()
-
-    def action_remove_subscription(self) -> None:
-        key = cursor_key(self.query_one("#node-subs", DataTable))
-        s = self.subs.get(key or "")
-        if s is None:
-            self.notify("no subscription selected", severity="warning")
-            return
-        body = unsubscribe_text(self.node, s, outgoing=bool(key and key.startswith("out:")))
-        sid = str(s["id"])
-
-        def done(yes: bool | None) -> None:
-            if yes:
-                self.call_flock("unsubscribe", sid)
-
-        self.app.push_screen(ConfirmScreen("Remove subscription?", body, "Remove"), done)
-
-    def action_retry_outbox(self) -> None:
-        body = Text(f"$ flockctl retry {self.node}\n\n{self.node} sends its dead-lettered and "
-                    "refused notifications again, with a fresh TTL.")
-
-        def done(yes: bool | None) -> None:
-            if yes:
-                self.call_flock("retry")
-
-        self.app.push_screen(ConfirmScreen("Retry notifications?", body, "Retry"), done)
-
-    @work(group="node-change", exit_on_error=False)
-    async def call_flock(self, what: str, sid: str = "") -> None:
-        """Unsubscribe or retry the outbox, log the answer, reload."""
-        c = self.console
-        if c.flock is None:
-            return
-        node = c.flock[self.node]
-        try:
-            if what == "retry":
-                r = await node.flock_api.retry()
-                line = f"{self.node}: {len(r.get('retried') or [])} notification(s) sent again"
-            else:
-                r = await node.resource_manager.unsubscribe(id=sid)
-                line = f"{self.node}: subscription {sid} removed ({r.get('removed')})"
-        except (RpcError, TypeError) as e:
-            c.log_error(f"{self.node}: {what} {sid}: {err_text(e)}".replace("  ", " "))
-            return
-        c.log_line(Text(line), self.node)
         self.reload()

@@ -13,7 +13,7 @@ from textual.widgets._footer import FooterKey, FooterLabel
 NARROW = 120
 SHORT = {"Run chef": "Run", "Why-run": "Why", "Subscribe": "Sub", "Mark": "Mark", "Filter": "Find",
          "Notify": "Notify", "Remove sub": "Unsub", "Retry outbox": "Retry"}
-FIRST = ("help", "quit")
+FIRST = ("help", "quit", "app.pop_screen")
 
 __all__ = ["FlockFooter", "FooterKey", "FooterLabel"]
 
@@ -39,8 +39,8 @@ class FlockFooter(Footer):
                 if w.has_class("-command-palette"):
                     w.remove_class("-command-palette")
                     w.add_class("palette")
-            keys.sort(key=lambda w: 0 if isinstance(w, FooterKey) and (
-                w.action in FIRST or w.has_class("palette")) else 1)
+            keys.sort(key=lambda w: 0 if isinstance(w, FooterKey) and w.action in FIRST else
+                      1 if w.has_class("palette") else 2)
             for w in keys:
                 if isinstance(w, FooterKey):
                     w.description = SHORT.get(w.description, w.description)
