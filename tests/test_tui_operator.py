@@ -235,12 +235,13 @@ async def test_health_is_the_last_converge_with_a_later_reaction_beside_it():
         assert "↺ ok" in cell, cell
 
 
-@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("size", [*SIZES, (140, 40)])
 @aio
 async def test_the_palette_key_never_overlaps_another_footer_key(size):
     from flock_tui.widgets.footer import FlockFooter, FooterKey
 
-    cfg = ConsoleConfig(macros=[Macro(name="deploy-web", key="D", steps=["nodes"])])
+    cfg = ConsoleConfig(macros=[Macro(name="deploy-web", key="D", steps=["nodes"]),
+                                Macro(name="probe", key="p", steps=["active {node}"])])
     app = FlockApp(offline_args(), clock=lambda: NOW, config=cfg, connect=False)
     async with app.run_test(size=size) as pilot:
         await offline(pilot, app)
