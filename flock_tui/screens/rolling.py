@@ -17,7 +17,7 @@ from textual.widgets import DataTable, Input, Label, Static
 from flock_node.cli.rolling import Outcome, Roll
 from flock_tui.context import console_of
 from flock_tui.model import Styles, duration
-from flock_tui.roll import RollDriver, equivalent_command, parse_limits
+from flock_tui.roll import RollDriver, equivalent_command, parse_limits, stop_the_rest
 
 
 def outcome_style(outcome: str, st: Styles) -> str:
@@ -165,6 +165,9 @@ class RollScreen(ModalScreen[None]):
         c = console_of(self.app)
         if c.flock is None:
             c.log_error("not connected to the flock")
+            self.stopped = True
+            stop_the_rest(self.roll)  # nothing started: done, and esc closes
+            self.show()
             return
 
         def report(o: Outcome) -> None:
