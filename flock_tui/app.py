@@ -9,8 +9,6 @@ on the events that concern its node. Styles live in `console.tcss`.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import shlex
 import sys
 import time
 from collections import deque
@@ -18,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import App
 from textual.binding import Binding
 from textual.color import Color
@@ -28,17 +26,16 @@ from textual.widgets import RichLog
 from flock_node import paths
 from flock_node.client import AsyncFlock
 from flock_node.protocol import Event
-from flock_node.transport import RpcError
 from flock_tui import macros as macros_mod
 from flock_tui.connection import Connection
-from flock_tui.context import err_text
+from flock_tui.identity import identity_of
 from flock_tui.keymap import check_keymap, help_rows, make_main_screen
 from flock_tui.keys import CHANGING_ACTIONS, builtin_keys
 from flock_tui.macros import ConfigError, ConsoleConfig, Macro
 from flock_tui.messages import ConnectionProblem, MembersUpdated, NodeEvent
-from flock_tui.model import FlockView, Styles, event_text, run_target
+from flock_tui.model import FlockView, Styles, event_text
 from flock_tui.palette import FlockCommands, commands
-from flock_tui.screens.confirm import ConfirmScreen
+from flock_tui.run_actions import RunActions
 from flock_tui.screens.help import HelpScreen
 from flock_tui.screens.main import MainScreen
 from flock_tui.screens.node import NodeScreen
@@ -48,7 +45,7 @@ from flock_tui.widgets.flock_table import FlockTable
 __all__ = ["FlockApp", "FlockTable", "builtin_keys", "run_console"]
 
 
-class FlockApp(App[int]):
+class FlockApp(RunActions, App[int]):
     """The console. `clock` is injectable so snapshot tests can freeze "5s ago"."""
 
     TITLE = "Flock"
@@ -64,7 +61,10 @@ class FlockApp(App[int]):
         super().__init__()
         self.args = args
         self.clock = clock
-        self.read_only = bool(getattr(args, "read_only", False))
+        self.identity = identity_of(args)
+        # An observer may only read: its console is read-only by itself, as --read-only.
+        self.read_only = bool(getattr(args, "read_only", False)) or self.identity.observer
+        self.sub_title = self.identity.title()
         self.connect_enabled = connect
         self.config_error: str | None = None
         self.config_from_file = config is None
@@ -259,48 +259,6 @@ class FlockApp(App[int]):
                 m = self.macros.get(str(parameters[0]))
                 return m is not None and not m.changes_things
         return True
-
-    def run_chef_on(self, nodes: list[str]) -> None:
-        if self.read_only or not nodes:
-            return
-        if len(nodes) == 1:
-            self.do_run_chef(nodes)
-            return
-        st = self.styles_
-        body = Text(f"Start a converge on {len(nodes)} nodes: one run_chef call per node, all "
-                    "in parallel, as `flockctl run-chef` does for a glob or a tag.\n\n")
-        body.append(", ".join(nodes) + "\n\n", style="bold")
-        target = run_target(nodes, self.view.members)
-        if target:
-            body.append(f"$ flockctl run-chef {target}", style=st.muted)
-        else:
-            body.append("$ " + " & ".join(f"flockctl run-chef {shlex.quote(n)}" for n in nodes)
-                        + " & wait", style=st.muted)
-
-        def done(yes: bool | None) -> None:
-            if yes:
-                self.do_run_chef(nodes)
-
-        self.push_screen(ConfirmScreen("Run chef?", body, "Run"), done)
-
-    @work(group="run_chef", exit_on_error=False)
-    async def do_run_chef(self, nodes: list[str]) -> None:
-        flock = self.flock
-        if flock is None:
-            self.log_error("not connected to the flock")
-            return
-
-        async def one(n: str) -> None:
-            try:
-                r = await flock[n].flock_api.run_chef()
-            except RpcError as e:
-                self.log_error(f"{n}: run_chef: {err_text(e)}", n)
-                return
-            how = "joined the waiting run" if r.get("joined") else (
-                "queued" if r.get("queued") else "started")
-            self.log_line(Text(f"{n}: run_chef → run {r.get('run_id')} {how}"), n)
-
-        await asyncio.gather(*(one(n) for n in nodes))
 
     def open_notify(self, node: str) -> None:
         if self.read_only or self.flock is None:

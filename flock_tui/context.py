@@ -39,6 +39,9 @@ class Console(Protocol):
     def run_chef_on(self, nodes: list[str]) -> None:
         """Start a converge on `nodes` (asks first when there are several)."""
 
+    def why_run_on(self, nodes: list[str]) -> None:
+        """Show each node's why-run plan (nothing runs)."""
+
     def open_notify(self, node: str) -> None:
         """The notification wizard for `node`."""
 

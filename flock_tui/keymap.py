@@ -11,16 +11,20 @@ from textual.screen import Screen
 from flock_node import paths
 from flock_tui.keys import BUILTIN_BINDINGS, CHANGING
 from flock_tui.macros import ConfigError, ConsoleConfig, Macro
-from flock_tui.screens.confirm import ConfirmScreen
+from flock_tui.screens.confirm import ConfirmScreen, RunConfirmScreen
 from flock_tui.screens.help import HelpScreen
 from flock_tui.screens.main import MainScreen
 from flock_tui.screens.node import NodeScreen
+from flock_tui.screens.rolling import RollForm, RollScreen
+from flock_tui.screens.whyrun import WhyRunScreen
 from flock_tui.screens.wizards import Wizard
 from flock_tui.widgets.flock_table import FlockTable
 
-SCREENS = (MainScreen, NodeScreen, Wizard, ConfirmScreen, HelpScreen, FlockTable)
+SCREENS = (MainScreen, NodeScreen, Wizard, ConfirmScreen, RunConfirmScreen, HelpScreen,
+           WhyRunScreen, RollForm, RollScreen, FlockTable)
 NODE_HELP = [("esc", "Node screen: back", "node.back"),
              ("r", "Node screen: run chef", "node.run_chef"),
+             ("w", "Node screen: why-run (nothing runs)", "node.why_run"),
              ("d", "Node screen: remove the selected subscription", "node.unsubscribe"),
              ("t", "Node screen: retry dead notifications", "node.retry"),
              ("tab", "Node screen: next pane", "node.next_pane")]

@@ -10,6 +10,8 @@ BUILTIN_BINDINGS: list[Binding] = [
     Binding("r", "run_chef", "Run chef", id="flock.run_chef"),
     Binding("n", "notify_node", "Notify", id="flock.notify"),
     Binding("s", "subscribe", "Subscribe", id="flock.subscribe"),
+    Binding("w", "why_run", "Why-run", id="flock.why_run"),
+    Binding("l", "rolling", "Rolling run", show=False, id="flock.rolling"),
     Binding("space", "mark", "Mark", id="flock.mark"),
     Binding("a", "mark_all", "Mark all / none", show=False, id="flock.mark_all"),
     Binding("slash", "filter", "Filter", key_display="/", id="flock.filter"),
@@ -19,10 +21,13 @@ BUILTIN_BINDINGS: list[Binding] = [
     Binding("question_mark", "help", "Help", key_display="?", id="flock.help"),
     Binding("q", "quit", "Quit", id="flock.quit"),
 ]
-# What --read-only hides.
+# What --read-only (and an observer's identity) hides. Why-run changes nothing but runs the
+# recipes' shell guards on the nodes, and observers are refused it: hidden too.
 CHANGING = {"flock.run_chef", "flock.notify", "flock.subscribe", "node.run_chef",
-            "node.notify", "node.subscribe", "node.unsubscribe", "node.retry"}
-CHANGING_ACTIONS = {"run_chef", "notify_node", "subscribe", "remove_subscription", "retry_outbox"}
+            "node.notify", "node.subscribe", "node.unsubscribe", "node.retry", "flock.why_run",
+            "flock.rolling", "node.why_run"}
+CHANGING_ACTIONS = {"run_chef", "notify_node", "subscribe", "remove_subscription", "retry_outbox",
+                    "why_run", "rolling"}
 # Keys the table itself uses (navigation): a macro on them needs `override = true`.
 TABLE_KEYS = {"enter", "up", "down", "left", "right", "pageup", "pagedown", "home", "end",
               "ctrl+home", "ctrl+end", "tab", "shift+tab", "ctrl+p", "ctrl+q", "ctrl+c"}

@@ -21,6 +21,10 @@ def commands(app: Any, main: Any) -> list[Command]:
         cmds.append((title, help_, partial(getattr(main, f"action_{action}"), *params)))
 
     add("Run chef", "run_chef on the marked nodes, or the cursor node", "run_chef")
+    add("Why-run", "what a converge of the marked (or cursor) nodes would do; nothing runs",
+        "why_run")
+    add("Rolling run", "converge the marked nodes a few at a time (max parallel, max fail)",
+        "rolling")
     add("Open node screen", "resources, runs, subscriptions, events of the cursor node",
         "open_node")
     add("Send notification", "run an action on a resource of the cursor node", "notify_node")

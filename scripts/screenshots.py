@@ -17,6 +17,9 @@ from flock_tui.app import FlockApp  # noqa: E402
 from flock_tui.demo import DemoFlock  # noqa: E402
 from flock_tui.macros import ConsoleConfig, Macro  # noqa: E402
 from flock_tui.screens import NodeScreen, Wizard  # noqa: E402
+from flock_tui.screens.confirm import RunConfirmScreen  # noqa: E402
+from flock_tui.screens.rolling import RollForm, RollScreen  # noqa: E402
+from flock_tui.screens.whyrun import WhyRunScreen  # noqa: E402
 
 OUT = ROOT / "screenshots"
 SIZE = (140, 40)
@@ -84,12 +87,45 @@ async def shoot(demo: DemoFlock) -> None:
         await pilot.press("escape", "escape")
         await until(pilot, lambda: not isinstance(app.screen, Wizard))
 
+        await shoot_plans(pilot, app, demo)
+
         await pilot.press("D")
         await until(pilot, lambda: app.macro_state is not None and app.macro_state[1] >= 1)
         await pilot.pause(1.0)
         app.save_screenshot(str(OUT / "macro-running.svg"))
         await pilot.press("escape")
         await until(pilot, lambda: app.macro_state is None)
+
+
+async def shoot_plans(pilot, app: FlockApp, demo: DemoFlock) -> None:
+    """Why-run and a rolling run on every node, from the run confirmation."""
+    # bender0's fubar gone: its plan would re-create it and notify bender1.
+    (demo.root / "files" / "bender0" / "fubar").unlink(missing_ok=True)
+    if app.marks:
+        await pilot.press("a")  # unmark
+    await pilot.press("a")  # mark all
+    await pilot.press("r")
+    await until(pilot, lambda: isinstance(app.screen, RunConfirmScreen))
+    await pilot.press("w")
+    await until(pilot, lambda: isinstance(app.screen, WhyRunScreen) and app.screen.done)
+    await pilot.pause(0.3)
+    app.save_screenshot(str(OUT / "why-run.svg"))
+    await pilot.press("escape")
+    await until(pilot, lambda: isinstance(app.screen, RunConfirmScreen))
+    await pilot.press("l")
+    await until(pilot, lambda: isinstance(app.screen, RollForm))
+    await pilot.press("backspace", "2")
+    await pilot.pause(0.3)
+    app.save_screenshot(str(OUT / "rolling-form.svg"))
+    await pilot.press("enter")
+    await until(pilot, lambda: isinstance(app.screen, RollScreen))
+    roll = app.screen
+    await until(pilot, lambda: roll.roll.done, 60)
+    await pilot.pause(0.3)
+    app.save_screenshot(str(OUT / "rolling-run.svg"))
+    await pilot.press("escape")
+    await until(pilot, lambda: not isinstance(app.screen, RollScreen))
+    await pilot.press("a")  # unmark
 
 
 async def shoot_small(demo: DemoFlock) -> None:
@@ -119,8 +155,9 @@ def main() -> int:
     with DemoFlock(3, root=root) as demo:
         asyncio.run(shoot(demo))
         asyncio.run(shoot_small(demo))
-    for name in ("flock-table", "node-screen", "subscription-wizard", "macro-running",
-                 "console-80x24", "node-screen-80x24"):
+    for name in ("flock-table", "node-screen", "subscription-wizard", "why-run",
+                 "rolling-form", "rolling-run", "macro-running", "console-80x24",
+                 "node-screen-80x24"):
         print(f"wrote {OUT / name}.svg")
     return 0
 

@@ -233,3 +233,26 @@ async def test_health_is_the_last_converge_with_a_later_reaction_beside_it():
         cell = app.shown["web1"]["last"].plain
         assert cell.startswith("failed"), cell
         assert "↺ ok" in cell, cell
+
+
+@pytest.mark.parametrize("size", [*SIZES, (140, 40)])
+@aio
+async def test_the_palette_key_never_overlaps_another_footer_key(size):
+    from flock_tui.widgets.footer import FlockFooter, FooterKey
+
+    cfg = ConsoleConfig(macros=[Macro(name="deploy-web", key="D", steps=["nodes"]),
+                                Macro(name="probe", key="p", steps=["active {node}"])])
+    app = FlockApp(offline_args(), clock=lambda: NOW, config=cfg, connect=False)
+    async with app.run_test(size=size) as pilot:
+        await offline(pilot, app)
+        for scr in (None, "node"):
+            if scr == "node":
+                await node_screen(pilot, app, (resources(3), history(2), SUBS))
+            await pilot.pause(0.2)
+            footer = app.screen.query_one(FlockFooter)
+            keys = [k for k in footer.query(FooterKey) if k.region.width]
+            assert any(k.key == "ctrl+p" for k in keys), [k.key for k in keys]
+            for i, a in enumerate(keys):
+                for b in keys[i + 1:]:
+                    assert not a.region.overlaps(b.region), (a.key, a.region, b.key, b.region)
+            assert "palette" in screen_text(app).splitlines()[-1]

@@ -139,3 +139,60 @@ def test_run_target_names_a_tag_or_everything():
 
 def test_time_moves():  # guard: the tests above rely on a real clock for ages
     assert time.time() > 1_700_000_000
+
+
+def test_plans_rolls_and_audit_rows_as_text():
+    import pytest
+
+    from flock_tui.plans import plans_text
+    from flock_tui.roll import equivalent_command, parse_limits
+    from flock_tui.widgets.audit import audit_rows
+
+    st = Styles()
+    plan = {"status": "failed", "updated": 1, "error": "boom [bold]x[/bold]", "resources": [
+        {"resource": "execute[[red]oops]", "action": "run", "result": "would_update",
+         "why": "command would run: echo [b]", "notifies": [], "remote": [
+             {"action": "run", "resource": "execute[x]", "node": None,
+              "unmatched": "no node matched tag=web"},
+             {"action": "run", "resource": "execute[y]", "node": "db1", "timing": "delayed",
+              "via": "subscription"}]}]}
+    t = plans_text(["a", "b", "c"], {"a": plan, "b": "unreachable: gone"}, st)
+    body = t.plain
+    assert "a  would update 1 of 1  would fail: boom [bold]x[/bold]" in body, body
+    assert "~ execute[[red]oops] run: would update" in body  # node text stays literal
+    assert "to no node: no node matched tag=web" in body
+    assert "would send run execute[y] → db1 (delayed, subscription)" in body
+    assert "b  unreachable: gone" in body and "c  asking for its plan…" in body
+    assert body.endswith("2 of 3 plans in")
+    assert parse_limits(" 2 ", "1") == (2, 1)
+    for bad in (("0", "1"), ("x", "1"), ("1", "-1")):
+        with pytest.raises(ValueError, match="max (parallel|fail)"):
+            parse_limits(*bad)
+    assert equivalent_command("tag:web", 2, 1) == \
+        "$ flockctl run-chef tag:web --max-parallel 2 --max-fail 1 --wait"
+    assert "no one flockctl TARGET" in equivalent_command(None, 2, 1)
+    rows = audit_rows([{"seq": 2, "at": 90.0, "caller": "observer:bob", "role": "observer",
+                        "verified": True, "call": "flock_api.run_chef", "outcome": "refused",
+                        "detail": "the default for role observer " * 5},
+                       {"seq": 1, "at": 80.0, "caller": "client-1", "role": "operator",
+                        "verified": False, "call": "flock_api.retry", "outcome": "ok"}],
+                      100.0, 20, st)
+    (k1, refused), (_k2, ok) = rows
+    assert k1 == "2" and all("bold" in str(c.style) for c in refused)
+    assert len(refused[5].plain) == 20 and refused[5].plain.endswith("…")
+    assert ok[1].plain == "client-1 (key)" and ok[0].plain == "20s ago"
+
+
+@aio
+async def test_a_roll_without_a_flock_ends_at_once_and_closes():
+    from flock_tui.screens.rolling import RollScreen
+
+    app = FlockApp(offline_args(), config=ConsoleConfig(), connect=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(pilot, lambda: app.ready, 3, "mounted")
+        scr = RollScreen(["a", "b"], None, 1, 1)
+        app.push_screen(scr)
+        await until(pilot, lambda: scr.roll.done, 3, "the roll to give up")
+        assert scr.outcomes() == {"a": "skipped", "b": "skipped"}
+        await pilot.press("escape")
+        await until(pilot, lambda: app.screen is app.main, 3, "closed")

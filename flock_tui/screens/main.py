@@ -151,6 +151,7 @@ class MainScreen(Screen[None]):
         t.append(f"   sort: {label}", style=st.muted)
         if table.filter:
             t.append(f"   filter: {table.filter}", style=st.warning)
+        t.append(f"   {c.identity.title()}", style=st.accent)
         if c.read_only:
             t.append("   READ-ONLY", style=f"bold {st.warning}")
         if c.status_line:
@@ -172,6 +173,12 @@ class MainScreen(Screen[None]):
     # -- actions --------------------------------------------------------------------------------
     def action_run_chef(self) -> None:
         self.console.run_chef_on(self.targets())
+
+    def action_why_run(self) -> None:
+        self.console.why_run_on(self.targets())
+
+    def action_rolling(self) -> None:
+        self.console.roll_on(self.targets())
 
     def action_open_node(self) -> None:
         node = self.cursor_node()

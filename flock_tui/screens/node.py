@@ -1,6 +1,6 @@
 """The node screen: one node's resources, runs with their causes, subscriptions both ways and
-live events. Four panes in a grid on a big terminal; on a small one (below 110x34) one pane at
-a time, `tab` switching, so each pane keeps enough rows to be useful."""
+live events, its audit trail. Five panes in a grid on a big terminal; on a small one (below
+110x40) one pane at a time, `tab` switching, so each pane keeps enough rows to be useful."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from flock_node.transport import RpcError
 from flock_tui.context import Console, console_of, err_text
 from flock_tui.messages import MembersUpdated, NodeEvent
 from flock_tui.model import activity_text, last_run_text
-from flock_tui.screens.confirm import ConfirmScreen
+from flock_tui.screens.node_changes import NodeChanges
 from flock_tui.screens.node_text import (
     Row,
     action_width,
@@ -27,27 +27,28 @@ from flock_tui.screens.node_text import (
     run_rows,
     sub_rows,
     tabs_text,
-    unsubscribe_text,
 )
+from flock_tui.widgets.audit import AuditPane
 from flock_tui.widgets.footer import FlockFooter
 from flock_tui.widgets.run_detail import RunDetail
 from flock_tui.widgets.tables import cursor_key, flex_width, refill, update_column
 
 PANES = [("resources", "Resources"), ("runs", "Runs"), ("subs", "Subscriptions"),
-         ("detail", "Run detail")]
+         ("detail", "Run detail"), ("audit", "Audit")]
 RELOAD_ON = ("run_finished", "subscription_registered", "subscription_removed",
              "notification_received")
 
 
-class NodeScreen(Screen[None]):
+class NodeScreen(NodeChanges, Screen[None]):
     """One node: resources with last results, run history with causes, subscriptions both ways,
     and its live events."""
 
     HORIZONTAL_BREAKPOINTS = [(0, "-narrow"), (110, "-wide")]
-    VERTICAL_BREAKPOINTS = [(0, "-short"), (34, "-tall")]
+    VERTICAL_BREAKPOINTS = [(0, "-short"), (40, "-tall")]  # five panes need 40 rows
     BINDINGS: ClassVar = [
         Binding("escape,backspace", "app.pop_screen", "Back", id="node.back"),
         Binding("r", "run_chef", "Run chef", id="node.run_chef"),
+        Binding("w", "why_run", "Why-run", id="node.why_run"),
         Binding("n", "notify_node", "Notify", id="node.notify"),
         Binding("s", "subscribe", "Subscribe", id="node.subscribe"),
         Binding("d", "remove_subscription", "Remove sub", id="node.unsubscribe"),
@@ -81,7 +82,7 @@ class NodeScreen(Screen[None]):
         yield Static(id="node-title")
         yield Static(id="node-tabs")
         with Grid(id="node-panes"):
-            for key, title in PANES:
+            for key, title in PANES[:-1]:
                 with Vertical(classes="pane", id=f"pane-{key}"):
                     if key == "subs":
                         yield Label(Text.assemble(f"{title}  ", (
@@ -94,6 +95,7 @@ class NodeScreen(Screen[None]):
                             yield RunDetail(id="node-detail")
                     else:
                         yield DataTable(id=f"node-{key}", cursor_type="row", zebra_stripes=True)
+            yield AuditPane(self.node, classes="pane", id="pane-audit")
         yield Label("Events", classes="pane-title", id="node-events-title")
         yield RichLog(id="node-events", markup=False, wrap=True, max_lines=500)
         yield FlockFooter()
@@ -127,6 +129,7 @@ class NodeScreen(Screen[None]):
         elif first:
             self.query_one("#node-runs", DataTable).focus()
         self.refill()
+        self.query_one(AuditPane).refill()
 
     def _focus_pane(self) -> None:
         target = "#node-detail-scroll" if self.pane == "detail" else f"#node-{self.pane}"
@@ -197,6 +200,7 @@ class NodeScreen(Screen[None]):
         flock = self.console.flock
         if flock is None:
             return
+        self.query_one(AuditPane).reload()
         node = flock[self.node]
         try:
             resources = await node.resource_manager.resources()
@@ -264,6 +268,7 @@ class NodeScreen(Screen[None]):
         self.update_title()
         if self.data is None or not self.is_attached:
             return
+        self.query_one(AuditPane).tick()
         res, runs, _subs, _w = self._rows()
         update_column(self.query_one("#node-resources", DataTable), res, 3)
         update_column(self.query_one("#node-runs", DataTable), runs, 2)
@@ -280,6 +285,9 @@ class NodeScreen(Screen[None]):
     def action_run_chef(self) -> None:
         self.console.run_chef_on([self.node])
 
+    def action_why_run(self) -> None:
+        self.console.why_run_on([self.node])
+
     def action_notify_node(self) -> None:
         self.console.open_notify(self.node)
 
@@ -287,49 +295,4 @@ class NodeScreen(Screen[None]):
         self.console.open_subscribe(self.node)
 
     def action_reload(self) -> None:
-        self.reload()
-
-    def action_remove_subscription(self) -> None:
-        key = cursor_key(self.query_one("#node-subs", DataTable))
-        s = self.subs.get(key or "")
-        if s is None:
-            self.notify("no subscription selected", severity="warning")
-            return
-        body = unsubscribe_text(self.node, s, outgoing=bool(key and key.startswith("out:")))
-        sid = str(s["id"])
-
-        def done(yes: bool | None) -> None:
-            if yes:
-                self.call_flock("unsubscribe", sid)
-
-        self.app.push_screen(ConfirmScreen("Remove subscription?", body, "Remove"), done)
-
-    def action_retry_outbox(self) -> None:
-        body = Text(f"$ flockctl retry {self.node}\n\n{self.node} sends its dead-lettered and "
-                    "refused notifications again, with a fresh TTL.")
-
-        def done(yes: bool | None) -> None:
-            if yes:
-                self.call_flock("retry")
-
-        self.app.push_screen(ConfirmScreen("Retry notifications?", body, "Retry"), done)
-
-    @work(group="node-change", exit_on_error=False)
-    async def call_flock(self, what: str, sid: str = "") -> None:
-        """Unsubscribe or retry the outbox, log the answer, reload."""
-        c = self.console
-        if c.flock is None:
-            return
-        node = c.flock[self.node]
-        try:
-            if what == "retry":
-                r = await node.flock_api.retry()
-                line = f"{self.node}: {len(r.get('retried') or [])} notification(s) sent again"
-            else:
-                r = await node.resource_manager.unsubscribe(id=sid)
-                line = f"{self.node}: subscription {sid} removed ({r.get('removed')})"
-        except (RpcError, TypeError) as e:
-            c.log_error(f"{self.node}: {what} {sid}: {err_text(e)}".replace("  ", " "))
-            return
-        c.log_line(Text(line), self.node)
         self.reload()

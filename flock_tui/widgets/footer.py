@@ -1,5 +1,7 @@
 """The footer: Textual's own, with the macro keys after a "macros:" label, and on a narrow
-terminal compact, with short descriptions and `?` and `q` first, so they are never cut.
+terminal compact, with short descriptions and `?`, `q` and `^p` first, so they are never cut
+(the stock `^p palette` is docked right, where it covers the last key of a full footer: here
+it is in the flow, before the macros).
 
 The only module that imports Textual's private footer parts (FooterKey, FooterLabel)."""
 
@@ -10,9 +12,9 @@ from textual.widgets import Footer
 from textual.widgets._footer import FooterKey, FooterLabel
 
 NARROW = 120
-SHORT = {"Run chef": "Run", "Subscribe": "Sub", "Mark": "Mark", "Filter": "Find",
+SHORT = {"Run chef": "Run", "Why-run": "Why", "Subscribe": "Sub", "Mark": "Mark", "Filter": "Find",
          "Notify": "Notify", "Remove sub": "Unsub", "Retry outbox": "Retry"}
-FIRST = ("help", "quit")
+FIRST = ("help", "quit", "app.pop_screen")
 
 __all__ = ["FlockFooter", "FooterKey", "FooterLabel"]
 
@@ -33,8 +35,19 @@ class FlockFooter(Footer):
         self._narrow = narrow
         self.compact = narrow
         keys = list(super().compose())
-        if narrow:
-            keys.sort(key=lambda w: 0 if isinstance(w, FooterKey) and w.action in FIRST else 1)
+        for w in keys:  # in the flow, never docked over the last key
+            if w.has_class("-command-palette"):
+                w.remove_class("-command-palette")
+                w.add_class("palette")
+
+        def is_macro(w: object) -> bool:
+            return isinstance(w, FooterKey) and str(w.action).startswith("macro(")
+
+        if not narrow:  # after the built-in keys, before the macros
+            keys.sort(key=lambda w: 2 if is_macro(w) else 1 if w.has_class("palette") else 0)
+        else:
+            keys.sort(key=lambda w: 0 if isinstance(w, FooterKey) and w.action in FIRST else
+                      1 if w.has_class("palette") else 2)
             for w in keys:
                 if isinstance(w, FooterKey):
                     w.description = SHORT.get(w.description, w.description)
@@ -42,8 +55,7 @@ class FlockFooter(Footer):
                         w.key_display = "␣"
         labelled = False
         for w in keys:
-            if (not labelled and isinstance(w, FooterKey)
-                    and str(w.action).startswith("macro(")):
+            if not labelled and is_macro(w):
                 labelled = True
                 yield FooterLabel("│ macros:", classes="macros")
             yield w
