@@ -8,6 +8,7 @@ task, subscriptions we want on other nodes by a sync task, heartbeats by a third
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flock_node import logs, sdnotify
 from flock_node.actors import Dispatcher
 from flock_node.actors.flock_api import FlockApi, summary
 from flock_node.actors.resource_manager import ResourceManager
@@ -38,7 +40,10 @@ from flock_node.membership import (
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
+    Envelope,
     Event,
+    Heartbeat,
+    Message,
 )
 from flock_node.store import (
     OutboxItem,
@@ -57,6 +62,11 @@ from flock_node.transport import (
     scan_runtime_dir,
     tcp_addresses,
 )
+from flock_node.trust.actor import TrustApi
+from flock_node.trust.guard import Guard
+from flock_node.trust.policy import DEFAULT as DEFAULT_POLICY
+from flock_node.trust.policy import Policy
+from flock_node.trust.tls import TlsIdentity
 from flock_node.work import Job, WorkQueue
 
 log = logging.getLogger("flock.agent")
@@ -78,6 +88,8 @@ class AgentConfig:
     stop_timeout: float = 30.0  # SIGTERM: how long the resource in progress may still take
     interval: float | None = None  # converge every interval (+ splay) seconds
     splay: float = 0.0
+    tls: TlsIdentity | None = None  # tls+tcp: our certificate, the CA, the revocation gate
+    policy: Policy = field(default_factory=lambda: DEFAULT_POLICY)
 
 
 class Agent:
@@ -111,7 +123,12 @@ class Agent:
         self.next_run: float | None = None  # wall clock of the next scheduled converge
         self.view_synced = threading.Event()  # heard from the seeds: targets can resolve
         self.supervisor = Supervisor()
-        self.rpc = AsyncRpc(self.codec, timeout=2.0)
+        self.tls = cfg.tls
+        if self.tls is not None:
+            self.tls.gate.persist_in(cfg.state_dir / "revoked.list")
+            self.tls.gate.listeners.append(self._revoked)
+        self._crl_fetching = False
+        self.rpc = AsyncRpc(self.codec, timeout=2.0, tls=self.tls)
         self.deliverer = Deliverer(self.store, self.rpc, cfg.name, self._locate, self.emit)
         self.subscriptions = SubscriptionSync(self.store, self.rpc, cfg.name,
                                               self._resolve_addr, self.emit)
@@ -122,10 +139,12 @@ class Agent:
         self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)
         self.work = WorkQueue(self.engine, self.store, cfg.stop_timeout, self.emit,
                               self.members.prompt, self._job_finished, self._stopped.set)
+        self.audit = self.store.audit
         self.dispatcher = Dispatcher(cfg.name, [
             FlockApi(self, self.store, self.work, self.deliverer, self.membership),
             ResourceManager(self, self.store, self.work, self.subscriptions, self.emit),
-        ])
+            TrustApi(cfg.name, self.audit, self.tls.gate if self.tls else None),
+        ], Guard(cfg.name, self.audit, cfg.policy, self._subscriber_of))
 
     # -- what the actors read about this node (NodeFacts) ---------------------------------
     @property
@@ -137,6 +156,9 @@ class Agent:
 
     def loop_failures(self) -> list[dict[str, Any]]:
         return self.supervisor.report()
+
+    def name_clashes(self) -> list[dict[str, Any]]:
+        return list(self.members.clashes.values())
 
     # -- engine hooks (called from the worker thread) -------------------------------------
     def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
@@ -174,17 +196,17 @@ class Agent:
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self.bus = Bus(self.codec, self.members.on_bus, self.members.on_pipe_removed,
-                       self.members.on_pipe_added)
+        self.bus = Bus(self.codec, self._on_bus, self.members.on_pipe_removed,
+                       self.members.on_pipe_added, tls=self.tls)
         self.members.attach(self.bus)
         self.members.listeners.append(self._member_changed)
-        self.server = RpcServer(self.codec, self.dispatcher.handle)
+        self.server = RpcServer(self.codec, self.dispatcher.handle, tls=self.tls)
         # Recover before serving: a notification accepted now must find the inbox as the
         # last run left it, or a retry landing during the start would be queued twice.
-        interrupted = self.store.recover_interrupted_runs()
+        interrupted = self.store.runs.recover_interrupted()
         if interrupted:
             log.warning("closed %d run(s) interrupted by the last stop", len(interrupted))
-        for n in self.store.inbox_recover():
+        for n in self.store.inbox.recover():
             self.work.enqueue_reaction(n)
         self.bus.listen(self.bus_addr)
         self.server.listen(self.rpc_addr)
@@ -202,6 +224,9 @@ class Agent:
         self.ready = True
         log.info("node %s up (incarnation %d) bus=%s rpc=%s", self.name, self.incarnation,
                  self.bus_addr, self.rpc_addr)
+        sdnotify.notify("READY=1", f"STATUS=serving {self.name} on {self.rpc_addr}"
+                        + (f"; recipe does not compile: {self.work.compile_error}"
+                           if self.work.compile_error else ""))
         self.work.open()
         self.supervisor.spawn("delivery", self.deliverer.run)
         self.supervisor.spawn("subscriptions", self.subscriptions.run)
@@ -214,6 +239,8 @@ class Agent:
     def request_stop(self) -> None:
         """SIGTERM/SIGINT: finish the resource in progress if it ends within --stop-timeout,
         else kill it; persist, announce, exit. A second signal kills it at once."""
+        if not self.work.stopping.is_set():
+            sdnotify.notify("STOPPING=1", "STATUS=stopping: finishing the resource in progress")
         self.work.stop()
 
     async def _shutdown(self) -> None:
@@ -234,7 +261,7 @@ class Agent:
         from flock_node.client import Flock
         from flock_node.dsl import bind_flock
 
-        self._recipe_rpc = SyncRpc(Codec(self.cfg.key, self.name), timeout=2.0)
+        self._recipe_rpc = SyncRpc(Codec(self.cfg.key, self.name), timeout=2.0, tls=self.tls)
         bind_flock(Flock(self._recipe_rpc, resolver=self._resolve_addr))
 
     def _resolve_addr(self, name: str) -> str | None:
@@ -267,13 +294,47 @@ class Agent:
 
     def _record(self) -> dict[str, Any]:
         """What our heartbeat says about us besides who and where we are."""
-        counts = self.store.outbox_counts()
+        counts = self.store.outbox.counts()
+        last = self.store.runs.last()
+        converge = last if last and last["kind"] == "converge" else self.store.runs.last("converge")
         return {
             "tags": list(self.cfg.tags), "active": self.work.active, "run": self.work.progress,
-            "last_run": summary(self.store.last_run()),
+            "last_run": summary(last), "last_converge": summary(converge),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
-            "dead": counts.get("dead", 0),
+            "dead": counts.get("dead", 0), "crl": self.tls.gate.version if self.tls else 0,
         }
+
+    # -- trust -------------------------------------------------------------------------------
+    def _subscriber_of(self, sid: str) -> str | None:
+        return next((s["subscriber"] for s in self.store.subscriptions.all() if s["id"] == sid),
+                    None)
+
+    def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
+        self.members.on_bus(env, msg, pipe)
+        if (isinstance(msg, Heartbeat) and self.tls is not None and msg.crl > self.tls.gate.version
+                and not self._crl_fetching and msg.node == env.sender):
+            self._crl_fetching = True
+            asyncio.get_running_loop().create_task(self._fetch_crl(msg.rpc), name="fetch-crl")
+
+    async def _fetch_crl(self, addr: str) -> None:
+        """A peer has a newer revocation list: take it (it is signed, so from anyone)."""
+        assert self.tls is not None
+        try:
+            got = await self.rpc.call(addr, "trust", "crl", timeout=2.0)
+            if isinstance(got, dict) and isinstance(got.get("list"), str):
+                self.tls.gate.offer(base64.b64decode(got["list"]))
+        except Exception as e:  # noqa: BLE001 - the next heartbeat tries again
+            log.warning("could not fetch the revocation list from %s: %s", addr, e)
+        finally:
+            self._crl_fetching = False
+
+    def _revoked(self) -> None:
+        """A newer revocation list: close what the revoked identities still hold open."""
+        if self._loop is None:
+            return
+        n = self.bus.close_revoked() + self.server.close_revoked() + self.rpc.close_revoked()
+        if n:
+            log.warning("closed %d connection(s) of revoked identities", n)
 
     def _member_changed(self, t: Transition, m: Member | None) -> None:
         if t.new == ALIVE:
@@ -290,7 +351,11 @@ class Agent:
     def _job_finished(self, job: Job) -> None:
         self.deliverer.wake()
         if job.kind == "converge":
-            self.store.recheck_recipe_subscriptions()
+            self.store.wanted.recheck_recipe()
+            if sdnotify.enabled():  # `systemctl status` shows the node's health
+                lc = self.store.runs.last("converge") or {}
+                sdnotify.notify(f"STATUS=serving {self.name}; last converge "
+                                f"{lc.get('status', '?')} ({job.run_id})")
         self.subscriptions.wake()
 
 
@@ -319,6 +384,10 @@ def run_agent(cfg: AgentConfig) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.request_stop)
+        # SIGHUP: with a log file, logrotate renamed it (reopen); else the terminal closed,
+        # and a graceful stop beats the default abrupt death.
+        loop.add_signal_handler(signal.SIGHUP, logs.reopen if logs.has_log_file()
+                                else agent.request_stop)
         await agent.run()
 
     # The converge worker and the loop share the GIL: with the default 5 ms switch interval

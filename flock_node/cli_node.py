@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import errno
-import logging
 import os
 import re
 import shlex
 import sys
 from pathlib import Path
 
-from flock_node import __version__, paths
+from flock_node import __version__, logs, paths, sdnotify
 from flock_node.cli import positive_seconds, seconds_or_zero, seed_url
 from flock_node.protocol import load_key
 
@@ -35,7 +34,8 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("name", metavar="NAME")
     r.add_argument("--recipe", action="append", default=[], metavar="FILE",
                    help="recipe file (repeatable, converged in order)")
-    r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT (bus on PORT, RPC on PORT+1)")
+    r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT or tls+tcp://HOST:PORT "
+                   "(bus on PORT, RPC on PORT+1)")
     r.add_argument("--seed", action="append", default=[], metavar="URL", type=seed_url,
                    help="bus address of a node to join (repeatable)")
     r.add_argument("--tag", action="append", default=[], metavar="TAG")
@@ -44,6 +44,11 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     g = r.add_mutually_exclusive_group()
     g.add_argument("--key-file", metavar="FILE")
     g.add_argument("--insecure", action="store_true", help="allow TCP without a flock key")
+    r.add_argument("--tls-dir", metavar="DIR",
+                   help="with tls+tcp: this node's certificate (ca.crt, identity.crt, "
+                        "identity.key; default FLOCK_TLS_DIR, then <config dir>/tls)")
+    r.add_argument("--policy", metavar="FILE",
+                   help="who may call what (default <config dir>/policy.toml if it exists)")
     r.add_argument("--heartbeat", type=positive_seconds, default=1.0, metavar="SECONDS")
     r.add_argument("--ttl", type=positive_seconds, default=24 * 3600.0, metavar="SECONDS",
                    help="how long an undelivered notification is retried (default 24 h)")
@@ -57,6 +62,9 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
                         "fleet does not converge in lock-step")
     r.add_argument("--log-level", default=os.environ.get("FLOCK_LOG_LEVEL", "info"),
                    choices=["debug", "info", "warning", "error"])
+    r.add_argument("--log-file", metavar="FILE",
+                   help="append the log to FILE instead of stderr; SIGHUP reopens it (rotation "
+                        "is left to logrotate)")
 
 
 def _fail(msg: str, code: int = 2) -> int:
@@ -66,10 +74,6 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, args.log_level.upper()),
-        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s",
-    )
     if args.splay and not args.interval:
         return _fail("--splay needs --interval: it spreads scheduled converges")
     if not NAME_RE.match(args.name):
@@ -81,8 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         if not rp.is_file():
             return _fail(f"recipe file {r} does not exist")
         recipes.append(rp)
+    tls_mode = bool(args.listen and args.listen.startswith("tls+tcp://")) or any(
+        s.startswith("tls+tcp://") for s in args.seed)
     key = None
-    if not args.insecure:
+    if not args.insecure and not tls_mode:
         kf = paths.key_file(args.key_file)
         if kf is not None:
             try:
@@ -91,12 +97,43 @@ def main(argv: list[str] | None = None) -> int:
                 return _fail(f"cannot read key file {kf}: {e.strerror}")
             except ValueError as e:
                 return _fail(str(e))
-    if args.listen and key is None and not args.insecure:
+    if tls_mode and not (args.listen or "").startswith("tls+tcp://"):
+        return _fail("tls+tcp:// seeds need --listen tls+tcp://HOST:PORT: a node on TLS "
+                     "speaks only TLS")
+    if args.listen and key is None and not args.insecure and not tls_mode:
         return _fail(f"--listen {args.listen} needs a flock key: make one with `flockctl keygen` "
                      "and pass --key-file (or set FLOCK_KEY_FILE), or say --insecure")
+    tls = policy = None
+    if tls_mode:
+        from flock_node.trust.tls import TlsError, check_node_identity, load_identity, tls_dir
+
+        try:
+            tls = load_identity(tls_dir(args.tls_dir))
+        except TlsError as e:
+            return _fail(str(e))
+        why = check_node_identity(tls, args.name)
+        if why is not None:
+            return _fail(f"refusing to start {args.name}: {why}")
+    # Roles and policy apply to verified callers: on TLS only (a key holder is an operator).
+    policy_file = Path(args.policy) if args.policy else paths.config_dir() / "policy.toml"
+    if args.policy and not tls_mode:
+        return _fail("--policy needs tls+tcp: with a shared key every key holder is an operator")
+    if tls_mode:
+        from flock_node.trust.policy import PolicyError, load
+
+        try:
+            if args.policy or policy_file.exists():
+                policy = load(policy_file)
+        except (PolicyError, OSError) as e:
+            return _fail(str(e))
     if args.command == "service":
         print(systemd_unit(args, recipes), end="")
         return 0
+    try:
+        logs.setup(args.name, args.log_level, args.log_file)
+    except OSError as e:
+        return _fail(f"cannot open log file {args.log_file}: {e.strerror}")
+    sdnotify.take_socket()  # before any child process: only the agent speaks to systemd
     os.environ["FLOCK_NODE"] = args.name  # recipes and their commands can tell where they run
     from flock_node.agent import AgentConfig, run_agent
     from flock_node.store import StoreError
@@ -112,7 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=paths.state_dir(args.name, args.state_dir),
         runtime_dir=paths.runtime_dir(args.runtime_dir), key=key, heartbeat=args.heartbeat,
         ttl=args.ttl, stop_timeout=args.stop_timeout, interval=args.interval, splay=args.splay,
+        tls=tls,
     )
+    if policy is not None:
+        cfg.policy = policy
     try:
         return run_agent(cfg)
     except (StoreError, AddressInUse) as e:
@@ -125,16 +165,20 @@ def main(argv: list[str] | None = None) -> int:
 
 def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
     """A systemd unit running this agent with these flags: absolute paths, restarted on
-    failure, stopped with SIGTERM and given --stop-timeout (plus a margin) to finish."""
+    failure, stopped with SIGTERM and given --stop-timeout (plus a margin) to finish. A stop
+    takes at most --stop-timeout, then work.ABANDON_AFTER (3 s) for a killed action to come
+    back, then about 2 s to leave the flock: 15 s of margin stay well above that. Type=notify:
+    the agent says READY=1 once its recipe compiled and it serves."""
     cmd = [sys.executable, "-m", "flock_node.cli_node", "run", args.name]
     for r in recipes:
         cmd += ["--recipe", str(r)]
     flags: list[tuple[str, object]] = [
         ("--listen", args.listen), ("--state-dir", _abs(args.state_dir)),
         ("--runtime-dir", _abs(args.runtime_dir)), ("--key-file", _abs(args.key_file)),
+        ("--tls-dir", _abs(args.tls_dir)), ("--policy", _abs(args.policy)),
         ("--heartbeat", args.heartbeat), ("--ttl", args.ttl),
         ("--stop-timeout", args.stop_timeout), ("--interval", args.interval),
-        ("--log-level", args.log_level),
+        ("--log-level", args.log_level), ("--log-file", _abs(args.log_file)),
     ]
     for flag, value in flags:
         if value is not None:
@@ -153,7 +197,8 @@ Wants=network-online.target
 After=network-online.target
 
 [Service]
-Type=simple
+Type=notify
+NotifyAccess=main
 ExecStart={" ".join(shlex.quote(c) for c in cmd)}
 Restart=on-failure
 RestartSec=2

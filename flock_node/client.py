@@ -25,29 +25,22 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
-from flock_node import paths
+from flock_node import api, paths
 from flock_node.paging import PAGED, acollect, collect
 from flock_node.protocol import Codec, load_key
 from flock_node.transport import AsyncRpc, RpcError, SyncRpc, rpc_for_bus, scan_runtime_dir
+from flock_node.trust.tls import TlsError, TlsIdentity, load_identity
+from flock_node.trust.tls import tls_dir as default_tls_dir
 
 FlockError = RpcError
 
 # Positional parameter names, so `history(5)` works like `history(limit=5)`.
-_POSITIONAL = {
-    "history": ("limit", "offset"),
-    "resources": ("offset", "limit"),
-    "run": ("id",),
-    "notify": ("resource", "action"),
-    "unsubscribe": ("id",),
-    "subscribe_to": ("resource", "action", "node", "remote_resource"),
-    "subscribe": ("resource", "subscriber", "subscriber_resource", "action"),
-    "outbox": ("status", "limit", "offset"),
-}
 ACTORS = ("flock_api", "resource_manager")
 
 
-def _args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
-    names = _POSITIONAL.get(method, ())
+def _args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
+          actor: str | None = None) -> dict[str, Any]:
+    names = api.positional(method, actor)
     if len(args) > len(names):
         raise TypeError(f"{method}() takes at most {len(names)} positional arguments")
     out = dict(zip(names, args, strict=False))
@@ -70,24 +63,77 @@ def resolve_key(key_file: str | None = None, insecure: bool = False) -> bytes | 
         raise RpcError("bad_request", str(e)) from None
 
 
+def resolve_tls(tls_dir: str | Path | None, seeds: Iterable[str]) -> TlsIdentity | None:
+    """The TLS identity for a client: with --tls-dir, or when a seed is `tls+tcp://` (then
+    FLOCK_TLS_DIR or `<config dir>/tls`); None for ipc and keyed tcp."""
+    if tls_dir is None and not any(s.startswith("tls+tcp://") for s in seeds):
+        return None
+    try:
+        return load_identity(default_tls_dir(str(tls_dir) if tls_dir else None))
+    except TlsError as e:
+        raise RpcError("bad_request", str(e)) from None
+
+
+def _codec(key: bytes | None, tls: TlsIdentity | None) -> Codec:
+    # On TLS the sender must be the verified name of our certificate, and frames are not
+    # signed (TLS protects them).
+    if tls is not None:
+        return Codec(None, tls.me.name)
+    return Codec(key, f"client-{os.getpid()}")
+
+
 class _Discovery:
+    """Who is in the flock, as the entry points tell it: one set of rules for `Flock` and
+    `AsyncFlock` (they differ only in how they ask)."""
+
     def __init__(self, seeds: Iterable[str], runtime_dir: str | Path | None):
         self.seeds = [s for s in seeds]
         self.runtime_dir = paths.runtime_dir(str(runtime_dir) if runtime_dir else None)
         self.members: dict[str, dict[str, Any]] = {}
+        self.refused: list[str] = []  # entry points that refused us (another flock key)
+
+    def absorb(self, addrs: list[str],
+               answers: list[list[dict[str, Any]] | RpcError]) -> list[dict[str, Any]]:
+        """Take the entry points' answers to `members` (or their errors) as the new view.
+
+        A node with another key must not hide the ones we can talk to: only when nobody
+        answers is an error raised, a refusal before an unreachable seed. With no answer at
+        all the last view stays (a blip must not empty the console's table)."""
+        fresh: dict[str, dict[str, Any]] = {}
+        refused: RpcError | None = None
+        last: RpcError | None = None
+        self.refused = []
+        for addr, answer in zip(addrs, answers, strict=True):
+            if isinstance(answer, RpcError):
+                if answer.code == "unauthorized":
+                    refused = answer
+                    self.refused.append(addr)
+                else:
+                    last = answer
+            else:
+                self._merge(fresh, answer)
+        if fresh or (refused is None and last is None):
+            self.members = fresh
+        if not self.members and refused is not None:
+            raise refused
+        if not self.members and last is not None and self.seeds:
+            raise last
+        return list(self.members.values())
 
     def entry_points(self) -> list[str]:
         """RPC addresses to ask for the member list: local nodes first, then seeds."""
         local = [rpc for _, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())]
         return local + [rpc_for_bus(s) for s in self.seeds]
 
-    def merge(self, rows: list[dict[str, Any]]) -> None:
+    @staticmethod
+    def _merge(into: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> None:
+        """The freshest word on each node: its latest incarnation, most recently heard."""
         for r in rows:
-            old = self.members.get(r["name"])
+            old = into.get(r["name"])
             if old is None or (r["incarnation"], -r.get("age", 0)) > (
                 old["incarnation"], -old.get("age", 0)
             ):
-                self.members[r["name"]] = r
+                into[r["name"]] = r
 
     def address(self, name: str) -> str | None:
         m = self.members.get(name)
@@ -106,7 +152,7 @@ class _Actor:
             raise AttributeError(method)
 
         def invoke(*args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-            return self._call(self._node, self._actor, method, _args(method, args, kwargs),
+            return self._call(self._node, self._actor, method, _args(method, args, kwargs, self._actor),
                               timeout)
 
         invoke.__name__ = method
@@ -139,11 +185,13 @@ class Flock:
     @classmethod
     def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
                 key_file: str | None = None, insecure: bool = False,
-                timeout: float = 5.0) -> Flock:
-        """Find the flock through the local runtime dir and `seeds`."""
+                timeout: float = 5.0, tls_dir: str | Path | None = None) -> Flock:
+        """Find the flock through the local runtime dir and `seeds`; `tls_dir` (or a
+        `tls+tcp://` seed) speaks mutual TLS with that certificate."""
         seeds = list(seeds) or _env_seeds()
-        key = resolve_key(key_file, insecure)
-        rpc = SyncRpc(Codec(key, f"client-{os.getpid()}"), timeout=timeout)
+        tls = resolve_tls(tls_dir, seeds)
+        key = None if tls is not None else resolve_key(key_file, insecure)
+        rpc = SyncRpc(_codec(key, tls), timeout=timeout, tls=tls)
         disc = _Discovery(seeds, runtime_dir)
         self = cls(rpc, disc.address, disc)
         self.refresh()
@@ -154,7 +202,6 @@ class Flock:
         disc = self._discovery
         if disc is None:
             return []
-        last: RpcError | None = None
         addrs = disc.entry_points()
 
         def ask(addr: str) -> list[dict[str, Any]] | RpcError:
@@ -171,25 +218,11 @@ class Flock:
                 results = list(ex.map(ask, addrs))
         else:
             results = [ask(a) for a in addrs]
-        refused: RpcError | None = None
-        self.refused = []
-        for addr, r in zip(addrs, results, strict=True):
-            if isinstance(r, RpcError):
-                if r.code == "unauthorized":
-                    refused = r
-                    self.refused.append(addr)
-                else:
-                    last = r
-            else:
-                disc.merge(r)
-        self._refreshed = time.monotonic()
-        # A node with another key must not hide the ones we can talk to; only when nobody
-        # answers is the key the error.
-        if not disc.members and refused is not None:
-            raise refused
-        if not disc.members and last is not None and disc.seeds:
-            raise last
-        return list(disc.members.values())
+        try:
+            return disc.absorb(addrs, results)
+        finally:
+            self.refused = disc.refused
+            self._refreshed = time.monotonic()
 
     def nodes(self) -> list[dict[str, Any]]:
         """Every known node, from the freshest view any entry point gave."""
@@ -211,9 +244,9 @@ class Flock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return collect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout), method,
+            return collect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout, node), method,
                            args)
-        return self._rpc.call(addr, actor, method, args, timeout)
+        return self._rpc.call(addr, actor, method, args, timeout, node)
 
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)
@@ -234,15 +267,19 @@ class AsyncFlock:
     def __init__(self, rpc: AsyncRpc, discovery: _Discovery):
         self._rpc = rpc
         self._discovery = discovery
+        self.tls: TlsIdentity | None = None  # the identity in use on TLS
 
     @classmethod
     async def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
                       key_file: str | None = None, insecure: bool = False,
-                      timeout: float = 5.0) -> AsyncFlock:
+                      timeout: float = 5.0, tls_dir: str | Path | None = None) -> AsyncFlock:
+        """Like `Flock.connect`, for asyncio."""
         seeds = list(seeds) or _env_seeds()
-        key = resolve_key(key_file, insecure)
-        self = cls(AsyncRpc(Codec(key, f"client-{os.getpid()}"), timeout=timeout),
+        tls = resolve_tls(tls_dir, seeds)
+        key = None if tls is not None else resolve_key(key_file, insecure)
+        self = cls(AsyncRpc(_codec(key, tls), timeout=timeout, tls=tls),
                    _Discovery(seeds, runtime_dir))
+        self.tls = tls
         await self.refresh()
         return self
 
@@ -259,19 +296,7 @@ class AsyncFlock:
                 return e
 
         results = await asyncio.gather(*(ask(a) for a in addrs))
-        fresh = _Discovery(disc.seeds, disc.runtime_dir)
-        errors = []
-        for r in results:
-            if isinstance(r, RpcError):
-                errors.append(r)
-            else:
-                fresh.merge(r)
-        if fresh.members or not errors:
-            disc.members = fresh.members
-        for e in errors:
-            if e.code == "unauthorized":
-                raise e
-        return list(disc.members.values())
+        return disc.absorb(addrs, list(results))
 
     async def nodes(self) -> list[dict[str, Any]]:
         return sorted(await self.refresh(), key=lambda m: m["name"])
@@ -286,9 +311,9 @@ class AsyncFlock:
             raise RpcError("unknown_node", f"no node named {node!r} in the flock")
         args = args or {}
         if (actor, method) in PAGED and "offset" not in args:
-            return await acollect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout),
+            return await acollect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout, node),
                                   method, args)
-        return await self._rpc.call(addr, actor, method, args, timeout)
+        return await self._rpc.call(addr, actor, method, args, timeout, node)
 
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)

@@ -121,7 +121,7 @@ class Deliverer:
 
     def target_back(self, target: str) -> None:
         """`target` came (back): what waits for it is due now, not at its backoff time."""
-        self.store.outbox_due_now(target)
+        self.store.outbox.due_now(target)
         self._clean = False
         self.wake()
 
@@ -140,12 +140,12 @@ class Deliverer:
                     continue
                 self._clean = False
             self._fresh.clear()  # committed before the query below: it finds them
-            due = self.store.due_outbox(time.time())
+            due = self.store.outbox.due(time.time())
             if due:
                 self._query_sent.extend(it["id"] for it in due)
                 await self._deliver_all(due)
                 continue
-            nxt = self.store.next_outbox_due()
+            nxt = self.store.outbox.next_due()
             self._clean = nxt is None
             wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
             self._wake.clear()
@@ -161,7 +161,7 @@ class Deliverer:
         jump = clock_jump(self._anchor, (wall, mono))
         self._anchor = (wall, mono)
         if jump is not None:
-            n = self.store.outbox_shift_times(jump)
+            n = self.store.outbox.shift_times(jump)
             log.warning("the wall clock jumped %+.1fs; moved %d pending notification(s)' "
                         "deadlines and retry times with it", jump, n)
 
@@ -198,7 +198,7 @@ class Deliverer:
             try:
                 answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
                                               {"items": [self._wire(it) for it in chunk]},
-                                              timeout=5.0)
+                                              timeout=5.0, expect=target)
             except RpcError as e:
                 if e.code == "unknown_method":
                     self._no_batch.add(target)  # an older node: one by one
@@ -237,7 +237,7 @@ class Deliverer:
             else:
                 try:
                     await self.rpc.call(where.addr, "resource_manager", "notify",
-                                        self._wire(item), timeout=2.0)
+                                        self._wire(item), timeout=2.0, expect=target)
                 except RpcError as e:
                     err = e
                 else:
@@ -254,7 +254,7 @@ class Deliverer:
 
     def _settle(self, target: str, delivered: list[dict[str, Any]], failed: list[tuple[dict[str, Any], RpcError]]
                 ) -> None:
-        self.store.outbox_settle([it["id"] for it in delivered],
+        self.store.outbox.settle([it["id"] for it in delivered],
                                  [(it["id"], f"{x.code}: {x.message}") for it, x in failed])
         for it in delivered:
             self.emit("notification_delivered", id=it["id"], target=target,
@@ -269,7 +269,7 @@ class Deliverer:
         # One retry time for the whole queue of this target: per-item jitter would scramble
         # the order in which its notifications arrive.
         when = time.time() + backoff(items[0]["attempts"]) if items else 0.0
-        dead = self.store.outbox_retry_many([it["id"] for it in items],
+        dead = self.store.outbox.retry_many([it["id"] for it in items],
                                             f"{err.code}: {err.message}", when)
         for it in items:
             if it["id"] in dead:

@@ -82,6 +82,8 @@ class MembershipDriver:
         self._hint_budget = HINT_DIALS
         self._hint_failed: dict[str, float] = {}  # hinted address → when it was given up
         self._clash_logged: dict[str, float] = {}
+        # name → what we last saw of a clash (shown in `status`): two processes, one name.
+        self.clashes: dict[str, dict[str, Any]] = {}
         self._hb_soon: asyncio.TimerHandle | None = None
         self._last_hb = 0.0  # monotonic time of our last heartbeat
         self._seq = 0
@@ -221,8 +223,14 @@ class MembershipDriver:
         self.codec.dropped[reason] = self.codec.dropped.get(reason, 0) + 1
 
     def _clash(self, name: str, why: str) -> None:
-        """Two processes claim one name: keep the established one, say so now and then."""
+        """Two processes claim one name: keep the established one, say so now and then, and
+        show it in `status` (both sides see it: each hears the other's heartbeats)."""
         self._count("name_clash")
+        seen = self.clashes.get(name)
+        if seen is None and len(self.clashes) >= 64:  # bounded whatever names forgers use
+            self.clashes.pop(next(iter(self.clashes)))
+        self.clashes[name] = {"name": name, "why": why, "at": time.time(),
+                              "count": (seen or {}).get("count", 0) + 1}
         now = time.monotonic()
         last = self._clash_logged.get(name)
         if last is not None and now - last < CLASH_LOG_EVERY:

@@ -14,8 +14,9 @@ a compile raises RecipeError.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, cast
 
+from flock_node.engine.ansible_resources import Playbook
 from flock_node.engine.errors import RecipeError
 from flock_node.engine.recipe import declare
 from flock_node.engine.resources import Resource
@@ -26,6 +27,8 @@ __all__ = [
     "execute",
     "log",
     "python_block",
+    "ansible",
+    "playbook",
     "flock",
     "bind_flock",
     "RecipeError",
@@ -55,6 +58,19 @@ def log(name: str, **props: Any) -> Resource:
 def python_block(name: str, **props: Any) -> Resource:
     """python_block[name]: run (default) the callable `block`."""
     return declare("python_block", name, props)
+
+
+def ansible(name: str, **props: Any) -> Resource:
+    """ansible[name]: run (default) Ansible `module` with `args` on this node; vars (for
+    templates), check, diff, no_log, timeout. Needs the `[ansible]` extra."""
+    return declare("ansible", name, props)
+
+
+def playbook(name: str, **props: Any) -> Playbook:
+    """playbook[name]: run (default) the playbook at `path` (default: the name) on this node;
+    tags, skip_tags, extra_vars, check, diff, timeout; `.on_task(NAME)` for one task's change.
+    Needs the `[ansible]` extra."""
+    return cast(Playbook, declare("playbook", name, props))
 
 
 _bound_obj: Any = None

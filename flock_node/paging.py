@@ -145,26 +145,9 @@ def _run_plan(args: dict[str, Any]) -> Plan:
     return run
 
 
-def collect(call: Callable[[str, dict[str, Any]], Any], method: str,
-            args: dict[str, Any]) -> Any:
-    """Every page of a paged method (from `args.get("offset", 0)`, at most `limit` items)."""
-    p = plan(method, args)
-    try:
-        req = next(p)
-        while True:
-            try:
-                answer = call(*req)
-            except Exception as e:
-                req = p.throw(e)
-            else:
-                req = p.send(answer)
-    except StopIteration as done:
-        return done.value
-
-
 async def acollect(call: Callable[[str, dict[str, Any]], Awaitable[Any]], method: str,
                    args: dict[str, Any]) -> Any:
-    """`collect` for the asyncio client."""
+    """Every page of a paged method (from `args.get("offset", 0)`, at most `limit` items)."""
     p = plan(method, args)
     try:
         req = next(p)
@@ -177,3 +160,20 @@ async def acollect(call: Callable[[str, dict[str, Any]], Awaitable[Any]], method
                 req = p.send(answer)
     except StopIteration as done:
         return done.value
+
+
+def collect(call: Callable[[str, dict[str, Any]], Any], method: str,
+            args: dict[str, Any]) -> Any:
+    """`acollect` for the blocking client: the same plan, driven without an event loop (a
+    coroutine whose awaits never suspend runs to its end on the first send)."""
+
+    async def now(m: str, a: dict[str, Any]) -> Any:
+        return call(m, a)
+
+    coro = acollect(now, method, args)
+    try:
+        coro.send(None)
+    except StopIteration as done:
+        return done.value
+    coro.close()
+    raise RuntimeError("collect: a blocking call suspended")  # `now` never waits

@@ -84,10 +84,13 @@ class Heartbeat(msgspec.Struct, tag="hb", omit_defaults=True):
     active: bool = False
     run: RunProgress | None = None
     last_run: RunSummary | None = None
+    # The node's health: its last converge, which a later reaction does not replace.
+    last_converge: RunSummary | None = None
     pending: int = 0
     dead: int = 0
     started: float = 0.0
     peers: list[Peer] = []
+    crl: int = 0  # version of the revocation list we hold (TLS): a newer one is fetched
 
 
 class Leave(msgspec.Struct, tag="leave", omit_defaults=True):

@@ -47,7 +47,7 @@ class SubscriptionSync:
     async def run(self) -> None:
         while True:
             retry = False
-            for w in self.store.wanted_subscriptions({"pending", "recheck", "removing",
+            for w in self.store.wanted.all({"pending", "recheck", "removing",
                                                       "failed"}):
                 retry |= not await self.sync(w)
             self._wake.clear()
@@ -60,27 +60,28 @@ class SubscriptionSync:
         addr = self.resolve(w["node"])
         sid = public_id(w["id"])
         if addr is None:
-            self.store.wanted_state(w["id"], w["state"], f"node {w['node']!r} not known yet")
+            self.store.wanted.set_state(w["id"], w["state"], f"node {w['node']!r} not known yet")
             return False
         try:
             if w["state"] == "removing":
-                await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid})
-                self.store.wanted_state(w["id"], "removed")
+                await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid},
+                                    expect=w["node"])
+                self.store.wanted.set_state(w["id"], "removed")
                 self.emit("subscription_removed", id=sid, node=w["node"])
             else:
                 await self.rpc.call(addr, "resource_manager", "subscribe", {
                     "resource": w["remote_resource"], "subscriber": self.name,
                     "subscriber_resource": w["resource"], "action": w["action"],
-                })
-                self.store.wanted_state(w["id"], "registered")
+                }, expect=w["node"])
+                self.store.wanted.set_state(w["id"], "registered")
                 if w["state"] != "recheck":  # a routine re-registration is not news
                     self.emit("subscription_registered", id=sid, node=w["node"],
                               resource=w["remote_resource"])
             return True
         except RpcError as e:
             if e.code == "unknown_subscription" and w["state"] == "removing":
-                self.store.wanted_state(w["id"], "removed")
+                self.store.wanted.set_state(w["id"], "removed")
                 return True
             final = is_final(e.code)
-            self.store.wanted_state(w["id"], "failed" if final else w["state"], str(e))
+            self.store.wanted.set_state(w["id"], "failed" if final else w["state"], str(e))
             return final

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from flock_node import logs
 from flock_node.engine import Engine, Kill, RunContext
 from flock_node.protocol import RunProgress
 from flock_node.store import INTERRUPTED, STOPPED_BEFORE_ACTION, Store
@@ -44,6 +45,7 @@ class Job:
     started: bool = False
     opened: bool = False  # its run row was committed with the inbox row
     cause: dict[str, Any] | None = None  # a converge's: {"scheduled": True} for --interval
+    t0: float = 0.0  # monotonic start, for the duration in the log
 
 
 def run_id() -> str:
@@ -165,6 +167,7 @@ class WorkQueue:
             return
         job = self.queue.popleft()
         job.started = True
+        job.t0 = time.monotonic()
         self.current = job
         self.progress = RunProgress(job.run_id, job.kind, started=time.time())
         loop = self._loop or asyncio.get_running_loop()
@@ -174,6 +177,10 @@ class WorkQueue:
         self.emit("run_started", run=job.run_id, kind=job.kind,
                   cause=cause_of(job.notification))
         self.changed()
+        # A reaction's one line is its end (a stream of them would double the log).
+        level = logging.INFO if job.kind == "converge" else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, logs.run_started(job.kind, job.run_id, job.cause, job.notification))
 
     def _done(self, job: Job, fut: asyncio.Future[dict[str, Any]]) -> None:
         try:
@@ -186,6 +193,9 @@ class WorkQueue:
             self.current = None
             self.progress = None
         try:
+            log.log(logging.INFO if result.get("status") == "ok" else logging.WARNING,
+                    logs.run_finished(job.kind, job.run_id, job.cause, job.notification,
+                                      result, time.monotonic() - job.t0))
             self.emit("run_finished", run=job.run_id, kind=job.kind,
                       status=result.get("status"), error=result.get("error"),
                       updated=result.get("updated", 0))
@@ -219,20 +229,20 @@ class WorkQueue:
         try:
             result = self.engine.run_action(n["resource"], n["action"], ctx)
         except Exception as e:  # resource vanished since we accepted it
-            self.store.start_run(job.run_id, "reaction", cause_of(n))
-            self.store.finish_run(job.run_id, False, str(e), 0)
+            self.store.runs.start(job.run_id, "reaction", cause_of(n))
+            self.store.runs.finish(job.run_id, False, str(e), 0)
             result = {"id": job.run_id, "status": "failed", "error": str(e)}
         if self.stopping.is_set() and self._stopped_before_action(job.run_id):
             # SIGTERM cut its wait short, or the stop timeout killed its action: the action
             # never completed, so the notification stays pending and runs after the restart
             # (it was acknowledged; it must not be lost).
             return result
-        self.store.inbox_done(n["id"], job.run_id, result.get("status") == "ok",
+        self.store.inbox.done(n["id"], job.run_id, result.get("status") == "ok",
                               result.get("error"))
         return result
 
     def _stopped_before_action(self, run_id: str) -> bool:
-        run = self.store.run(run_id) or {}
+        run = self.store.runs.get(run_id) or {}
         first = (run.get("resources") or [{}])[0]
         return (first.get("error") or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED))
 
@@ -275,7 +285,7 @@ class WorkQueue:
         try:
             # The acknowledged notification of a reaction stays pending: it runs after the
             # restart (inbox_recover finds no recorded action for it).
-            self.store.finish_run(job.run_id, False, f"{message} (the worker did not stop)")
+            self.store.runs.finish(job.run_id, False, f"{message} (the worker did not stop)")
         except Exception:
             log.exception("recording run %s as interrupted failed", job.run_id)
         self.abandoned = True

@@ -429,9 +429,12 @@ class FlockApp(App[int]):
             try:
                 self.flock = await AsyncFlock.connect(
                     seeds=a.seed or [], runtime_dir=a.runtime_dir, key_file=a.key_file,
-                    insecure=a.insecure, timeout=a.connect_timeout or 5.0)
-                key = resolve_key(a.key_file, a.insecure)
-                self.bus = Bus(Codec(key, f"console-{os.getpid()}"), self.on_bus_message)
+                    insecure=a.insecure, timeout=a.connect_timeout or 5.0,
+                    tls_dir=getattr(a, "tls_dir", None))
+                tls = self.flock.tls  # on TLS: our certificate, and no key
+                key = None if tls else resolve_key(a.key_file, a.insecure)
+                self.bus = Bus(Codec(key, tls.me.name if tls else f"console-{os.getpid()}"),
+                               self.on_bus_message, tls=tls)
                 self.bus.start()
             except RpcError as e:
                 self.connection_problem(f"cannot connect: {err_text(e)}")

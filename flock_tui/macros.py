@@ -15,6 +15,7 @@ commands would, and stops at the first one that exits non-zero, with its exit co
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import shlex
 import sys
@@ -22,7 +23,7 @@ import threading
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Annotated, Any, NoReturn
 
 import msgspec
 
@@ -37,13 +38,23 @@ READ_ONLY_COMMANDS = {"nodes", "status", "outbox", "active", "resources", "histo
                       "wait-until", "wait-while", "paths"}
 
 
+def _doc(text: str) -> msgspec.Meta:
+    """A field's description in the JSON schema (`flockctl config schema`); no constraint."""
+    return msgspec.Meta(description=text)
+
+
 class Macro(msgspec.Struct, forbid_unknown_fields=True):
-    name: str
-    key: str
-    steps: list[str]
-    description: str = ""
-    confirm: bool = False
-    override: bool = False
+    """A key bound to ordered steps, each a `flockctl` command without `flockctl`."""
+
+    name: Annotated[str, _doc("unique; letters, digits, '.', '_' or '-' (max 63); "
+                              "`flockctl macro NAME` runs it headless")]
+    key: Annotated[str, _doc('the console key, e.g. "D", "ctrl+d", "f5"')]
+    steps: Annotated[list[str], _doc(
+        "flockctl commands run in order, stopping at the first failure; {node} is the cursor "
+        "node, a step with {marked} runs once per marked node")]
+    description: Annotated[str, _doc("shown in help and the command palette")] = ""
+    confirm: Annotated[bool, _doc("ask before running")] = False
+    override: Annotated[bool, _doc("allow a key that is a built-in console binding")] = False
 
     @property
     def binding_id(self) -> str:
@@ -64,8 +75,12 @@ class Macro(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class ConsoleConfig(msgspec.Struct, forbid_unknown_fields=True):
-    macros: list[Macro] = []
-    keymap: dict[str, str] = {}
+    """console.toml: the flockctl console's macros and key remapping."""
+
+    macros: Annotated[list[Macro], _doc("[[macros]] tables")] = []
+    keymap: Annotated[dict[str, str], _doc(
+        'binding id to key(s), e.g. "flock.run_chef" = "R" (the console\'s `?` help lists '
+        "the ids)")] = {}
 
 
 class ConfigError(Exception):
@@ -267,6 +282,8 @@ def global_args(args: argparse.Namespace) -> list[str]:
         g += ["--key-file", str(args.key_file)]
     if getattr(args, "insecure", False):
         g.append("--insecure")
+    if getattr(args, "tls_dir", None):
+        g += ["--tls-dir", str(args.tls_dir)]
     if getattr(args, "json", False):
         g.append("--json")
     if getattr(args, "connect_timeout", None) is not None:
@@ -313,7 +330,7 @@ def run_step(args: argparse.Namespace, out: Any, err: Callable[[str], None],
     try:
         return cli.COMMANDS[args.command](c)
     except cli.CliError as e:
-        err(f"flock: {e}")
+        err(f"flockctl: {e}")
         return e.code
     finally:
         c.close()
@@ -354,26 +371,35 @@ def find_macro(cfg: ConsoleConfig, name: str) -> Macro:
 
 
 def run_macro_headless(args: argparse.Namespace) -> int:
-    """`flockctl macro NAME`: run the macro's steps as `flockctl` commands, stop at the first failure."""
+    """`flockctl macro NAME`: run the macro's steps as `flockctl` commands, stop at the first
+    failure. Each step is announced first (`▶ step 2/3: flockctl ...`): on stdout, or on stderr
+    with --json so that stdout stays one JSON document a line."""
     try:
         cfg = load_config(builtin_keys=builtin_keys())
         macro = find_macro(cfg, args.name)
         marked = [n for n in (args.marked or "").split(",") if n.strip()]
         steps = expand(macro.steps, args.node, marked)
     except (ConfigError, StepError) as e:
-        print(f"flock: {e}", file=sys.stderr)
-        return cli.USAGE
+        return _headless_error(args, str(e), cli.USAGE)
     g = global_args(args)
     for i, step in enumerate(steps, 1):
         try:
             step_args = parse_step(step, g)
         except StepError as e:
-            print(f"flock: macro {macro.name}: step {i} {step!r}: {e}", file=sys.stderr)
-            return cli.USAGE
+            return _headless_error(args, f"macro {macro.name}: step {i} {step!r}: {e}", cli.USAGE)
         step_args.json_lines = True  # several documents: one per line (JSON Lines)
+        print(f"▶ step {i}/{len(steps)}: flockctl {step}",
+              file=sys.stderr if args.json else sys.stdout, flush=True)
         code = cli.run_command(step_args)
         if code != 0:
-            print(f"flock: macro {macro.name} stopped at step {i}/{len(steps)} ({step}): "
+            print(f"flockctl: macro {macro.name} stopped at step {i}/{len(steps)} ({step}): "
                   f"exit {code}", file=sys.stderr)
             return code
     return cli.OK
+
+
+def _headless_error(args: argparse.Namespace, message: str, code: int) -> int:
+    print(f"flockctl: {message}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"error": message, "exit_code": code}), flush=True)
+    return code

@@ -20,6 +20,10 @@ def main(argv: list[str] | None = None) -> int:
         from flock_tui.demo import run_demo
 
         return run_demo(args)
+    if args.command == "config":
+        from flock_tui.config_schema import run_config
+
+        return run_config(args)
     if args.command == "macro":
         from flock_tui.macros import run_macro_headless
 

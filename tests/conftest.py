@@ -158,6 +158,29 @@ def flock_env(tmp_path_factory) -> FlockEnv:
     env.stop_all()
 
 
+def on_a_terminal(args: list[str], env: dict[str, str], timeout: float = 60.0
+                  ) -> tuple[int, str]:
+    """Run the real `flockctl ARGS` on a pseudo-terminal: (exit code, all it drew)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", *args], env=env,
+                            stdin=slave, stdout=slave, stderr=slave, close_fds=True)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    code = proc.wait(timeout)
+    os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
 def write_recipe(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -28,6 +28,7 @@ from flock_node.protocol import (
     Response,
     _mac,
 )
+from flock_node.transport import RpcError
 
 
 def view(f: Flock, observer: str) -> dict[str, dict]:
@@ -527,3 +528,37 @@ def test_private_files_and_refusals(flock_env, tmp_path):
                        env=env.env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "writable by other users" in r.stderr, r.stderr
     assert os.stat(shared).st_mode & 0o777 == 0o777
+
+
+def test_one_discovery_rule_for_flock_and_asyncflock(tcp):
+    """A seed running with another key must not hide the nodes we can talk to, for the
+    Python client, the CLI and the console's AsyncFlock alike (the console failed its poll)."""
+    import asyncio
+
+    from flock_node.client import AsyncFlock
+
+    other = tcp.env.root / "other.key"
+    assert tcp.env.cli("keygen", str(other)).returncode == 0
+    p = free_port()
+    node = tcp.env.start("stranger", "--listen", f"tcp://127.0.0.1:{p}", "--key-file", str(other))
+    try:
+        seeds = [f"tcp://127.0.0.1:{p}", tcp.seed]
+        with Flock.connect(seeds=seeds, key_file=str(tcp.key), runtime_dir=tcp.env.runtime_dir) as f:
+            assert {"t0", "t1"} <= {m["name"] for m in f.nodes()}
+            assert f.refused == [f"tcp://127.0.0.1:{p + 1}"]
+
+        async def console_view() -> set[str]:
+            af = await AsyncFlock.connect(seeds=seeds, key_file=str(tcp.key),
+                                          runtime_dir=tcp.env.runtime_dir)
+            try:
+                return {m["name"] for m in await af.nodes()}
+            finally:
+                af.close()
+
+        assert {"t0", "t1"} <= asyncio.run(console_view())
+        # Nobody we can talk to: the refusal is the error, for both.
+        with pytest.raises(RpcError) as e:
+            Flock.connect(seeds=seeds[:1], key_file=str(tcp.key), runtime_dir=tcp.env.root / "none")
+        assert e.value.code == "unauthorized"
+    finally:
+        node.stop()

@@ -10,7 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import FlockEnv, wait_for
+from conftest import FlockEnv, on_a_terminal, wait_for
 
 from flock_node.client import AsyncFlock, Flock, FlockError
 
@@ -93,7 +93,7 @@ def test_nodes_text_and_json(flock3):
     r = flock3.cli("nodes")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split()[:3] == ["NAME", "STATE", "ACTIVITY"]
+    assert lines[0].split()[:4] == ["NAME", "STATE", "HEALTH", "ACTIVITY"]
     assert [ln.split()[0] for ln in lines[1:]] == list(NODES)
     assert all(ln.split()[1] == "alive" for ln in lines[1:])
     nodes = flock3.json("nodes")
@@ -196,7 +196,7 @@ def test_unknown_node_is_exit_3(flock3):
     ):
         r = flock3.cli(*args, timeout=20)
         assert r.returncode == 3, (args, r.stdout, r.stderr)
-        assert r.stderr.startswith("flock: ")
+        assert r.stderr.startswith("flockctl: ")
         assert args[1] in r.stderr
 
 
@@ -325,30 +325,11 @@ def test_env_runtime_dir_is_private(flock3):
 def test_run_chef_wait_on_a_terminal_redraws_live_progress(flock3):
     """On a terminal, `run-chef --wait` redraws one line per node in place (ANSI), showing
     which node converges and which finished, then a summary; piped, it prints plain lines."""
-    import pty
-    import subprocess
-    import sys
-
     for n in NODES:
         flock3.mode(n, "sleep 0.6")
     try:
-        master, slave = pty.openpty()
-        proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", "run-chef", "b*",
-                                 "--wait"], env=flock3.env.env, stdin=slave, stdout=slave,
-                                stderr=slave, close_fds=True)
-        os.close(slave)
-        chunks = []
-        while True:
-            try:
-                data = os.read(master, 4096)
-            except OSError:  # EIO: the child closed the terminal
-                break
-            if not data:
-                break
-            chunks.append(data)
-        assert proc.wait(60) == 0
-        os.close(master)
-        screen = b"".join(chunks).decode(errors="replace")
+        code, screen = on_a_terminal(["run-chef", "b*", "--wait"], flock3.env.env)
+        assert code == 0
         assert "\x1b[2K" in screen and "\x1b[3F" in screen  # lines redrawn in place
         assert "converging" in screen
         assert "3 ok, 0 failed, 0 unreachable (3 nodes)" in screen

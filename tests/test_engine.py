@@ -73,7 +73,7 @@ class Env:
             self.write(body)
         eng = self.engine(hooks=hooks)
         c = ctx(**kw)
-        return eng, eng.converge(c), self.store.run(c.run_id)
+        return eng, eng.converge(c), self.store.runs.get(c.run_id)
 
 
 @pytest.fixture
@@ -103,7 +103,7 @@ def test_file_create_then_second_converge_updates_nothing(env):
     _, r2, run2 = env.converge()
     assert r2["status"] == "ok" and r2["updated"] == 0
     assert {r["result"] for r in run2["resources"]} == {"up_to_date"}
-    assert env.store.last_run()["id"] == r2["id"]
+    assert env.store.runs.last()["id"] == r2["id"]
 
 
 def test_file_content_and_mode_drift_are_repaired(env):
@@ -119,7 +119,7 @@ def test_file_content_and_mode_drift_are_repaired(env):
     os.chmod(env.dir / "a", 0o600)
     c = ctx()
     assert eng.converge(c)["updated"] == 1
-    assert "mode 0600 -> 0644" in env.store.run(c.run_id)["resources"][0]["output"]
+    assert "mode 0600 -> 0644" in env.store.runs.get(c.run_id)["resources"][0]["output"]
     assert not [p for p in os.listdir(env.dir) if p.startswith(".flock-")]
 
 
@@ -353,11 +353,11 @@ def test_compile_errors_name_file_and_line(env, body, line, message):
         env.engine().compile()
     msg = str(ei.value)
     assert msg.startswith(f"{path}:{line}: " + message.format(d=env.dir)), msg
-    assert env.store.resources() == []
+    assert env.store.resources.all() == []
     c = ctx()
     r = env.engine().converge(c)
     assert r["status"] == "failed" and r["error"] == msg and r["total"] == 0
-    assert env.store.run(c.run_id)["resources"] == []
+    assert env.store.runs.get(c.run_id)["resources"] == []
 
 
 def test_dsl_outside_a_compile_is_a_clear_error():
@@ -389,7 +389,7 @@ def test_run_action_out_of_band(env):
     c = ctx(kind="reaction", cause={"node": "bender1", "run": "r9", "resource": "file[/x]"}, hops=1)
     r = eng.run_action("execute[kill all humans]", "run", c)
     assert r["status"] == "ok" and r["updated"] == 1 and r["total"] == 2
-    run = env.store.run(c.run_id)
+    run = env.store.runs.get(c.run_id)
     assert run["kind"] == "reaction" and run["cause"]["node"] == "bender1"
     assert results(run) == [
         ("execute[kill all humans]", "run", "updated"),
@@ -431,7 +431,7 @@ def test_remote_notifies_queue_outbox_only_when_updated(env):
     """
     _, r, run = env.converge(body, hooks=hooks, hops=2)
     assert r["status"] == "ok", r
-    due = sorted(env.store.due_outbox(time.time() + 1), key=lambda x: x["target"])
+    due = sorted(env.store.outbox.due(time.time() + 1), key=lambda x: x["target"])
     assert [(d["target"], d["resource"], d["action"], d["hops"]) for d in due] == [
         ("bender1", "execute[kill all humans]", "run", 3),
         ("web1", "execute[svc]", "restart", 3),
@@ -448,7 +448,7 @@ def test_remote_notifies_queue_outbox_only_when_updated(env):
         "remote_notifies run execute[x] node=db-*: no node matched" in run["resources"][0]["output"]
     )
     env.converge(hooks=hooks)  # up to date: nothing more queued
-    assert len(env.store.due_outbox(time.time() + 1)) == 3
+    assert len(env.store.outbox.due(time.time() + 1)) == 3
 
 
 def test_delayed_remote_notifications_are_held_until_the_run_ends(env):
@@ -468,7 +468,7 @@ def test_delayed_remote_notifications_are_held_until_the_run_ends(env):
     import builtins
 
     def peek():
-        seen["during"] = env.store.outbox_counts()
+        seen["during"] = env.store.outbox.counts()
 
     builtins.PEEK = peek
     try:
@@ -476,14 +476,14 @@ def test_delayed_remote_notifications_are_held_until_the_run_ends(env):
     finally:
         del builtins.PEEK
     assert seen["during"] == {"held": 1}  # de-duplicated, held while the run goes on
-    due = env.store.due_outbox(time.time() + 1)
+    due = env.store.outbox.due(time.time() + 1)
     assert [(d["target"], d["resource"]) for d in due] == [("bender1", "execute[r]")]
 
 
 def test_subscribers_of_produce_outbox_items(env):
-    sid = env.store.add_subscription(f"file[{env.dir}/conf]", "web1", "execute[reload]", "run")
+    sid = env.store.subscriptions.add(f"file[{env.dir}/conf]", "web1", "execute[reload]", "run")
     _, r, _ = env.converge('file(D + "/conf", content="v1")', hooks=Hooks())
-    due = env.store.due_outbox(time.time() + 1)
+    due = env.store.outbox.due(time.time() + 1)
     assert [(d["target"], d["resource"], d["action"], d["hops"]) for d in due] == [
         ("web1", "execute[reload]", "run", 1)
     ]
@@ -493,7 +493,7 @@ def test_subscribers_of_produce_outbox_items(env):
 def test_remote_subscribes_are_persisted_as_wanted(env):
     env.write('file(D + "/x").remote_subscribes("create", "file[/etc/schema]", node="db0")')
     env.engine().compile()
-    (w,) = env.store.wanted_subscriptions()
+    (w,) = env.store.wanted.all()
     assert (w["resource"], w["action"], w["node"], w["remote_resource"], w["origin"]) == (
         f"file[{env.dir}/x]",
         "create",
@@ -585,7 +585,7 @@ def test_stop_finishes_the_resource_in_progress(env):
     r = seen[-1]
     assert r["status"] == "failed" and r["error"] == "stopped"
     assert seen[:-1] == [(1, 2, "execute[slow]")]
-    assert results(env.store.run(c.run_id)) == [("execute[slow]", "run", "updated")]
+    assert results(env.store.runs.get(c.run_id)) == [("execute[slow]", "run", "updated")]
     assert not (env.dir / "after").exists()
 
 
@@ -626,11 +626,11 @@ def test_recompile_persists_only_changes_but_always_the_latest(env):
     eng = env.engine()
     eng.converge(ctx())
     eng.compile()  # unchanged: nothing rewritten, results kept
-    (row,) = env.store.resources()
+    (row,) = env.store.resources.all()
     assert row.properties["content"] == "1" and row.last_result == "updated"
     env.write('file(D + "/a", content="2")\nlog("new")')
     eng.compile()
-    rows = env.store.resources()
+    rows = env.store.resources.all()
     assert [r.id for r in rows] == [f"file[{env.dir}/a]", "log[new]"]
     assert rows[0].properties["content"] == "2" and rows[0].last_result == "updated"
 
@@ -651,7 +651,7 @@ def test_stop_records_pending_delayed_notifications_as_skipped(env):
     assert wait_for(started.exists)
     c.stop.set()
     t.join(10)
-    run = env.store.run(c.run_id)
+    run = env.store.runs.get(c.run_id)
     assert run["status"] == "failed" and run["error"] == "stopped"
     assert results(run)[-1] == ("log[late]", "write", "skipped")
     assert run["resources"][-1]["error"] == "delayed notification not run: stopped"
@@ -747,7 +747,7 @@ def test_interrupt_kills_a_command_and_the_run_is_interrupted(env):
     c.kill.fire("interrupted: killed after --stop-timeout 1 s")
     t.join(5)
     assert not t.is_alive()
-    run = env.store.run(c.run_id)
+    run = env.store.runs.get(c.run_id)
     assert results(run) == [("execute[slow]", "run", "failed")]
     assert run["resources"][0]["error"] == "interrupted: killed after --stop-timeout 1 s"
     assert run["status"] == "failed"
@@ -773,7 +773,7 @@ def test_interrupt_stops_a_python_block(env):
     c.kill.fire("interrupted: killed after --stop-timeout 1 s")
     t.join(5)
     assert not t.is_alive()
-    run = env.store.run(c.run_id)
+    run = env.store.runs.get(c.run_id)
     assert run["resources"][0]["error"] == "interrupted: killed after --stop-timeout 1 s"
     assert run["error"].startswith("interrupted: ")
 

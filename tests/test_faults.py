@@ -53,19 +53,19 @@ def test_a_reaction_run_again_sends_the_same_notification_ids(tmp_path, store):
     def react(run_id: str) -> list[tuple[str, str]]:
         eng.run_action("execute[relay]", "run", RunContext(run_id, "reaction", cause=dict(cause),
                                                            hops=1))
-        return sorted((r["target"], r["id"]) for r in store.outbox()
+        return sorted((r["target"], r["id"]) for r in store.outbox.rows()
                       if r["run_id"] == run_id)
 
     first = react("r-1")
     # The same notification applied again (a crash between the action and its commit): the
     # same ids, so the receivers' inboxes drop the copies.
-    store._db.execute("DELETE FROM outbox")
+    store.db.conn.execute("DELETE FROM outbox")
     again = react("r-2")
     assert [t for t, _ in first] == ["b", "w1", "w2"]
     assert first == again
     assert len({i for _, i in first}) == 3
     # ...and the chain's origin travels with them and reaches the commands.
-    assert all(r["cause"]["origin"] == "n-root" for r in store.outbox())
+    assert all(r["cause"]["origin"] == "n-root" for r in store.outbox.rows())
     env_lines = out.read_text().splitlines()
     assert "FLOCK_NOTIFICATION=n-root" in env_lines and "FLOCK_ORIGIN=n-root" in env_lines
     assert "FLOCK_SENDER=src" in env_lines
@@ -77,10 +77,10 @@ def test_a_converge_sends_fresh_ids_each_run(tmp_path, store):
     """)
     eng.converge(RunContext("c-1"))
     eng.converge(RunContext("c-2"))
-    ids = {r["id"] for r in store.outbox()}
+    ids = {r["id"] for r in store.outbox.rows()}
     assert len(ids) == 2
     # A notification caused by a converge starts a chain: its own id is the origin downstream.
-    assert all("origin" not in r["cause"] for r in store.outbox())
+    assert all("origin" not in r["cause"] for r in store.outbox.rows())
 
 
 # -- with real agents ---------------------------------------------------------------------------
@@ -283,13 +283,13 @@ def test_a_full_disk_on_the_receiver_loses_nothing(flock_env, tmp_path):
 def test_retry_resends_refused_notifications(tmp_path, store):
     from flock_node.store import OutboxItem
 
-    store.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1"),
+    store.outbox.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1"),
                    OutboxItem("b", "execute[y]", "run", id="n-2")], "r-1")
-    store.outbox_failed("n-1", "unknown_resource: b has no resource execute[x]")
-    store.outbox_retry("n-2", "unreachable", 1e12)  # past its deadline: dead
-    assert {r["status"] for r in store.outbox()} == {"failed", "dead"}
-    assert sorted(store.outbox_revive(None)) == ["n-1", "n-2"]
-    assert {r["status"] for r in store.outbox()} == {"pending"}
+    store.outbox.failed("n-1", "unknown_resource: b has no resource execute[x]")
+    store.outbox.retry("n-2", "unreachable", 1e12)  # past its deadline: dead
+    assert {r["status"] for r in store.outbox.rows()} == {"failed", "dead"}
+    assert sorted(store.outbox.revive(None)) == ["n-1", "n-2"]
+    assert {r["status"] for r in store.outbox.rows()} == {"pending"}
 
 
 # -- item 10: a rolling restart does not lose tag and glob notifications -------------------------
@@ -353,13 +353,13 @@ def test_a_clock_jump_moves_pending_deadlines_with_it(store):
     assert clock_jump((1000.0, 50.0), (1001.0, 51.0)) is None
     assert clock_jump((1000.0, 50.0), (1000.0 + 86_400 + 1, 51.0)) == pytest.approx(86_400)
     assert clock_jump((1000.0, 50.0), (900.0, 51.0)) == pytest.approx(-101)
-    store.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1")], "r-1")
-    before = store.outbox()[0]
-    assert store.outbox_shift_times(86_400) == 1
-    after = store.outbox()[0]
+    store.outbox.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1")], "r-1")
+    before = store.outbox.rows()[0]
+    assert store.outbox.shift_times(86_400) == 1
+    after = store.outbox.rows()[0]
     assert after["deadline"] == pytest.approx(before["deadline"] + 86_400)
     # A day later by the wall clock, but no time passed: not dead yet.
-    assert store.outbox_retry_many(["n-1"], "unreachable", before["deadline"] + 10) == set()
+    assert store.outbox.retry_many(["n-1"], "unreachable", before["deadline"] + 10) == set()
 
 
 def test_a_backlog_is_batched_by_size_as_well_as_count():

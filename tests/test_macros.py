@@ -108,15 +108,19 @@ def test_headless_runs_steps_like_the_commands(flock_env, monkeypatch, capsys):
     flock_env.start("n1", "--insecure")
     code = main(["--insecure", "macro", "probe", "--node", "n1"])
     out = capsys.readouterr()
-    assert out.out == "false\n"  # stopped at the failing step: no third line
+    # Each step announced, then its output; stopped at the failing step: no third step.
+    assert out.out == ("▶ step 1/3: flockctl active n1\nfalse\n"
+                       "▶ step 2/3: flockctl active nobody\n")
     assert code == 3
     assert "stopped at step 2/3" in out.err
     # With --json, each step's document is one line: the output is JSON Lines.
     (flock_env.config_dir / "console.toml").write_text(
         '[[macros]]\nname = "probe"\nkey = "x"\nsteps = ["status {node}", "active {node}"]\n')
     assert main(["--insecure", "--json", "macro", "probe", "--node", "n1"]) == 0
-    docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    out = capsys.readouterr()
+    docs = [json.loads(line) for line in out.out.splitlines()]
     assert docs[0]["name"] == "n1" and docs[1] is False
+    assert "▶ step 2/2: flockctl active n1" in out.err  # headers keep stdout JSON Lines
 
 
 def test_an_unknown_keymap_binding_id_is_reported(tmp_path, monkeypatch):
@@ -135,3 +139,22 @@ def test_an_unknown_keymap_binding_id_is_reported(tmp_path, monkeypatch):
         app.config_error)
     (tmp_path / "console.toml").write_text('[keymap]\n"flock.run_chef" = "R"\n')
     assert FlockApp(args, connect=False).config_error is None
+
+
+def test_config_schema_is_generated_from_the_types(capsys):
+    assert main(["config", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert schema["$schema"].startswith("https://json-schema.org/")
+    macro = schema["$defs"]["Macro"]
+    assert set(macro["required"]) == {"name", "key", "steps"}
+    assert macro["additionalProperties"] is False  # unknown fields are errors, as in load_config
+    assert "{marked}" in macro["properties"]["steps"]["description"]
+    top = schema["$defs"]["ConsoleConfig"]["properties"]
+    assert set(top) == {"macros", "keymap"}
+    # The example in the module docstring fits it.
+    import tomllib
+
+    import flock_tui.macros as m
+    example = tomllib.loads("\n".join(
+        line[4:] for line in m.__doc__.splitlines() if line.startswith("    ")))
+    assert set(example["macros"][0]) <= set(macro["properties"])

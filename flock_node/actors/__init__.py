@@ -16,9 +16,12 @@ from typing import Any, Protocol
 
 import msgspec
 
+from flock_node.api import CALLS, decode_args
 from flock_node.protocol import Envelope, Error, Request, Response
 from flock_node.store import store_error
 from flock_node.transport import RpcError
+from flock_node.trust.guard import Guard
+from flock_node.trust.identity import UNVERIFIED, Caller
 
 log = logging.getLogger("flock.actors")
 
@@ -45,6 +48,8 @@ class NodeFacts(Protocol):
 
     def loop_failures(self) -> list[dict[str, Any]]: ...
 
+    def name_clashes(self) -> list[dict[str, Any]]: ...
+
 
 class Actor(Protocol):
     NAME: str
@@ -60,20 +65,29 @@ def int_arg(v: Any, name: str) -> int:
 class Dispatcher:
     """Calls `actor.method(**args)` for a Request; answers a Response, never raises."""
 
-    def __init__(self, node: str, actors: list[Any]):
+    def __init__(self, node: str, actors: list[Any], guard: Guard | None = None):
         self.node = node
+        self.guard = guard  # who may call what, and the audit trail
         self.methods: dict[tuple[str, str], Callable[..., Awaitable[Any]]] = {
             (a.NAME, m): getattr(a, m) for a in actors for m in a.METHODS
         }
 
-    async def handle(self, req: Request, env: Envelope) -> Response:
+    async def handle(self, req: Request, env: Envelope, caller: Caller = UNVERIFIED) -> Response:
         fn = self.methods.get((req.actor, req.method))
         if fn is None:
             known = sorted(f"{a}.{m}" for a, m in self.methods)
             return Response(req.call_id, False, error=Error(
                 "unknown_method", f"no method {req.actor}.{req.method}; known: {', '.join(known)}"))
+        if self.guard is None:
+            return await self._call(req, fn, req.args)
+        return await self.guard.run(caller, env, req, lambda args: self._call(req, fn, args))
+
+    async def _call(self, req: Request, fn: Callable[..., Awaitable[Any]],
+                    args: dict[str, Any]) -> Response:
         try:
-            result = await fn(**req.args)
+            if (req.actor, req.method) in CALLS:
+                args = decode_args(req.actor, req.method, args)
+            result = await fn(**args)
         except (sqlite3.InterfaceError, sqlite3.ProgrammingError, sqlite3.DataError) as e:
             # A value SQLite cannot take (a list where a string goes): the caller's mistake.
             return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))

@@ -1,8 +1,9 @@
-"""`flock_api`: what operators, consoles and recipes ask a node (run_chef, active, status,
-history, members, outbox, retry)."""
+"""`flock_api`: what operators, consoles and recipes ask a node (run_chef, why_run, active,
+status, history, members, outbox, retry)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -10,8 +11,10 @@ import msgspec
 
 from flock_node import __version__
 from flock_node.actors import BadRequest, NodeFacts
+from flock_node.api import Member, State, last_run_view
 from flock_node.delivery import Deliverer
-from flock_node.membership import ALIVE, Membership
+from flock_node.engine import RunContext
+from flock_node.membership import Membership
 from flock_node.paging import (
     HISTORY_LIMIT,
     OUTBOX_LIMIT,
@@ -22,12 +25,12 @@ from flock_node.paging import (
 from flock_node.protocol import Heartbeat, RunSummary
 from flock_node.store import Store
 from flock_node.transport import RpcError
-from flock_node.work import WorkQueue
+from flock_node.work import WorkQueue, run_id
 
 
 class FlockApi:
     NAME = "flock_api"
-    METHODS = ('run_chef', 'active', 'status', 'history', 'run', 'members', 'outbox', 'retry',
+    METHODS = ('run_chef', 'why_run', 'active', 'status', 'history', 'run', 'members', 'outbox', 'retry',
                'discard')
 
     def __init__(self, node: NodeFacts, store: Store, work: WorkQueue, deliverer: Deliverer,
@@ -47,12 +50,22 @@ class FlockApi:
             j.run_id != run_id for j in list(self.work.queue)[:1])
         return {"run_id": run_id, "queued": joined or ahead, "joined": joined}
 
+    async def why_run(self) -> dict[str, Any]:
+        """Compile and decide without changing or sending anything: the plan (each resource's
+        would-be action and why, the notifications it would fire, the nodes remote ones would
+        reach), also recorded in history as a why-run. Answers when the plan is made."""
+        if self.work.stopping.is_set():
+            raise RpcError("stopping", f"{self.node.name} is shutting down")
+        ctx = RunContext(run_id(), "why-run", stop=self.work.stopping)
+        # Off the loop (guards run commands), and beside a converge: it changes nothing.
+        return await asyncio.to_thread(self.work.engine.why_run, ctx)
+
     async def active(self) -> bool:
         return self.work.active
 
     async def status(self) -> dict[str, Any]:
-        counts = self.store.outbox_counts()
-        last = self.store.last_run()
+        counts = self.store.outbox.counts()
+        last = self.store.runs.last()
         cur = None
         if self.work.current is not None:
             p = self.work.progress
@@ -64,12 +77,14 @@ class FlockApi:
             "incarnation": self.node.incarnation, "address": self.node.rpc_addr, "bus": self.node.bus_addr,
             "active": self.work.active, "current_run": cur,
             "queued": [j.run_id for j in self.work.queue],
-            "last_run": last_run(last),
+            "last_run": last_run_view(last),
+            "last_converge": last_run_view(self.store.runs.last("converge")),
             "pending": counts.get("pending", 0) + counts.get("held", 0),
             "dead_letters": counts.get("dead", 0), "failed_notifications": counts.get("failed", 0),
             "uptime": time.time() - self.node.started, "compile_error": self.work.compile_error,
             "dropped_frames": self.node.dropped_frames(), "ready": self.node.ready,
             "loop_failures": self.node.loop_failures(),
+            "name_clashes": self.node.name_clashes(),
             "next_run": self.node.next_run,
         }
 
@@ -80,18 +95,18 @@ class FlockApi:
         flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
         limit = count_arg(limit, "limit")
         if offset is None:
-            return self.store.history(limit)
+            return self.store.runs.history(limit)
         offset = count_arg(offset, "offset")
         # Runs carry their resources: a page rarely holds many, so read few at a time.
         take = min(limit, 50)
-        rows = [too_big_for_a_page(r) for r in self.store.history(take + 1, offset=offset)]
+        rows = [too_big_for_a_page(r) for r in self.store.runs.history(take + 1, offset=offset)]
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
         """One run with its per-resource results. With `offset`: `{"run", "items",
         "next_offset"}`, the run and one page of its resources from there (a run with many
         big outputs does not fit one frame); without it, the whole run."""
-        run = self.store.run(str(id))
+        run = self.store.runs.get(str(id))
         if offset is None or run is None:
             return run
         offset = count_arg(offset, "offset")
@@ -99,25 +114,27 @@ class FlockApi:
         page = fill_page(resources[offset:], offset, more=False)
         return {"run": {**run, "resources": []}, **page}
 
-    async def members(self) -> list[dict[str, Any]]:
+    async def members(self) -> list[Member]:
         own = await self.status()
-        out = [{
-            "name": self.node.name, "state": ALIVE, "address": self.node.rpc_addr, "bus": self.node.bus_addr,
-            "rpc": self.node.rpc_addr, "incarnation": self.node.incarnation, "active": self.work.active,
-            "run": msgspec.to_builtins(self.work.progress), "last_run": own["last_run"],
-            "pending": own["pending"], "dead_letters": own["dead_letters"],
-            "tags": list(self.node.tags), "version": __version__, "age": 0.0,
-        }]
+        out = [Member(
+            name=self.node.name, state=State.ALIVE, address=self.node.rpc_addr,
+            bus=self.node.bus_addr, rpc=self.node.rpc_addr, incarnation=self.node.incarnation,
+            active=self.work.active, run=msgspec.to_builtins(self.work.progress),
+            last_run=own["last_run"], last_converge=own["last_converge"],
+            pending=own["pending"], dead_letters=own["dead_letters"],
+            tags=list(self.node.tags), version=__version__, age=0.0,
+        )]
         now = time.monotonic()
         for m in self.membership.members():
             hb: Heartbeat = m.info
-            out.append({
-                "name": m.name, "state": m.state, "address": m.rpc, "bus": m.bus, "rpc": m.rpc,
-                "incarnation": m.incarnation, "active": hb.active if m.state == ALIVE else False,
-                "run": msgspec.to_builtins(hb.run), "last_run": summary_dict(hb.last_run),
-                "pending": hb.pending, "dead_letters": hb.dead, "tags": list(m.tags),
-                "version": hb.version, "age": now - m.last_seen,
-            })
+            out.append(Member(
+                name=m.name, state=State(m.state), address=m.rpc, bus=m.bus, rpc=m.rpc,
+                incarnation=m.incarnation, active=hb.active if m.state == State.ALIVE else False,
+                run=msgspec.to_builtins(hb.run), last_run=last_run_view(hb.last_run),
+                last_converge=last_run_view(hb.last_converge),
+                pending=hb.pending, dead_letters=hb.dead, tags=list(m.tags),
+                version=hb.version, age=now - m.last_seen,
+            ))
         return out
 
     async def outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
@@ -127,10 +144,10 @@ class FlockApi:
         limit = count_arg(limit, "limit")
         statuses = [status] if status else None
         if offset is None:
-            return self.store.outbox(statuses, limit)
+            return self.store.outbox.rows(statuses, limit)
         offset = count_arg(offset, "offset")
         take = min(limit, 1000)
-        rows = self.store.outbox(statuses, take + 1, offset=offset)
+        rows = self.store.outbox.rows(statuses, take + 1, offset=offset)
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def discard(self, ids: list[str] | None = None,
@@ -145,7 +162,7 @@ class FlockApi:
             raise BadRequest("statuses must be a list of: dead, failed")
         if ids is None and not statuses:
             raise BadRequest("say which: notification ids, or statuses (dead, failed)")
-        gone = self.store.outbox_discard(ids, tuple(statuses or ("dead", "failed")))
+        gone = self.store.outbox.discard(ids, tuple(statuses or ("dead", "failed")))
         return {"discarded": gone}
 
     async def retry(self, ids: list[str] | None = None) -> dict[str, Any]:
@@ -154,7 +171,7 @@ class FlockApi:
         if ids is not None and not (isinstance(ids, list)
                                     and all(isinstance(i, str) for i in ids)):
             raise BadRequest("ids must be a list of notification ids")
-        revived = self.store.outbox_revive(ids)
+        revived = self.store.outbox.revive(ids)
         if revived:
             self.deliverer.changed()
         return {"retried": revived}
@@ -166,21 +183,3 @@ def summary(last: dict[str, Any] | None) -> RunSummary | None:
     return RunSummary(id=last["id"], status=last["status"], kind=last["kind"],
                       started=last["started"], duration=last["duration"] or 0.0,
                       updated=last["updated"], error=last["error"])
-
-
-def summary_dict(s: RunSummary | None) -> dict[str, Any] | None:
-    return last_run_from(msgspec.to_builtins(s)) if s else None
-
-
-def last_run(last: dict[str, Any] | None) -> dict[str, Any] | None:
-    return last_run_from(last) if last else None
-
-
-def last_run_from(d: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": d["id"], "status": d["status"], "kind": d.get("kind", "converge"),
-        "started": d.get("started"), "duration": d.get("duration"),
-        "updated": d.get("updated", 0), "error": d.get("error"),
-    }
-
-

@@ -40,7 +40,7 @@ class ResourceManager:
         """The persisted resources of the last compile, in recipe order. With `offset` (or
         `limit`): one page, `{"items", "next_offset"}`, that fits a frame; without either, the
         whole list (too_large if it does not fit)."""
-        rows = self.store.resources()
+        rows = self.store.resources.all()
         if offset is None and limit is None:
             return [msgspec.to_builtins(r.__dict__) for r in rows]
         start = count_arg(offset or 0, "offset")
@@ -54,13 +54,13 @@ class ResourceManager:
 
     def _check_target(self, resource: str, action: str | None) -> None:
         self._check_ready()
-        actions = self.store.resource_actions(resource)
+        actions = self.store.resources.actions(resource)
         if actions is None:
             if self.work.compile_error is not None:
                 # The recipe that may declare it does not compile now: not final.
                 raise RpcError("not_ready", f"{self.node.name} has no resource {resource} and its "
                                f"recipe does not compile ({self.work.compile_error})")
-            known = ", ".join(x.id for x in self.store.resources()[:20]) or "none"
+            known = ", ".join(x.id for x in self.store.resources.all()[:20]) or "none"
             raise RpcError("unknown_resource", f"{self.node.name} has no resource {resource}; it has: {known}")
         if action is not None and action not in actions:
             raise RpcError("unknown_action",
@@ -87,7 +87,7 @@ class ResourceManager:
         # The worker is idle: the reaction starts now, so its run row goes in the inbox
         # row's commit, one commit fewer before the action starts.
         run_id = new_run_id() if self.work.idle() else None
-        fresh = self.store.inbox_accept(nid, sender or "?", resource, action, hops, cause,
+        fresh = self.store.inbox.accept(nid, sender or "?", resource, action, hops, cause,
                                         run=(run_id, cause_of(n)) if run_id else None)
         if fresh:
             self.work.enqueue_reaction(n, run_id)
@@ -137,7 +137,7 @@ class ResourceManager:
                 continue
             out.append(None)
             rows.append((nid, str(it.get("sender") or "?"), resource, action, hops, cause))
-        fresh = iter(self.store.inbox_accept_many(rows)) if rows else iter(())
+        fresh = iter(self.store.inbox.accept_many(rows)) if rows else iter(())
         accepted = iter(rows)
         for i, r in enumerate(out):
             if r is not None:
@@ -156,19 +156,19 @@ class ResourceManager:
                            action: str) -> dict[str, Any]:
         """Another node asks to run `action` on its resource when our `resource` is updated."""
         self._check_target(resource, None)
-        sid = self.store.add_subscription(resource, subscriber, subscriber_resource, action)
+        sid = self.store.subscriptions.add(resource, subscriber, subscriber_resource, action)
         return {"id": sid}
 
     async def subscribe_to(self, resource: str, action: str, node: str,
                               remote_resource: str) -> dict[str, Any]:
         """Wire by hand: our `resource` runs `action` when `node`'s `remote_resource` updates."""
         self._check_target(resource, action)
-        wid = self.store.add_wanted(node, remote_resource, resource, action)
-        w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
+        wid = self.store.wanted.add(node, remote_resource, resource, action)
+        w = next(x for x in self.store.wanted.all() if x["id"] == wid)
         await self.sync.sync(w)
-        w = next(x for x in self.store.wanted_subscriptions() if x["id"] == wid)
+        w = next(x for x in self.store.wanted.all() if x["id"] == wid)
         if w["state"] == "failed":  # refused by the publisher: say so, keep nothing
-            self.store.wanted_state(wid, "removed")
+            self.store.wanted.set_state(wid, "removed")
             code, _, msg = (w["last_error"] or "bad_request: refused").partition(": ")
             raise RpcError(code, msg)
         return {"id": wid.rsplit("@", 1)[0], "state": w["state"], "error": w["last_error"]}
@@ -177,13 +177,13 @@ class ResourceManager:
         """Remove a subscription, incoming (someone's on our resource) or outgoing (ours)."""
         if not isinstance(id, str):
             raise BadRequest("id must be a subscription id")
-        if self.store.remove_subscription(id):
+        if self.store.subscriptions.remove(id):
             return {"id": id, "removed": "incoming",
                     "note": "if the subscriber's recipe declares it (remote_subscribes), its "
                             "next converge registers it again"}
-        for w in self.store.wanted_subscriptions():
+        for w in self.store.wanted.all():
             if w["id"] == id or w["id"].rsplit("@", 1)[0] == id:
-                self.store.wanted_state(w["id"], "removing")
+                self.store.wanted.set_state(w["id"], "removing")
                 ok = await self.sync.sync({**w, "state": "removing"})
                 out = {"id": id, "removed": "outgoing", "remote_done": ok}
                 if w["origin"] == "recipe":
@@ -194,9 +194,9 @@ class ResourceManager:
         raise RpcError("unknown_subscription", f"{self.node.name} has no subscription {id!r}")
 
     async def subscriptions(self) -> dict[str, list[dict[str, Any]]]:
-        incoming = self.store.subscriptions()
+        incoming = self.store.subscriptions.all()
         outgoing = []
-        for w in self.store.wanted_subscriptions():
+        for w in self.store.wanted.all():
             state = "registered" if w["state"] == "recheck" else w["state"]
             outgoing.append({**w, "id": w["id"].rsplit("@", 1)[0], "state": state})
         return {"incoming": incoming, "outgoing": outgoing}

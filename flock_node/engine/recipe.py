@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flock_node.engine import ansible_resources as _ansible_types  # noqa: F401 (registers)
 from flock_node.engine import collector
 from flock_node.engine.errors import RecipeError
 from flock_node.engine.resources import TYPES, Notify, Resource

@@ -1,0 +1,198 @@
+"""`run-chef TARGET --max-parallel N [--max-fail K] --wait`: a rolling run. Nodes go in name
+order, never more than N converging at once; once K have failed no new node starts (default
+K=1: the first failure stops the roll) and the rest are skipped. Each node ends ok, failed,
+skipped or unreachable. Progress is a bar on a terminal, plain lines otherwise, JSON with
+--json. A node that cannot be reached does not count towards K: it did not fail a converge.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from flock_node.cli.args import FAILED, OK, UNREACHABLE, CliError
+from flock_node.cli.context import _UNREACHABLE_CODES, Ctx
+from flock_node.transport import RpcError
+
+POLL = 0.1  # seconds between looks at the runs in flight
+# A node silent this long while converging is given up as unreachable: it frees its slot
+# rather than holding the roll until --timeout (a restart within it is waited for).
+UNREACHABLE_AFTER = 30.0
+
+
+@dataclass
+class Outcome:
+    """How one node's part of the roll ended (or `pending`/`running` while it goes)."""
+
+    node: str
+    outcome: str = "pending"  # pending | running | ok | failed | skipped | unreachable
+    run: str | None = None
+    error: str | None = None
+    updated: int = 0
+    duration: float | None = None
+
+
+class Roll:
+    """The rules of a rolling run, without I/O: which node starts next, and when to stop."""
+
+    def __init__(self, names: list[str], max_parallel: int, max_fail: int):
+        self.nodes = {n: Outcome(n) for n in sorted(names)}
+        self.max_parallel = max_parallel
+        self.max_fail = max_fail
+
+    def count(self, outcome: str) -> int:
+        return sum(1 for o in self.nodes.values() if o.outcome == outcome)
+
+    @property
+    def stopping(self) -> bool:
+        """K nodes failed: no new node starts."""
+        return self.count("failed") >= self.max_fail
+
+    def next_to_start(self) -> str | None:
+        """The next node in name order, if a slot is free and the roll goes on."""
+        if self.stopping or self.count("running") >= self.max_parallel:
+            return None
+        return next((n for n, o in self.nodes.items() if o.outcome == "pending"), None)
+
+    def skip_the_rest(self) -> list[str]:
+        """Once stopping: the nodes never started are skipped."""
+        left = [n for n, o in self.nodes.items() if o.outcome == "pending"]
+        for n in left:
+            self.nodes[n].outcome = "skipped"
+            self.nodes[n].error = f"not started: {self.count('failed')} failed (--max-fail " \
+                                  f"{self.max_fail})"
+        return left
+
+    @property
+    def done(self) -> bool:
+        return all(o.outcome not in ("pending", "running") for o in self.nodes.values())
+
+    def exit_code(self) -> int:
+        """1 if any node failed, else 3 if one could not be reached, else 0."""
+        if self.count("failed") or self.count("skipped"):
+            return FAILED
+        return UNREACHABLE if self.count("unreachable") else OK
+
+    def summary(self) -> dict[str, Any]:
+        counts = {k: self.count(k) for k in ("ok", "failed", "skipped", "unreachable")}
+        return {"max_parallel": self.max_parallel, "max_fail": self.max_fail, **counts,
+                "nodes": [asdict(o) for o in self.nodes.values()]}
+
+
+def _line(o: Outcome) -> str:
+    if o.outcome in ("ok", "failed"):
+        text = f"{o.node}: {o.outcome} in {o.duration or 0:.1f}s, {o.updated} updated"
+        return text + (f" - {o.error}" if o.error else "")
+    return f"{o.node}: {o.outcome}" + (f" ({o.error})" if o.error else "")
+
+
+class _Driver:
+    """Runs a Roll against the flock: starts runs, polls them, reports each change."""
+
+    def __init__(self, c: Ctx, roll: Roll, report: Callable[[Outcome], None]):
+        self.c, self.roll, self.report = c, roll, report
+        self.deadline: dict[str, float] = {}
+        self.silent_since: dict[str, float] = {}
+
+    def start(self, n: str) -> None:
+        o = self.roll.nodes[n]
+        try:
+            o.run = self.c.flock.call(n, "flock_api", "run_chef", {}, timeout=5.0)["run_id"]
+        except RpcError as e:
+            o.outcome = "unreachable" if e.code in _UNREACHABLE_CODES else "failed"
+            o.error = f"{e.code}: {e.message}"
+            self.report(o)
+            return
+        o.outcome = "running"
+        self.deadline[n] = time.monotonic() + self.c.args.timeout
+        self.report(o)
+
+    def poll(self, n: str) -> None:
+        o = self.roll.nodes[n]
+        try:
+            r = self.c.flock.call(n, "flock_api", "run", {"id": o.run}, timeout=2.0)
+        except RpcError as e:
+            now = time.monotonic()
+            since = self.silent_since.setdefault(n, now)
+            if (e.code not in _UNREACHABLE_CODES or now >= self.deadline[n]
+                    or now - since >= UNREACHABLE_AFTER):
+                o.outcome, o.error = "unreachable", f"{e.code}: {e.message}"
+                self.report(o)
+            return
+        self.silent_since.pop(n, None)
+        if r and r["status"] in ("ok", "failed"):
+            o.outcome, o.error = r["status"], r.get("error")
+            o.updated, o.duration = r.get("updated") or 0, r.get("duration")
+            self.report(o)
+        elif time.monotonic() >= self.deadline[n]:
+            o.outcome = "failed"
+            o.error = f"run {o.run} did not finish within {self.c.args.timeout:g}s"
+            self.report(o)
+
+    def drive(self) -> None:
+        roll = self.roll
+        while not roll.done:
+            while (n := roll.next_to_start()) is not None:
+                self.start(n)
+            if roll.stopping:
+                for n in roll.skip_the_rest():
+                    self.report(roll.nodes[n])
+            for n, o in roll.nodes.items():
+                if o.outcome == "running":
+                    self.poll(n)
+            if not roll.done:
+                time.sleep(POLL)
+
+
+def cmd_rolling(c: Ctx) -> int:
+    """A rolling run over TARGET; the summary names every node's outcome."""
+    max_fail = c.args.max_fail or 1
+    roll = Roll(c.targets(c.args.target), c.args.max_parallel, max_fail)
+    tty = c.out.isatty() and not c.args.json
+    if tty:
+        _with_bar(c, roll)
+    else:
+        def report(o: Outcome) -> None:
+            if not c.args.json:
+                c.print(_line(o) if o.outcome != "running" else f"{o.node}: started {o.run}")
+
+        _Driver(c, roll, report).drive()
+    if c.args.json:
+        c.emit_json(roll.summary())
+    else:
+        s = roll.summary()
+        c.print(f"rolling run: {s['ok']} ok, {s['failed']} failed, {s['skipped']} skipped, "
+                f"{s['unreachable']} unreachable ({len(roll.nodes)} nodes, at most "
+                f"{roll.max_parallel} at once, stop after {max_fail} failed)")
+        if tty:
+            for o in roll.nodes.values():
+                c.print("  " + _line(o))
+    return roll.exit_code()
+
+
+def _with_bar(c: Ctx, roll: Roll) -> None:
+    """A progress bar on a terminal (rich, which comes with the console's textual); plain lines
+    above it for each node that ends."""
+    try:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    except ImportError as e:  # an agent-only install: no bar, still lines
+        raise CliError(f"no progress bar without rich ({e}); use --json or a pipe", FAILED) \
+            from None
+    console = Console(file=c.out)
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   console=console, transient=True)
+    task = bar.add_task("rolling", total=len(roll.nodes))
+
+    def report(o: Outcome) -> None:
+        if o.outcome != "running":
+            bar.console.print(_line(o), markup=False, highlight=False)
+        running = [n for n, x in roll.nodes.items() if x.outcome == "running"]
+        ended = len(roll.nodes) - roll.count("pending") - len(running)
+        bar.update(task, completed=ended,
+                   description=("converging " + ", ".join(running)) if running else "rolling")
+
+    with bar:
+        _Driver(c, roll, report).drive()

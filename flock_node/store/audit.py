@@ -1,0 +1,69 @@
+"""The audit trail: every call that changes something and every refusal, with the verified
+caller, its role, the call, the outcome and the time. A table of its own in the node's
+store: a repository over the store's connection and lock, as the others are."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flock_node.store.db import Db
+
+AUDIT_KEEP = 100_000  # rows kept; the oldest go first
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    caller TEXT NOT NULL,
+    role TEXT NOT NULL,
+    verified INTEGER NOT NULL,
+    call TEXT NOT NULL,
+    args TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    detail TEXT
+);
+"""
+
+
+class AuditLog:
+    """Append and read the node's audit trail."""
+
+    def __init__(self, db: Db):
+        self.db = db
+        with db.lock:
+            db.conn.executescript(_SCHEMA)
+        self._since_trim = 0
+
+    def record(self, caller: str, role: str, verified: bool, call: str, args: dict[str, Any],
+               outcome: str, detail: str | None = None) -> None:
+        """One row: `outcome` is ok, refused, or an error code."""
+        with self.db.lock:
+            self.db.conn.execute(
+                "INSERT INTO audit (at, caller, role, verified, call, args, outcome, detail) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (time.time(), caller, role, int(verified), call,
+                 json.dumps(args, default=repr, sort_keys=True)[:2000], outcome, detail))
+            self._since_trim += 1
+            if self._since_trim >= 1000:
+                self._since_trim = 0
+                self.db.conn.execute(
+                    "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?",
+                    (AUDIT_KEEP,))
+
+    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest `limit` rows, newest first."""
+        with self.db.lock:
+            rows = self.db.conn.execute(
+                "SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["verified"] = bool(d["verified"])
+            try:
+                d["args"] = json.loads(d["args"])
+            except ValueError:  # cut at 2000 characters: shown as it is
+                pass
+            out.append(d)
+        return out

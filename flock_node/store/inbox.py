@@ -1,0 +1,111 @@
+"""The inbox: notifications received, so each takes effect exactly once (receiver side)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from flock_node.store.db import (
+    INTERRUPTED,
+    STOPPED_BEFORE_ACTION,
+    Db,
+    dump,
+)
+
+
+class Inbox:
+    """The `inbox` table (its recovery reads the reactions' runs)."""
+
+    def __init__(self, db: Db):
+        self.db = db
+
+    def accept(
+        self, nid: str, sender: str, resource: str, action: str, hops: int, cause: dict[str, Any],
+        run: tuple[str, dict[str, Any] | None] | None = None,
+    ) -> bool:
+        """Record a received notification. False if this id was already received.
+
+        `run` (run id, cause): when fresh, also start the reaction's run in the same commit
+        (what Runs.start does), for a reaction that starts at once."""
+        with self.db.tx() as db:
+            now = time.time()
+            cur = db.execute(
+                "INSERT OR IGNORE INTO inbox (id, sender, resource, action, hops, cause, status,"
+                " received) VALUES (?,?,?,?,?,?,?,?)",
+                (nid, sender, resource, action, hops, dump(cause), "pending", now),
+            )
+            fresh = cur.rowcount == 1
+            if fresh and run is not None:
+                run_id, run_cause = run
+                db.execute(
+                    "INSERT OR REPLACE INTO runs (id, kind, status, started, cause)"
+                    " VALUES (?,?,?,?,?)",
+                    (run_id, "reaction", "running", now, dump(run_cause) if run_cause else None),
+                )
+            return fresh
+
+    def accept_many(self, rows: list[tuple[Any, ...]]) -> list[bool]:
+        """accept for many (nid, sender, resource, action, hops, cause) in one commit."""
+        now = time.time()
+        fresh = []
+        with self.db.tx() as db:
+            for nid, sender, resource, action, hops, cause in rows:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO inbox (id, sender, resource, action, hops, cause,"
+                    " status, received) VALUES (?,?,?,?,?,?,?,?)",
+                    (nid, sender, resource, action, hops, dump(cause), "pending", now),
+                )
+                fresh.append(cur.rowcount == 1)
+        return fresh
+
+    def pending(self) -> list[dict[str, Any]]:
+        rows = self.db.all("SELECT * FROM inbox WHERE status='pending' ORDER BY received")
+        out = []
+        for r in rows:
+            d = dict(r)
+            d["cause"] = json.loads(d["cause"])
+            out.append(d)
+        return out
+
+    def recover(self) -> list[dict[str, Any]]:
+        """After a restart: the pending notifications to run again.
+
+        A reaction killed after its action was recorded (the action's result and its outbox
+        rows commit together) but before the inbox row was closed must not run twice: close
+        it from that record. Only one killed before its action was recorded, or whose action
+        was cut short by the stop timeout (INTERRUPTED), runs again.
+        """
+        todo = []
+        for n in self.pending():
+            # Runs already opened for it: each was cut by a stop or a crash. The next is attempt
+            # k + 1, and its commands are told (FLOCK_ATTEMPT) so they can check their effect.
+            tried = self.db.one(
+                "SELECT COUNT(*) FROM runs WHERE kind = 'reaction' "
+                "AND json_extract(cause, '$.notification') = ?",
+                (n["id"],),
+            )
+            n["attempt"] = 1 + (tried[0] if tried else 0)
+            r = self.db.one(
+                "SELECT runs.id, rr.result, rr.error FROM runs JOIN run_resources rr "
+                "ON rr.run_id = runs.id AND rr.seq = 1 WHERE runs.kind = 'reaction' "
+                "AND json_extract(runs.cause, '$.notification') = ? "
+                "ORDER BY runs.started DESC LIMIT 1",
+                (n["id"],),
+            )
+            if r is None or (r["error"] or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED)):
+                todo.append(n)
+            else:
+                self.done(n["id"], r["id"], r["result"] != "failed", r["error"])
+        return todo
+
+    def done(self, nid: str, run_id: str | None, ok: bool, error: str | None) -> None:
+        with self.db.tx() as db:
+            db.execute(
+                "UPDATE inbox SET status=?, run_id=?, error=? WHERE id=?",
+                ("applied" if ok else "failed", run_id, error, nid),
+            )
+
+    def get(self, nid: str) -> dict[str, Any] | None:
+        r = self.db.one("SELECT * FROM inbox WHERE id=?", (nid,))
+        return dict(r) if r else None

@@ -1,0 +1,281 @@
+"""`AsyncRpc` / `SyncRpc`: Req0 clients with deadlines; errors come back as `RpcError`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import uuid
+from typing import Any
+
+import msgspec
+import pynng
+
+from flock_node.protocol import (
+    MAX_FRAME,
+    Codec,
+    Error,
+    FrameError,
+    Request,
+    Response,
+)
+from flock_node.transport.base import RpcError, ipc_path
+from flock_node.transport.server import _frame_limit
+from flock_node.transport.tls import (
+    close_revoked,
+    dial,
+    guard_pipes,
+    is_tls,
+    peer_cn,
+)
+from flock_node.trust.identity import NODE, parse_cn
+from flock_node.trust.tls import TlsIdentity
+
+log = logging.getLogger("flock.transport")
+
+
+def _request(codec: Codec, actor: str, method: str, args: dict[str, Any]) -> tuple[str, bytes]:
+    call_id = uuid.uuid4().hex
+    frame = codec.encode(Request(call_id, actor, method, args))
+    if len(frame) > MAX_FRAME:  # the node would drop it unanswered: say why, send nothing
+        raise RpcError("too_large", f"{actor}.{method}: request of {len(frame)} bytes exceeds "
+                                    f"{_frame_limit()}; send less at once")
+    return call_id, frame
+
+
+def _check_peer(tls: TlsIdentity | None, pipe: Any, addr: str, expect: str | None) -> None:
+    """On TLS, the answer must come from the node we meant to ask: any node's certificate
+    passes the handshake, so an address that points at another node (a stale or forged
+    member entry) would otherwise answer in that node's name."""
+    if tls is None or expect is None or not is_tls(addr):
+        return
+    who = parse_cn(peer_cn(pipe) or "") if pipe is not None else None
+    if who is None or who.role != NODE or who.name != expect:
+        said = "no verified identity" if who is None else (
+            f"node:{who.name}" if who.role == NODE else who.name)
+        raise RpcError("wrong_node", f"{addr} answered as {said}, not as node {expect}; "
+                                     "its answer was dropped")
+
+
+def _reply(codec: Codec, call_id: str, frame: bytes, tls: bool = False) -> Any:
+    try:
+        _, msg = codec.decode(frame, check_replay=False)
+    except FrameError as e:
+        if e.reason == "stale" and e.env is not None:
+            raise RpcError("clock_skew", _skew_words(codec, e, call_id)) from None
+        if e.reason == "unauthorized":
+            # Usually the node's own unsigned refusal of our frame: its words say more.
+            said = codec.read_refusal(frame, call_id)
+            raise RpcError(
+                "unauthorized",
+                "the node and this client do not share the same flock key "
+                f"(check --key-file / FLOCK_KEY_FILE / --insecure): {said or e}",
+            ) from None
+        raise RpcError("bad_response", str(e)) from None
+    if not isinstance(msg, Response) or msg.call_id != call_id:
+        raise RpcError("bad_response", "answer does not match the call")
+    if not msg.ok:
+        err = msg.error or Error("internal", "no error given")
+        if err.code == "unauthorized" and not tls:  # the node refused our frame: which key?
+            raise RpcError(err.code, "the node and this client do not share the same flock key "
+                           f"(check --key-file / FLOCK_KEY_FILE / --insecure): {err.message}")
+        raise RpcError(err.code, err.message)
+    return msg.result
+
+
+def _skew_words(codec: Codec, e: FrameError, call_id: str) -> str:
+    """A stale answer: the node's own words if it answered `clock_skew` to our call (the
+    signature was checked), else ours, from the answer's timestamp."""
+    assert e.env is not None
+    try:
+        msg = msgspec.msgpack.decode(e.env.body, type=Response)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        msg = None
+    if (msg is not None and msg.call_id == call_id and msg.error is not None
+            and msg.error.code == "clock_skew"):
+        return msg.error.message
+    way = "behind" if e.skew > 0 else "ahead of"
+    return (f"your clock is {abs(e.skew):.1f} s {way} {e.env.sender}'s; "
+            f"flock accepts ±{codec.window:g} s")
+
+
+def _check_reachable(addr: str) -> None:
+    path = ipc_path(addr)
+    if path is not None and not os.path.exists(path):
+        raise RpcError("unreachable", f"no agent listening at {addr}")
+
+
+def _no_connection(addr: str, timeout: float, tls: TlsIdentity | None) -> RpcError:
+    hint = (" (on TLS also: a certificate from another CA, expired or revoked is refused at "
+            "the handshake; check --tls-dir)" if tls is not None and is_tls(addr) else "")
+    return RpcError("unreachable", f"cannot connect to {addr} within {timeout:g}s{hint}")
+
+
+class SyncRpc:
+    """Blocking Req0 client: one socket per address, one context per call (thread-safe)."""
+
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
+        self.codec = codec
+        self.tls = tls
+        self.timeout = timeout
+        self._socks: dict[tuple[str, float], pynng.Req0] = {}
+        self._lock = threading.Lock()
+
+    def _sock(self, addr: str, timeout: float) -> pynng.Req0:
+        key = (addr, timeout)
+        local = ipc_path(addr) is not None
+        with self._lock:
+            s = self._socks.get(key)
+            if s is not None and local and not s.pipes:
+                # The local node went away (kill -9, restart): dial afresh, below.
+                self._socks.pop(key).close()
+                s = None
+            if s is None:
+                s = pynng.Req0(recv_max_size=MAX_FRAME)
+                # Timeouts before contexts: a context copies them when it is created.
+                s.recv_timeout = int(timeout * 1000)
+                s.send_timeout = int(timeout * 1000)
+                s.resend_time = int(max(timeout, 1.0) * 1000)
+                guard_pipes(s, self.tls, nodes_only=True)
+                if local:
+                    # A blocking ipc dial fails at once when nobody listens (a socket file
+                    # left by kill -9), instead of the call waiting out its timeout.
+                    try:
+                        s.dial(addr, block=True)
+                    except pynng.NNGException as e:
+                        s.close()
+                        raise RpcError("unreachable", f"no agent listening at {addr} ({e})") from None
+                else:
+                    dial(s, addr, self.tls)
+                self._socks[key] = s
+            return s
+
+    def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
+             timeout: float | None = None, expect: str | None = None) -> Any:
+        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer."""
+        timeout = self.timeout if timeout is None else timeout
+        _check_reachable(addr)
+        sock = self._sock(addr, timeout)
+        call_id, frame = _request(self.codec, actor, method, args or {})
+        ctx = sock.new_context()
+        try:
+            ctx.send(frame)
+            answer = ctx.recv_msg()
+            reply, pipe = answer.bytes, answer.pipe
+        except pynng.Timeout:
+            if not sock.pipes:
+                raise _no_connection(addr, timeout, self.tls) from None
+            raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
+        except pynng.NNGException as e:
+            raise RpcError("unreachable", f"{addr}: {e}") from None
+        finally:
+            # forget() may have closed the socket under this call (its node went down): the
+            # context went with it, and that must not turn "unreachable" into a crash.
+            with contextlib.suppress(pynng.NNGException):
+                ctx.close()
+        _check_peer(self.tls, pipe, addr, expect)
+        return _reply(self.codec, call_id, reply, self.tls is not None)
+
+    def close(self) -> None:
+        with self._lock:
+            for s in self._socks.values():
+                s.close()
+            self._socks.clear()
+
+
+class AsyncRpc:
+    """Asyncio Req0 client for the agent and the console.
+
+    A socket forgotten (its node went down) while calls are in flight on it is closed when the
+    last of them ends: closing it under them would turn an ordinary "unreachable" into an
+    exception from deep inside pynng."""
+
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
+        self.codec = codec
+        self.tls = tls
+        self.timeout = timeout
+        self._socks: dict[str, pynng.Req0] = {}
+        self._inflight: dict[int, int] = {}  # id(socket) → calls in flight
+        self._retired: dict[int, pynng.Req0] = {}  # forgotten, closed when idle
+
+    def _sock(self, addr: str) -> pynng.Req0:
+        s = self._socks.get(addr)
+        if s is None:
+            s = pynng.Req0(recv_max_size=MAX_FRAME)
+            s.recv_timeout = 600_000
+            s.send_timeout = 600_000
+            s.resend_time = 5000
+            guard_pipes(s, self.tls, nodes_only=True)
+            dial(s, addr, self.tls)
+            self._socks[addr] = s
+        return s
+
+    async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
+                   timeout: float | None = None, expect: str | None = None) -> Any:
+        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer."""
+        timeout = self.timeout if timeout is None else timeout
+        _check_reachable(addr)
+        try:
+            sock = self._sock(addr)
+        except pynng.NNGException as e:
+            raise RpcError("unreachable", f"{addr}: {e}") from None
+        call_id, frame = _request(self.codec, actor, method, args or {})
+        key = id(sock)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        ctx = None
+        try:
+            ctx = sock.new_context()
+            async with asyncio.timeout(timeout):
+                await ctx.asend(frame)
+                answer = await ctx.arecv_msg()
+                reply, pipe = answer.bytes, answer.pipe
+        except TimeoutError:
+            if not sock.pipes:
+                raise _no_connection(addr, timeout, self.tls) from None
+            raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
+        except pynng.NNGException as e:  # Closed included: the node went while we asked
+            raise RpcError("unreachable", f"{addr}: {e}") from None
+        finally:
+            if ctx is not None:
+                with contextlib.suppress(Exception):
+                    ctx.close()
+            self._release(key)
+        _check_peer(self.tls, pipe, addr, expect)
+        return _reply(self.codec, call_id, reply, self.tls is not None)
+
+    def _release(self, key: int) -> None:
+        n = self._inflight.get(key, 0) - 1
+        if n > 0:
+            self._inflight[key] = n
+            return
+        self._inflight.pop(key, None)
+        s = self._retired.pop(key, None)
+        if s is not None:
+            with contextlib.suppress(Exception):
+                s.close()
+
+    def close_revoked(self) -> int:
+        """Close our connections to identities revoked since we dialed them."""
+        if self.tls is None:
+            return 0
+        return sum(close_revoked(s, self.tls) for s in list(self._socks.values()))
+
+    def forget(self, addr: str) -> None:
+        """Drop the socket to `addr` (a fresh one next time); closed once no call uses it."""
+        s = self._socks.pop(addr, None)
+        if s is None:
+            return
+        if self._inflight.get(id(s)):
+            self._retired[id(s)] = s
+        else:
+            with contextlib.suppress(Exception):
+                s.close()
+
+    def close(self) -> None:
+        for s in [*self._socks.values(), *self._retired.values()]:
+            with contextlib.suppress(Exception):
+                s.close()
+        self._socks.clear()
+        self._retired.clear()
