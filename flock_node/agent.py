@@ -37,6 +37,7 @@ from flock_node.membership import (
     Member,
     Transition,
 )
+from flock_node.membership.driver import SwimDriver
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
@@ -62,6 +63,7 @@ from flock_node.transport import (
     scan_runtime_dir,
     tcp_addresses,
 )
+from flock_node.transport.base import swim_for_bus
 from flock_node.trust.actor import TrustApi
 from flock_node.trust.guard import Guard
 from flock_node.trust.policy import DEFAULT as DEFAULT_POLICY
@@ -90,6 +92,7 @@ class AgentConfig:
     splay: float = 0.0
     tls: TlsIdentity | None = None  # tls+tcp: our certificate, the CA, the revocation gate
     policy: Policy = field(default_factory=lambda: DEFAULT_POLICY)
+    membership: str = "mesh"  # mesh: heartbeats over Bus0; swim: SWIM over nng datagrams
 
 
 class Agent:
@@ -114,10 +117,18 @@ class Agent:
             self.bus_addr, self.rpc_addr = ipc_addresses(cfg.runtime_dir, cfg.name)
         self.codec = Codec(cfg.key, cfg.name)
         self.started = time.time()
-        self.members = MembershipDriver(
-            Me(cfg.name, self.incarnation, self.instance, self.bus_addr, self.rpc_addr,
-               cfg.heartbeat, self.started, cfg.runtime_dir, list(cfg.seeds)),
-            self.codec, self._record, lambda: self.work.stopping.is_set())
+        me = Me(cfg.name, self.incarnation, self.instance, self.bus_addr, self.rpc_addr,
+                cfg.heartbeat, self.started, cfg.runtime_dir, list(cfg.seeds))
+
+        def stopping() -> bool:
+            return self.work.stopping.is_set()
+
+        self.members: MembershipDriver | SwimDriver
+        if cfg.membership == "swim":
+            self.members = SwimDriver(me, self.codec, self._record, stopping,
+                                      swim_for_bus(self.bus_addr), tls=cfg.tls)
+        else:
+            self.members = MembershipDriver(me, self.codec, self._record, stopping)
         self.membership = self.members.membership
         self.ready = False  # the first compile ended: resource_manager answers for real
         self.next_run: float | None = None  # wall clock of the next scheduled converge
@@ -251,6 +262,8 @@ class Agent:
         await cancel_and_wait(self._tasks, 2.0)
         await self.server.close()
         await self.bus.close()
+        if isinstance(self.members, SwimDriver):
+            await self.members.aclose()
         self.rpc.close()
         self._recipe_rpc.close()
         self.work.shutdown()
