@@ -93,6 +93,7 @@ class AgentConfig:
     tls: TlsIdentity | None = None  # tls+tcp: our certificate, the CA, the revocation gate
     policy: Policy = field(default_factory=lambda: DEFAULT_POLICY)
     membership: str = "mesh"  # mesh: heartbeats over Bus0; swim: SWIM over nng datagrams
+    swim_pool: int = 32  # swim: outgoing connections kept besides the ring neighbours
 
 
 class Agent:
@@ -126,7 +127,8 @@ class Agent:
         self.members: MembershipDriver | SwimDriver
         if cfg.membership == "swim":
             self.members = SwimDriver(me, self.codec, self._record, stopping,
-                                      swim_for_bus(self.bus_addr), tls=cfg.tls)
+                                      swim_for_bus(self.bus_addr), tls=cfg.tls,
+                                      pool=cfg.swim_pool)
         else:
             self.members = MembershipDriver(me, self.codec, self._record, stopping)
         self.membership = self.members.membership

@@ -30,7 +30,7 @@ from flock_node.protocol import Codec, Envelope
 from flock_node.protocol import Message as Frame
 from flock_node.transport import Bus, scan_runtime_dir
 from flock_node.transport.base import swim_for_bus
-from flock_node.transport.datagram import Datagrams
+from flock_node.transport.datagram import POOL, Datagrams
 from flock_node.trust.tls import TlsIdentity
 
 log = logging.getLogger("flock.swim")
@@ -55,14 +55,17 @@ class SwimDriver:
 
     def __init__(self, me: Me, codec: Codec, record: Callable[[], dict[str, Any]],
                  stopping: Callable[[], bool], swim_addr: str,
-                 tls: TlsIdentity | None = None, config: Config | None = None) -> None:
+                 tls: TlsIdentity | None = None, config: Config | None = None,
+                 pool: int = POOL) -> None:
         self.me = me
         self.codec = codec
         self.record = record
         self.stopping = stopping
         self.swim_addr = swim_addr
         self.notary = Notary(codec.key, tls)
-        cfg = config or Config(gossip_budget=4096 if tls is not None else 2048)
+        # --heartbeat is the probe interval: one member probed per interval, as memberlist.
+        cfg = config or Config(probe_interval=me.interval, probe_timeout=me.interval / 2,
+                               gossip_budget=4096 if tls is not None else 2048)
         # The store's facts are published once the agent is wired (`attach`).
         self._facts = facts_of({"bus": me.bus_addr, "rpc": me.rpc_addr, "version": __version__,
                                 "started": me.started})
@@ -72,7 +75,7 @@ class SwimDriver:
         self.membership = SwimView(self.swim)
         self.listeners: list[Listener] = []
         self.clashes: dict[str, dict[str, Any]] = {}  # SWIM settles a clash by incarnation
-        self.net = Datagrams(codec, self._on_frame, self._on_lost, tls)
+        self.net = Datagrams(codec, self._on_frame, self._on_lost, tls, pool=pool)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._facts_due = 0.0
