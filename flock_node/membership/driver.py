@@ -80,7 +80,7 @@ class SwimDriver:
         self._wake = asyncio.Event()
         self._facts_due = 0.0
         self._ring: list[str] = []
-        self._joined = threading.Event()
+        self._gossiping = False  # the run loop knows news waits in the queue
 
     # -- the heartbeat driver's surface ----------------------------------------------------
     def attach(self, bus: Bus) -> None:
@@ -111,9 +111,12 @@ class SwimDriver:
         while True:
             now = self.now()
             self._handle(self.swim.tick(now))
-            if now >= next_gossip:
+            queued = len(self.swim.queue) > 0
+            if queued and now >= next_gossip:
                 next_gossip = now + GOSSIP_INTERVAL
                 self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT))
+                queued = len(self.swim.queue) > 0
+            self._gossiping = queued
             if now >= self._facts_due:
                 self._facts_due = now + FACTS_EVERY
                 self._publish(now)
@@ -121,7 +124,9 @@ class SwimDriver:
                 next_scan = now + SCAN_EVERY
                 self._scan(now)
             due = self.swim.next_deadline()
-            wait = min(next_gossip, self._facts_due) - now
+            # An idle flock has nothing queued: no wake-ups for gossip rounds then (`_handle`
+            # wakes us when news arrives).
+            wait = (min(next_gossip, self._facts_due) if queued else self._facts_due) - now
             if due is not None:
                 wait = min(wait, due - now)
             self._wake.clear()
@@ -241,6 +246,9 @@ class SwimDriver:
         net = self.net
         for addr, msg in sends:
             net.send(addr, encode(msg))
+        if len(self.swim.queue) and not self._gossiping:
+            self._gossiping = True
+            self._wake.set()
         if changes:
             now = self.now()
             for c in changes:
