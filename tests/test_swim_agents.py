@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import time
 from pathlib import Path
@@ -134,14 +135,27 @@ def test_a_frozen_node_is_suspected_by_all_then_alive_again(keyed):
     assert seen < 4.0, seen
 
 
-def _swim_conns(port: int) -> int:
-    """Established TCP connections to the SWIM listener on `port` (loopback, any process)."""
-    n = 0
+def _tcp_sockets() -> list[tuple[int, int, int]]:
+    """Established loopback TCP sockets: (local port, remote port, inode)."""
+    out = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, _, st = line.split()[1], line.split()[2], line.split()[3]
-        if st == "01" and int(local.split(":")[1], 16) == port:
-            n += 1
-    return n
+        cols = line.split()
+        if cols[3] == "01":
+            out.append((int(cols[1].split(":")[1], 16), int(cols[2].split(":")[1], 16),
+                        int(cols[9])))
+    return out
+
+
+def _inodes(pid: int) -> set[int]:
+    got = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            got.add(int(link[8:-1]))
+    return got
 
 
 def test_connections_per_agent_are_bounded(keyed):
@@ -154,13 +168,21 @@ def test_connections_per_agent_are_bounded(keyed):
     with keyed.flock(names[0]) as f:
         wait_for(lambda: all_see(f, names[::3], dict.fromkeys(names, "alive")), 20,
                  what="10 agents see each other")
-    time.sleep(2.0)  # a few probe rounds through the whole flock
-    inbound = [_swim_conns(keyed.ports[n] + 2) for n in names]
-    bus = [_swim_conns(keyed.ports[n]) for n in names]
-    # Each agent dials at most 2 pooled + 3 ring neighbours: 50 in all, where a full mesh
-    # holds 90; the bus carries no member traffic at all.
-    assert sum(inbound) <= 10 * (2 + 3), inbound
-    assert sum(bus) == 0, bus
+    swim_ports = {keyed.ports[n] + 2 for n in names}
+    bus_ports = {keyed.ports[n] for n in names}
+    worst = 0
+    for _ in range(10):  # over a few probe rounds through the whole flock
+        time.sleep(0.2)
+        socks = _tcp_sockets()
+        for n in names:
+            mine = _inodes(keyed.env.nodes[n].proc.pid)
+            # Ours to others' SWIM listeners: at most 2 pooled + 3 ring neighbours (one
+            # more while an evicted one closes), where a full mesh holds 9.
+            out = sum(1 for lp, rp, ino in socks if ino in mine and rp in swim_ports)
+            worst = max(worst, out)
+            # The bus carries no member traffic at all.
+            assert not any(ino in mine and rp in bus_ports for lp, rp, ino in socks)
+    assert 3 <= worst <= 2 + 3 + 1, worst
 
 
 def test_forged_statements_change_nothing_with_a_key(keyed):
