@@ -129,6 +129,7 @@ class Agent:
             self.members = SwimDriver(me, self.codec, self._record, stopping,
                                       swim_for_bus(self.bus_addr), tls=cfg.tls,
                                       pool=cfg.swim_pool)
+            self.members.on_crl = self._crl_seen
         else:
             self.members = MembershipDriver(me, self.codec, self._record, stopping)
         self.membership = self.members.membership
@@ -326,10 +327,14 @@ class Agent:
 
     def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
         self.members.on_bus(env, msg, pipe)
-        if (isinstance(msg, Heartbeat) and self.tls is not None and msg.crl > self.tls.gate.version
-                and not self._crl_fetching and msg.node == env.sender):
+        if isinstance(msg, Heartbeat) and msg.node == env.sender:
+            self._crl_seen(msg.crl, msg.rpc)
+
+    def _crl_seen(self, version: int, rpc: str) -> None:
+        """A member holds revocation list `version`: fetch it from there if it is newer."""
+        if self.tls is not None and version > self.tls.gate.version and not self._crl_fetching:
             self._crl_fetching = True
-            asyncio.get_running_loop().create_task(self._fetch_crl(msg.rpc), name="fetch-crl")
+            asyncio.get_running_loop().create_task(self._fetch_crl(rpc), name="fetch-crl")
 
     async def _fetch_crl(self, addr: str) -> None:
         """A peer has a newer revocation list: take it (it is signed, so from anyone)."""

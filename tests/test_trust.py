@@ -461,10 +461,12 @@ def test_a_capture_of_the_traffic_holds_no_resource_name(tls):
 # --- names are unique (shared-key mode) ------------------------------------------------------
 
 
-def test_two_agents_claiming_one_name_both_show_the_clash(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_two_agents_claiming_one_name_both_show_the_clash(flock_env, membership):
     from flock_node.protocol import generate_key_file
 
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = membership
     key = generate_key_file(env.root / "flock.key")
     p1, p2 = free_port(), free_port()
     first = env.start("dup", "--listen", f"tcp://127.0.0.1:{p1}", "--key-file", key,

@@ -12,12 +12,30 @@ Still sans-IO: the driver calls these with its clock and moves the messages.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from flock_node.membership.messages import Alive, Gossip, PushPull
 from flock_node.membership.swim import Output, Swim
 
 
 class AgentSwim(Swim):
-    """`Swim` plus the inputs of a driver that keeps connections."""
+    """`Swim` plus the inputs of a driver that keeps connections. `on_clash` is told of a
+    signed statement in our name from another process (two agents given one name)."""
+
+    on_clash: Callable[[Alive], None] | None = None
+    _clash_refuted = -1e18
+
+    def _alive(self, now: float, a: Alive, sender: str, gossip: bool) -> None:
+        me = self.me
+        if a.node == self.name and a.instance != me.instance and a.incarnation >= me.incarnation:
+            # Two processes, one name: each refutes the other's claim. Once per probe
+            # interval, or the two would raise their incarnations as fast as gossip flows.
+            if now - self._clash_refuted < self.cfg.probe_interval:
+                return
+            self._clash_refuted = now
+            if self.on_clash is not None and self.vouch(a):
+                self.on_clash(a)
+        super()._alive(now, a, sender, gossip)
 
     def lost(self, now: float, node: str) -> Output:
         """Our standing connection to `node` closed: suspect it now."""

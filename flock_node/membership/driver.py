@@ -81,6 +81,9 @@ class SwimDriver:
         self._facts_due = 0.0
         self._ring: list[str] = []
         self._gossiping = False  # the run loop knows news waits in the queue
+        # Told of the newest revocation list version a live member holds, and where it is.
+        self.on_crl: Callable[[int, str], None] | None = None
+        self.swim.on_clash = self._clash
 
     # -- the heartbeat driver's surface ----------------------------------------------------
     def attach(self, bus: Bus) -> None:
@@ -213,6 +216,24 @@ class SwimDriver:
         if facts != self._facts:
             self._facts = facts
             self._handle(self.swim.update_record(now, facts))
+        if self.on_crl is not None:
+            best = max(((m.info.crl, m.rpc) for m in self.membership.members()
+                        if m.state == ALIVE), default=None)
+            if best is not None and best[0] > facts.get("crl", 0):
+                self.on_crl(*best)
+
+    def _clash(self, claim: Alive) -> None:
+        """Another process claims our name (we refute it): say so, as the mesh does."""
+        now = time.time()
+        seen = self.clashes.get(claim.node)
+        self.clashes[claim.node] = {"name": claim.node, "at": now,
+                                    "why": f"another process at {claim.addr} uses our name "
+                                           f"(we are at {self.swim_addr})",
+                                    "count": (seen or {}).get("count", 0) + 1}
+        if seen is None or now - seen["at"] >= 60.0:
+            self._count("name_clash")
+            log.warning("name clash for %s: another process at %s; keeping ours",
+                        claim.node, claim.addr)
 
     def _on_frame(self, sender: str, data: bytes) -> None:
         try:
