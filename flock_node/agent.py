@@ -353,6 +353,8 @@ class Agent:
         if self._loop is None:
             return
         n = self.bus.close_revoked() + self.server.close_revoked() + self.rpc.close_revoked()
+        if isinstance(self.members, SwimDriver):
+            n += self.members.net.close_revoked()
         if n:
             log.warning("closed %d connection(s) of revoked identities", n)
 

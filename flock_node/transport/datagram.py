@@ -21,7 +21,7 @@ import pynng
 
 from flock_node.protocol import MAX_FRAME, Codec, Envelope, FrameError, SwimFrame
 from flock_node.transport.base import _listen, cancel_and_wait, receive
-from flock_node.transport.tls import Callers, count_drop, dial, guard_pipes
+from flock_node.transport.tls import Callers, close_revoked, count_drop, dial, guard_pipes
 from flock_node.trust.identity import NODE
 from flock_node.trust.tls import TlsIdentity
 
@@ -145,6 +145,13 @@ class Datagrams:
         """Close our connection to `addr` (a member gone for good)."""
         if addr not in self._pinned:
             self._close(addr)
+
+    def close_revoked(self) -> int:
+        """Close the connections of identities revoked since they connected."""
+        if self.tls is None:
+            return 0
+        return close_revoked(self.sock, self.tls) + sum(
+            close_revoked(o.sock, self.tls) for o in list(self._out.values()))
 
     def connections(self) -> int:
         """Open pipes: ours to others and theirs to us."""
