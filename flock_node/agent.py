@@ -129,7 +129,8 @@ class Agent:
             self.members = SwimDriver(me, self.codec, self._record, stopping,
                                       swim_for_bus(self.bus_addr), tls=cfg.tls,
                                       pool=cfg.swim_pool)
-            self.members.on_crl = self._crl_seen
+            if cfg.tls is not None:
+                self.members.on_crl = self._crl_seen
         else:
             self.members = MembershipDriver(me, self.codec, self._record, stopping)
         self.membership = self.members.membership
