@@ -4,9 +4,10 @@
                                                             [--only flock|serf] [--json]
 
 For each N, first N `flock-node run --membership swim` agents (a flock key, TCP), then N
-`serf agent`s (an encryption key) — one system at a time, so neither slows the other — and
-for each:
-- convergence: from starting the last agent until every agent sees every other alive;
+`serf agent`s (an encryption key) — one system at a time, so neither slows the other; each
+started in waves of 10, a wave listening before the next starts — and for each:
+- convergence: from starting the last wave until every agent sees every other alive (and
+  from the moment all listen);
 - kill -9 of one: until every other agent sees it suspect or down (Serf shows no suspicion
   to the outside: its `EventMemberFailed`);
 - SIGSTOP of one: the same, then SIGCONT and back to alive;
@@ -229,10 +230,17 @@ def run_system(sysm: System, n: int, idle: float) -> dict[str, object]:
         seed = ports[0]
         procs[names[0]] = Proc(names[0], sysm.cmd(names[0], seed, None), env, sysm.parse)
         _listening(seed, 60)
-        for name, port in zip(names[1:], ports[1:], strict=True):
-            procs[name] = Proc(name, sysm.cmd(name, port, seed), env, sysm.parse)
-        t_last = time.monotonic()
-        wait(lambda: _listening_all(ports), 60 + n, "every agent listening")
+        # In waves of 10, each listening before the next starts: 100 Python interpreters
+        # starting at once would starve each other (and the machine) for minutes.
+        rest = list(zip(names[1:], ports[1:], strict=True))
+        for k in range(0, len(rest), 10):
+            for name, port in rest[k:k + 10]:
+                procs[name] = Proc(name, sysm.cmd(name, port, seed), env, sysm.parse)
+            t_last = time.monotonic()
+            wave = [port for _, port in rest[k:k + 10]]
+            wait(lambda wave=wave: _listening_all(wave) or _exited(procs), 120, "a wave")
+            if _exited(procs):
+                raise SystemExit(_exited(procs))
         t_listen = time.monotonic()
         everyone = set(names)
 
@@ -299,6 +307,12 @@ def _listening(port: int, timeout: float) -> None:
             return s.connect_ex(("127.0.0.1", port)) == 0
 
     wait(up, timeout, f"port {port}")
+
+
+def _exited(procs: dict[str, Proc]) -> str:
+    """Which agents exited, with their last words ("" if none did)."""
+    return "\n".join(f"{k} exited {p.p.returncode}: {''.join(x for _, x in p.lines[-5:])}"
+                     for k, p in procs.items() if p.p.poll() is not None)
 
 
 def _listening_all(ports: list[int]) -> bool:
