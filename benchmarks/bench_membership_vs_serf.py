@@ -104,7 +104,8 @@ def parse_serf(line: str) -> tuple[str, str] | None:
 def free_ports(n: int, width: int) -> list[int]:
     """`n` bases of `width` consecutive free TCP and UDP ports on loopback."""
     out: list[int] = []
-    p = random.randrange(20000, 40000)
+    # Below the ephemeral range (32768-60999 here): outgoing connections never take them.
+    p = random.randrange(10000, 32768 - 3 * n - 100)
     while len(out) < n:
         ok = True
         for q in range(p, p + width):
