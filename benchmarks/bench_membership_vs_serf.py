@@ -340,6 +340,8 @@ def main() -> int:
     ap.add_argument("--only", choices=["flock", "serf"])
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    # SIGTERM ends the run through the `finally`s that stop the agents.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     if a.only != "flock":
         ensure_serf()
     rows = []

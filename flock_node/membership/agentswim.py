@@ -5,7 +5,9 @@
   probed. A member that is in fact alive refutes the suspicion, as SWIM intends.
 - `gossip_round`: memberlist's gossip timer: queued updates go to a few random members now
   rather than only on the next probe, so news (a crash, a join) reaches a flock of hundreds in
-  about a second.
+  about a second. Random among the members we are connected to (ring neighbours and the
+  pool, which the probes keep changing): memberlist's UDP costs nothing per destination,
+  nng's TCP costs a connection.
 - `join`: a member found later (a local agent seen in the runtime dir) is joined by push-pull.
 Still sans-IO: the driver calls these with its clock and moves the messages.
 """
@@ -44,11 +46,18 @@ class AgentSwim(Swim):
             self._suspect(now, node, e.incarnation, self.name)
         return self._flush()
 
-    def gossip_round(self, now: float, fanout: int = 3) -> Output:
-        """Send what waits in the piggyback queue to `fanout` random members."""
+    def gossip_round(self, now: float, fanout: int = 3,
+                     near: list[str] | None = None) -> Output:
+        """Send what waits in the piggyback queue to `fanout` random members, picked among
+        the addresses `near` (those we hold a connection to) when there are enough: over nng
+        a new connection costs far more than a message."""
         if self.left or not len(self.queue):
             return [], []
-        for addr in self._random_addrs(fanout, None):
+        if near and len(near) >= fanout:
+            addrs = self.rng.sample(near, fanout)
+        else:
+            addrs = self._random_addrs(fanout, None)
+        for addr in addrs:
             g = self._gossip()
             if not g:
                 break

@@ -80,6 +80,7 @@ class SwimDriver:
         self._wake = asyncio.Event()
         self._facts_due = 0.0
         self._ring: list[str] = []
+        self._live: set[str] = set()  # addresses of the members alive now
         self._gossiping = False  # the run loop knows news waits in the queue
         # Told of the newest revocation list version a live member holds, and where it is.
         self.on_crl: Callable[[int, str], None] | None = None
@@ -117,7 +118,7 @@ class SwimDriver:
             queued = len(self.swim.queue) > 0
             if queued and now >= next_gossip:
                 next_gossip = now + GOSSIP_INTERVAL
-                self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT))
+                self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT, self._near()))
                 queued = len(self.swim.queue) > 0
             self._gossiping = queued
             if now >= self._facts_due:
@@ -260,7 +261,7 @@ class SwimDriver:
             now = self.now()
             log.info("%s: connection closed, suspected at once", node)
             self._handle(self.swim.lost(now, node))
-            self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT))
+            self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT, self._near()))
 
     def _handle(self, out: Output) -> None:
         sends, changes = out
@@ -290,8 +291,14 @@ class SwimDriver:
             except Exception:
                 log.exception("membership listener failed on %s", t)
 
+    def _near(self) -> list[str]:
+        """Live members we hold a connection to."""
+        live = self._live
+        return [a for a in self.net.connected() if a in live]
+
     def _rering(self) -> None:
         alive = [n for n, e in self.swim.table.items() if type(e) is Alive]
+        self._live = {self.swim.addr_of(n) for n in alive}
         ring = ring_successors(self.me.name, alive)
         if ring != self._ring:
             self._ring = ring

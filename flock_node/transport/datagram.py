@@ -153,6 +153,10 @@ class Datagrams:
         return close_revoked(self.sock, self.tls) + sum(
             close_revoked(o.sock, self.tls) for o in list(self._out.values()))
 
+    def connected(self) -> list[str]:
+        """Addresses we hold an open connection to."""
+        return [a for a, o in self._out.items() if o.pipes > 0]
+
     def connections(self) -> int:
         """Open pipes: ours to others and theirs to us."""
         return sum(o.pipes for o in self._out.values()) + len(self.sock.pipes)
