@@ -112,8 +112,15 @@ class SwimDriver:
         self._handle(self.swim.start(now, self._seeds()))
         next_gossip = now + GOSSIP_INTERVAL
         next_scan = now + SCAN_EVERY
+        last = now
         while True:
             now = self.now()
+            if now - last > max(2.0, 2 * self.me.interval):
+                # We were frozen (SIGSTOP, a stalled VM) or starved: the acks to our probes
+                # wait in the socket. Read them before the timers run, or we would suspect
+                # the members that did answer.
+                await asyncio.sleep(0.05)
+                now = self.now()
             self._handle(self.swim.tick(now))
             queued = len(self.swim.queue) > 0
             if queued and now >= next_gossip:
@@ -138,6 +145,7 @@ class SwimDriver:
                 await asyncio.wait_for(self._wake.wait(), max(0.005, wait))
             except TimeoutError:
                 pass
+            last = self.now()
 
     def leave(self) -> None:
         """Announce our departure (then stay silent)."""
