@@ -186,11 +186,11 @@ class SwimDriver:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + VIEW_SYNC_HEARTBEATS * self.me.interval
         try:
-            while loop.time() < deadline and self._seeds():
-                if self.swim.table:
-                    local = set(scan_runtime_dir(self.me.runtime_dir)) - {self.me.name}
-                    if local <= set(self.swim.table):
-                        break
+            seeds = self._seeds()
+            local = set(scan_runtime_dir(self.me.runtime_dir)) - {self.me.name}
+            while loop.time() < deadline and seeds:
+                if self.swim.table and local <= set(self.swim.table):
+                    break
                 await asyncio.sleep(0.02)
         finally:
             synced.set()
