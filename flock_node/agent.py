@@ -37,6 +37,7 @@ from flock_node.membership import (
     Member,
     Transition,
 )
+from flock_node.membership.driver import SwimDriver
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
     Codec,
@@ -62,6 +63,7 @@ from flock_node.transport import (
     scan_runtime_dir,
     tcp_addresses,
 )
+from flock_node.transport.base import swim_for_bus
 from flock_node.trust.actor import TrustApi
 from flock_node.trust.guard import Guard
 from flock_node.trust.policy import DEFAULT as DEFAULT_POLICY
@@ -90,6 +92,8 @@ class AgentConfig:
     splay: float = 0.0
     tls: TlsIdentity | None = None  # tls+tcp: our certificate, the CA, the revocation gate
     policy: Policy = field(default_factory=lambda: DEFAULT_POLICY)
+    membership: str = "mesh"  # mesh: heartbeats over Bus0; swim: SWIM over nng datagrams
+    swim_pool: int = 32  # swim: outgoing connections kept besides the ring neighbours
 
 
 class Agent:
@@ -114,10 +118,21 @@ class Agent:
             self.bus_addr, self.rpc_addr = ipc_addresses(cfg.runtime_dir, cfg.name)
         self.codec = Codec(cfg.key, cfg.name)
         self.started = time.time()
-        self.members = MembershipDriver(
-            Me(cfg.name, self.incarnation, self.instance, self.bus_addr, self.rpc_addr,
-               cfg.heartbeat, self.started, cfg.runtime_dir, list(cfg.seeds)),
-            self.codec, self._record, lambda: self.work.stopping.is_set())
+        me = Me(cfg.name, self.incarnation, self.instance, self.bus_addr, self.rpc_addr,
+                cfg.heartbeat, self.started, cfg.runtime_dir, list(cfg.seeds))
+
+        def stopping() -> bool:
+            return self.work.stopping.is_set()
+
+        self.members: MembershipDriver | SwimDriver
+        if cfg.membership == "swim":
+            self.members = SwimDriver(me, self.codec, self._record, stopping,
+                                      swim_for_bus(self.bus_addr), tls=cfg.tls,
+                                      pool=cfg.swim_pool)
+            if cfg.tls is not None:
+                self.members.on_crl = self._crl_seen
+        else:
+            self.members = MembershipDriver(me, self.codec, self._record, stopping)
         self.membership = self.members.membership
         self.ready = False  # the first compile ended: resource_manager answers for real
         self.next_run: float | None = None  # wall clock of the next scheduled converge
@@ -254,6 +269,8 @@ class Agent:
         await cancel_and_wait(self._tasks, 2.0)
         await self.server.close()
         await self.bus.close()
+        if isinstance(self.members, SwimDriver):
+            await self.members.aclose()
         self.rpc.close()
         self._recipe_rpc.close()
         self.work.shutdown()
@@ -314,10 +331,14 @@ class Agent:
 
     def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
         self.members.on_bus(env, msg, pipe)
-        if (isinstance(msg, Heartbeat) and self.tls is not None and msg.crl > self.tls.gate.version
-                and not self._crl_fetching and msg.node == env.sender):
+        if isinstance(msg, Heartbeat) and msg.node == env.sender:
+            self._crl_seen(msg.crl, msg.rpc)
+
+    def _crl_seen(self, version: int, rpc: str) -> None:
+        """A member holds revocation list `version`: fetch it from there if it is newer."""
+        if self.tls is not None and version > self.tls.gate.version and not self._crl_fetching:
             self._crl_fetching = True
-            asyncio.get_running_loop().create_task(self._fetch_crl(msg.rpc), name="fetch-crl")
+            asyncio.get_running_loop().create_task(self._fetch_crl(rpc), name="fetch-crl")
 
     async def _fetch_crl(self, addr: str) -> None:
         """A peer has a newer revocation list: take it (it is signed, so from anyone)."""
@@ -336,6 +357,8 @@ class Agent:
         if self._loop is None:
             return
         n = self.bus.close_revoked() + self.server.close_revoked() + self.rpc.close_revoked()
+        if isinstance(self.members, SwimDriver):
+            n += self.members.net.close_revoked()
         if n:
             log.warning("closed %d connection(s) of revoked identities", n)
 

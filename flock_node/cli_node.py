@@ -30,6 +30,14 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _pool_size(s: str) -> int:
+    """--swim-pool: a whole number of connections, 1 to 4096."""
+    if not s.isdigit() or not 1 <= int(s) <= 4096:
+        raise argparse.ArgumentTypeError(f"expected a number of connections from 1 to 4096, "
+                                         f"got {s!r}")
+    return int(s)
+
+
 def _run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("name", metavar="NAME")
     r.add_argument("--recipe", action="append", default=[], metavar="FILE",
@@ -50,6 +58,13 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--policy", metavar="FILE",
                    help="who may call what (default <config dir>/policy.toml if it exists)")
     r.add_argument("--heartbeat", type=positive_seconds, default=1.0, metavar="SECONDS")
+    r.add_argument("--membership", choices=["mesh", "swim"],
+                   default=os.environ.get("FLOCK_MEMBERSHIP", "mesh"),
+                   help="mesh: heartbeats over a full mesh (default); swim: SWIM gossip with "
+                        "a bounded number of connections, for flocks of hundreds and more")
+    r.add_argument("--swim-pool", type=_pool_size, default=32, metavar="N",
+                   help="with --membership swim: outgoing connections kept open besides the "
+                        "ring neighbours (default 32)")
     r.add_argument("--ttl", type=positive_seconds, default=24 * 3600.0, metavar="SECONDS",
                    help="how long an undelivered notification is retried (default 24 h)")
     r.add_argument("--stop-timeout", type=positive_seconds, default=30.0, metavar="SECONDS",
@@ -149,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         state_dir=paths.state_dir(args.name, args.state_dir),
         runtime_dir=paths.runtime_dir(args.runtime_dir), key=key, heartbeat=args.heartbeat,
         ttl=args.ttl, stop_timeout=args.stop_timeout, interval=args.interval, splay=args.splay,
-        tls=tls,
+        tls=tls, membership=args.membership, swim_pool=args.swim_pool,
     )
     if policy is not None:
         cfg.policy = policy
@@ -177,6 +192,8 @@ def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
         ("--runtime-dir", _abs(args.runtime_dir)), ("--key-file", _abs(args.key_file)),
         ("--tls-dir", _abs(args.tls_dir)), ("--policy", _abs(args.policy)),
         ("--heartbeat", args.heartbeat), ("--ttl", args.ttl),
+        ("--membership", args.membership if args.membership != "mesh" else None),
+        ("--swim-pool", args.swim_pool if args.swim_pool != 32 else None),
         ("--stop-timeout", args.stop_timeout), ("--interval", args.interval),
         ("--log-level", args.log_level), ("--log-file", _abs(args.log_file)),
     ]

@@ -125,7 +125,13 @@ class Response(msgspec.Struct, tag="rep", omit_defaults=True):
     error: Error | None = None
 
 
-Message = Heartbeat | Leave | Event | Request | Response
+class SwimFrame(msgspec.Struct, tag="swim"):
+    """One SWIM message (`membership/messages.py`), carried in a signed envelope."""
+
+    data: bytes
+
+
+Message = Heartbeat | Leave | Event | Request | Response | SwimFrame
 
 
 class Envelope(msgspec.Struct, array_like=True):

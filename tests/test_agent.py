@@ -54,7 +54,9 @@ def clean_log(text: str) -> None:
 # --- liveness over ipc --------------------------------------------------------------------
 
 
-def test_sigterm_exits_0_and_others_see_left(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_sigterm_exits_0_and_others_see_left(flock_env, membership):
+    flock_env.env["FLOCK_MEMBERSHIP"] = membership
     start_many(flock_env, ["a0", "a1", "a2"])
     f = flock_env.flock()
     wait_for(
@@ -82,7 +84,9 @@ def test_sigterm_exits_0_and_others_see_left(flock_env):
     f.close()
 
 
-def test_kill9_is_suspect_within_1s_and_restart_is_alive_again(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_kill9_is_suspect_within_1s_and_restart_is_alive_again(flock_env, membership):
+    flock_env.env["FLOCK_MEMBERSHIP"] = membership
     start_many(flock_env, ["k0", "k1", "k2"])
     f = flock_env.flock()
     wait_for(
@@ -104,7 +108,8 @@ def test_kill9_is_suspect_within_1s_and_restart_is_alive_again(flock_env):
     )
     seen = time.monotonic() - t0
     # not back within 2 intervals → down
-    wait_for(lambda: states(f, "k0")["k2"] == "down", 4, what="k2 down")
+    wait_for(lambda: states(f, "k0")["k2"] == "down", 4 if membership == "mesh" else 8,
+             what="k2 down")
     r = flock_env.cli("active", "k2")
     assert r.returncode == 3, r.stdout + r.stderr
     # Restart with the same state dir: a new incarnation replaces the old entry.

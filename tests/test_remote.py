@@ -80,8 +80,10 @@ HIT = """
 
 
 # -- remote_notifies -------------------------------------------------------------------------
-def test_remote_notifies_runs_the_action_on_the_target_exactly_once(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_remote_notifies_runs_the_action_on_the_target_exactly_once(flock_env, membership):
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = membership
     out = env.root / "humans"
     start(env, "b1", HIT.format(out=out))
     start(env, "b0", f"""
@@ -114,8 +116,10 @@ def test_remote_notifies_runs_the_action_on_the_target_exactly_once(flock_env):
     assert f"caused by b0:file[{env.root}/fubar]" in cli.stdout and row["id"] in cli.stdout
 
 
-def test_remote_notifies_tag_and_glob_targets(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_remote_notifies_tag_and_glob_targets(flock_env, membership):
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = membership
     outs = {n: env.root / f"out-{n}" for n in ("web-1", "web-2", "db-1", "other")}
     for n in ("web-1", "web-2", "other"):
         start(env, n, HIT.format(out=outs[n]))
@@ -210,8 +214,10 @@ def test_remote_subscribes_registers_reacts_and_is_dropped_with_the_declaration(
     assert sub.proc.poll() is None
 
 
-def test_remote_subscription_is_registered_when_the_remote_node_comes_later(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_remote_subscription_is_registered_when_the_remote_node_comes_later(flock_env, membership):
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = membership
     out, path = env.root / "reacted", env.root / "schema.sql"
     start(env, "sub", SUBSCRIBER.format(out=out, decl=DECL.format(path=path)))
     f = env.flock()
@@ -316,8 +322,10 @@ def test_unreachable_node_in_a_wait_counts_as_not_yet(flock_env):
 
 
 # -- durable delivery ------------------------------------------------------------------------
-def test_notification_to_a_down_node_arrives_once_when_it_comes_back(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_notification_to_a_down_node_arrives_once_when_it_comes_back(flock_env, membership):
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = membership
     out = env.root / "hits"
     start(env, "rcv", HIT.format(out=out))
     start(env, "snd", f"""

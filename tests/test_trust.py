@@ -346,7 +346,9 @@ def _forge_on_bus(tls: Tls, cert: str, frames: list) -> None:
     asyncio.run(go())
 
 
-def test_revocation_spreads_between_nodes_and_closes_connections(tls):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_revocation_spreads_between_nodes_and_closes_connections(tls, membership):
+    tls.env.env["FLOCK_MEMBERSHIP"] = membership
     tls.start("a")
     tls.start("b", seed="a")
     tls.issue("alice", "operator")
@@ -461,10 +463,12 @@ def test_a_capture_of_the_traffic_holds_no_resource_name(tls):
 # --- names are unique (shared-key mode) ------------------------------------------------------
 
 
-def test_two_agents_claiming_one_name_both_show_the_clash(flock_env):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_two_agents_claiming_one_name_both_show_the_clash(flock_env, membership):
     from flock_node.protocol import generate_key_file
 
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = membership
     key = generate_key_file(env.root / "flock.key")
     p1, p2 = free_port(), free_port()
     first = env.start("dup", "--listen", f"tcp://127.0.0.1:{p1}", "--key-file", key,
@@ -485,7 +489,9 @@ def test_two_agents_claiming_one_name_both_show_the_clash(flock_env):
         first.stop()
 
 
-def test_notifications_and_subscriptions_flow_between_tls_nodes(tls):
+@pytest.mark.parametrize("membership", ["mesh", "swim"])
+def test_notifications_and_subscriptions_flow_between_tls_nodes(tls, membership):
+    tls.env.env["FLOCK_MEMBERSHIP"] = membership
     hits, subs = tls.env.root / "hits", tls.env.root / "subs"
     tls.start("b", recipe=f"""
         from flock_node.dsl import execute

@@ -15,6 +15,7 @@ from flock_node.api import Member, State, last_run_view
 from flock_node.delivery import Deliverer
 from flock_node.engine import RunContext
 from flock_node.membership import Membership
+from flock_node.membership.view import SwimView
 from flock_node.paging import (
     HISTORY_LIMIT,
     OUTBOX_LIMIT,
@@ -34,7 +35,7 @@ class FlockApi:
                'discard')
 
     def __init__(self, node: NodeFacts, store: Store, work: WorkQueue, deliverer: Deliverer,
-                 membership: Membership):
+                 membership: Membership | SwimView):
         self.node = node
         self.store = store
         self.work = work

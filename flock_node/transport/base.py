@@ -53,6 +53,17 @@ def ipc_addresses(runtime_dir: Path, node: str) -> tuple[str, str]:
     return f"ipc://{runtime_dir / (node + '.bus')}", f"ipc://{runtime_dir / (node + '.rpc')}"
 
 
+def swim_for_bus(bus: str) -> str:
+    """The SWIM address that goes with a bus address: PORT+2 on tcp, NAME.swim on ipc."""
+    if bus.startswith("ipc://") and bus.endswith(".bus"):
+        return bus[: -len(".bus")] + ".swim"
+    if bus.startswith(("tcp://", "tls+tcp://")):
+        scheme, _, hostport = bus.partition("://")
+        host, _, port = hostport.rpartition(":")
+        return f"{scheme}://{host}:{int(port) + 2}"
+    raise ValueError(f"cannot tell the SWIM address for {bus!r}")
+
+
 def tcp_addresses(listen: str) -> tuple[str, str]:
     """`tcp://HOST:PORT` (or `tls+tcp://`) → bus on PORT, RPC on PORT+1."""
     scheme, sep, hostport = listen.partition("://")
@@ -109,7 +120,7 @@ def scan_runtime_dir(runtime_dir: Path, clean: bool = False) -> dict[str, tuple[
         if ipc_alive(str(p)):
             out[name] = ipc_addresses(runtime_dir, name)
         elif clean and not name_locked(runtime_dir, name):
-            for suffix in (".bus", ".rpc"):
+            for suffix in (".bus", ".rpc", ".swim"):
                 with contextlib.suppress(OSError):
                     (runtime_dir / (name + suffix)).unlink()
     return out
