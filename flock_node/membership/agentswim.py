@@ -44,7 +44,7 @@ class AgentSwim(Swim):
         e = self.table.get(node)
         if e is not None and type(e) is Alive and not self.left:
             self._suspect(now, node, e.incarnation, self.name)
-        return self._flush()
+        return self._flush(now)
 
     def gossip_round(self, now: float, fanout: int = 3,
                      near: list[str] | None = None) -> Output:
@@ -62,14 +62,14 @@ class AgentSwim(Swim):
             if not g:
                 break
             self._sends.append((addr, Gossip(self.name, g)))
-        return self._flush()
+        return self._flush(now)
 
     def join(self, now: float, addr: str) -> Output:
         """Push-pull with the member listening at `addr` (found after we started)."""
         if not self.left and addr != self.me.addr:
             self._sends.append((addr, PushPull(self.name, self.me.addr, True, False,
                                                self._states())))
-        return self._flush()
+        return self._flush(now)
 
     def addr_of(self, node: str) -> str:
         """Where `node` listens, as we know it ("" if unknown)."""
