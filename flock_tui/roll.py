@@ -9,12 +9,9 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from flock_node.cli.context import _UNREACHABLE_CODES
-from flock_node.cli.rolling import POLL, UNREACHABLE_AFTER, Outcome, Roll
+from flock_node.cli.rolling import POLL, Outcome, Roll
 from flock_node.client import AsyncFlock
 from flock_node.transport import RpcError
-
-DEFAULT_TIMEOUT = 3600.0  # as `flockctl run-chef --wait` without --timeout
 
 
 def equivalent_command(target: str | None, max_parallel: int, max_fail: int) -> str:
@@ -50,51 +47,33 @@ def stop_the_rest(roll: Roll) -> list[str]:
 
 
 class RollDriver:
-    """Starts runs as `Roll` allows, polls them, reports each change; ends when all are done."""
+    """Starts runs as `Roll` allows, polls them, reports each change; ends when all are done.
+    The rules (what a poll's answer or error means) are the CLI's own, in `Roll`."""
 
     def __init__(self, flock: AsyncFlock, roll: Roll, report: Callable[[Outcome], None],
-                 stopped: Callable[[], bool] = lambda: False,
-                 timeout: float = DEFAULT_TIMEOUT):
+                 stopped: Callable[[], bool] = lambda: False):
         self.flock, self.roll, self.report, self.stopped = flock, roll, report, stopped
-        self.timeout = timeout
-        self.deadline: dict[str, float] = {}
-        self.silent_since: dict[str, float] = {}
 
     async def start(self, n: str) -> None:
-        o = self.roll.nodes[n]
-        o.outcome = "running"  # holds the slot while the call is in flight
+        self.roll.nodes[n].outcome = "running"  # holds the slot while the call is in flight
         try:
             r = await self.flock.call(n, "flock_api", "run_chef", {}, timeout=5.0)
-            o.run = r["run_id"]
         except RpcError as e:
-            o.outcome = "unreachable" if e.code in _UNREACHABLE_CODES else "failed"
-            o.error = f"{e.code}: {e.message}"
-            self.report(o)
-            return
-        self.deadline[n] = time.monotonic() + self.timeout
-        self.report(o)
+            self.roll.started(n, time.monotonic(), error=(e.code, e.message))
+        else:
+            self.roll.started(n, time.monotonic(), r["run_id"])
+        self.report(self.roll.nodes[n])
 
     async def poll(self, n: str) -> None:
-        o = self.roll.nodes[n]
         try:
-            r = await self.flock.call(n, "flock_api", "run", {"id": o.run}, timeout=2.0)
+            r = await self.flock.call(n, "flock_api", "run", {"id": self.roll.nodes[n].run},
+                                      timeout=2.0)
         except RpcError as e:
-            now = time.monotonic()
-            since = self.silent_since.setdefault(n, now)
-            if (e.code not in _UNREACHABLE_CODES or now >= self.deadline[n]
-                    or now - since >= UNREACHABLE_AFTER):
-                o.outcome, o.error = "unreachable", f"{e.code}: {e.message}"
-                self.report(o)
-            return
-        self.silent_since.pop(n, None)
-        if r and r["status"] in ("ok", "failed"):
-            o.outcome, o.error = r["status"], r.get("error")
-            o.updated, o.duration = r.get("updated") or 0, r.get("duration")
-            self.report(o)
-        elif time.monotonic() >= self.deadline[n]:
-            o.outcome = "failed"
-            o.error = f"run {o.run} did not finish within {self.timeout:g}s"
-            self.report(o)
+            ended = self.roll.polled(n, time.monotonic(), error=(e.code, e.message))
+        else:
+            ended = self.roll.polled(n, time.monotonic(), r)
+        if ended:
+            self.report(self.roll.nodes[n])
 
     async def drive(self) -> Roll:
         """Roll to the end; returns the roll with every node's outcome."""

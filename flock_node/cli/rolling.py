@@ -37,10 +37,50 @@ class Outcome:
 class Roll:
     """The rules of a rolling run, without I/O: which node starts next, and when to stop."""
 
-    def __init__(self, names: list[str], max_parallel: int, max_fail: int):
+    def __init__(self, names: list[str], max_parallel: int, max_fail: int,
+                 timeout: float = 3600.0):
         self.nodes = {n: Outcome(n) for n in sorted(names)}
         self.max_parallel = max_parallel
         self.max_fail = max_fail
+        self.timeout = timeout  # a run not finished this long after its start has failed
+        self.deadline: dict[str, float] = {}
+        self.silent_since: dict[str, float] = {}
+
+    def started(self, n: str, now: float, run_id: str | None = None,
+                error: tuple[str, str] | None = None) -> None:
+        """`run_chef` on n answered its run id, or failed with (code, message)."""
+        o = self.nodes[n]
+        if error is not None:
+            code, message = error
+            o.outcome = "unreachable" if code in _UNREACHABLE_CODES else "failed"
+            o.error = f"{code}: {message}"
+            return
+        o.outcome, o.run = "running", run_id
+        self.deadline[n] = now + self.timeout
+
+    def polled(self, n: str, now: float, answer: dict[str, Any] | None = None,
+               error: tuple[str, str] | None = None) -> bool:
+        """A poll of n's run answered `answer` (or failed with (code, message)): True when
+        that ended n's part of the roll."""
+        o = self.nodes[n]
+        if error is not None:
+            code, message = error
+            since = self.silent_since.setdefault(n, now)
+            if (code not in _UNREACHABLE_CODES or now >= self.deadline[n]
+                    or now - since >= UNREACHABLE_AFTER):
+                o.outcome, o.error = "unreachable", f"{code}: {message}"
+                return True
+            return False
+        self.silent_since.pop(n, None)
+        if answer and answer["status"] in ("ok", "failed"):
+            o.outcome, o.error = answer["status"], answer.get("error")
+            o.updated, o.duration = answer.get("updated") or 0, answer.get("duration")
+            return True
+        if now >= self.deadline[n]:
+            o.outcome = "failed"
+            o.error = f"run {o.run} did not finish within {self.timeout:g}s"
+            return True
+        return False
 
     def count(self, outcome: str) -> int:
         return sum(1 for o in self.nodes.values() if o.outcome == outcome)
@@ -93,43 +133,26 @@ class _Driver:
 
     def __init__(self, c: Ctx, roll: Roll, report: Callable[[Outcome], None]):
         self.c, self.roll, self.report = c, roll, report
-        self.deadline: dict[str, float] = {}
-        self.silent_since: dict[str, float] = {}
 
     def start(self, n: str) -> None:
-        o = self.roll.nodes[n]
         try:
-            o.run = self.c.flock.call(n, "flock_api", "run_chef", {}, timeout=5.0)["run_id"]
+            r = self.c.flock.call(n, "flock_api", "run_chef", {}, timeout=5.0)
         except RpcError as e:
-            o.outcome = "unreachable" if e.code in _UNREACHABLE_CODES else "failed"
-            o.error = f"{e.code}: {e.message}"
-            self.report(o)
-            return
-        o.outcome = "running"
-        self.deadline[n] = time.monotonic() + self.c.args.timeout
-        self.report(o)
+            self.roll.started(n, time.monotonic(), error=(e.code, e.message))
+        else:
+            self.roll.started(n, time.monotonic(), r["run_id"])
+        self.report(self.roll.nodes[n])
 
     def poll(self, n: str) -> None:
-        o = self.roll.nodes[n]
         try:
-            r = self.c.flock.call(n, "flock_api", "run", {"id": o.run}, timeout=2.0)
+            r = self.c.flock.call(n, "flock_api", "run", {"id": self.roll.nodes[n].run},
+                                  timeout=2.0)
         except RpcError as e:
-            now = time.monotonic()
-            since = self.silent_since.setdefault(n, now)
-            if (e.code not in _UNREACHABLE_CODES or now >= self.deadline[n]
-                    or now - since >= UNREACHABLE_AFTER):
-                o.outcome, o.error = "unreachable", f"{e.code}: {e.message}"
-                self.report(o)
-            return
-        self.silent_since.pop(n, None)
-        if r and r["status"] in ("ok", "failed"):
-            o.outcome, o.error = r["status"], r.get("error")
-            o.updated, o.duration = r.get("updated") or 0, r.get("duration")
-            self.report(o)
-        elif time.monotonic() >= self.deadline[n]:
-            o.outcome = "failed"
-            o.error = f"run {o.run} did not finish within {self.c.args.timeout:g}s"
-            self.report(o)
+            ended = self.roll.polled(n, time.monotonic(), error=(e.code, e.message))
+        else:
+            ended = self.roll.polled(n, time.monotonic(), r)
+        if ended:
+            self.report(self.roll.nodes[n])
 
     def drive(self) -> None:
         roll = self.roll
@@ -149,7 +172,7 @@ class _Driver:
 def cmd_rolling(c: Ctx) -> int:
     """A rolling run over TARGET; the summary names every node's outcome."""
     max_fail = c.args.max_fail or 1
-    roll = Roll(c.targets(c.args.target), c.args.max_parallel, max_fail)
+    roll = Roll(c.targets(c.args.target), c.args.max_parallel, max_fail, c.args.timeout)
     tty = c.out.isatty() and not c.args.json
     if tty:
         _with_bar(c, roll)

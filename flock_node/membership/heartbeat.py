@@ -185,13 +185,20 @@ class Membership:
     def match(self, pattern: str | None = None, tag: str | None = None,
               include_gone: bool = False) -> list[str]:
         """Names matching a name or glob, and/or carrying a tag."""
-        out = []
-        for m in self.members():
-            if not include_gone and m.state in (LEFT, DOWN):
-                continue
-            if pattern is not None and not fnmatchcase(m.name, pattern):
-                continue
-            if tag is not None and tag not in m.tags:
-                continue
-            out.append(m.name)
-        return out
+        return match_members(self.members(), pattern, tag, include_gone)
+
+
+def match_members(members: list[Member], pattern: str | None, tag: str | None,
+                  include_gone: bool) -> list[str]:
+    """Names of `members` matching a name or glob, and/or carrying a tag (left and down
+    ones only with `include_gone`): one rule for every membership view."""
+    out = []
+    for m in members:
+        if not include_gone and m.state in (LEFT, DOWN):
+            continue
+        if pattern is not None and not fnmatchcase(m.name, pattern):
+            continue
+        if tag is not None and tag not in m.tags:
+            continue
+        out.append(m.name)
+    return out

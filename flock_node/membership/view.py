@@ -8,12 +8,11 @@ version) are the record of its own signed statement; here they become the `Membe
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Any
 
 import msgspec
 
-from flock_node.membership.heartbeat import DOWN, LEFT, Member
+from flock_node.membership.heartbeat import Member, match_members
 from flock_node.membership.messages import Alive, Entry
 from flock_node.membership.table import Table, state_of
 from flock_node.protocol import Heartbeat
@@ -93,16 +92,7 @@ class SwimView:
     def match(self, pattern: str | None = None, tag: str | None = None,
               include_gone: bool = False) -> list[str]:
         """Names matching a name or glob, and/or carrying a tag."""
-        out = []
-        for m in self.members():
-            if not include_gone and m.state in (LEFT, DOWN):
-                continue
-            if pattern is not None and not fnmatchcase(m.name, pattern):
-                continue
-            if tag is not None and tag not in m.tags:
-                continue
-            out.append(m.name)
-        return out
+        return match_members(self.members(), pattern, tag, include_gone)
 
     def forget(self, name: str) -> None:
         """Nothing to do: the table reaps its gone members itself."""

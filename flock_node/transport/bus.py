@@ -23,11 +23,10 @@ from flock_node.transport.base import BUS_BUFFER, _listen, cancel_and_wait, rece
 from flock_node.transport.tls import (
     Callers,
     close_revoked,
-    count_drop,
     dial,
     guard_pipes,
+    spoke_for_itself,
 )
-from flock_node.trust.identity import NODE
 from flock_node.trust.tls import TlsIdentity
 
 log = logging.getLogger("flock.transport")
@@ -139,24 +138,13 @@ class Bus:
                 log.exception("bus frame dropped")
                 self.codec.dropped["malformed"] = self.codec.dropped.get("malformed", 0) + 1
                 continue
-            if self.tls is not None and not self._from_its_sender(env, msg.pipe):
+            if self.tls is not None and not spoke_for_itself(
+                    self._callers, self.codec, env, msg.pipe):
                 continue
             try:
                 self.on_message(env, body, pipe)
             except Exception:
                 log.exception("bus handler failed")
-
-    def _from_its_sender(self, env: Envelope, pipe: pynng.Pipe | None) -> bool:
-        """On TLS, only a node speaks on the bus, and only in its own name."""
-        caller = self._callers.of(pipe)
-        if caller is None or caller.role != NODE:
-            count_drop(self.codec, "not_a_node" if caller is not None else "unauthorized")
-            return False
-        if env.sender != caller.name:
-            count_drop(self.codec, "sender_mismatch")
-            log.debug("bus frame from %s in the name of %s dropped", caller.name, env.sender)
-            return False
-        return True
 
     def _warn_skew(self, e: FrameError) -> None:
         """Once per peer per minute, not once per frame."""

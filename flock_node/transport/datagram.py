@@ -19,10 +19,16 @@ from typing import Any
 
 import pynng
 
-from flock_node.protocol import MAX_FRAME, Codec, Envelope, FrameError, SwimFrame
+from flock_node.protocol import MAX_FRAME, Codec, FrameError, SwimFrame
 from flock_node.transport.base import _listen, cancel_and_wait, receive
-from flock_node.transport.tls import Callers, close_revoked, count_drop, dial, guard_pipes
-from flock_node.trust.identity import NODE
+from flock_node.transport.tls import (
+    Callers,
+    close_revoked,
+    count_drop,
+    dial,
+    guard_pipes,
+    spoke_for_itself,
+)
 from flock_node.trust.tls import TlsIdentity
 
 log = logging.getLogger("flock.transport")
@@ -196,23 +202,14 @@ class Datagrams:
             if not isinstance(body, SwimFrame):
                 count_drop(self.codec, "malformed")
                 continue
-            if self.tls is not None and not self._from_its_sender(env, msg.pipe):
+            if self.tls is not None and not spoke_for_itself(
+                    self._callers, self.codec, env, msg.pipe):
                 continue
             self.received += 1
             try:
                 self.on_frame(env.sender, body.data)
             except Exception:
                 log.exception("swim handler failed")
-
-    def _from_its_sender(self, env: Envelope, pipe: pynng.Pipe | None) -> bool:
-        caller = self._callers.of(pipe)
-        if caller is None or caller.role != NODE:
-            count_drop(self.codec, "not_a_node" if caller is not None else "unauthorized")
-            return False
-        if env.sender != caller.name:
-            count_drop(self.codec, "sender_mismatch")
-            return False
-        return True
 
     async def close(self) -> None:
         """Stop receiving, then close every socket (pynng #108: tasks first)."""

@@ -13,7 +13,7 @@ from typing import Any
 
 import pynng
 
-from flock_node.protocol import Codec
+from flock_node.protocol import Codec, Envelope
 from flock_node.trust.identity import NODE, UNVERIFIED, Caller, parse_cn
 from flock_node.trust.tls import TlsIdentity
 
@@ -139,3 +139,18 @@ class Callers:
 
 def count_drop(codec: Codec, reason: str) -> None:
     codec.dropped[reason] = codec.dropped.get(reason, 0) + 1
+
+
+def spoke_for_itself(callers: Callers, codec: Codec, env: Envelope,
+                     pipe: pynng.Pipe | None) -> bool:
+    """On TLS, only a node speaks on the bus or in SWIM, and only in its own name: anything
+    else is dropped and counted."""
+    caller = callers.of(pipe)
+    if caller is None or caller.role != NODE:
+        count_drop(codec, "not_a_node" if caller is not None else "unauthorized")
+        return False
+    if env.sender != caller.name:
+        count_drop(codec, "sender_mismatch")
+        log.debug("frame from %s in the name of %s dropped", caller.name, env.sender)
+        return False
+    return True
