@@ -3,6 +3,7 @@ loopback. Every wait polls a condition with a deadline."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -144,6 +145,27 @@ class FlockEnv:
         """Run the real `flockctl` command."""
         return subprocess.run([sys.executable, "-m", "flock_tui.main", *args], env=self.env,
                               capture_output=True, text=True, timeout=timeout, input=input)
+
+    def json(self, *args: str):
+        """`flockctl --json ARGS`, which must succeed: its answer, decoded."""
+        r = self.cli("--json", *args)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def start_moded(self, names: tuple[str, ...], recipe: str) -> None:
+        """Start `names` on `recipe` (formatted with each node's mode file `ctl` and `name`),
+        then wait until every one of them is up and sees all of them alive."""
+        procs = []
+        for n in names:
+            path = self.root / f"{n}.py"
+            path.write_text(recipe.format(ctl=str(self.root / f"{n}.mode"), name=n))
+            procs.append(self.start(n, recipes=[path], wait=False))
+        for p in procs:
+            self.wait_up(p)
+        with self.flock() as f:
+            wait_for(lambda: all(
+                sorted(m["name"] for m in f[n].flock_api.members() if m["state"] == "alive")
+                == sorted(names) for n in names), 15, what=f"{len(names)} agents alive")
 
     def stop_all(self) -> None:
         for n in self.nodes.values():

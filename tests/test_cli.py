@@ -42,32 +42,14 @@ class Flock3:
         return self.env.cli(*args, **kw)
 
     def json(self, *args: str):
-        r = self.env.cli("--json", *args)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        return self.env.json(*args)
 
 
 @pytest.fixture(scope="module")
 def flock3(tmp_path_factory):
     env = FlockEnv(Path(tmp_path_factory.mktemp("c", numbered=True)))
-    procs = []
-    for n in NODES:
-        recipe = env.root / f"{n}.py"
-        recipe.write_text(RECIPE.format(ctl=str(env.root / f"{n}.mode"), name=n))
-        procs.append(env.start(n, recipes=[recipe], wait=False))
     try:
-        for p in procs:
-            env.wait_up(p)
-        with env.flock() as f:
-
-            def mesh() -> bool:
-                return all(
-                    sorted(m["name"] for m in f[n].flock_api.members() if m["state"] == "alive")
-                    == list(NODES)
-                    for n in NODES
-                )
-
-            wait_for(mesh, 10, what="three agents to see each other alive")
+        env.start_moded(NODES, RECIPE)
         yield Flock3(env)
     finally:
         env.stop_all()

@@ -45,9 +45,7 @@ class Ops:
         return self.env.cli(*args, **kw)
 
     def json(self, *args: str):
-        r = self.env.cli("--json", *args)
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)
+        return self.env.json(*args)
 
 
 @pytest.fixture(scope="module")

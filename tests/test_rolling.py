@@ -36,18 +36,8 @@ class Five:
 @pytest.fixture(scope="module")
 def five(tmp_path_factory):
     env = FlockEnv(Path(tmp_path_factory.mktemp("r", numbered=True)))
-    procs = []
-    for n in NODES:
-        recipe = env.root / f"{n}.py"
-        recipe.write_text(RECIPE.format(ctl=str(env.root / f"{n}.mode"), name=n))
-        procs.append(env.start(n, recipes=[recipe], wait=False))
     try:
-        for p in procs:
-            env.wait_up(p)
-        with env.flock() as f:
-            wait_for(lambda: sorted(m["name"] for m in f["r0"].flock_api.members()
-                                    if m["state"] == "alive") == list(NODES), 15,
-                     what="five agents alive")
+        env.start_moded(NODES, RECIPE)
         yield Five(env)
     finally:
         env.stop_all()
