@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import random
 import signal
 import sys
 import threading
@@ -46,6 +45,7 @@ from flock_node.protocol import (
     Heartbeat,
     Message,
 )
+from flock_node.schedule import Schedule
 from flock_node.store import (
     OutboxItem,
     Store,
@@ -135,7 +135,6 @@ class Agent:
             self.members = MembershipDriver(me, self.codec, self._record, stopping)
         self.membership = self.members.membership
         self.ready = False  # the first compile ended: resource_manager answers for real
-        self.next_run: float | None = None  # wall clock of the next scheduled converge
         self.view_synced = threading.Event()  # heard from the seeds: targets can resolve
         self.supervisor = Supervisor()
         self.tls = cfg.tls
@@ -154,6 +153,8 @@ class Agent:
         self.engine = Engine(node=cfg.name, recipes=list(cfg.recipes), store=self.store, hooks=self)
         self.work = WorkQueue(self.engine, self.store, cfg.stop_timeout, self.emit,
                               self.members.prompt, self._job_finished, self._stopped.set)
+        self.schedule = (Schedule(cfg.interval, cfg.splay, self.work.run_chef, self.work.stopping)
+                         if cfg.interval else None)
         self.audit = self.store.audit
         self.dispatcher = Dispatcher(cfg.name, [
             FlockApi(self, self.store, self.work, self.deliverer, self.membership),
@@ -165,6 +166,10 @@ class Agent:
     @property
     def tags(self) -> list[str]:
         return list(self.cfg.tags)
+
+    @property
+    def next_run(self) -> float | None:
+        return self.schedule.next_run if self.schedule is not None else None
 
     def dropped_frames(self) -> dict[str, int]:
         return dict(self.codec.dropped)
@@ -248,8 +253,8 @@ class Agent:
         self.work.open()
         self.supervisor.spawn("delivery", self.deliverer.run)
         self.supervisor.spawn("subscriptions", self.subscriptions.run)
-        if self.cfg.interval:
-            self.supervisor.spawn("schedule", self._schedule)
+        if self.schedule is not None:
+            self.supervisor.spawn("schedule", self.schedule.run)
         self._tasks = [*self.supervisor.all(), view]
         await self._stopped.wait()
         await self._shutdown()
@@ -292,25 +297,6 @@ class Agent:
             return m.rpc
         local = scan_runtime_dir(self.cfg.runtime_dir).get(name)
         return local[1] if local else None
-
-    async def _schedule(self) -> None:
-        """chef-client's daemon mode: converge now, then every interval plus a fresh random
-        splay. The times are fixed in advance, so a run_chef in between does not shift them
-        (a converge still running at the next time is joined, not doubled)."""
-        assert self.cfg.interval
-        loop = asyncio.get_running_loop()
-        due = loop.time()
-        while True:
-            wait = due - loop.time()
-            self.next_run = time.time() + max(0.0, wait)
-            if wait > 0:
-                await asyncio.sleep(wait)
-            if self.work.stopping.is_set():
-                return
-            self.work.run_chef(cause={"scheduled": True})
-            due += self.cfg.interval + random.uniform(0.0, self.cfg.splay)
-            if due < loop.time():  # we were frozen or busy past a whole interval: no burst
-                due = loop.time() + self.cfg.interval
 
     def _record(self) -> dict[str, Any]:
         """What our heartbeat says about us besides who and where we are."""

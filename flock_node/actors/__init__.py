@@ -39,7 +39,10 @@ class NodeFacts(Protocol):
     bus_addr: str
     started: float
     ready: bool  # the first compile ended
-    next_run: float | None  # wall clock of the next scheduled converge (--interval)
+
+    @property
+    def next_run(self) -> float | None:
+        """Wall clock of the next scheduled converge (--interval)."""
 
     @property
     def tags(self) -> list[str]: ...
