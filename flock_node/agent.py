@@ -8,7 +8,6 @@ task, subscriptions we want on other nodes by a sync task, heartbeats by a third
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -65,6 +64,7 @@ from flock_node.transport import (
 )
 from flock_node.transport.base import swim_for_bus
 from flock_node.trust.actor import TrustApi
+from flock_node.trust.crl_sync import CrlSync
 from flock_node.trust.guard import Guard
 from flock_node.trust.policy import DEFAULT as DEFAULT_POLICY
 from flock_node.trust.policy import Policy
@@ -129,8 +129,6 @@ class Agent:
             self.members = SwimDriver(me, self.codec, self._record, stopping,
                                       swim_for_bus(self.bus_addr), tls=cfg.tls,
                                       pool=cfg.swim_pool)
-            if cfg.tls is not None:
-                self.members.on_crl = self._crl_seen
         else:
             self.members = MembershipDriver(me, self.codec, self._record, stopping)
         self.membership = self.members.membership
@@ -138,11 +136,13 @@ class Agent:
         self.view_synced = threading.Event()  # heard from the seeds: targets can resolve
         self.supervisor = Supervisor()
         self.tls = cfg.tls
-        if self.tls is not None:
-            self.tls.gate.persist_in(cfg.state_dir / "revoked.list")
-            self.tls.gate.listeners.append(self._revoked)
-        self._crl_fetching = False
         self.rpc = AsyncRpc(self.codec, timeout=2.0, tls=self.tls)
+        self.crl = CrlSync(self.tls.gate, self.rpc, cfg.state_dir) if self.tls else None
+        if self.crl is not None:
+            self.crl.holders.append(self.rpc)
+            if isinstance(self.members, SwimDriver):
+                self.members.on_crl = self.crl.seen
+                self.crl.holders.append(self.members.net)
         self.deliverer = Deliverer(self.store, self.rpc, cfg.name, self._locate, self.emit)
         self.subscriptions = SubscriptionSync(self.store, self.rpc, cfg.name,
                                               self._resolve_addr, self.emit)
@@ -224,6 +224,8 @@ class Agent:
         self.members.attach(self.bus)
         self.members.listeners.append(self._member_changed)
         self.server = RpcServer(self.codec, self.dispatcher.handle, tls=self.tls)
+        if self.crl is not None:
+            self.crl.holders += [self.bus, self.server]
         # Recover before serving: a notification accepted now must find the inbox as the
         # last run left it, or a retry landing during the start would be queued twice.
         interrupted = self.store.runs.recover_interrupted()
@@ -317,36 +319,8 @@ class Agent:
 
     def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
         self.members.on_bus(env, msg, pipe)
-        if isinstance(msg, Heartbeat) and msg.node == env.sender:
-            self._crl_seen(msg.crl, msg.rpc)
-
-    def _crl_seen(self, version: int, rpc: str) -> None:
-        """A member holds revocation list `version`: fetch it from there if it is newer."""
-        if self.tls is not None and version > self.tls.gate.version and not self._crl_fetching:
-            self._crl_fetching = True
-            asyncio.get_running_loop().create_task(self._fetch_crl(rpc), name="fetch-crl")
-
-    async def _fetch_crl(self, addr: str) -> None:
-        """A peer has a newer revocation list: take it (it is signed, so from anyone)."""
-        assert self.tls is not None
-        try:
-            got = await self.rpc.call(addr, "trust", "crl", timeout=2.0)
-            if isinstance(got, dict) and isinstance(got.get("list"), str):
-                self.tls.gate.offer(base64.b64decode(got["list"]))
-        except Exception as e:  # noqa: BLE001 - the next heartbeat tries again
-            log.warning("could not fetch the revocation list from %s: %s", addr, e)
-        finally:
-            self._crl_fetching = False
-
-    def _revoked(self) -> None:
-        """A newer revocation list: close what the revoked identities still hold open."""
-        if self._loop is None:
-            return
-        n = self.bus.close_revoked() + self.server.close_revoked() + self.rpc.close_revoked()
-        if isinstance(self.members, SwimDriver):
-            n += self.members.net.close_revoked()
-        if n:
-            log.warning("closed %d connection(s) of revoked identities", n)
+        if self.crl is not None and isinstance(msg, Heartbeat) and msg.node == env.sender:
+            self.crl.seen(msg.crl, msg.rpc)
 
     def _member_changed(self, t: Transition, m: Member | None) -> None:
         if t.new == ALIVE:
