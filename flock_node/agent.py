@@ -25,7 +25,8 @@ from flock_node import logs, sdnotify
 from flock_node.actors import Dispatcher
 from flock_node.actors.flock_api import FlockApi, summary
 from flock_node.actors.resource_manager import ResourceManager
-from flock_node.delivery import Deliverer, Target
+from flock_node.delivery import Deliverer
+from flock_node.directory import Directory
 from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Me, MembershipDriver
 from flock_node.engine import Engine
 from flock_node.membership import (
@@ -59,7 +60,6 @@ from flock_node.transport import (
     cancel_and_wait,
     ipc_addresses,
     lock_name,
-    scan_runtime_dir,
     tcp_addresses,
 )
 from flock_node.transport.base import swim_for_bus
@@ -143,9 +143,13 @@ class Agent:
             if isinstance(self.members, SwimDriver):
                 self.members.on_crl = self.crl.seen
                 self.crl.holders.append(self.members.net)
-        self.deliverer = Deliverer(self.store, self.rpc, cfg.name, self._locate, self.emit)
+        self.directory = Directory(cfg.name, self.rpc_addr, cfg.tags, self.membership,
+                                   cfg.runtime_dir, self.view_synced,
+                                   VIEW_SYNC_HEARTBEATS * cfg.heartbeat)
+        self.deliverer = Deliverer(self.store, self.rpc, cfg.name, self.directory.locate,
+                                   self.emit)
         self.subscriptions = SubscriptionSync(self.store, self.rpc, cfg.name,
-                                              self._resolve_addr, self.emit)
+                                              self.directory.resolve_addr, self.emit)
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -182,15 +186,7 @@ class Agent:
 
     # -- engine hooks (called from the worker thread) -------------------------------------
     def resolve_targets(self, node: str | None, tag: str | None) -> list[str]:
-        if node is not None and not any(c in node for c in "*?["):
-            return [node]  # a named node is queued even if unknown now: it may come back
-        # Every member we know, gone ones too: a node restarting (left) or down for a while
-        # gets its notification when it is back; the TTL bounds how long it is waited for.
-        self._await_view()
-        names = set(self.membership.match(node, tag, include_gone=True))
-        if (node is None or _glob(node, self.name)) and (tag is None or tag in self.cfg.tags):
-            names.add(self.name)
-        return sorted(names)
+        return self.directory.resolve_targets(node, tag)
 
     def outbox_changed(self) -> None:
         """Outbox rows changed in a way only a query sees (delayed ones released...)."""
@@ -206,15 +202,6 @@ class Agent:
         # for the send. A converge's rows are better left to pile up into batches.
         job = self.work.current
         self.deliverer.added(rows, hand_off=job is not None and job.kind == "reaction")
-
-    def _await_view(self) -> None:
-        """Before the first converge resolves a glob or tag: give the seeds and local nodes a
-        moment to be heard (bounded), so targets resolve against the flock, not an empty view."""
-        self.view_synced.wait(VIEW_SYNC_HEARTBEATS * self.cfg.heartbeat)
-
-    def _locate(self, target: str) -> Target:
-        m = self.membership.get(target)
-        return Target(self._resolve_addr(target), m.state if m is not None else None)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -289,16 +276,7 @@ class Agent:
         from flock_node.dsl import bind_flock
 
         self._recipe_rpc = SyncRpc(Codec(self.cfg.key, self.name), timeout=2.0, tls=self.tls)
-        bind_flock(Flock(self._recipe_rpc, resolver=self._resolve_addr))
-
-    def _resolve_addr(self, name: str) -> str | None:
-        if name == self.name:
-            return self.rpc_addr
-        m = self.membership.get(name)
-        if m is not None:
-            return m.rpc
-        local = scan_runtime_dir(self.cfg.runtime_dir).get(name)
-        return local[1] if local else None
+        bind_flock(Flock(self._recipe_rpc, resolver=self.directory.resolve_addr))
 
     def _record(self) -> dict[str, Any]:
         """What our heartbeat says about us besides who and where we are."""
@@ -343,12 +321,6 @@ class Agent:
                 sdnotify.notify(f"STATUS=serving {self.name}; last converge "
                                 f"{lc.get('status', '?')} ({job.run_id})")
         self.subscriptions.wake()
-
-
-def _glob(pattern: str, name: str) -> bool:
-    from fnmatch import fnmatchcase
-
-    return fnmatchcase(name, pattern)
 
 
 def _plain(obj: Any) -> Any:
