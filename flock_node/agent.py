@@ -23,12 +23,13 @@ from typing import Any
 
 from flock_node import logs, sdnotify
 from flock_node.actors import Dispatcher
-from flock_node.actors.flock_api import FlockApi, summary
+from flock_node.actors.flock_api import FlockApi
 from flock_node.actors.resource_manager import ResourceManager
 from flock_node.delivery import Deliverer
 from flock_node.directory import Directory
 from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Me, MembershipDriver
 from flock_node.engine import Engine
+from flock_node.facts import node_record
 from flock_node.membership import (
     ALIVE,
     DOWN,
@@ -279,16 +280,8 @@ class Agent:
         bind_flock(Flock(self._recipe_rpc, resolver=self.directory.resolve_addr))
 
     def _record(self) -> dict[str, Any]:
-        """What our heartbeat says about us besides who and where we are."""
-        counts = self.store.outbox.counts()
-        last = self.store.runs.last()
-        converge = last if last and last["kind"] == "converge" else self.store.runs.last("converge")
-        return {
-            "tags": list(self.cfg.tags), "active": self.work.active, "run": self.work.progress,
-            "last_run": summary(last), "last_converge": summary(converge),
-            "pending": counts.get("pending", 0) + counts.get("held", 0),
-            "dead": counts.get("dead", 0), "crl": self.tls.gate.version if self.tls else 0,
-        }
+        return node_record(self.store, self.work, self.cfg.tags,
+                           self.tls.gate.version if self.tls else 0)
 
     # -- trust -------------------------------------------------------------------------------
     def _subscriber_of(self, sid: str) -> str | None:

@@ -23,7 +23,7 @@ from flock_node.paging import (
     fill_page,
     too_big_for_a_page,
 )
-from flock_node.protocol import Heartbeat, RunSummary
+from flock_node.protocol import Heartbeat
 from flock_node.store import Store
 from flock_node.transport import RpcError
 from flock_node.work import WorkQueue, run_id
@@ -177,10 +177,3 @@ class FlockApi:
             self.deliverer.changed()
         return {"retried": revived}
 
-
-def summary(last: dict[str, Any] | None) -> RunSummary | None:
-    if not last:
-        return None
-    return RunSummary(id=last["id"], status=last["status"], kind=last["kind"],
-                      started=last["started"], duration=last["duration"] or 0.0,
-                      updated=last["updated"], error=last["error"])
