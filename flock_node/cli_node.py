@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"cannot open log file {args.log_file}: {e.strerror}")
     sdnotify.take_socket()  # before any child process: only the agent speaks to systemd
     os.environ["FLOCK_NODE"] = args.name  # recipes and their commands can tell where they run
-    from flock_node.agent import AgentConfig, run_agent
+    from flock_node.agent import AgentConfig
+    from flock_node.process import run_agent
     from flock_node.store import StoreError
     from flock_node.transport import AddressInUse, tcp_addresses
 
