@@ -307,9 +307,9 @@ class Agent:
         if job.kind == "converge":
             self.store.wanted.recheck_recipe()
             if sdnotify.enabled():  # `systemctl status` shows the node's health
-                lc = self.store.runs.last("converge") or {}
+                lc = self.store.runs.last("converge")
                 sdnotify.notify(f"STATUS=serving {self.name}; last converge "
-                                f"{lc.get('status', '?')} ({job.run_id})")
+                                f"{lc.status if lc else '?'} ({job.run_id})")
         self.subscriptions.wake()
 
 

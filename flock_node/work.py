@@ -245,9 +245,10 @@ class WorkQueue:
         return result
 
     def _stopped_before_action(self, run_id: str) -> bool:
-        run = self.store.runs.get(run_id) or {}
-        first = (run.get("resources") or [{}])[0]
-        return (first.get("error") or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED))
+        run = self.store.runs.get(run_id)
+        first = run.resources[0] if run is not None and run.resources else None
+        return (first is not None and first.error is not None
+                and first.error.startswith((STOPPED_BEFORE_ACTION, INTERRUPTED)))
 
     # -- stopping ------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from flock_node.engine import Engine, RunContext
@@ -41,7 +42,7 @@ class Env:
         eng = Engine("bender0", [self.recipe], self.store)
         c = RunContext(run_id=f"run-{next(_runs)}", **kw)
         r = eng.converge(c)
-        return r, self.store.runs.get(c.run_id)
+        return r, msgspec.to_builtins(self.store.runs.get(c.run_id))
 
 
 @pytest.fixture
@@ -381,8 +382,8 @@ def test_user_module_in_a_throwaway_mount_namespace(tmp_path):
         out = []
         for i in range(2):
             eng.converge(RunContext(run_id=f"r{{i}}"))
-            row = store.runs.get(f"r{{i}}")["resources"][0]
-            out.append([row["result"], row["output"] or "", row["error"]])
+            row = store.runs.get(f"r{{i}}").resources[0]
+            out.append([row.result, row.output or "", row.error])
         out.append(open("/etc/passwd").read())
         print(json.dumps(out))
     """))
@@ -493,4 +494,4 @@ def test_why_run_asks_ansible_check_mode_and_changes_nothing(env):
     assert by["ansible[same]"]["result"] == "up_to_date"
     assert by["execute[reload]"]["result"] == "would_update"  # the notification's action
     assert (env.dir / "conf").read_text() == "a=1\n" and not (env.dir / "reloaded").exists()
-    assert env.store.runs.get("why-1")["kind"] == "why-run"
+    assert env.store.runs.get("why-1").kind == "why-run"

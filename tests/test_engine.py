@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -73,7 +74,7 @@ class Env:
             self.write(body)
         eng = self.engine(hooks=hooks)
         c = ctx(**kw)
-        return eng, eng.converge(c), self.store.runs.get(c.run_id)
+        return eng, eng.converge(c), msgspec.to_builtins(self.store.runs.get(c.run_id))
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_file_create_then_second_converge_updates_nothing(env):
     _, r2, run2 = env.converge()
     assert r2["status"] == "ok" and r2["updated"] == 0
     assert {r["result"] for r in run2["resources"]} == {"up_to_date"}
-    assert env.store.runs.last()["id"] == r2["id"]
+    assert env.store.runs.last().id == r2["id"]
 
 
 def test_file_content_and_mode_drift_are_repaired(env):
@@ -119,7 +120,7 @@ def test_file_content_and_mode_drift_are_repaired(env):
     os.chmod(env.dir / "a", 0o600)
     c = ctx()
     assert eng.converge(c)["updated"] == 1
-    assert "mode 0600 -> 0644" in env.store.runs.get(c.run_id)["resources"][0]["output"]
+    assert "mode 0600 -> 0644" in env.store.runs.get(c.run_id).resources[0].output
     assert not [p for p in os.listdir(env.dir) if p.startswith(".flock-")]
 
 
@@ -357,7 +358,7 @@ def test_compile_errors_name_file_and_line(env, body, line, message):
     c = ctx()
     r = env.engine().converge(c)
     assert r["status"] == "failed" and r["error"] == msg and r["total"] == 0
-    assert env.store.runs.get(c.run_id)["resources"] == []
+    assert env.store.runs.get(c.run_id).resources == []
 
 
 def test_dsl_outside_a_compile_is_a_clear_error():
@@ -389,7 +390,7 @@ def test_run_action_out_of_band(env):
     c = ctx(kind="reaction", cause={"node": "bender1", "run": "r9", "resource": "file[/x]"}, hops=1)
     r = eng.run_action("execute[kill all humans]", "run", c)
     assert r["status"] == "ok" and r["updated"] == 1 and r["total"] == 2
-    run = env.store.runs.get(c.run_id)
+    run = msgspec.to_builtins(env.store.runs.get(c.run_id))
     assert run["kind"] == "reaction" and run["cause"]["node"] == "bender1"
     assert results(run) == [
         ("execute[kill all humans]", "run", "updated"),
@@ -585,7 +586,7 @@ def test_stop_finishes_the_resource_in_progress(env):
     r = seen[-1]
     assert r["status"] == "failed" and r["error"] == "stopped"
     assert seen[:-1] == [(1, 2, "execute[slow]")]
-    assert results(env.store.runs.get(c.run_id)) == [("execute[slow]", "run", "updated")]
+    assert results(msgspec.to_builtins(env.store.runs.get(c.run_id))) == [("execute[slow]", "run", "updated")]
     assert not (env.dir / "after").exists()
 
 
@@ -651,7 +652,7 @@ def test_stop_records_pending_delayed_notifications_as_skipped(env):
     assert wait_for(started.exists)
     c.stop.set()
     t.join(10)
-    run = env.store.runs.get(c.run_id)
+    run = msgspec.to_builtins(env.store.runs.get(c.run_id))
     assert run["status"] == "failed" and run["error"] == "stopped"
     assert results(run)[-1] == ("log[late]", "write", "skipped")
     assert run["resources"][-1]["error"] == "delayed notification not run: stopped"
@@ -748,7 +749,7 @@ def test_interrupt_kills_a_command_and_the_run_is_interrupted(env):
     c.kill.fire("interrupted: killed after --stop-timeout 1 s")
     t.join(5)
     assert not t.is_alive()
-    run = env.store.runs.get(c.run_id)
+    run = msgspec.to_builtins(env.store.runs.get(c.run_id))
     assert results(run) == [("execute[slow]", "run", "failed")]
     assert run["resources"][0]["error"] == "interrupted: killed after --stop-timeout 1 s"
     assert run["status"] == "failed"
@@ -774,7 +775,7 @@ def test_interrupt_stops_a_python_block(env):
     c.kill.fire("interrupted: killed after --stop-timeout 1 s")
     t.join(5)
     assert not t.is_alive()
-    run = env.store.runs.get(c.run_id)
+    run = msgspec.to_builtins(env.store.runs.get(c.run_id))
     assert run["resources"][0]["error"] == "interrupted: killed after --stop-timeout 1 s"
     assert run["error"].startswith("interrupted: ")
 

@@ -7,6 +7,7 @@ import os
 import textwrap
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from flock_node.engine import Engine, ResourceFailure, RunContext
@@ -145,7 +146,7 @@ def test_why_run_plans_without_changing_anything(tmp_path):
     assert rows[("log[done]", "write")]["result"] == "up_to_date"
     assert r["kind"] == "why-run" and r["status"] == "ok" and r["updated"] == 3
     # history has the plan; resources, outbox and subscriptions are untouched
-    (run,) = store.runs.history(5)
+    (run,) = msgspec.to_builtins(store.runs.history(5))
     assert run["kind"] == "why-run" and run["updated"] == 3
     assert "would send run execute[restart] to b1" in run["resources"][0]["output"]
     assert store.resources.all() == [] and store.outbox.rows(None, 10) == []

@@ -96,19 +96,24 @@ class FlockApi:
         flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
         limit = count_arg(limit, "limit")
         if offset is None:
-            return self.store.runs.history(limit)
+            runs: list[dict[str, Any]] = _wire(self.store.runs.history(limit))
+            return runs
         offset = count_arg(offset, "offset")
         # Runs carry their resources: a page rarely holds many, so read few at a time.
         take = min(limit, 50)
-        rows = [too_big_for_a_page(r) for r in self.store.runs.history(take + 1, offset=offset)]
+        rows = [too_big_for_a_page(r)
+                for r in _wire(self.store.runs.history(take + 1, offset=offset))]
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
         """One run with its per-resource results. With `offset`: `{"run", "items",
         "next_offset"}`, the run and one page of its resources from there (a run with many
         big outputs does not fit one frame); without it, the whole run."""
-        run = self.store.runs.get(str(id))
-        if offset is None or run is None:
+        row = self.store.runs.get(str(id))
+        if row is None:
+            return None
+        run: dict[str, Any] = _wire(row)
+        if offset is None:
             return run
         offset = count_arg(offset, "offset")
         resources = run.pop("resources")
@@ -177,3 +182,7 @@ class FlockApi:
             self.deliverer.changed()
         return {"retried": revived}
 
+
+def _wire(rows: Any) -> Any:
+    """Store rows as the RPC answers them: plain maps and lists (the client's contract)."""
+    return msgspec.to_builtins(rows)

@@ -7,6 +7,8 @@ import sqlite3
 import time
 from typing import Any
 
+import msgspec
+
 from flock_node.store.db import (
     DEFAULT_TTL,
     HISTORY_LIMIT,
@@ -15,6 +17,47 @@ from flock_node.store.db import (
     dump,
 )
 from flock_node.store.outbox import OutboxItem, insert_outbox
+
+
+class RunResult(msgspec.Struct):
+    """One resource's result in a run (a why-run's: what it would do, and why)."""
+
+    resource: str
+    action: str
+    result: str  # up_to_date | updated | skipped | failed (why-run: would_update...)
+    duration: float
+    error: str | None = None
+    output: str | None = None
+
+
+class RunNotification(msgspec.Struct):
+    """What became of a remote notification a run sent: the sender's view."""
+
+    id: str
+    target: str
+    resource: str
+    action: str
+    status: str  # held | pending | delivered | failed | dead | unmatched
+    attempts: int
+    error: str | None = None
+
+
+class RunRow(msgspec.Struct):
+    """A converge, reaction or why-run; `resources` and `notifications` are read only for
+    `get` and `history` (empty from `last`)."""
+
+    id: str
+    kind: str  # converge | reaction | why-run
+    status: str  # running | ok | failed
+    started: float
+    finished: float | None
+    duration: float | None
+    error: str | None
+    updated: int
+    total: int
+    cause: dict[str, Any] | None
+    resources: list[RunResult] = msgspec.field(default_factory=list)
+    notifications: list[RunNotification] = msgspec.field(default_factory=list)
 
 
 class Runs:
@@ -126,11 +169,11 @@ class Runs:
             self.finish(rid, False, "agent stopped during the run (interrupted)")
         return ids
 
-    def get(self, run_id: str) -> dict[str, Any] | None:
+    def get(self, run_id: str) -> RunRow | None:
         r = self.db.one("SELECT * FROM runs WHERE id=?", (run_id,))
         return self._row(r, with_resources=True) if r else None
 
-    def last(self, kind: str | None = None) -> dict[str, Any] | None:
+    def last(self, kind: str | None = None) -> RunRow | None:
         if kind:
             r = self.db.one(
                 "SELECT * FROM runs WHERE status!='running' AND kind=? ORDER BY started DESC LIMIT 1",
@@ -144,43 +187,33 @@ class Runs:
             )
         return self._row(r, with_resources=False) if r else None
 
-    def history(self, limit: int = 20, offset: int = 0) -> list[dict[str, Any]]:
+    def history(self, limit: int = 20, offset: int = 0) -> list[RunRow]:
         rows = self.db.all("SELECT * FROM runs ORDER BY started DESC LIMIT ? OFFSET ?",
                          (int(limit), int(offset)))
         return [self._row(r, with_resources=True) for r in rows]
 
-    def _row(self, r: sqlite3.Row, with_resources: bool) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "id": r["id"],
-            "kind": r["kind"],
-            "status": r["status"],
-            "started": r["started"],
-            "finished": r["finished"],
-            "duration": (r["finished"] - r["started"]) if r["finished"] else None,
-            "error": r["error"],
-            "updated": r["updated"],
-            "total": r["total"],
-            "cause": json.loads(r["cause"]) if r["cause"] else None,
-        }
+    def _row(self, r: sqlite3.Row, with_resources: bool) -> RunRow:
+        run = RunRow(
+            id=r["id"], kind=r["kind"], status=r["status"], started=r["started"],
+            finished=r["finished"],
+            duration=(r["finished"] - r["started"]) if r["finished"] else None,
+            error=r["error"], updated=r["updated"], total=r["total"],
+            cause=json.loads(r["cause"]) if r["cause"] else None,
+        )
         if with_resources:
-            out["resources"] = [
-                {
-                    "resource": x["resource"], "action": x["action"], "result": x["result"],
-                    "duration": x["duration"], "error": x["error"], "output": x["output"],
-                }
+            run.resources = [
+                RunResult(x["resource"], x["action"], x["result"], x["duration"], x["error"],
+                          x["output"])
                 for x in self.db.all(
                     "SELECT * FROM run_resources WHERE run_id=? ORDER BY seq", (r["id"],)
                 )
             ]
             # What became of the remote notifications this run sent: the sender's view.
-            out["notifications"] = [
-                {
-                    "id": x["id"], "target": x["target"], "resource": x["resource"],
-                    "action": x["action"], "status": x["status"], "attempts": x["attempts"],
-                    "error": x["last_error"],
-                }
+            run.notifications = [
+                RunNotification(x["id"], x["target"], x["resource"], x["action"], x["status"],
+                                x["attempts"], x["last_error"])
                 for x in self.db.all(
                     "SELECT * FROM outbox WHERE run_id=? ORDER BY created", (r["id"],)
                 )
             ]
-        return out
+        return run
