@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from flock_node.store import Received
 
 # syslog priorities for journald's `<N>` line prefix (SyslogLevelPrefix=yes is its default).
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
@@ -42,13 +45,13 @@ def cause_word(kind: str, cause: dict[str, Any] | None) -> str:
 
 
 def run_started(kind: str, run_id: str, cause: dict[str, Any] | None,
-                notification: dict[str, Any] | None) -> str:
+                notification: Received | None) -> str:
     """The log line of a converge or reaction that starts."""
     return f"{kind} started " + kv(run=run_id, **_what(kind, cause, notification))
 
 
 def run_finished(kind: str, run_id: str, cause: dict[str, Any] | None,
-                 notification: dict[str, Any] | None, result: dict[str, Any],
+                 notification: Received | None, result: dict[str, Any],
                  duration: float) -> str:
     """The log line of a converge or reaction that ended: how it went and what it updated."""
     ok = result.get("status") == "ok"
@@ -65,12 +68,15 @@ def run_finished(kind: str, run_id: str, cause: dict[str, Any] | None,
 
 
 def _what(kind: str, cause: dict[str, Any] | None,
-          notification: dict[str, Any] | None) -> dict[str, Any]:
+          notification: Received | None) -> dict[str, Any]:
     if kind != "reaction":
         return {"cause": cause_word(kind, cause)}
-    n = notification or {}
-    return {"notification": n.get("id"), "sender": n.get("sender"),
-            "resource": n.get("resource"), "action": n.get("action"), "hops": n.get("hops")}
+    n = notification
+    if n is None:
+        return {"notification": None, "sender": None, "resource": None, "action": None,
+                "hops": None}
+    return {"notification": n.id, "sender": n.sender, "resource": n.resource,
+            "action": n.action, "hops": n.hops}
 
 
 class LineFormatter(logging.Formatter):

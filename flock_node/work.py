@@ -26,7 +26,7 @@ from typing import Any
 from flock_node import logs, trace
 from flock_node.engine import Engine, Kill, RunContext
 from flock_node.protocol import RunProgress
-from flock_node.store import INTERRUPTED, STOPPED_BEFORE_ACTION, Store
+from flock_node.store import INTERRUPTED, STOPPED_BEFORE_ACTION, Received, Store
 
 log = logging.getLogger("flock.work")
 
@@ -41,7 +41,7 @@ ABANDON_AFTER = 3.0
 class Job:
     kind: str  # converge | reaction
     run_id: str
-    notification: dict[str, Any] | None = None
+    notification: Received | None = None
     started: bool = False
     opened: bool = False  # its run row was committed with the inbox row
     cause: dict[str, Any] | None = None  # a converge's: {"scheduled": True} for --interval
@@ -52,17 +52,17 @@ def run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
-def cause_of(n: dict[str, Any] | None) -> dict[str, Any] | None:
+def cause_of(n: Received | None) -> dict[str, Any] | None:
     """The cause recorded with a reaction's run: the sender's cause, plus which notification
     (and which attempt of it) this run applies."""
-    if not n:
+    if n is None:
         return None
-    c = dict(n.get("cause") or {})
-    c.setdefault("node", n.get("sender"))
-    c["notification"] = n.get("id")
-    c["hops"] = n.get("hops")
-    if n.get("attempt", 1) > 1:  # run again after a stop or crash cut the last attempt
-        c["attempt"] = n["attempt"]
+    c = dict(n.cause)
+    c.setdefault("node", n.sender)
+    c["notification"] = n.id
+    c["hops"] = n.hops
+    if n.attempt > 1:  # run again after a stop or crash cut the last attempt
+        c["attempt"] = n.attempt
     return c
 
 
@@ -150,7 +150,7 @@ class WorkQueue:
         asyncio.get_running_loop().call_later(CONVERGE_DELAY, self._kick)
         return job.run_id, False
 
-    def enqueue_reaction(self, n: dict[str, Any], opened_run: str | None = None) -> None:
+    def enqueue_reaction(self, n: Received, opened_run: str | None = None) -> None:
         """Queue a reaction; `opened_run`: its run row is already committed (only when the
         worker is idle, so it starts now)."""
         self.queue.append(Job("reaction", opened_run or run_id(), notification=n,
@@ -225,12 +225,13 @@ class WorkQueue:
             result = self.engine.converge(ctx)
             self.compile_error = None
             return result
-        n = job.notification or {}
-        ctx = RunContext(job.run_id, "reaction", cause=cause_of(n), hops=n.get("hops", 0),
+        n = job.notification
+        assert n is not None  # a reaction's job carries its notification
+        ctx = RunContext(job.run_id, "reaction", cause=cause_of(n), hops=n.hops,
                          progress=progress, stop=self.stopping, kill=self.kill,
                          opened=job.opened)
         try:
-            result = self.engine.run_action(n["resource"], n["action"], ctx)
+            result = self.engine.run_action(n.resource, n.action, ctx)
         except Exception as e:  # resource vanished since we accepted it
             self.store.runs.start(job.run_id, "reaction", cause_of(n))
             self.store.runs.finish(job.run_id, False, str(e), 0)
@@ -240,7 +241,7 @@ class WorkQueue:
             # never completed, so the notification stays pending and runs after the restart
             # (it was acknowledged; it must not be lost).
             return result
-        self.store.inbox.done(n["id"], job.run_id, result.get("status") == "ok",
+        self.store.inbox.done(n.id, job.run_id, result.get("status") == "ok",
                               result.get("error"))
         return result
 

@@ -14,7 +14,7 @@ from flock_node import delivery, trace
 from flock_node.actors import BadRequest, NodeFacts
 from flock_node.actors import int_arg as _int
 from flock_node.paging import count_arg, fill_page
-from flock_node.store import Store
+from flock_node.store import Received, Store
 from flock_node.subscriptions import SubscriptionSync
 from flock_node.transport import RpcError
 from flock_node.work import WorkQueue, cause_of
@@ -82,8 +82,7 @@ class ResourceManager:
         self._check_target(resource, action)
         nid = id or "n-" + uuid.uuid4().hex
         cause = dict(cause or {})
-        n = {"id": nid, "sender": sender, "resource": resource, "action": action,
-             "hops": hops, "cause": cause}
+        n = Received(nid, sender, resource, action, hops, cause)
         # The worker is idle: the reaction starts now, so its run row goes in the inbox
         # row's commit, one commit fewer before the action starts.
         run_id = new_run_id() if self.work.idle() else None
@@ -146,8 +145,7 @@ class ResourceManager:
             nid, sender, resource, action, hops, cause = next(accepted)
             new = next(fresh)
             if new:
-                self.work.enqueue_reaction({"id": nid, "sender": sender, "resource": resource,
-                                        "action": action, "hops": hops, "cause": cause})
+                self.work.enqueue_reaction(Received(nid, sender, resource, action, hops, cause))
                 self.emit("notification_received", id=nid, sender=sender, resource=resource,
                           action=action)
             out[i] = {"id": nid, "accepted": True, "duplicate": not new}

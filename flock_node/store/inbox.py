@@ -6,12 +6,42 @@ import json
 import time
 from typing import Any
 
+import msgspec
+
 from flock_node.store.db import (
     INTERRUPTED,
     STOPPED_BEFORE_ACTION,
     Db,
     dump,
 )
+
+
+class Received(msgspec.Struct):
+    """A notification this node accepted: its reaction runs `action` on our `resource`."""
+
+    id: str
+    sender: str
+    resource: str
+    action: str
+    hops: int
+    cause: dict[str, Any] = msgspec.field(default_factory=dict)
+    attempt: int = 1  # > 1: run again after a stop or crash cut the last attempt
+
+
+class InboxRow(Received, kw_only=True):
+    """A notification as the `inbox` table keeps it."""
+
+    status: str  # pending | applied | failed
+    received: float
+    run_id: str | None = None
+    error: str | None = None
+
+
+def _row(r: Any) -> InboxRow:
+    return InboxRow(id=r["id"], sender=r["sender"], resource=r["resource"], action=r["action"],
+                    hops=r["hops"], cause=json.loads(r["cause"]) if r["cause"] else {},
+                    status=r["status"], received=r["received"], run_id=r["run_id"],
+                    error=r["error"])
 
 
 class Inbox:
@@ -59,16 +89,11 @@ class Inbox:
                 fresh.append(cur.rowcount == 1)
         return fresh
 
-    def pending(self) -> list[dict[str, Any]]:
+    def pending(self) -> list[InboxRow]:
         rows = self.db.all("SELECT * FROM inbox WHERE status='pending' ORDER BY received")
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["cause"] = json.loads(d["cause"])
-            out.append(d)
-        return out
+        return [_row(r) for r in rows]
 
-    def recover(self) -> list[dict[str, Any]]:
+    def recover(self) -> list[InboxRow]:
         """After a restart: the pending notifications to run again.
 
         A reaction killed after its action was recorded (the action's result and its outbox
@@ -83,20 +108,20 @@ class Inbox:
             tried = self.db.one(
                 "SELECT COUNT(*) FROM runs WHERE kind = 'reaction' "
                 "AND json_extract(cause, '$.notification') = ?",
-                (n["id"],),
+                (n.id,),
             )
-            n["attempt"] = 1 + (tried[0] if tried else 0)
+            n.attempt = 1 + (tried[0] if tried else 0)
             r = self.db.one(
                 "SELECT runs.id, rr.result, rr.error FROM runs JOIN run_resources rr "
                 "ON rr.run_id = runs.id AND rr.seq = 1 WHERE runs.kind = 'reaction' "
                 "AND json_extract(runs.cause, '$.notification') = ? "
                 "ORDER BY runs.started DESC LIMIT 1",
-                (n["id"],),
+                (n.id,),
             )
             if r is None or (r["error"] or "").startswith((STOPPED_BEFORE_ACTION, INTERRUPTED)):
                 todo.append(n)
             else:
-                self.done(n["id"], r["id"], r["result"] != "failed", r["error"])
+                self.done(n.id, r["id"], r["result"] != "failed", r["error"])
         return todo
 
     def done(self, nid: str, run_id: str | None, ok: bool, error: str | None) -> None:
@@ -106,6 +131,6 @@ class Inbox:
                 ("applied" if ok else "failed", run_id, error, nid),
             )
 
-    def get(self, nid: str) -> dict[str, Any] | None:
+    def get(self, nid: str) -> InboxRow | None:
         r = self.db.one("SELECT * FROM inbox WHERE id=?", (nid,))
-        return dict(r) if r else None
+        return _row(r) if r else None
