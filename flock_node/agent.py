@@ -282,8 +282,7 @@ class Agent:
 
     # -- trust -------------------------------------------------------------------------------
     def _subscriber_of(self, sid: str) -> str | None:
-        return next((s["subscriber"] for s in self.store.subscriptions.all() if s["id"] == sid),
-                    None)
+        return self.store.subscriptions.subscriber_of(sid)
 
     def _on_bus(self, env: Envelope, msg: Message, pipe: int) -> None:
         self.members.on_bus(env, msg, pipe)

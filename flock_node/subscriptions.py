@@ -13,10 +13,9 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from flock_node.delivery import is_final
-from flock_node.store import Store
+from flock_node.store import Store, WantedRow
 from flock_node.transport import AsyncRpc, RpcError
 
 log = logging.getLogger("flock.subscriptions")
@@ -55,33 +54,33 @@ class SubscriptionSync:
                 async with asyncio.timeout(RETRY_EVERY if retry else RECHECK_EVERY):
                     await self._wake.wait()
 
-    async def sync(self, w: dict[str, Any]) -> bool:
+    async def sync(self, w: WantedRow) -> bool:
         """Bring one wanted subscription to the publisher; False to try again later."""
-        addr = self.resolve(w["node"])
-        sid = public_id(w["id"])
+        addr = self.resolve(w.node)
+        sid = public_id(w.id)
         if addr is None:
-            self.store.wanted.set_state(w["id"], w["state"], f"node {w['node']!r} not known yet")
+            self.store.wanted.set_state(w.id, w.state, f"node {w.node!r} not known yet")
             return False
         try:
-            if w["state"] == "removing":
+            if w.state == "removing":
                 await self.rpc.call(addr, "resource_manager", "unsubscribe", {"id": sid},
-                                    expect=w["node"])
-                self.store.wanted.set_state(w["id"], "removed")
-                self.emit("subscription_removed", id=sid, node=w["node"])
+                                    expect=w.node)
+                self.store.wanted.set_state(w.id, "removed")
+                self.emit("subscription_removed", id=sid, node=w.node)
             else:
                 await self.rpc.call(addr, "resource_manager", "subscribe", {
-                    "resource": w["remote_resource"], "subscriber": self.name,
-                    "subscriber_resource": w["resource"], "action": w["action"],
-                }, expect=w["node"])
-                self.store.wanted.set_state(w["id"], "registered")
-                if w["state"] != "recheck":  # a routine re-registration is not news
-                    self.emit("subscription_registered", id=sid, node=w["node"],
-                              resource=w["remote_resource"])
+                    "resource": w.remote_resource, "subscriber": self.name,
+                    "subscriber_resource": w.resource, "action": w.action,
+                }, expect=w.node)
+                self.store.wanted.set_state(w.id, "registered")
+                if w.state != "recheck":  # a routine re-registration is not news
+                    self.emit("subscription_registered", id=sid, node=w.node,
+                              resource=w.remote_resource)
             return True
         except RpcError as e:
-            if e.code == "unknown_subscription" and w["state"] == "removing":
-                self.store.wanted.set_state(w["id"], "removed")
+            if e.code == "unknown_subscription" and w.state == "removing":
+                self.store.wanted.set_state(w.id, "removed")
                 return True
             final = is_final(e.code)
-            self.store.wanted.set_state(w["id"], "failed" if final else w["state"], str(e))
+            self.store.wanted.set_state(w.id, "failed" if final else w.state, str(e))
             return final

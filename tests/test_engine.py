@@ -495,7 +495,7 @@ def test_remote_subscribes_are_persisted_as_wanted(env):
     env.write('file(D + "/x").remote_subscribes("create", "file[/etc/schema]", node="db0")')
     env.engine().compile()
     (w,) = env.store.wanted.all()
-    assert (w["resource"], w["action"], w["node"], w["remote_resource"], w["origin"]) == (
+    assert (w.resource, w.action, w.node, w.remote_resource, w.origin) == (
         f"file[{env.dir}/x]",
         "create",
         "db0",

@@ -163,14 +163,16 @@ class ResourceManager:
         """Wire by hand: our `resource` runs `action` when `node`'s `remote_resource` updates."""
         self._check_target(resource, action)
         wid = self.store.wanted.add(node, remote_resource, resource, action)
-        w = next(x for x in self.store.wanted.all() if x["id"] == wid)
+        w = self.store.wanted.get(wid)
+        assert w is not None  # just added, and only the loop removes
         await self.sync.sync(w)
-        w = next(x for x in self.store.wanted.all() if x["id"] == wid)
-        if w["state"] == "failed":  # refused by the publisher: say so, keep nothing
+        w = self.store.wanted.get(wid)
+        assert w is not None
+        if w.state == "failed":  # refused by the publisher: say so, keep nothing
             self.store.wanted.set_state(wid, "removed")
-            code, _, msg = (w["last_error"] or "bad_request: refused").partition(": ")
+            code, _, msg = (w.last_error or "bad_request: refused").partition(": ")
             raise RpcError(code, msg)
-        return {"id": wid.rsplit("@", 1)[0], "state": w["state"], "error": w["last_error"]}
+        return {"id": wid.rsplit("@", 1)[0], "state": w.state, "error": w.last_error}
 
     async def unsubscribe(self, id: str) -> dict[str, Any]:
         """Remove a subscription, incoming (someone's on our resource) or outgoing (ours)."""
@@ -181,21 +183,22 @@ class ResourceManager:
                     "note": "if the subscriber's recipe declares it (remote_subscribes), its "
                             "next converge registers it again"}
         for w in self.store.wanted.all():
-            if w["id"] == id or w["id"].rsplit("@", 1)[0] == id:
-                self.store.wanted.set_state(w["id"], "removing")
-                ok = await self.sync.sync({**w, "state": "removing"})
+            if w.id == id or w.id.rsplit("@", 1)[0] == id:
+                self.store.wanted.set_state(w.id, "removing")
+                ok = await self.sync.sync(msgspec.structs.replace(w, state="removing"))
                 out = {"id": id, "removed": "outgoing", "remote_done": ok}
-                if w["origin"] == "recipe":
-                    out["note"] = (f"{w['resource']} declares it in the recipe "
+                if w.origin == "recipe":
+                    out["note"] = (f"{w.resource} declares it in the recipe "
                                    "(remote_subscribes): the next converge registers it again; "
                                    "remove it from the recipe to drop it for good")
                 return out
         raise RpcError("unknown_subscription", f"{self.node.name} has no subscription {id!r}")
 
     async def subscriptions(self) -> dict[str, list[dict[str, Any]]]:
-        incoming = self.store.subscriptions.all()
+        incoming: list[dict[str, Any]] = msgspec.to_builtins(self.store.subscriptions.all())
         outgoing = []
         for w in self.store.wanted.all():
-            state = "registered" if w["state"] == "recheck" else w["state"]
-            outgoing.append({**w, "id": w["id"].rsplit("@", 1)[0], "state": state})
+            state = "registered" if w.state == "recheck" else w.state
+            outgoing.append(msgspec.to_builtins(
+                msgspec.structs.replace(w, id=w.id.rsplit("@", 1)[0], state=state)))
         return {"incoming": incoming, "outgoing": outgoing}

@@ -16,6 +16,7 @@ from flock_node.engine import ansible_resources as _ansible_types  # noqa: F401 
 from flock_node.engine import collector
 from flock_node.engine.errors import RecipeError
 from flock_node.engine.resources import TYPES, Notify, Resource
+from flock_node.store.subscriptions import WantedSpec
 
 
 @dataclass
@@ -24,7 +25,7 @@ class Compiled:
 
     resources: list[Resource]
     by_id: dict[str, Resource]
-    wanted: list[dict[str, str]] = field(default_factory=list)
+    wanted: list[WantedSpec] = field(default_factory=list)
 
 
 def declare(type_name: str, name: Any, props: dict[str, Any]) -> Resource:
@@ -101,7 +102,7 @@ def link(resources: list[Resource], by_id: dict[str, Resource]) -> Compiled:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise RecipeError(errors[0] + more)
     wanted = [
-        {"resource": res.id, "action": s.action, "node": s.node, "remote_resource": s.target}
+        WantedSpec(resource=res.id, action=s.action, node=s.node, remote_resource=s.target)
         for res in resources
         for s in res.remote_subscriptions
     ]

@@ -204,15 +204,15 @@ class Run:
                                **nid)
                 )
         for row in eng.store.subscriptions.of(res.id):
-            nid = self._item_id(res.id, action, row["subscriber"], row["subscriber_resource"],
-                                row["action"], row["id"])
+            nid = self._item_id(res.id, action, row.subscriber, row.subscriber_resource,
+                                row.action, row.id)
             items.append(
                 OutboxItem(
-                    row["subscriber"],
-                    row["subscriber_resource"],
-                    row["action"],
+                    row.subscriber,
+                    row.subscriber_resource,
+                    row.action,
                     ctx.hops + 1,
-                    {**cause, "subscription": row["id"]},
+                    {**cause, "subscription": row.id},
                     "immediately",
                     **nid,
                 )

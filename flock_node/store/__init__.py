@@ -32,10 +32,17 @@ from flock_node.store.inbox import Inbox, InboxRow, Received
 from flock_node.store.outbox import Outbox, OutboxItem
 from flock_node.store.resources import ResourceRow, Resources
 from flock_node.store.runs import RunNotification, RunResult, RunRow, Runs
-from flock_node.store.subscriptions import Subscriptions, Wanted, subscription_id
+from flock_node.store.subscriptions import (
+    SubscriptionRow,
+    Subscriptions,
+    Wanted,
+    WantedRow,
+    WantedSpec,
+    subscription_id,
+)
 
 __all__ = ["DEFAULT_TTL", "HISTORY_LIMIT", "HISTORY_SLACK", "INTERRUPTED", "SCHEMA_VERSION",
-           "STOPPED_BEFORE_ACTION", "AuditLog", "Db", "InboxRow", "OutboxItem", "Received", "ResourceRow", "RunNotification", "RunResult", "RunRow", "Store", "StoreError",
+           "STOPPED_BEFORE_ACTION", "AuditLog", "Db", "InboxRow", "OutboxItem", "Received", "ResourceRow", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
            "store_error", "subscription_id"]
 
 

@@ -2,14 +2,53 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+
+import msgspec
 
 from flock_node.store.db import (
     Db,
 )
+
+
+class SubscriptionRow(msgspec.Struct):
+    """Another node's subscription to one of our resources."""
+
+    id: str
+    resource: str  # our resource being watched
+    subscriber: str  # the node that wants to hear
+    subscriber_resource: str
+    action: str
+    created: float
+
+
+class WantedSpec(msgspec.Struct):
+    """A subscription a recipe declares (`remote_subscribes`): our `resource` runs `action`
+    when `node`'s `remote_resource` is updated."""
+
+    resource: str
+    action: str
+    node: str
+    remote_resource: str
+
+
+class WantedRow(WantedSpec, kw_only=True):
+    """A subscription we want on another node, and how far registering it got."""
+
+    id: str  # the publisher's subscription id, qualified with '@node'
+    origin: str  # recipe | manual
+    state: str  # pending | registered | recheck | removing | failed
+    last_error: str | None = None
+    updated: float
+
+
+def _wanted(r: sqlite3.Row) -> WantedRow:
+    return WantedRow(id=r["id"], resource=r["resource"], action=r["action"], node=r["node"],
+                     remote_resource=r["remote_resource"], origin=r["origin"],
+                     state=r["state"], last_error=r["last_error"], updated=r["updated"])
 
 
 def subscription_id(publisher: str, resource: str, subscriber: str, subscriber_resource: str,
@@ -42,13 +81,20 @@ class Subscriptions:
         with self.db.tx() as db:
             return db.execute("DELETE FROM subscriptions WHERE id=?", (sid,)).rowcount > 0
 
-    def all(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.all("SELECT * FROM subscriptions ORDER BY created")]
+    def all(self) -> list[SubscriptionRow]:
+        return [SubscriptionRow(*r) for r in self.db.all(
+            "SELECT id, resource, subscriber, subscriber_resource, action, created"
+            " FROM subscriptions ORDER BY created")]
 
-    def of(self, resource: str) -> list[dict[str, Any]]:
-        return [
-            dict(r) for r in self.db.all("SELECT * FROM subscriptions WHERE resource=?", (resource,))
-        ]
+    def of(self, resource: str) -> list[SubscriptionRow]:
+        return [SubscriptionRow(*r) for r in self.db.all(
+            "SELECT id, resource, subscriber, subscriber_resource, action, created"
+            " FROM subscriptions WHERE resource=?", (resource,))]
+
+    def subscriber_of(self, sid: str) -> str | None:
+        """The node holding subscription `sid` (None: no such subscription)."""
+        r = self.db.one("SELECT subscriber FROM subscriptions WHERE id=?", (sid,))
+        return r[0] if r else None
 
 
 class Wanted:
@@ -58,22 +104,19 @@ class Wanted:
         self.db = db
         self.node = node
 
-    def set_recipe(self, wanted: list[dict[str, str]]) -> None:
-        """Make the recipe-declared subscriptions exactly `wanted`; others are marked removing.
-
-        Each dict: resource, action, node, remote_resource.
-        """
+    def set_recipe(self, wanted: list[WantedSpec]) -> None:
+        """Make the recipe-declared subscriptions exactly `wanted`; others are marked removing."""
         now = time.time()
         with self.db.tx() as db:
             ids = set()
             for w in wanted:
-                sid = self.id_for(w["node"], w["remote_resource"], w["resource"], w["action"])
+                sid = self.id_for(w.node, w.remote_resource, w.resource, w.action)
                 ids.add(sid)
                 db.execute(
                     "INSERT INTO wanted_subscriptions VALUES (?,?,?,?,?,?,?,?,?) "
                     "ON CONFLICT(id) DO UPDATE SET state=CASE WHEN state='removing' "
                     "THEN 'pending' ELSE state END",
-                    (sid, w["resource"], w["action"], w["node"], w["remote_resource"],
+                    (sid, w.resource, w.action, w.node, w.remote_resource,
                      "recipe", "pending", None, now),
                 )
             for r in db.execute(
@@ -108,10 +151,14 @@ class Wanted:
             )
         return wid
 
-    def all(self, states: Iterable[str] | None = None) -> list[dict[str, Any]]:
+    def all(self, states: Iterable[str] | None = None) -> list[WantedRow]:
         rows = self.db.all("SELECT * FROM wanted_subscriptions ORDER BY updated")
         st = set(states) if states else None
-        return [dict(r) for r in rows if st is None or r["state"] in st]
+        return [_wanted(r) for r in rows if st is None or r["state"] in st]
+
+    def get(self, wid: str) -> WantedRow | None:
+        r = self.db.one("SELECT * FROM wanted_subscriptions WHERE id=?", (wid,))
+        return _wanted(r) if r else None
 
     def set_state(self, wid: str, state: str, error: str | None = None) -> None:
         with self.db.tx() as db:
