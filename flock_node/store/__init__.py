@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flock_node.store.audit import AuditLog
+from flock_node.store.audit import AuditEntry, AuditLog
 from flock_node.store.db import (
     DEFAULT_TTL,
     HISTORY_LIMIT,
@@ -42,7 +42,7 @@ from flock_node.store.subscriptions import (
 )
 
 __all__ = ["DEFAULT_TTL", "HISTORY_LIMIT", "HISTORY_SLACK", "INTERRUPTED", "SCHEMA_VERSION",
-           "STOPPED_BEFORE_ACTION", "AuditLog", "Db", "InboxRow", "OutboxItem", "Received", "ResourceRow", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
+           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "Received", "ResourceRow", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
            "store_error", "subscription_id"]
 
 

@@ -8,6 +8,8 @@ import json
 import time
 from typing import Any
 
+import msgspec
+
 from flock_node.store.db import Db
 
 AUDIT_KEEP = 100_000  # rows kept; the oldest go first
@@ -25,6 +27,27 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT
 );
 """
+
+
+class AuditEntry(msgspec.Struct):
+    """One audited call: who (as verified), as which role, what, and how it ended."""
+
+    seq: int
+    at: float
+    caller: str
+    role: str
+    verified: bool
+    call: str
+    args: Any  # the call's arguments; a string when cut at 2000 characters
+    outcome: str  # ok | refused | an error code
+    detail: str | None = None
+
+
+def _args(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # cut at 2000 characters: shown as it is
+        return text
 
 
 class AuditLog:
@@ -52,18 +75,11 @@ class AuditLog:
                     "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?",
                     (AUDIT_KEEP,))
 
-    def recent(self, limit: int = 50) -> list[dict[str, Any]]:
+    def recent(self, limit: int = 50) -> list[AuditEntry]:
         """The newest `limit` rows, newest first."""
         with self.db.lock:
             rows = self.db.conn.execute(
                 "SELECT * FROM audit ORDER BY seq DESC LIMIT ?", (limit,)).fetchall()
-        out = []
-        for r in rows:
-            d = dict(r)
-            d["verified"] = bool(d["verified"])
-            try:
-                d["args"] = json.loads(d["args"])
-            except ValueError:  # cut at 2000 characters: shown as it is
-                pass
-            out.append(d)
-        return out
+        return [AuditEntry(seq=r["seq"], at=r["at"], caller=r["caller"], role=r["role"],
+                           verified=bool(r["verified"]), call=r["call"], args=_args(r["args"]),
+                           outcome=r["outcome"], detail=r["detail"]) for r in rows]

@@ -1,0 +1,92 @@
+"""The store's repositories answer typed rows (msgspec Structs), and those rows become the
+same maps on the wire as before (msgspec.to_builtins at the RPC edge)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import msgspec
+
+from flock_node.store import (
+    AuditEntry,
+    InboxRow,
+    OutboxItem,
+    RunResult,
+    RunRow,
+    Store,
+    SubscriptionRow,
+    WantedRow,
+    WantedSpec,
+)
+from flock_node.trust.actor import TrustApi
+
+
+def test_runs_are_rows_with_their_results_and_notifications(tmp_path):
+    store = Store(tmp_path / "flock.db", node="a")
+    store.runs.start("r1", "reaction", {"notification": "n-1"})
+    store.runs.record_result("r1", 1, "execute[x]", "run", "updated", 0.5, output="done",
+                             outbox=[OutboxItem("b", "execute[y]", "run", id="n-2")])
+    store.runs.finish("r1", True, total=1)
+    run = store.runs.get("r1")
+    assert isinstance(run, RunRow) and run.kind == "reaction" and run.updated == 1
+    assert run.cause == {"notification": "n-1"} and run.duration is not None
+    assert run.resources == [RunResult("execute[x]", "run", "updated", 0.5, None, "done")]
+    assert [(n.id, n.target, n.status) for n in run.notifications] == [("n-2", "b", "pending")]
+    assert store.runs.last() == msgspec.structs.replace(run, resources=[], notifications=[])
+    assert store.runs.history(5) == [run]
+    wire = msgspec.to_builtins(run)  # what `history` and `run` answer
+    assert list(wire) == ["id", "kind", "status", "started", "finished", "duration", "error",
+                          "updated", "total", "cause", "resources", "notifications"]
+    assert wire["resources"][0] == {"resource": "execute[x]", "action": "run",
+                                    "result": "updated", "duration": 0.5, "error": None,
+                                    "output": "done"}
+    store.close()
+
+
+def test_inbox_rows_carry_the_attempt_to_run_again(tmp_path):
+    store = Store(tmp_path / "flock.db", node="a")
+    assert store.inbox.accept("n-1", "b", "execute[x]", "run", 2, {"origin": "n-0"},
+                              run=("r1", {"notification": "n-1"}))
+    (n,) = store.inbox.pending()
+    assert isinstance(n, InboxRow) and (n.sender, n.hops, n.cause) == ("b", 2, {"origin": "n-0"})
+    assert n.status == "pending" and n.attempt == 1
+    (again,) = store.inbox.recover()  # its run was opened, never got to its action
+    assert again.id == "n-1" and again.attempt == 2
+    store.inbox.done("n-1", "r2", True, None)
+    got = store.inbox.get("n-1")
+    assert got is not None and (got.status, got.run_id) == ("applied", "r2")
+    store.close()
+
+
+def test_subscriptions_and_wanted_ones_are_rows(tmp_path):
+    store = Store(tmp_path / "flock.db", node="a")
+    sid = store.subscriptions.add("file[/x]", "web1", "execute[reload]", "run")
+    (s,) = store.subscriptions.of("file[/x]")
+    assert isinstance(s, SubscriptionRow) and (s.id, s.subscriber) == (sid, "web1")
+    assert store.subscriptions.all() == [s]
+    assert store.subscriptions.subscriber_of(sid) == "web1"
+    assert store.subscriptions.subscriber_of("sub-none") is None
+    assert list(msgspec.to_builtins(s)) == ["id", "resource", "subscriber",
+                                            "subscriber_resource", "action", "created"]
+    store.wanted.set_recipe([WantedSpec("file[/mine]", "create", "db0", "file[/etc/schema]")])
+    (w,) = store.wanted.all()
+    assert isinstance(w, WantedRow) and (w.node, w.origin, w.state) == ("db0", "recipe", "pending")
+    assert store.wanted.get(w.id) == w and store.wanted.get("nope") is None
+    store.wanted.set_state(w.id, "failed", "bad_request: no")
+    assert store.wanted.all({"failed"})[0].last_error == "bad_request: no"
+    store.close()
+
+
+def test_audit_entries_are_rows_and_answer_as_maps(tmp_path):
+    store = Store(tmp_path / "flock.db", node="a")
+    store.audit.record("operator:alice", "operator", True, "flock_api.run_chef", {}, "ok")
+    store.audit.record("b", "node", False, "resource_manager.notify", {"x": "y" * 3000},
+                       "refused", "no")
+    new, old = store.audit.recent(10)
+    assert isinstance(old, AuditEntry) and old.verified and old.args == {}
+    assert isinstance(new.args, str) and len(new.args) == 2000  # cut: kept as text
+    got = asyncio.run(TrustApi("a", store.audit, None).audit(10))
+    assert got[1] == {"seq": old.seq, "at": old.at, "caller": "operator:alice",
+                      "role": "operator", "verified": True, "call": "flock_api.run_chef",
+                      "args": {}, "outcome": "ok", "detail": None}
+    store.close()
