@@ -9,9 +9,11 @@ import signal
 import time
 from pathlib import Path
 
+import msgspec
 import pytest
 from conftest import FlockEnv, wait_for
 
+from flock_node.api import Member
 from flock_node.cli import text
 from flock_tui.main import main
 
@@ -173,7 +175,11 @@ def test_health_is_the_last_converge_with_the_reaction_beside_it(ops):
 
 
 def test_the_outbox_column_keeps_the_dead_count_whole():
-    assert text._outbox_text({"pending": 0, "dead_letters": 2}) == "0 (2 dead)"
+    m = msgspec.convert({"name": "a", "state": "alive", "address": "x", "bus": "x", "rpc": "x",
+                         "incarnation": 1, "active": False, "run": None, "last_run": None,
+                         "last_converge": None, "pending": 0, "dead_letters": 2, "tags": [],
+                         "version": "", "age": 0.0}, Member)
+    assert text._outbox_text(m) == "0 (2 dead)"
 
 
 # --- 4. logs and history -----------------------------------------------------------------------

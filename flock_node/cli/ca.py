@@ -8,7 +8,7 @@ from pathlib import Path
 
 from flock_node import paths
 from flock_node.cli.args import FAILED, OK, CliError
-from flock_node.cli.context import Ctx
+from flock_node.cli.context import Ctx, gone
 from flock_node.cli.text import table
 from flock_node.transport import RpcError
 from flock_node.trust import ca
@@ -66,7 +66,7 @@ def _revoke(c: Ctx) -> int:
     blob = ca.revoke(_ca_dir(c), c.args.name)
     reached, missed = [], []
     try:
-        nodes = [n["name"] for n in c.flock.nodes() if n["state"] not in ("left", "down")]
+        nodes = [n.name for n in c.members() if not gone(n)]
     except CliError as e:
         nodes = []
         print(f"flockctl: no node reached to push the list to ({e})", file=sys.stderr)

@@ -10,19 +10,20 @@ import time
 from typing import Any
 
 from flock_node import paths
+from flock_node.api import State
 from flock_node.cli.args import FAILED, OK, USAGE, CliError, resource_id
-from flock_node.cli.context import Ctx
+from flock_node.cli.context import Ctx, as_members
 from flock_node.cli.runs import _worst
 from flock_node.cli.text import (
     _outbox_text,
     activity,
     ago,
     cause_text,
-    converge_of,
     converge_text,
     health,
     last_reaction,
     last_run_text,
+    last_runs,
     output_excerpt,
     table,
 )
@@ -30,18 +31,18 @@ from flock_node.protocol import generate_key_file
 
 
 def cmd_nodes(c: Ctx) -> int:
-    nodes = c.flock.nodes()
+    wire = c.flock.nodes()
     for addr in c.flock.refused:
         print(f"flockctl: {addr} refused our flock key (it runs with another key, or none)",
               file=sys.stderr)
-    if c.emitted(nodes):
+    if c.emitted(wire):
         return OK
-    if not nodes:
+    if not wire:
         c.print("no nodes found (runtime dir: "
                 f"{paths.runtime_dir(c.args.runtime_dir)}; add --seed for remote nodes)")
         return OK
-    rows = [[n["name"], n["state"], health(n), activity(n), converge_text(n),
-             _outbox_text(n), n["address"], ",".join(n.get("tags", []))] for n in nodes]
+    rows = [[n.name, n.state, health(n.last_converge), activity(n), converge_text(n),
+             _outbox_text(n), n.address, ",".join(n.tags)] for n in as_members(wire)]
     c.print(table(rows, ["NAME", "STATE", "HEALTH", "ACTIVITY", "LAST CONVERGE", "OUTBOX",
                          "ADDRESS", "TAGS"]))
     return OK
@@ -61,16 +62,16 @@ def cmd_status(c: Ctx) -> int:
     if cur:
         lines.append(f"current run: {cur['id']} ({cur['kind']}) {cur['k']}/{cur['n']} "
                      f"{cur['resource']}")
-    lc = converge_of(st)
-    lines.append(f"health:      {health(st)}"
-                 + (f" (last converge {lc['id']}, {last_run_text(lc, status=False)})" if lc else ""))
-    if lc and lc.get("error"):
-        lines.append(f"  error:     {lc['error']}")
-    lr = last_reaction(st)
+    lc, lr = last_runs(st)
+    lines.append(f"health:      {health(lc)}"
+                 + (f" (last converge {lc.id}, {last_run_text(lc, status=False)})" if lc else ""))
+    if lc and lc.error:
+        lines.append(f"  error:     {lc.error}")
+    lr = last_reaction(lr, lc)
     if lr:
-        lines.append(f"last reaction: {lr['id']} {last_run_text(lr)}")
-        if lr.get("error"):
-            lines.append(f"  error:     {lr['error']}")
+        lines.append(f"last reaction: {lr.id} {last_run_text(lr)}")
+        if lr.error:
+            lines.append(f"  error:     {lr.error}")
     lines.append(f"outbox:      {st['pending']} pending, {st['dead_letters']} dead-lettered, "
                  f"{st.get('failed_notifications', 0)} refused")
     if st.get("compile_error"):
@@ -222,7 +223,7 @@ def cmd_subscribe(c: Ctx) -> int:
 
 def cmd_subscriptions(c: Ctx) -> int:
     names = [c.args.node] if c.args.node else [
-        n["name"] for n in c.flock.nodes() if n["state"] == "alive"]
+        n.name for n in c.members() if n.state == State.ALIVE]
     out: dict[str, Any] = {}
     errors: dict[str, CliError] = {}
     for n in names:

@@ -8,6 +8,9 @@ import sys
 from fnmatch import fnmatchcase
 from typing import Any, TextIO
 
+import msgspec
+
+from flock_node.api import Member, State
 from flock_node.cli.args import FAILED, REFUSED, UNREACHABLE, CliError
 from flock_node.client import Flock
 from flock_node.transport import RpcError
@@ -20,12 +23,27 @@ def is_group(target: str) -> bool:
     return target.startswith("tag:") or any(ch in target for ch in "*?[")
 
 
-def select(nodes: list[dict[str, Any]], target: str) -> list[str]:
+def select(nodes: list[Member], target: str) -> list[str]:
     """Names of `nodes` a group TARGET matches."""
     if target.startswith("tag:"):
         tag = target[len("tag:"):]
-        return [n["name"] for n in nodes if tag in n.get("tags", [])]
-    return [n["name"] for n in nodes if fnmatchcase(n["name"], target)]
+        return [n.name for n in nodes if tag in n.tags]
+    return [n.name for n in nodes if fnmatchcase(n.name, target)]
+
+
+def as_members(rows: list[dict[str, Any]]) -> list[Member]:
+    """The flock's member list as the typed view the CLI formats (the wire's maps, checked
+    against the contract in one step)."""
+    try:
+        return msgspec.convert(rows, list[Member])
+    except msgspec.ValidationError as e:
+        raise CliError(f"a node described the flock in a form this flockctl cannot read ({e}); "
+                       "is it another version of flock?", FAILED) from None
+
+
+def gone(m: Member) -> bool:
+    """Left or down: not a node a command can reach now."""
+    return m.state in (State.LEFT, State.DOWN)
 
 
 class Ctx:
@@ -68,17 +86,20 @@ class Ctx:
         except RpcError as e:
             raise _cli_error(e, node) from None
 
+    def members(self) -> list[Member]:
+        """Every known node, as `api.Member`s."""
+        return as_members(self.flock.nodes())
+
     def targets(self, pattern: str) -> list[str]:
-        nodes = self.flock.nodes()
+        nodes = self.members()
         if is_group(pattern):
-            live = [n for n in nodes if n["state"] not in ("left", "down")]
-            names = select(live, pattern)
+            names = select([n for n in nodes if not gone(n)], pattern)
             if not names:
                 raise CliError(f"no live node matches {pattern!r}", UNREACHABLE)
             return names
-        if not any(n["name"] == pattern for n in nodes):
+        if not any(n.name == pattern for n in nodes):
             raise CliError(f"node {pattern!r} could not be reached: not in the flock "
-                           f"(known: {', '.join(n['name'] for n in nodes) or 'none'})",
+                           f"(known: {', '.join(n.name for n in nodes) or 'none'})",
                            UNREACHABLE)
         return [pattern]
 

@@ -7,8 +7,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from flock_node.api import Member, State
 from flock_node.cli.args import FAILED, OK, UNREACHABLE, USAGE, CliError
-from flock_node.cli.context import _UNREACHABLE_CODES, Ctx, _cli_error, is_group, select
+from flock_node.cli.context import (
+    _UNREACHABLE_CODES,
+    Ctx,
+    _cli_error,
+    gone,
+    is_group,
+    select,
+)
 from flock_node.cli.rolling import cmd_rolling
 from flock_node.cli.whyrun import cmd_why_run
 from flock_node.transport import RpcError
@@ -139,17 +147,18 @@ def _progress(c: Ctx, n: str) -> str:
     return f"{n}: converging {cur['k']}/{cur['n']} {cur['resource']}".rstrip()
 
 
-def _state_holds(state: str, member: dict[str, Any] | None) -> bool:
+def _state_holds(state: str, member: Member | None, reached: bool = True) -> bool:
+    """Does `member` hold `state` (`reached`: it answered when asked directly)?"""
     if state == "down":
-        return member is None or member["state"] in ("down", "left")
-    if member is None or member["state"] != "alive":
+        return member is None or gone(member)
+    if member is None or member.state != State.ALIVE or not reached:
         return False
     if state == "alive":
         return True
-    return bool(member.get("active")) == (state == "active")
+    return member.active == (state == "active")
 
 
-def unknown_target(pattern: str, members: dict[str, dict[str, Any]]) -> str | None:
+def unknown_target(pattern: str, members: dict[str, Member]) -> str | None:
     """What is wrong with a TARGET no known node matches (None if some node does)."""
     if is_group(pattern):
         if select(list(members.values()), pattern):
@@ -158,7 +167,7 @@ def unknown_target(pattern: str, members: dict[str, dict[str, Any]]) -> str | No
     return None if pattern in members else f"no node {pattern!r} in the flock"
 
 
-def _check_target(word: str, pattern: str, state: str, members: dict[str, dict[str, Any]]) -> None:
+def _check_target(word: str, pattern: str, state: str, members: dict[str, Member]) -> None:
     """A wait on nodes that do not exist fails at once, as `kubectl wait` does, rather than
     running out its timeout; `alive` waits for them to join (they may be starting) and says
     so; `down` already holds."""
@@ -183,7 +192,7 @@ def cmd_wait(c: Ctx) -> int:
     looked = False
     while True:
         try:
-            members = {m["name"]: m for m in c.flock.nodes()}
+            members = {m.name: m for m in c.members()}
         except (RpcError, CliError) as e:  # no node reachable yet: "not yet", keep waiting
             members, last = {}, str(e)
         else:
@@ -194,17 +203,18 @@ def cmd_wait(c: Ctx) -> int:
             names = select(list(members.values()), pattern)
         else:
             names = [pattern]
+        unreached: set[str] = set()
         if state in ("active", "idle"):
             # Ask the nodes themselves: membership lags by a heartbeat.
             for n in names:
                 m = members.get(n)
-                if m is not None and m["state"] == "alive":
+                if m is not None and m.state == State.ALIVE:
                     try:
-                        m["active"] = c.flock.call(n, "flock_api", "active", timeout=2.0)
+                        m.active = bool(c.flock.call(n, "flock_api", "active", timeout=2.0))
                     except RpcError as e:
-                        m["state"] = "unreachable"
+                        unreached.add(n)
                         last = f"{n}: {e}"
-        holds = [_state_holds(state, members.get(n)) for n in names]
+        holds = [_state_holds(state, members.get(n), n not in unreached) for n in names]
         done = (all(holds) and bool(names)) if until else not any(holds)
         if state == "down" and until and not names:
             done = True

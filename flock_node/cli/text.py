@@ -6,6 +6,10 @@ import re
 import time
 from typing import Any
 
+import msgspec
+
+from flock_node.api import LastRun, Member, State
+
 # Lines the engine adds to a resource's output: retries, unmatched targets, guards.
 NOTE_RE = re.compile(r"attempt \d+ failed|remote_notifies .*: no node matched|skipped: ")
 
@@ -23,61 +27,56 @@ def ago(ts: float | None, now: float | None = None) -> str:
     return f"{d / 86400:.0f}d ago"
 
 
-def activity(n: dict[str, Any]) -> str:
-    if n.get("state") not in (None, "alive"):
+def activity(n: Member) -> str:
+    if n.state != State.ALIVE:
         return "-"
-    run = n.get("run")
-    if n.get("active") and run:
+    run = n.run
+    if n.active and run:
         k, total = run.get("k", 0), run.get("n", 0)
         what = "reacting" if run.get("kind") == "reaction" else "converging"
         return f"{what} {k}/{total} {run.get('resource', '')}".rstrip()
-    return "converging" if n.get("active") else "idle"
+    return "converging" if n.active else "idle"
 
 
-def last_run_text(lr: dict[str, Any] | None, status: bool = True) -> str:
-    if not lr:
+def last_run_text(lr: LastRun | None, status: bool = True) -> str:
+    if lr is None:
         return "never"
-    dur = lr.get("duration")
-    d = f" in {dur:.1f}s" if isinstance(dur, int | float) else ""
-    s = f"{lr['status']} " if status else ""
-    return f"{s}{ago(lr.get('started'))}{d}, {lr.get('updated', 0)} updated"
+    d = f" in {lr.duration:.1f}s" if lr.duration is not None else ""
+    s = f"{lr.status} " if status else ""
+    return f"{s}{ago(lr.started)}{d}, {lr.updated} updated"
 
 
-def converge_of(n: dict[str, Any]) -> dict[str, Any] | None:
-    """A node's last converge; from `last_run` for agents that predate `last_converge`."""
-    if "last_converge" in n:
-        lc: dict[str, Any] | None = n["last_converge"]
-        return lc
-    lr = n.get("last_run")
-    return lr if lr and lr.get("kind", "converge") == "converge" else None
+def last_runs(st: dict[str, Any]) -> tuple[LastRun | None, LastRun | None]:
+    """A `status` answer's last converge and last run, as typed views; the last converge
+    from `last_run` for agents that predate `last_converge`."""
+    lr = msgspec.convert(st.get("last_run"), LastRun | None)
+    if "last_converge" in st:
+        return msgspec.convert(st["last_converge"], LastRun | None), lr
+    return (lr if lr is not None and lr.kind == "converge" else None), lr
 
 
-def health(n: dict[str, Any]) -> str:
+def health(lc: LastRun | None) -> str:
     """ok / failed from the last converge; `never` before the first one."""
-    lc = converge_of(n)
-    return lc["status"] if lc else "never"
+    return lc.status if lc else "never"
 
 
-def last_reaction(n: dict[str, Any]) -> dict[str, Any] | None:
+def last_reaction(lr: LastRun | None, lc: LastRun | None) -> LastRun | None:
     """The last run when it is a reaction after the last converge (shown beside health)."""
-    lr: dict[str, Any] | None = n.get("last_run")
-    lc = converge_of(n)
-    if not lr or lr.get("kind") != "reaction" or (lc and lc.get("id") == lr.get("id")):
+    if lr is None or lr.kind != "reaction" or (lc is not None and lc.id == lr.id):
         return None
     return lr
 
 
-def converge_text(n: dict[str, Any]) -> str:
+def converge_text(n: Member) -> str:
     """The LAST CONVERGE cell: when, how long, what it updated; a later reaction beside it."""
-    lc = converge_of(n)
+    lc = n.last_converge
     text = "never"
     if lc:
-        dur = lc.get("duration")
-        d = f" in {dur:.1f}s" if isinstance(dur, int | float) else ""
-        text = f"{ago(lc.get('started'))}{d}, {lc.get('updated', 0)} updated"
-    lr = last_reaction(n)
+        d = f" in {lc.duration:.1f}s" if lc.duration is not None else ""
+        text = f"{ago(lc.started)}{d}, {lc.updated} updated"
+    lr = last_reaction(n.last_run, lc)
     if lr:
-        text += f" (reaction {lr['status']} {ago(lr.get('started'))})"
+        text += f" (reaction {lr.status} {ago(lr.started)})"
     return text
 
 
@@ -89,9 +88,9 @@ def table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _outbox_text(n: dict[str, Any]) -> str:
-    dead = n.get("dead_letters", 0)
-    return f"{n.get('pending', 0)}" + (f" ({dead} dead)" if dead else "")
+def _outbox_text(n: Member) -> str:
+    dead = n.dead_letters
+    return f"{n.pending}" + (f" ({dead} dead)" if dead else "")
 
 
 def output_excerpt(output: str | None, failed: bool, width: int = 160) -> list[str]:
