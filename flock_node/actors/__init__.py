@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
@@ -28,6 +28,18 @@ log = logging.getLogger("flock.actors")
 
 class BadRequest(Exception):
     """The caller sent arguments of the wrong shape."""
+
+
+def as_map(row: msgspec.Struct) -> dict[str, Any]:
+    """A typed store row as the RPC answers it (the clients' contract is plain maps)."""
+    out: dict[str, Any] = msgspec.to_builtins(row)
+    return out
+
+
+def as_maps(rows: Sequence[msgspec.Struct]) -> list[dict[str, Any]]:
+    """Typed store rows as the RPC answers them."""
+    out: list[dict[str, Any]] = msgspec.to_builtins(rows)
+    return out
 
 
 class NodeFacts(Protocol):

@@ -10,7 +10,7 @@ from typing import Any
 import msgspec
 
 from flock_node import __version__
-from flock_node.actors import BadRequest, NodeFacts
+from flock_node.actors import BadRequest, NodeFacts, as_map, as_maps
 from flock_node.api import Member, State, last_run_view
 from flock_node.delivery import Deliverer
 from flock_node.engine import RunContext
@@ -96,13 +96,12 @@ class FlockApi:
         flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
         limit = count_arg(limit, "limit")
         if offset is None:
-            runs: list[dict[str, Any]] = _wire(self.store.runs.history(limit))
-            return runs
+            return as_maps(self.store.runs.history(limit))
         offset = count_arg(offset, "offset")
         # Runs carry their resources: a page rarely holds many, so read few at a time.
         take = min(limit, 50)
         rows = [too_big_for_a_page(r)
-                for r in _wire(self.store.runs.history(take + 1, offset=offset))]
+                for r in as_maps(self.store.runs.history(take + 1, offset=offset))]
         return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
 
     async def run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
@@ -112,7 +111,7 @@ class FlockApi:
         row = self.store.runs.get(str(id))
         if row is None:
             return None
-        run: dict[str, Any] = _wire(row)
+        run = as_map(row)
         if offset is None:
             return run
         offset = count_arg(offset, "offset")
@@ -181,8 +180,3 @@ class FlockApi:
         if revived:
             self.deliverer.changed()
         return {"retried": revived}
-
-
-def _wire(rows: Any) -> Any:
-    """Store rows as the RPC answers them: plain maps and lists (the client's contract)."""
-    return msgspec.to_builtins(rows)

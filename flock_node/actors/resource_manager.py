@@ -11,7 +11,7 @@ from typing import Any
 import msgspec
 
 from flock_node import delivery, trace
-from flock_node.actors import BadRequest, NodeFacts
+from flock_node.actors import BadRequest, NodeFacts, as_map, as_maps
 from flock_node.actors import int_arg as _int
 from flock_node.paging import count_arg, fill_page
 from flock_node.store import Received, Store
@@ -195,10 +195,10 @@ class ResourceManager:
         raise RpcError("unknown_subscription", f"{self.node.name} has no subscription {id!r}")
 
     async def subscriptions(self) -> dict[str, list[dict[str, Any]]]:
-        incoming: list[dict[str, Any]] = msgspec.to_builtins(self.store.subscriptions.all())
+        incoming = as_maps(self.store.subscriptions.all())
         outgoing = []
         for w in self.store.wanted.all():
             state = "registered" if w.state == "recheck" else w.state
-            outgoing.append(msgspec.to_builtins(
+            outgoing.append(as_map(
                 msgspec.structs.replace(w, id=w.id.rsplit("@", 1)[0], state=state)))
         return {"incoming": incoming, "outgoing": outgoing}

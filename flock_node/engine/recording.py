@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from flock_node.engine.resources import Notify
-from flock_node.store import OutboxItem, Store
+from flock_node.store import OutboxItem, ResultTuple, Store
 
 BATCH_LIMIT = 512  # up-to-date results buffered before one store transaction
 WOULD = {"updated": "would_update"}  # a why-run's result names, where they differ
@@ -23,7 +23,7 @@ class Recorder:
     def __init__(self, store: Store, run_id: str):
         self.store = store
         self.run_id = run_id
-        self.batch: list[tuple[Any, ...]] = []
+        self.batch: list[ResultTuple] = []
 
     def record(self, seq: int, rid: str, action: str, result: str, duration: float,
                error: str | None, output: str | None, outbox: list[OutboxItem],
@@ -87,7 +87,7 @@ class PlanRecorder:
     def flush(self) -> None:
         """Nothing to do: the plan is saved once, at the end."""
 
-    def history_rows(self) -> list[tuple[Any, ...]]:
+    def history_rows(self) -> list[ResultTuple]:
         """(seq, resource, action, result, duration, error, output) rows for the store."""
         return [(k, r["resource"], r["action"], r["result"], 0.0, r["error"],
                  plan_text(r["why"], r["notifies"], r["remote"]) or None)

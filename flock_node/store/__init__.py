@@ -31,7 +31,7 @@ from flock_node.store.db import (
 from flock_node.store.inbox import Inbox, InboxRow, Received
 from flock_node.store.outbox import Outbox, OutboxItem
 from flock_node.store.resources import ResourceRow, Resources
-from flock_node.store.runs import RunNotification, RunResult, RunRow, Runs
+from flock_node.store.runs import ResultTuple, RunNotification, RunResult, RunRow, Runs
 from flock_node.store.subscriptions import (
     SubscriptionRow,
     Subscriptions,
@@ -42,7 +42,7 @@ from flock_node.store.subscriptions import (
 )
 
 __all__ = ["DEFAULT_TTL", "HISTORY_LIMIT", "HISTORY_SLACK", "INTERRUPTED", "SCHEMA_VERSION",
-           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "Received", "ResourceRow", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
+           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "Received", "ResourceRow", "ResultTuple", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
            "store_error", "subscription_id"]
 
 

@@ -75,7 +75,8 @@ class Inbox:
                 )
             return fresh
 
-    def accept_many(self, rows: list[tuple[Any, ...]]) -> list[bool]:
+    def accept_many(self, rows: list[tuple[str, str, str, str, int, dict[str, Any]]]
+                    ) -> list[bool]:
         """accept for many (nid, sender, resource, action, hops, cause) in one commit."""
         now = time.time()
         fresh = []

@@ -18,6 +18,10 @@ from flock_node.store.db import (
 )
 from flock_node.store.outbox import OutboxItem, insert_outbox
 
+# One result as `record_results` writes it: (seq, resource, action, result, duration, error,
+# output).
+ResultTuple = tuple[int, str, str, str, float, str | None, str | None]
+
 
 class RunResult(msgspec.Struct):
     """One resource's result in a run (a why-run's: what it would do, and why)."""
@@ -102,7 +106,7 @@ class Runs:
             for item in outbox or ():
                 insert_outbox(db, item, run_id, now, self.ttl)
 
-    def record_results(self, run_id: str, rows: list[tuple[Any, ...]]) -> None:
+    def record_results(self, run_id: str, rows: list[ResultTuple]) -> None:
         """Many quiet results at once: (seq, resource, action, result, duration, error, output).
         Only for results with no outbox rows (up-to-date resources), so batching is safe."""
         now = time.time()
@@ -116,7 +120,7 @@ class Runs:
                 [(row[3], row[2], run_id, now, row[1]) for row in rows],
             )
 
-    def record_why_run(self, run_id: str, rows: list[tuple[Any, ...]], would_update: int) -> None:
+    def record_why_run(self, run_id: str, rows: list[ResultTuple], would_update: int) -> None:
         """A why-run's plan, as history rows (seq, resource, action, result, duration, error,
         output): nothing else is touched (persisted resources, outbox, subscriptions)."""
         with self.db.tx() as db:

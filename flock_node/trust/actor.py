@@ -6,9 +6,7 @@ import base64
 import binascii
 from typing import Any
 
-import msgspec
-
-from flock_node.actors import BadRequest, int_arg
+from flock_node.actors import BadRequest, as_maps, int_arg
 from flock_node.store.audit import AuditLog
 from flock_node.trust.revocation import RevocationError
 from flock_node.trust.tls import Gate
@@ -28,8 +26,7 @@ class TrustApi:
         n = int_arg(limit, "limit")
         if not 0 < n <= 10_000:
             raise BadRequest("limit must be between 1 and 10000")
-        rows: list[dict[str, Any]] = msgspec.to_builtins(self._audit.recent(n))
-        return rows
+        return as_maps(self._audit.recent(n))
 
     async def crl(self) -> dict[str, Any]:
         """Our revocation list: its version and the signed list, base64 (None without one)."""
