@@ -1,8 +1,11 @@
-"""The node agent: wires store, engine, membership and transport under one asyncio loop.
+"""The node agent: builds the parts, gives each its collaborators, and runs them under one
+asyncio loop (start order, stop, shutdown).
 
 One work queue runs converges and out-of-band reactions in order on one worker thread, so
 they never overlap; `active` is true while either runs. The outbox is drained by a delivery
-task, subscriptions we want on other nodes by a sync task, heartbeats by a third.
+task, subscriptions we want on other nodes by a sync task, heartbeats by the membership
+driver, scheduled converges by `schedule`; names resolve in `directory`, the revocation list
+follows the flock in `trust/crl_sync`, and the process around the agent is `process`.
 """
 
 from __future__ import annotations
