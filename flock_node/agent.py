@@ -30,13 +30,7 @@ from flock_node.directory import Directory
 from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Me, MembershipDriver
 from flock_node.engine import Engine
 from flock_node.facts import node_record
-from flock_node.membership import (
-    ALIVE,
-    DOWN,
-    LEFT,
-    Member,
-    Transition,
-)
+from flock_node.member_events import MemberEvents
 from flock_node.membership.driver import SwimDriver
 from flock_node.paths import ensure_private_dir
 from flock_node.protocol import (
@@ -210,7 +204,7 @@ class Agent:
         self.bus = Bus(self.codec, self._on_bus, self.members.on_pipe_removed,
                        self.members.on_pipe_added, tls=self.tls)
         self.members.attach(self.bus)
-        self.members.listeners.append(self._member_changed)
+        self.members.listeners.append(MemberEvents(self.deliverer, self.subscriptions, self.rpc))
         self.server = RpcServer(self.codec, self.dispatcher.handle, tls=self.tls)
         if self.crl is not None:
             self.crl.holders += [self.bus, self.server]
@@ -291,13 +285,6 @@ class Agent:
         self.members.on_bus(env, msg, pipe)
         if self.crl is not None and isinstance(msg, Heartbeat) and msg.node == env.sender:
             self.crl.seen(msg.crl, msg.rpc)
-
-    def _member_changed(self, t: Transition, m: Member | None) -> None:
-        if t.new == ALIVE:
-            self.deliverer.target_back(t.name)  # someone came (back): retry what waits for it
-            self.subscriptions.wake()
-        if t.new in (DOWN, LEFT) and m is not None:
-            self.rpc.forget(m.rpc)  # a fresh socket if it comes back
 
     def emit(self, event: str, **data: Any) -> None:
         if self._loop is None:
