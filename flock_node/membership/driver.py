@@ -86,6 +86,7 @@ class SwimDriver:
         self._wake = asyncio.Event()
         self._facts_due = 0.0
         self._ring: list[str] = []
+        self._pinned: set[str] = set()  # the ring neighbours' addresses we hold open
         self._live: set[str] = set()  # addresses of the members alive now
         self._gossiping = False  # the run loop knows news waits in the queue
         # Told of the newest revocation list version a live member holds, and where it is.
@@ -137,6 +138,9 @@ class SwimDriver:
             if now >= self._facts_due:
                 self._facts_due = now + FACTS_EVERY
                 self._publish(now)
+                # A member restarted elsewhere (another port, another host) can replace a
+                # live entry without a change of state: look at the ring's addresses too.
+                self._rering()
             if now >= next_scan:
                 next_scan = now + SCAN_EVERY
                 self._scan(now)
@@ -312,12 +316,22 @@ class SwimDriver:
         return [a for a in self.net.connected() if a in live]
 
     def _rering(self) -> None:
+        """Hold standing connections to the ring neighbours where they listen now; a
+        neighbour's old address (it restarted elsewhere, or is down) is closed unless a
+        live or suspect member listens there."""
         alive = [n for n, e in self.swim.table.items() if type(e) is Alive]
-        self._live = {self.swim.addr_of(n) for n in alive}
-        ring = ring_successors(self.me.name, alive)
-        if ring != self._ring:
-            self._ring = ring
-            self.net.pin({self.swim.addr_of(n) for n in ring} - {""})
+        live = self._live = {self.swim.addr_of(n) for n in alive}
+        self._ring = ring_successors(self.me.name, alive)
+        pinned = {self.swim.addr_of(n) for n in self._ring} - {""}
+        if pinned != self._pinned:
+            old, self._pinned = self._pinned, pinned
+            self.net.pin(pinned)
+            gone = old - pinned - live
+            if gone:  # a suspect keeps its connection: it may yet refute
+                gone -= {self.swim.addr_of(n) for n in self.swim.table
+                         if self.swim.state(n) == SUSPECT}
+            for addr in gone:
+                self.net.forget(addr)
 
     def _count(self, reason: str) -> None:
         self.codec.dropped[reason] = self.codec.dropped.get(reason, 0) + 1
