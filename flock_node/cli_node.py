@@ -43,7 +43,7 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--recipe", action="append", default=[], metavar="FILE",
                    help="recipe file (repeatable, converged in order)")
     r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT or tls+tcp://HOST:PORT "
-                   "(bus on PORT, RPC on PORT+1)")
+                   "(bus on PORT, RPC on PORT+1, SWIM on PORT+2)")
     r.add_argument("--seed", action="append", default=[], metavar="URL", type=seed_url,
                    help="bus address of a node to join (repeatable)")
     r.add_argument("--tag", action="append", default=[], metavar="TAG")
