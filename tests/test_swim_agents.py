@@ -245,3 +245,44 @@ def test_tls_flock_joins_and_forged_statements_change_nothing(flock_env):
     assert got["incarnation"] == b["incarnation"]
     assert after.get("sender_mismatch", 0) >= before.get("sender_mismatch", 0) + 1, after
     tls.env.stop_all()
+
+
+def test_garbage_on_the_swim_socket_changes_nothing(keyed):
+    """What test_agent.py's garbage test does to the mesh's bus, done to SWIM's listener."""
+    import pynng
+
+    from flock_node.protocol import Heartbeat, SwimFrame
+
+    keyed.start("a")
+    keyed.start("b", "--tag", "web", seed="a")
+    key = _key(keyed)
+    with keyed.flock() as f:
+        wait_for(lambda: all_see(f, "ab", dict.fromkeys("ab", "alive")), 10, what="flock")
+        before_members = members(f, "a")
+        before = f["a"].flock_api.status()["dropped_frames"]
+    good = Codec(key, "b").encode(SwimFrame(b"\x00"))
+    garbage = [
+        b"\x00", b"\xff" * 64, os.urandom(300), good[: len(good) // 2],  # not frames
+        Codec(key, "b").encode(Heartbeat("b", 1, 1, "x", "y")),  # a frame, not SWIM's
+        Codec(key, "b").encode(SwimFrame(os.urandom(200))),  # SWIM's, unreadable inside
+        Codec(os.urandom(32), "b").encode(SwimFrame(b"")),  # wrong key
+        Codec(None, "b").encode(SwimFrame(b"")),  # unsigned
+    ]
+    with pynng.Push0(send_timeout=1000) as push:
+        push.dial(keyed.swim("a"), block=True)
+        for g in garbage:
+            push.send(g)
+        time.sleep(0.3)  # Push0 is fire and forget: let a read before we close
+
+    def grew(reason: str, n: int) -> bool:
+        with keyed.flock() as f:
+            now = f["a"].flock_api.status()["dropped_frames"]
+        return now.get(reason, 0) - before.get(reason, 0) >= n
+
+    wait_for(lambda: grew("malformed", 6) and grew("unauthorized", 2), 5,
+             what="a to count the SWIM garbage")
+    with keyed.flock() as f:
+        after = members(f, "a")
+    for n in "ab":
+        assert {k: after[n][k] for k in ("state", "incarnation", "rpc", "tags")} == {
+            k: before_members[n][k] for k in ("state", "incarnation", "rpc", "tags")}
