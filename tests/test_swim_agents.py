@@ -286,3 +286,33 @@ def test_garbage_on_the_swim_socket_changes_nothing(keyed):
     for n in "ab":
         assert {k: after[n][k] for k in ("state", "incarnation", "rpc", "tags")} == {
             k: before_members[n][k] for k in ("state", "incarnation", "rpc", "tags")}
+
+
+def test_a_node_restarted_at_another_address_is_redialed_and_the_old_connection_closed(keyed):
+    for n in "abc":
+        keyed.start(n, seed=None if n == "a" else "a")
+    with keyed.flock() as f:
+        wait_for(lambda: all_see(f, "abc", dict.fromkeys("abc", "alive")), 10, what="flock")
+    old = keyed.env.nodes["c"]
+    old_swim = keyed.ports["c"] + 2
+    a = keyed.env.nodes["a"].proc.pid
+
+    def a_holds(port: int) -> bool:
+        mine = _inodes(a)
+        return any(ino in mine and rp == port for _, rp, ino in _tcp_sockets())
+
+    assert a_holds(old_swim)  # c is a's ring neighbour
+    # The old process freezes with its connections open (a stalled VM) and c comes back on
+    # another port, from another state dir.
+    old.proc.send_signal(signal.SIGSTOP)
+    try:
+        keyed.ports["c"] = free_port()
+        keyed.start("c", "--state-dir", str(keyed.env.root / "state" / "c2"), seed="a")
+        with keyed.flock() as f:
+            wait_for(lambda: members(f, "a")["c"]["rpc"].endswith(f":{keyed.ports['c'] + 1}")
+                     and states(f, "a")["c"] == "alive", 15, what="a to know the new c")
+        wait_for(lambda: a_holds(keyed.ports["c"] + 2) and not a_holds(old_swim), 5,
+                 what="a connected to the new c only")
+    finally:
+        old.proc.kill()
+        old.proc.wait(5)

@@ -87,6 +87,7 @@ class SwimDriver:
         self._facts_due = 0.0
         self._ring: list[str] = []
         self._pinned: set[str] = set()  # the ring neighbours' addresses we hold open
+        self._addrs: dict[str, str] = {}  # where each member listened at the last look
         self._live: set[str] = set()  # addresses of the members alive now
         self._gossiping = False  # the run loop knows news waits in the queue
         # Told of the newest revocation list version a live member holds, and where it is.
@@ -316,22 +317,27 @@ class SwimDriver:
         return [a for a in self.net.connected() if a in live]
 
     def _rering(self) -> None:
-        """Hold standing connections to the ring neighbours where they listen now; a
-        neighbour's old address (it restarted elsewhere, or is down) is closed unless a
-        live or suspect member listens there."""
-        alive = [n for n, e in self.swim.table.items() if type(e) is Alive]
-        live = self._live = {self.swim.addr_of(n) for n in alive}
+        """Hold standing connections to the ring neighbours where they listen now. A
+        member's old address (it restarted elsewhere) and a former neighbour's (down) are
+        closed, unless a live or suspect member listens there: a suspect may yet refute."""
+        swim = self.swim
+        addrs = {n: swim.addr_of(n) for n in swim.table}
+        alive = [n for n, e in swim.table.items() if type(e) is Alive]
+        live = self._live = {addrs[n] for n in alive}
         self._ring = ring_successors(self.me.name, alive)
-        pinned = {self.swim.addr_of(n) for n in self._ring} - {""}
-        if pinned != self._pinned:
-            old, self._pinned = self._pinned, pinned
+        pinned = {addrs[n] for n in self._ring} - {""}
+        moved = {a for n, a in self._addrs.items() if addrs.get(n, a) != a}
+        self._addrs = addrs
+        if pinned == self._pinned and not moved:
+            return
+        old, self._pinned = self._pinned, pinned
+        if pinned != old:
             self.net.pin(pinned)
-            gone = old - pinned - live
-            if gone:  # a suspect keeps its connection: it may yet refute
-                gone -= {self.swim.addr_of(n) for n in self.swim.table
-                         if self.swim.state(n) == SUSPECT}
-            for addr in gone:
-                self.net.forget(addr)
+        gone = (old - pinned - live) | moved
+        if gone:
+            gone -= live | {a for n, a in addrs.items() if swim.state(n) == SUSPECT}
+        for addr in gone:
+            self.net.forget(addr)
 
     def _count(self, reason: str) -> None:
         self.codec.dropped[reason] = self.codec.dropped.get(reason, 0) + 1
