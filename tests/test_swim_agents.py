@@ -316,3 +316,18 @@ def test_a_node_restarted_at_another_address_is_redialed_and_the_old_connection_
     finally:
         old.proc.kill()
         old.proc.wait(5)
+
+
+def test_an_agent_on_the_mesh_beside_swim_agents_is_named_not_silently_ignored(flock_env):
+    # The default changed: an agent left on (or started with) --membership mesh speaks
+    # heartbeats no SWIM agent listens to. "a" on the mesh dials the local "b" (the smaller
+    # name dials), whose log and status say why a never becomes a member.
+    flock_env.env.pop("FLOCK_MEMBERSHIP", None)
+    b = flock_env.start("b")
+    flock_env.start("a", "--membership", "mesh", heartbeat=0.2)
+    with flock_env.flock() as f:
+        wait_for(lambda: f["b"].flock_api.status()["dropped_frames"].get("mesh_member", 0) >= 2,
+                 10, what="b to count a's heartbeats")
+        assert "a" not in states(f, "b")
+    warned = [ln for ln in b.output().splitlines() if "--membership mesh" in ln]
+    assert len(warned) == 1 and "a " in warned[0] and "one mode" in warned[0], warned

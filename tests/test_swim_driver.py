@@ -10,8 +10,9 @@ import pytest
 
 from flock_node.discovery import Me
 from flock_node.membership.agentswim import AgentSwim
-from flock_node.membership.driver import SwimDriver, ring_successors
+from flock_node.membership.driver import SwimDriver
 from flock_node.membership.messages import Alive, Gossip, PushPull, Suspect
+from flock_node.membership.ring import ring_successors
 from flock_node.membership.statements import Notary
 from flock_node.membership.table import Config
 from flock_node.membership.view import SwimView, facts_of, heartbeat_of
