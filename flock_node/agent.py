@@ -87,7 +87,7 @@ class AgentConfig:
     splay: float = 0.0
     tls: TlsIdentity | None = None  # tls+tcp: our certificate, the CA, the revocation gate
     policy: Policy = field(default_factory=lambda: DEFAULT_POLICY)
-    membership: str = "mesh"  # mesh: heartbeats over Bus0; swim: SWIM over nng datagrams
+    membership: str = "swim"  # swim: SWIM over nng datagrams; mesh: heartbeats over Bus0
     swim_pool: int = 32  # swim: outgoing connections kept besides the ring neighbours
 
 

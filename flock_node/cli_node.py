@@ -43,7 +43,7 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
     r.add_argument("--recipe", action="append", default=[], metavar="FILE",
                    help="recipe file (repeatable, converged in order)")
     r.add_argument("--listen", metavar="URL", help="tcp://HOST:PORT or tls+tcp://HOST:PORT "
-                   "(bus on PORT, RPC on PORT+1)")
+                   "(bus on PORT, RPC on PORT+1, SWIM on PORT+2)")
     r.add_argument("--seed", action="append", default=[], metavar="URL", type=seed_url,
                    help="bus address of a node to join (repeatable)")
     r.add_argument("--tag", action="append", default=[], metavar="TAG")
@@ -59,9 +59,10 @@ def _run_flags(r: argparse.ArgumentParser) -> None:
                    help="who may call what (default <config dir>/policy.toml if it exists)")
     r.add_argument("--heartbeat", type=positive_seconds, default=1.0, metavar="SECONDS")
     r.add_argument("--membership", choices=["mesh", "swim"],
-                   default=os.environ.get("FLOCK_MEMBERSHIP", "mesh"),
-                   help="mesh: heartbeats over a full mesh (default); swim: SWIM gossip with "
-                        "a bounded number of connections, for flocks of hundreds and more")
+                   default=os.environ.get("FLOCK_MEMBERSHIP", "swim"),
+                   help="swim (default): SWIM gossip with a bounded number of connections "
+                        "whatever the flock's size; mesh: heartbeats over a full mesh of "
+                        "every node (the former default, kept for a release)")
     r.add_argument("--swim-pool", type=_pool_size, default=32, metavar="N",
                    help="with --membership swim: outgoing connections kept open besides the "
                         "ring neighbours (default 32)")
@@ -193,7 +194,9 @@ def systemd_unit(args: argparse.Namespace, recipes: list[Path]) -> str:
         ("--runtime-dir", _abs(args.runtime_dir)), ("--key-file", _abs(args.key_file)),
         ("--tls-dir", _abs(args.tls_dir)), ("--policy", _abs(args.policy)),
         ("--heartbeat", args.heartbeat), ("--ttl", args.ttl),
-        ("--membership", args.membership if args.membership != "mesh" else None),
+        # Always written: every agent of a flock must run one mode, whatever a later
+        # release's default (or this shell's FLOCK_MEMBERSHIP) is.
+        ("--membership", args.membership),
         ("--swim-pool", args.swim_pool if args.swim_pool != 32 else None),
         ("--stop-timeout", args.stop_timeout), ("--interval", args.interval),
         ("--log-level", args.log_level), ("--log-file", _abs(args.log_file)),

@@ -156,7 +156,19 @@ class TcpFlock:
 
 @pytest.fixture(scope="module")
 def tcp(tmp_path_factory):
+    yield from _tcp_pair(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def tcp_mesh(tmp_path_factory):
+    """The pair on the heartbeat mesh, for tests of its Bus0 wire."""
+    yield from _tcp_pair(tmp_path_factory, "mesh")
+
+
+def _tcp_pair(tmp_path_factory, membership: str | None = None):
     env = FlockEnv(Path(tmp_path_factory.mktemp("t", numbered=True)))
+    if membership is not None:
+        env.env["FLOCK_MEMBERSHIP"] = membership
     key = env.root / "flock.key"
     r = env.cli("keygen", str(key))
     assert r.returncode == 0, r.stderr
@@ -323,8 +335,12 @@ def _signed(key: bytes, sender: str, body: bytes) -> bytes:
     )
 
 
-def test_garbage_changes_nothing(tcp):
+def test_garbage_changes_nothing(tcp_mesh):
+    # The bus part needs heartbeats on the bus (a captured one is replayed): the mesh's wire.
+    # SWIM's socket gets its garbage in test_swim_agents.py.
     from flock_node.protocol import load_key
+
+    tcp = tcp_mesh
 
     key = load_key(tcp.key)
     codec = Codec(key, "tester")

@@ -221,15 +221,18 @@ def test_unreadable_state_database_is_one_clear_line(flock_env):
         shutil.rmtree(top, ignore_errors=True)
 
 
-@pytest.mark.parametrize("taken", [0, 1])
-def test_listen_port_in_use_is_one_clear_line(flock_env, taken):
+@pytest.mark.parametrize("taken, user", [(0, "bus"), (1, "RPC"), (2, "SWIM")])
+def test_listen_port_in_use_is_one_clear_line(flock_env, taken, user):
     port = free_port()
     with socket.socket() as s:
         s.bind(("127.0.0.1", port + taken))
         s.listen()
         r = _node_run(flock_env, "busy", "--listen", f"tcp://127.0.0.1:{port}", "--insecure",
+                      "--membership", "swim",
                       "--state-dir", str(flock_env.root / "state" / "busy"))
-    _one_line_error(r, f"127.0.0.1:{port + taken}", "in use")
+    # The port taken and what of ours needed it (an agent listens on PORT, PORT+1, PORT+2).
+    plus = f"+{taken}" if taken else ""
+    _one_line_error(r, f"127.0.0.1:{port + taken} ({user}", f"PORT{plus} of --listen", "in use")
 
 
 # --- numeric flags -------------------------------------------------------------------------

@@ -33,6 +33,23 @@ def test_the_unit_runs_the_agent_with_the_same_flags(flock_env):
     assert cmd[cmd.index("--interval") + 1] == "60" and "--splay" in cmd and "web" in cmd
 
 
+def test_the_unit_names_its_membership_mode_swim_by_default(flock_env):
+    env = flock_env
+    env.env.pop("FLOCK_MEMBERSHIP", None)
+
+    def mode(*args: str) -> str:
+        r = _service(env, "svc", *args)
+        assert r.returncode == 0, r.stderr
+        cmd = shlex.split(next(ln for ln in r.stdout.splitlines()
+                               if ln.startswith("ExecStart="))[len("ExecStart="):])
+        return cmd[cmd.index("--membership") + 1]
+
+    assert mode() == "swim"
+    assert mode("--membership", "mesh") == "mesh"
+    env.env["FLOCK_MEMBERSHIP"] = "mesh"  # the shell's choice is written into the unit
+    assert mode() == "mesh"
+
+
 def test_the_exec_line_starts_a_working_agent(flock_env, tmp_path):
     env = flock_env
     recipe = tmp_path / "r.py"

@@ -245,3 +245,89 @@ def test_tls_flock_joins_and_forged_statements_change_nothing(flock_env):
     assert got["incarnation"] == b["incarnation"]
     assert after.get("sender_mismatch", 0) >= before.get("sender_mismatch", 0) + 1, after
     tls.env.stop_all()
+
+
+def test_garbage_on_the_swim_socket_changes_nothing(keyed):
+    """What test_agent.py's garbage test does to the mesh's bus, done to SWIM's listener."""
+    import pynng
+
+    from flock_node.protocol import Heartbeat, SwimFrame
+
+    keyed.start("a")
+    keyed.start("b", "--tag", "web", seed="a")
+    key = _key(keyed)
+    with keyed.flock() as f:
+        wait_for(lambda: all_see(f, "ab", dict.fromkeys("ab", "alive")), 10, what="flock")
+        before_members = members(f, "a")
+        before = f["a"].flock_api.status()["dropped_frames"]
+    good = Codec(key, "b").encode(SwimFrame(b"\x00"))
+    garbage = [
+        b"\x00", b"\xff" * 64, os.urandom(300), good[: len(good) // 2],  # not frames
+        Codec(key, "b").encode(Heartbeat("b", 1, 1, "x", "y")),  # a frame, not SWIM's
+        Codec(key, "b").encode(SwimFrame(os.urandom(200))),  # SWIM's, unreadable inside
+        Codec(os.urandom(32), "b").encode(SwimFrame(b"")),  # wrong key
+        Codec(None, "b").encode(SwimFrame(b"")),  # unsigned
+    ]
+    with pynng.Push0(send_timeout=1000) as push:
+        push.dial(keyed.swim("a"), block=True)
+        for g in garbage:
+            push.send(g)
+        time.sleep(0.3)  # Push0 is fire and forget: let a read before we close
+
+    def grew(reason: str, n: int) -> bool:
+        with keyed.flock() as f:
+            now = f["a"].flock_api.status()["dropped_frames"]
+        return now.get(reason, 0) - before.get(reason, 0) >= n
+
+    wait_for(lambda: grew("malformed", 6) and grew("unauthorized", 2), 5,
+             what="a to count the SWIM garbage")
+    with keyed.flock() as f:
+        after = members(f, "a")
+    for n in "ab":
+        assert {k: after[n][k] for k in ("state", "incarnation", "rpc", "tags")} == {
+            k: before_members[n][k] for k in ("state", "incarnation", "rpc", "tags")}
+
+
+def test_a_node_restarted_at_another_address_is_redialed_and_the_old_connection_closed(keyed):
+    for n in "abc":
+        keyed.start(n, seed=None if n == "a" else "a")
+    with keyed.flock() as f:
+        wait_for(lambda: all_see(f, "abc", dict.fromkeys("abc", "alive")), 10, what="flock")
+    old = keyed.env.nodes["c"]
+    old_swim = keyed.ports["c"] + 2
+    a = keyed.env.nodes["a"].proc.pid
+
+    def a_holds(port: int) -> bool:
+        mine = _inodes(a)
+        return any(ino in mine and rp == port for _, rp, ino in _tcp_sockets())
+
+    assert a_holds(old_swim)  # c is a's ring neighbour
+    # The old process freezes with its connections open (a stalled VM) and c comes back on
+    # another port, from another state dir.
+    old.proc.send_signal(signal.SIGSTOP)
+    try:
+        keyed.ports["c"] = free_port()
+        keyed.start("c", "--state-dir", str(keyed.env.root / "state" / "c2"), seed="a")
+        with keyed.flock() as f:
+            wait_for(lambda: members(f, "a")["c"]["rpc"].endswith(f":{keyed.ports['c'] + 1}")
+                     and states(f, "a")["c"] == "alive", 15, what="a to know the new c")
+        wait_for(lambda: a_holds(keyed.ports["c"] + 2) and not a_holds(old_swim), 5,
+                 what="a connected to the new c only")
+    finally:
+        old.proc.kill()
+        old.proc.wait(5)
+
+
+def test_an_agent_on_the_mesh_beside_swim_agents_is_named_not_silently_ignored(flock_env):
+    # The default changed: an agent left on (or started with) --membership mesh speaks
+    # heartbeats no SWIM agent listens to. "a" on the mesh dials the local "b" (the smaller
+    # name dials), whose log and status say why a never becomes a member.
+    flock_env.env.pop("FLOCK_MEMBERSHIP", None)
+    b = flock_env.start("b")
+    flock_env.start("a", "--membership", "mesh", heartbeat=0.2)
+    with flock_env.flock() as f:
+        wait_for(lambda: f["b"].flock_api.status()["dropped_frames"].get("mesh_member", 0) >= 2,
+                 10, what="b to count a's heartbeats")
+        assert "a" not in states(f, "b")
+    warned = [ln for ln in b.output().splitlines() if "--membership mesh" in ln]
+    assert len(warned) == 1 and "a " in warned[0] and "one mode" in warned[0], warned

@@ -8,12 +8,15 @@ import random
 
 import pytest
 
+from flock_node.discovery import Me
 from flock_node.membership.agentswim import AgentSwim
-from flock_node.membership.driver import ring_successors
+from flock_node.membership.driver import SwimDriver
 from flock_node.membership.messages import Alive, Gossip, PushPull, Suspect
+from flock_node.membership.ring import ring_successors
 from flock_node.membership.statements import Notary
 from flock_node.membership.table import Config
 from flock_node.membership.view import SwimView, facts_of, heartbeat_of
+from flock_node.protocol import Codec
 from flock_node.trust import ca
 from flock_node.trust.tls import load_identity
 
@@ -119,6 +122,44 @@ def test_two_processes_with_one_name_clash_and_refute_at_most_once_per_interval(
     assert a.me.incarnation <= inc0 + 2, a.me.incarnation
     a.receive(6.5, Gossip("b", [Alive("a", a.me.incarnation, "another", other.addr, 1, {})]))
     assert len(seen) >= 2
+
+
+class _Net:
+    """The driver's datagrams, recorded: what is pinned, what was closed."""
+
+    def __init__(self) -> None:
+        self.pinned: set[str] = set()
+        self.forgotten: list[str] = []
+
+    def pin(self, addrs: set[str]) -> None:
+        self.pinned = set(addrs)
+
+    def forget(self, addr: str) -> None:
+        self.forgotten.append(addr)
+
+    def send(self, addr: str, data: bytes) -> None:
+        pass
+
+    def connected(self) -> list[str]:
+        return []
+
+
+def test_a_ring_neighbour_restarted_elsewhere_is_redialed_and_its_old_address_dropped(tmp_path):
+    me = Me("a", 1, "i-a", "tcp://127.0.0.1:1", "tcp://127.0.0.1:2", 1.0, 0.0, tmp_path)
+    d = SwimDriver(me, Codec(None, "a"), lambda: {}, lambda: False, "tcp://127.0.0.1:3")
+    d.net.sock.close()
+    d.net = net = _Net()  # type: ignore[assignment]
+    for n in "bc":
+        d._handle(d.swim.receive(0.0, Gossip(n, [_alive(n)])))
+    old = _alive("c").addr
+    assert net.pinned == {_alive("b").addr, old}
+    # c's old process is frozen (its connection stays open) and a new one starts on another
+    # port: its statement replaces the live entry, with no change of state.
+    moved = Alive("c", 2, "i-c2", "tcp://127.0.0.1:7/c", 1, {})
+    d._handle(d.swim.receive(1.0, Gossip("c", [moved])))
+    d._rering()  # the driver's timer looks again every second
+    assert net.pinned == {_alive("b").addr, moved.addr}
+    assert net.forgotten == [old]
 
 
 @pytest.mark.parametrize("state", ["alive", "suspect"])

@@ -22,6 +22,8 @@ from flock_node.protocol import Codec, Heartbeat, Leave, Peer, generate_key_file
 from flock_node.transport import RpcError, SyncRpc
 
 HB = 0.2
+# The tests of the heartbeat mesh's own wire pin it (SWIM's are in test_swim_agents.py).
+MESH = "mesh"
 
 HIT = """
     from flock_node.dsl import execute
@@ -57,6 +59,7 @@ def now_ms() -> int:
 
 def test_forged_heartbeats_and_leaves_change_nothing(flock_env):
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = MESH  # heartbeats on the bus: the mesh's wire
     out = env.root / "hits"
     start(env, "b", HIT.format(out=out))
     start(env, "a", f"""
@@ -120,6 +123,7 @@ def test_forged_heartbeats_and_leaves_change_nothing(flock_env):
 
 def test_a_forged_peers_list_costs_a_bounded_number_of_dials(flock_env, tmp_path):
     env = flock_env
+    env.env["FLOCK_MEMBERSHIP"] = MESH  # peer hints in heartbeats: the mesh's discovery
     start(env, "a", heartbeat=1.0)
     hints = tmp_path / "h"
     hints.mkdir()
@@ -270,6 +274,7 @@ def test_two_pipes_to_one_node_deliver_each_frame_once(keyed):
     # Two TCP nodes that name each other as seed both dial: two pipes between them. A frame
     # arriving on both is handed on once and is not counted as a replay attack.
     env, key_file = keyed
+    env.env["FLOCK_MEMBERSHIP"] = MESH  # bus pipes carrying membership: the mesh's
     p0, p1 = free_port(), free_port()
     seed0, seed1 = f"tcp://127.0.0.1:{p0}", f"tcp://127.0.0.1:{p1}"
     start(env, "t0", None, "--listen", seed0, "--seed", seed1, "--key-file", key_file)

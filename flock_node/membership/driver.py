@@ -21,12 +21,14 @@ from typing import Any
 from flock_node import __version__
 from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Listener, Me
 from flock_node.membership.agentswim import AgentSwim
-from flock_node.membership.heartbeat import ALIVE, DOWN, LEFT, SUSPECT, Transition
+from flock_node.membership.heartbeat import ALIVE, DOWN, LEFT, SUSPECT, Transition, admit
 from flock_node.membership.messages import Alive, BadMessage, Message, decode, encode
+from flock_node.membership.ring import Ring
+from flock_node.membership.ring import ring_successors as ring_successors  # re-exported
 from flock_node.membership.statements import Notary
 from flock_node.membership.table import Change, Config, Output
 from flock_node.membership.view import SwimView, facts_of
-from flock_node.protocol import Codec, Envelope
+from flock_node.protocol import Codec, Envelope, Heartbeat, Leave
 from flock_node.protocol import Message as Frame
 from flock_node.transport import Bus, scan_runtime_dir
 from flock_node.transport.base import swim_for_bus
@@ -43,17 +45,8 @@ log = logging.getLogger("flock.swim")
 # Python agent spends (about a millisecond a message, all told).
 GOSSIP_INTERVAL = 1.0
 GOSSIP_FANOUT = 3
-RING = 3  # successors in the sorted member list we keep a standing connection to
 FACTS_EVERY = 1.0  # seconds between two looks at our facts
 SCAN_EVERY = 5.0  # seconds between two scans of the runtime dir for local agents
-
-
-def ring_successors(me: str, alive: list[str], k: int = RING) -> list[str]:
-    """The `k` members after `me` in the sorted ring of live members (wrapping round)."""
-    names = sorted(set(alive) | {me})
-    i = names.index(me)
-    out = [names[(i + j) % len(names)] for j in range(1, len(names))]
-    return out[:k]
 
 
 class SwimDriver:
@@ -85,9 +78,10 @@ class SwimDriver:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._facts_due = 0.0
-        self._ring: list[str] = []
+        self.ring = Ring(me.name)
         self._live: set[str] = set()  # addresses of the members alive now
         self._gossiping = False  # the run loop knows news waits in the queue
+        self._mesh_warned: dict[str, float] = {}  # mesh agents named in the log, and when
         # Told of the newest revocation list version a live member holds, and where it is.
         self.on_crl: Callable[[int, str], None] | None = None
         self.swim.on_clash = self._clash
@@ -101,7 +95,22 @@ class SwimDriver:
         self._publish(self.now())
 
     def on_bus(self, env: Envelope, msg: Frame, pipe: int) -> None:
-        """Nothing: members speak SWIM, not heartbeats."""
+        """Members speak SWIM: a heartbeat here comes from an agent on the mesh, which can
+        never be a member. Counted (and judged as the mesh would), and named in the log."""
+        if not isinstance(msg, (Heartbeat, Leave)):
+            return
+        why = admit(msg, env.sender, self.codec.clock(), self.codec.window)
+        self._count(why or "mesh_member")
+        if why is not None or not isinstance(msg, Heartbeat):
+            return
+        now = time.monotonic()
+        if now - self._mesh_warned.get(env.sender, -1e18) < 60.0:
+            return
+        if len(self._mesh_warned) >= 64:  # bounded whatever names the senders use
+            self._mesh_warned.clear()
+        self._mesh_warned[env.sender] = now
+        log.warning("%s runs --membership mesh and we run swim: it is not a member here; "
+                    "every agent of a flock must run one mode", env.sender)
 
     def on_pipe_added(self, pipe: int) -> None:
         """Nothing: the bus is not how members find each other here."""
@@ -137,6 +146,9 @@ class SwimDriver:
             if now >= self._facts_due:
                 self._facts_due = now + FACTS_EVERY
                 self._publish(now)
+                # A member restarted elsewhere (another port, another host) can replace a
+                # live entry without a change of state: look at the ring's addresses too.
+                self._rering()
             if now >= next_scan:
                 next_scan = now + SCAN_EVERY
                 self._scan(now)
@@ -267,7 +279,7 @@ class SwimDriver:
     def _on_lost(self, addr: str) -> None:
         if self.stopping():
             return
-        node = next((n for n in self._ring if self.swim.addr_of(n) == addr), None)
+        node = next((n for n in self.ring.names if self.swim.addr_of(n) == addr), None)
         if node is None:
             node = next((n for n, e in self.swim.table.items()
                          if type(e) is Alive and e.addr == addr), None)
@@ -312,12 +324,12 @@ class SwimDriver:
         return [a for a in self.net.connected() if a in live]
 
     def _rering(self) -> None:
-        alive = [n for n, e in self.swim.table.items() if type(e) is Alive]
-        self._live = {self.swim.addr_of(n) for n in alive}
-        ring = ring_successors(self.me.name, alive)
-        if ring != self._ring:
-            self._ring = ring
-            self.net.pin({self.swim.addr_of(n) for n in ring} - {""})
+        pin, gone = self.ring.update(self.swim.table)
+        self._live = self.ring.live
+        if pin is not None:
+            self.net.pin(pin)
+        for addr in gone:
+            self.net.forget(addr)
 
     def _count(self, reason: str) -> None:
         self.codec.dropped[reason] = self.codec.dropped.get(reason, 0) + 1

@@ -65,7 +65,7 @@ def swim_for_bus(bus: str) -> str:
 
 
 def tcp_addresses(listen: str) -> tuple[str, str]:
-    """`tcp://HOST:PORT` (or `tls+tcp://`) → bus on PORT, RPC on PORT+1."""
+    """`tcp://HOST:PORT` (or `tls+tcp://`) → bus on PORT, RPC on PORT+1 (SWIM takes PORT+2)."""
     scheme, sep, hostport = listen.partition("://")
     if not sep or scheme not in ("tcp", "tls+tcp"):
         raise ValueError(f"--listen must look like tcp://HOST:PORT or tls+tcp://HOST:PORT, "
@@ -74,7 +74,7 @@ def tcp_addresses(listen: str) -> tuple[str, str]:
     if not sep or not port.isdigit() or not host:
         raise ValueError(f"--listen must look like {scheme}://HOST:PORT, got {listen!r}")
     p = int(port)
-    if not 0 < p < 65535:
+    if not 0 < p < 65534:  # PORT+2 is SWIM's
         raise ValueError(f"port out of range in {listen!r}")
     return f"{scheme}://{host}:{p}", f"{scheme}://{host}:{p + 1}"
 
@@ -158,7 +158,22 @@ class AddressInUse(OSError):
     """A listen address is taken (by another agent or any other program)."""
 
 
-def _listen(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None) -> None:
+# What each of an agent's listeners is, and its port's place after --listen's PORT.
+LISTENERS = {"bus": ("bus", 0), "rpc": ("RPC", 1), "swim": ("SWIM membership", 2)}
+
+
+def in_use(addr: str, what: str) -> str:
+    """The one line saying that `addr`, which our `what` listener needs, is taken."""
+    label, k = LISTENERS.get(what, (what, 0))
+    where = f" ({label}, PORT{f'+{k}' if k else ''} of --listen)" if what else ""
+    return (f"cannot listen on {addr}{where}: the address is already in use by another agent "
+            "or program; choose another --listen port (an agent listens on PORT, PORT+1 and "
+            "PORT+2)")
+
+
+def _listen(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None,
+            what: str = "") -> None:
+    """Listen on `addr`; `what` (a key of LISTENERS) names the listener in errors."""
     path = ipc_path(addr)
     if path and os.path.exists(path):
         if ipc_alive(path):
@@ -170,9 +185,7 @@ def _listen(sock: pynng.Socket, addr: str, tls: TlsIdentity | None = None) -> No
         else:
             sock.listen(addr)
     except pynng.AddressInUse:
-        raise AddressInUse(errno.EADDRINUSE, f"cannot listen on {addr}: the address is already "
-                           "in use (another agent or program; choose another --listen port, "
-                           "the RPC socket takes PORT+1)") from None
+        raise AddressInUse(errno.EADDRINUSE, in_use(addr, what)) from None
     except pynng.NNGException as e:
         raise OSError(errno.EINVAL, f"cannot listen on {addr}: {e}") from None
     if path:

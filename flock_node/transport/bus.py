@@ -67,7 +67,7 @@ class Bus:
         self._closed = False
 
     def listen(self, addr: str) -> None:
-        _listen(self.sock, addr, self.tls)
+        _listen(self.sock, addr, self.tls, "bus")
         self.listen_addr = addr
 
     def dial(self, addr: str) -> None:

@@ -75,7 +75,7 @@ class Datagrams:
     def listen(self, addr: str) -> None:
         """Listen for SWIM frames on `addr` (tcp, tls+tcp or ipc)."""
         guard_pipes(self.sock, self.tls, nodes_only=True)
-        _listen(self.sock, addr, self.tls)
+        _listen(self.sock, addr, self.tls, "swim")
         self.listen_addr = addr
 
     def start(self) -> None:

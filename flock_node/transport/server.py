@@ -143,7 +143,7 @@ class RpcServer:
         self.addr: str | None = None
 
     def listen(self, addr: str) -> None:
-        _listen(self.sock, addr, self.tls)
+        _listen(self.sock, addr, self.tls, "rpc")
         self.addr = addr
 
     def close_revoked(self) -> int:
