@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from flock_node import trace
+from flock_node.fastpath import Claims, FastPath
 from flock_node.store import Store
 from flock_node.transport import AsyncRpc, RpcError
 
@@ -104,13 +105,22 @@ class Deliverer:
         self._idle = False  # the loop waits for work: rows added now are sent at once
         self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
+        self.claims = Claims()  # ids in flight, on the loop or the worker's fast path
+        self.fast = FastPath(rpc, self.claims, locate, self._wire, self._settle, is_final,
+                             self.wake)
 
     # -- called from any thread ----------------------------------------------------------------
     def added(self, rows: list[dict[str, Any]], hand_off: bool = False) -> None:
-        """Rows the worker just committed, pending now. `hand_off` (from another thread):
-        when the loop is idle, wait (at most HANDOFF_WAIT) until they are handed to nng."""
+        """Rows the worker just committed, pending now. `hand_off` (from another thread, a
+        reaction's rows): when nothing else is pending, the worker sends them itself (the
+        fast path); what it does not finish goes to the loop, which it waits (at most
+        HANDOFF_WAIT) to see handed to nng when the loop is idle."""
         if not rows:
             return
+        if hand_off and self._clean and self._idle and not self._fresh and not self._on_loop():
+            rows = self.fast.send(rows)
+            if not rows:
+                return
         handoff = (threading.Event() if hand_off and self._idle and not self._on_loop()
                    else None)
         if handoff is not None:
@@ -167,18 +177,24 @@ class Deliverer:
                 if fresh is not None:
                     # Fast path: nothing else is pending, so these are the whole queue.
                     sent = self._query_sent
-                    await self._deliver_all([it for it in fresh if it["id"] not in sent])
+                    await self._deliver_all(self._claim([it for it in fresh
+                                                         if it["id"] not in sent]))
                     continue
                 self._clean = False
             self._fresh.clear()  # committed before the query below: it finds them
             due = self.store.outbox.due(time.time())
-            if due:
-                self._sent_from_query([it["id"] for it in due])
-                await self._deliver_all(due)
+            mine = self._claim(due)
+            if mine:
+                self._sent_from_query([it["id"] for it in mine])
+                await self._deliver_all(mine)
                 continue
-            nxt = self.store.outbox.next_due()
-            self._clean = nxt is None
-            wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
+            if due:
+                # All of them on the worker's fast path: it wakes us when it lets them go.
+                self._clean, wait = False, 0.1
+            else:
+                nxt = self.store.outbox.next_due()
+                self._clean = nxt is None
+                wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
             self._wake.clear()
             self._handed_off()
             self._idle = True
@@ -216,11 +232,21 @@ class Deliverer:
             out.extend(rows)
         return out
 
+    def _claim(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The items this loop may send: those the worker's fast path does not hold."""
+        got = set(self.claims.take((it["id"] for it in items), loop=True))
+        return [it for it in items if it["id"] in got]
+
     async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
+        """Send claimed items, then let their claims go."""
+        if not items:
+            self._handed_off()
+            return
         trace.stamp("delivery_started")
         try:
             await self._deliver_targets(items)
         finally:
+            self.claims.release(it["id"] for it in items)
             self._handed_off()
 
     async def _deliver_targets(self, items: list[dict[str, Any]]) -> None:
