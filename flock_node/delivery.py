@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, NamedTuple
 
 import msgspec
@@ -107,14 +107,16 @@ class Deliverer:
         self._anchor = (time.time(), time.monotonic())
         self.claims = Claims()  # ids in flight, on the loop or the worker's fast path
         self.fast = FastPath(rpc, self.claims, locate, self._wire, self._settle, is_final,
-                             self.wake)
+                             self._retry, self.wake, self._spawn)
+        self._answers: set[asyncio.Task[None]] = set()  # the fast path's answers awaited
 
     # -- called from any thread ----------------------------------------------------------------
     def added(self, rows: list[dict[str, Any]], hand_off: bool = False) -> None:
         """Rows the worker just committed, pending now. `hand_off` (from another thread, a
-        reaction's rows): when nothing else is pending, the worker sends them itself (the
-        fast path); what it does not finish goes to the loop, which it waits (at most
-        HANDOFF_WAIT) to see handed to nng when the loop is idle."""
+        reaction's rows): when nothing else is pending, the worker hands them to nng itself
+        (the fast path, their answers awaited on the loop); what it does not take goes to
+        the loop, which it waits (at most HANDOFF_WAIT) to see handed to nng when the loop
+        is idle."""
         if not rows:
             return
         if hand_off and self._clean and self._idle and not self._fresh and not self._on_loop():
@@ -140,6 +142,28 @@ class Deliverer:
         """The rows taken so far are sent (or will not be sent now): their workers go on."""
         while self._handoffs:
             self._handoffs.popleft().set()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
+        """Run `coro` on the loop (from the worker); False when there is no loop to run it."""
+        loop = self._loop
+        try:
+            if loop is None or loop.is_closed():
+                raise RuntimeError("no loop")
+            loop.call_soon_threadsafe(self._start, coro)
+        except RuntimeError:
+            coro.close()
+            return False
+        return True
+
+    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._answers.add(task)
+        task.add_done_callback(self._answers.discard)
+
+    def _retry(self) -> None:
+        """(On the loop) a fast-path row did not go through: the next pass reads the store."""
+        self._clean = False
+        self.changed()
 
     def changed(self) -> None:
         """The outbox changed in a way only a query sees (delayed ones released, retries)."""
@@ -233,9 +257,13 @@ class Deliverer:
         return out
 
     def _claim(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The items this loop may send: those the worker's fast path does not hold."""
-        got = set(self.claims.take((it["id"] for it in items), loop=True))
-        return [it for it in items if it["id"] in got]
+        """The items this pass may send: those whose target the fast path does not hold
+        (the others are read back from the store once it lets go)."""
+        got = self.claims.take((it["target"] for it in items), loop=True)
+        mine = [it for it in items if it["target"] in got]
+        if len(mine) < len(items):
+            self._clean = False
+        return mine
 
     async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
         """Send claimed items, then let their claims go."""
@@ -246,7 +274,7 @@ class Deliverer:
         try:
             await self._deliver_targets(items)
         finally:
-            self.claims.release(it["id"] for it in items)
+            self.claims.release({it["target"] for it in items})
             self._handed_off()
 
     async def _deliver_targets(self, items: list[dict[str, Any]]) -> None:

@@ -1,19 +1,20 @@
 """The worker's fast path for a reaction's remote notifications: once the outbox row is
 committed, the worker thread sends it itself with a blocking nng call on a socket of its own,
 instead of waking the delivery loop and waiting for the loop to send it (issue 9: each hop
-between threads cost 0.1-0.4 ms here, the loop's asyncio send and receive more).
+between threads cost 0.1-0.4 ms here, the loop's asyncio send more). The answer is awaited on
+the loop, so the worker goes on with its next job at once.
 
 Exactly once is unchanged: the row is committed before the send and settled after the answer;
 whatever the fast path does not finish (no connection yet, a timeout, the receiver not ready)
 goes to the delivery loop as before, which stays the retry path. `Claims` makes sure the
-worker and the loop never both send one row: whoever claims an id first sends it.
+worker and the loop never both send one row: whoever holds a target sends to it.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from flock_node import trace
@@ -22,41 +23,42 @@ from flock_node.transport.rpc import NOT_SENT
 
 log = logging.getLogger("flock.delivery")
 
-# How long the worker waits for the receiver's answer before it leaves the row to the loop.
-# A live receiver answers in milliseconds; a frozen one (SIGSTOP) still looks alive for up to
-# 3 heartbeats, and the worker's next job waits this long for it.
-FAST_TIMEOUT = 1.0
+# How long the receiver's answer is waited for (on the loop) before the row is left to the
+# delivery loop's retries.
+FAST_TIMEOUT = 2.0
 
 
 class Claims:
-    """The outbox ids being sent right now, by the worker's fast path or the delivery loop:
-    an id claimed by one is skipped by the other. Thread-safe."""
+    """The targets being sent to right now, by the worker's fast path (until its answer is
+    in) or by a pass of the delivery loop: a target held by one is skipped by the other, so
+    no row is sent by both and a target's rows go one call after the other, in order.
+    Thread-safe."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._ids: set[str] = set()
-        self.skipped = False  # the loop skipped an id claimed by the worker: wake it after
+        self._held: set[str] = set()
+        self.skipped = False  # the loop skipped a target the worker held: wake it after
 
-    def take(self, ids: Iterable[str], loop: bool = False) -> list[str]:
-        """Claim the ids nobody holds; return those claimed. `loop`: notes when one is held."""
-        wanted = list(ids)
+    def take(self, targets: Iterable[str], loop: bool = False) -> set[str]:
+        """Hold the targets nobody holds; return those. `loop`: note when one is held."""
+        wanted = set(targets)
         with self._lock:
-            got = [i for i in wanted if i not in self._ids]
-            self._ids.update(got)
-            if loop and len(got) < len(wanted):
+            got = wanted - self._held
+            self._held |= got
+            if loop and got != wanted:
                 self.skipped = True
             return got
 
-    def release(self, ids: Iterable[str]) -> bool:
-        """Let the ids go; True if the loop skipped one meanwhile (it should look again)."""
+    def release(self, targets: Iterable[str]) -> bool:
+        """Let the targets go; True if the loop skipped one meanwhile (it should look again)."""
         with self._lock:
-            self._ids.difference_update(ids)
+            self._held.difference_update(targets)
             skipped, self.skipped = self.skipped, False
             return skipped
 
-    def __contains__(self, nid: object) -> bool:
+    def __contains__(self, target: object) -> bool:
         with self._lock:
-            return nid in self._ids
+            return target in self._held
 
 
 class Where(Protocol):
@@ -67,26 +69,35 @@ class Where(Protocol):
 
 
 class NowRpc(Protocol):
-    def call_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
-                 timeout: float, expect: str | None = None) -> Any: ...
+    def send_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
+                 timeout: float) -> Any: ...
+
+    async def answer(self, sent: Any, expect: str | None = None) -> Any: ...
 
 
 class FastPath:
-    """Sends a reaction's fresh rows from the worker thread. `settle(target, delivered,
-    failed)` records answers as the loop does; `wire(row)` is the notify call's arguments."""
+    """Sends a reaction's fresh rows from the worker thread; their answers are awaited on the
+    loop (`spawn(coroutine)` runs one there, False when there is no loop), so the worker
+    goes on at once. `settle(target, delivered, failed)` records answers as the loop does;
+    `retry()` hands what did not go through to the loop (it reads the outbox again);
+    `wire(row)` is the notify call's arguments."""
 
     def __init__(self, rpc: NowRpc, claims: Claims, locate: Callable[[str], Where],
                  wire: Callable[[dict[str, Any]], dict[str, Any]],
                  settle: Callable[[str, list[dict[str, Any]],
                                    list[tuple[dict[str, Any], RpcError]]], None],
-                 is_final: Callable[[str], bool], wake: Callable[[], None]):
+                 is_final: Callable[[str], bool], retry: Callable[[], None],
+                 wake: Callable[[], None],
+                 spawn: Callable[[Coroutine[Any, Any, None]], bool]):
         self.rpc = rpc
         self.claims = claims
         self.locate = locate
         self.wire = wire
         self.settle = settle
         self.is_final = is_final
+        self.retry = retry
         self.wake = wake
+        self.spawn = spawn
 
     def send(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Send what can go now, one row per target; return the rows left to the loop (all
@@ -100,29 +111,50 @@ class FastPath:
         return []
 
     def _one(self, row: dict[str, Any]) -> bool:
-        """True when the row is settled (delivered, or refused for good)."""
-        target, nid = row["target"], row["id"]
+        """True when the row is on the wire (its answer awaited on the loop)."""
+        target = row["target"]
         where = self.locate(target)
         if where.addr is None or where.state != "alive":
             return False
-        if not self.claims.take([nid]):
-            return False  # the loop is sending it
+        if not self.claims.take([target]):
+            return False  # a call to it is in flight: the loop sends this one after it
         try:
             trace.stamp("delivery_started")
+            sent = self.rpc.send_now(where.addr, "resource_manager", "notify",
+                                     self.wire(row), timeout=FAST_TIMEOUT)
+        except RpcError as e:
+            if e.code != NOT_SENT:
+                log.debug("notification %s to %s: %s", row["id"], target, e)
+            self._release(target)
+            return False
+        except BaseException:
+            self._release(target)
+            raise
+        if not self.spawn(self._answered(row, sent)):
+            # No loop to take the answer (stopping): the row stays pending, sent again
+            # after the restart and de-duplicated by the receiver.
+            self._release(target)
+        return True
+
+    async def _answered(self, row: dict[str, Any], sent: Any) -> None:
+        """On the loop: settle the row by its answer, or leave it to the loop's retries."""
+        target = row["target"]
+        try:
             try:
-                self.rpc.call_now(where.addr, "resource_manager", "notify", self.wire(row),
-                                  timeout=FAST_TIMEOUT, expect=target)
+                await self.rpc.answer(sent, expect=target)
             except RpcError as e:
                 if self.is_final(e.code):
                     self.settle(target, [], [(row, e)])
-                    return True
-                if e.code != NOT_SENT:
-                    log.debug("notification %s to %s: %s; the delivery loop retries", nid,
-                              target, e)
-                return False
+                else:
+                    log.debug("notification %s to %s: %s; the delivery loop retries",
+                              row["id"], target, e)
+                    self.retry()
+                return
             self.settle(target, [row], [])
             trace.stamp("settled")
-            return True
         finally:
-            if self.claims.release([nid]):
-                self.wake()
+            self._release(target)
+
+    def _release(self, target: str) -> None:
+        if self.claims.release([target]):
+            self.wake()

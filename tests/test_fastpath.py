@@ -13,6 +13,7 @@ from typing import Any
 from flock_node.delivery import Deliverer, Target
 from flock_node.fastpath import Claims, FastPath
 from flock_node.transport import RpcError
+from flock_node.transport.rpc import NOT_SENT
 
 
 def _row(nid: str, target: str = "b") -> dict[str, Any]:
@@ -56,19 +57,31 @@ class _Store:
 
 
 class _Rpc:
-    """Stands in for AsyncRpc. `now` decides what the worker's blocking call does; the
-    loop's call takes a while (an asyncio hop, nng) and answers."""
+    """Stands in for AsyncRpc. `now(args)` is what the worker's send does (raise, or return
+    the answer to give); `answer` awaits `hold` first. The loop's call takes a while (an
+    asyncio hop, nng) and answers."""
 
     def __init__(self, now: Callable[[dict[str, Any]], Any] = lambda args: None) -> None:
         self.now = now
         self.sent: list[tuple[str, str]] = []  # (by, id)
         self.threads: set[str] = set()
+        self.hold: threading.Event | None = None
+        self.answering = threading.Event()
 
-    def call_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
-                 timeout: float, expect: str | None = None) -> Any:
+    def send_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
+                 timeout: float) -> Any:
         self.threads.add(threading.current_thread().name)
+        outcome = self.now(args)  # raises NOT_SENT: nothing sent
         self.sent.append(("worker", args["id"]))
-        return self.now(args)
+        return outcome
+
+    async def answer(self, sent: Any, expect: str | None = None) -> Any:
+        self.answering.set()
+        while self.hold is not None and not self.hold.is_set():
+            await asyncio.sleep(0.005)
+        if isinstance(sent, RpcError):
+            raise sent
+        return {"accepted": True}
 
     async def call(self, addr: str, actor: str, method: str, args: Any = None,
                    timeout: float | None = None, expect: str | None = None,
@@ -106,60 +119,77 @@ def _run(rpc: _Rpc, store: _Store, worker: Callable[[Deliverer], None],
     asyncio.run(main())
 
 
-def test_a_reactions_notification_is_sent_and_settled_by_the_worker_itself():
-    """No hop to the loop: when `added` returns on the worker, the row is delivered."""
+def test_a_reactions_notification_is_sent_by_the_worker_itself():
+    """No hop to the loop before the send: when `added` returns on the worker, the row is on
+    the wire; its answer is awaited on the loop, which settles it."""
     rpc, store = _Rpc(), _Store()
-    settled_on_return: list[list[str]] = []
+    sent_on_return: list[list[tuple[str, str]]] = []
 
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")  # committed before it is handed over
         d.added([_row("n-1")], hand_off=True)
-        settled_on_return.append(list(store.outbox.delivered))
+        sent_on_return.append(list(rpc.sent))
 
     _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
-    assert settled_on_return == [["n-1"]]
-    assert rpc.sent == [("worker", "n-1")]
+    assert sent_on_return == [[("worker", "n-1")]]
     assert rpc.threads == {"converge_0"}
+    assert store.outbox.delivered == ["n-1"]
 
 
-def test_the_loop_does_not_send_a_row_the_worker_is_sending():
-    """A query pass of the loop while the worker's call is on the wire (a delayed
+def test_the_loop_does_not_send_a_row_the_worker_sent_before_its_answer():
+    """A query pass of the loop while the worker's call awaits its answer (a delayed
     notification released, a node back) sees the row pending: it must leave it alone."""
     store = _Store()
-    on_wire, go_on = threading.Event(), threading.Event()
-
-    def slow(args: dict[str, Any]) -> Any:
-        on_wire.set()
-        go_on.wait(5)
-        return {"id": args["id"], "accepted": True}
-
-    rpc = _Rpc(slow)
+    rpc = _Rpc()
+    rpc.hold = threading.Event()
 
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")
+        d.added([_row("n-1")], hand_off=True)
+        assert rpc.answering.wait(5)
         queries = store.outbox.queries
-        t = threading.Thread(target=d.added, args=([_row("n-1")], True))
-        t.start()
-        assert on_wire.wait(5)
         d.changed()  # the loop queries the store now, the row still pending there
         deadline = time.monotonic() + 5
         while store.outbox.queries == queries and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(0.1)  # the loop's send of it would start here
-        go_on.set()
-        t.join(5)
+        assert rpc.hold is not None
+        rpc.hold.set()
 
     _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
     time.sleep(0.1)
-    assert store.outbox.queries >= 2  # the loop did look while the worker sent
+    assert store.outbox.queries >= 2  # the loop did look while the answer was awaited
     assert rpc.sent == [("worker", "n-1")]
     assert store.outbox.delivered == ["n-1"]
 
 
+def test_a_second_row_for_a_target_waits_for_the_first_ones_answer():
+    """One call at a time per target: the next reaction's row goes after the first is
+    answered (by the loop), never beside it, so a failure cannot reorder them."""
+    store = _Store()
+    rpc = _Rpc()
+    rpc.hold = threading.Event()
+
+    def worker(d: Deliverer) -> None:
+        store.outbox.rows["n-1"] = _row("n-1")
+        d.added([_row("n-1")], hand_off=True)
+        assert rpc.answering.wait(5)
+        store.outbox.rows["n-2"] = _row("n-2")
+        d.added([_row("n-2")], hand_off=True)
+        time.sleep(0.2)
+        assert rpc.sent == [("worker", "n-1")]  # n-2 not sent while n-1 is unanswered
+        assert rpc.hold is not None
+        rpc.hold.set()
+
+    _run(rpc, store, worker, lambda: len(store.outbox.delivered) == 2)
+    assert rpc.sent == [("worker", "n-1"), ("loop", "n-2")]
+    assert store.outbox.delivered == ["n-1", "n-2"]
+
+
 def test_what_the_worker_could_not_send_goes_to_the_loop_once():
-    """A timeout on the fast path: the loop, the retry path, sends it (once)."""
+    """A timeout on the fast path: the loop, the retry path, sends it (once more)."""
     def timeout(args: dict[str, Any]) -> Any:
-        raise RpcError("timeout", "no answer within 1s")
+        return RpcError("timeout", "no answer within 2s")  # the answer awaited on the loop
 
     rpc, store = _Rpc(timeout), _Store()
 
@@ -174,7 +204,7 @@ def test_what_the_worker_could_not_send_goes_to_the_loop_once():
 
 def test_a_final_refusal_on_the_fast_path_is_settled_failed_and_not_sent_again():
     def refuse(args: dict[str, Any]) -> Any:
-        raise RpcError("unknown_resource", "b has no resource r")
+        return RpcError("unknown_resource", "b has no resource r")
 
     rpc, store = _Rpc(refuse), _Store()
 
@@ -187,23 +217,44 @@ def test_a_final_refusal_on_the_fast_path_is_settled_failed_and_not_sent_again()
     assert store.outbox.failed == ["n-1"] and not store.outbox.delivered
 
 
-def test_claims_keep_the_worker_off_a_row_the_loop_holds():
+def test_not_sent_without_a_connection_goes_to_the_loop():
+    def no_pipe(args: dict[str, Any]) -> Any:
+        raise RpcError(NOT_SENT, "no connection to ipc:///nowhere yet")
+
+    rpc, store = _Rpc(no_pipe), _Store()
+
+    def worker(d: Deliverer) -> None:
+        store.outbox.rows["n-1"] = _row("n-1")
+        d.added([_row("n-1")], hand_off=True)
+
+    _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
+    assert rpc.sent == [("loop", "n-1")]
+
+
+def _fast(rpc: _Rpc, claims: Claims, where: Callable[[str], Target]) -> FastPath:
+    def spawn(coro: Any) -> bool:
+        coro.close()
+        return True
+
+    return FastPath(rpc, claims, where, lambda r: r, lambda *a: None, lambda c: False,
+                    lambda: None, lambda: None, spawn)
+
+
+def test_claims_keep_the_worker_off_a_target_the_loop_holds():
     claims, rpc = Claims(), _Rpc()
-    fast = FastPath(rpc, claims, lambda t: Target("ipc:///nowhere", "alive"),
-                    lambda r: r, lambda *a: None, lambda c: False, lambda: None)
-    assert claims.take(["n-1"], loop=True) == ["n-1"]
+    fast = _fast(rpc, claims, lambda t: Target("ipc:///nowhere", "alive"))
+    assert claims.take(["b"], loop=True) == {"b"}
     assert fast.send([_row("n-1")]) == [_row("n-1")]  # left to the loop, not sent
     assert rpc.sent == []
-    assert claims.take(["n-1", "n-2"], loop=True) == ["n-2"] and claims.skipped
-    assert claims.release(["n-1", "n-2"]) is True and "n-1" not in claims
+    assert claims.take(["b", "c"], loop=True) == {"c"} and claims.skipped
+    assert claims.release(["b", "c"]) is True and "b" not in claims
 
 
 def test_the_fast_path_leaves_batches_and_unknown_or_gone_targets_to_the_loop():
     rpc = _Rpc()
     where = {"b": Target("ipc:///b", "alive"), "c": Target("ipc:///c", "down"),
              "d": Target(None, None)}
-    fast = FastPath(rpc, Claims(), where.__getitem__, lambda r: r, lambda *a: None,
-                    lambda c: False, lambda: None)
+    fast = _fast(rpc, Claims(), where.__getitem__)
     two = [_row("n-1"), _row("n-2")]
     assert fast.send(two) == two  # one target, two rows: a batch, the loop's
     assert fast.send([_row("n-3", "c")]) == [_row("n-3", "c")]

@@ -79,7 +79,7 @@ class _Rpc:
         self.handed: float | None = None
         self.calls: list[str] = []
 
-    def call_now(self, *args: Any, **kwargs: Any) -> Any:
+    def send_now(self, *args: Any, **kwargs: Any) -> Any:
         raise RpcError(NOT_SENT, "no connection yet")
 
     async def call(self, addr: str, actor: str, method: str, args: Any = None,

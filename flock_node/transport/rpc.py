@@ -10,7 +10,7 @@ import os
 import threading
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import pynng
@@ -202,6 +202,15 @@ class SyncRpc:
             self._socks.clear()
 
 
+class Sent(NamedTuple):
+    """A call handed to nng by `AsyncRpc.send_now`, its answer still to come."""
+
+    ctx: Any  # pynng.Context
+    call_id: str
+    addr: str
+    timeout: float
+
+
 class AsyncRpc:
     """Asyncio Req0 client for the agent and the console.
 
@@ -274,15 +283,17 @@ class AsyncRpc:
         _check_peer(self.tls, pipe, addr, expect)
         return _reply(self.codec, call_id, reply, self.tls is not None)
 
-    def call_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
-                 timeout: float, expect: str | None = None) -> Any:
-        """A blocking call from a thread that is not the loop's (the worker's fast path), on
-        a socket kept for it: no hop to the loop and back. Raises RpcError NOT_SENT, with
-        nothing sent, while that socket has no connection yet (it dials in the background)."""
+    def send_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
+                 timeout: float) -> Sent:
+        """Hand a call to nng from a thread that is not the loop's (the worker's fast path),
+        on a socket kept for it, without waiting for the answer: `answer(sent)` awaits that
+        on the loop. Raises RpcError NOT_SENT, with nothing sent, while that socket has no
+        connection yet (it dials in the background), or when nng does not take the call."""
         with self._now_lock:
             s = self._now.get(addr)
             if s is None:
                 s = pynng.Req0(recv_max_size=MAX_FRAME)
+                # Before contexts: a context copies them when it is created.
                 s.recv_timeout = s.send_timeout = int(timeout * 1000)
                 s.resend_time = 600_000  # the caller retries through the loop, not nng
                 guard_pipes(s, self.tls, nodes_only=True)
@@ -295,17 +306,34 @@ class AsyncRpc:
         if not s.pipes:
             raise RpcError(NOT_SENT, f"no connection to {addr} yet")
         call_id_, frame = _request(self.codec, actor, method, args)
+        ctx = None
         try:
+            ctx = s.new_context()
             trace.stamp("call_sending")
-            s.send(frame)
-            answer = s.recv_msg()
+            ctx.send(frame)
+        except pynng.NNGException as e:  # closed (forgotten) meanwhile, or no room
+            if ctx is not None:
+                with contextlib.suppress(Exception):
+                    ctx.close()
+            raise RpcError(NOT_SENT, f"{addr}: {e}") from None
+        return Sent(ctx, call_id_, addr, timeout)
+
+    async def answer(self, sent: Sent, expect: str | None = None) -> Any:
+        """The answer to a call handed over by `send_now` (on the loop)."""
+        try:
+            async with asyncio.timeout(sent.timeout):
+                answer = await sent.ctx.arecv_msg()
             trace.stamp("call_answered")
-        except pynng.Timeout:
-            raise RpcError("timeout", f"no answer from {addr} within {timeout:g}s") from None
+        except TimeoutError:
+            raise RpcError("timeout", f"no answer from {sent.addr} within "
+                                      f"{sent.timeout:g}s") from None
         except pynng.NNGException as e:  # Closed included: forgotten while we asked
-            raise RpcError("unreachable", f"{addr}: {e}") from None
-        _check_peer(self.tls, answer.pipe, addr, expect)
-        return _reply(self.codec, call_id_, answer.bytes, self.tls is not None)
+            raise RpcError("unreachable", f"{sent.addr}: {e}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                sent.ctx.close()
+        _check_peer(self.tls, answer.pipe, sent.addr, expect)
+        return _reply(self.codec, sent.call_id, answer.bytes, self.tls is not None)
 
     def _release(self, key: int) -> None:
         n = self._inflight.get(key, 0) - 1
