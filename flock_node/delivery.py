@@ -107,20 +107,22 @@ class Deliverer:
         self._anchor = (time.time(), time.monotonic())
         self.claims = Claims()  # ids in flight, on the loop or the worker's fast path
         self.fast = FastPath(rpc, self.claims, locate, self._wire, self._settle, is_final,
-                             self._retry, self.wake, self._spawn)
+                             self.changed, self.wake, self._spawn)
         self._answers: set[asyncio.Task[None]] = set()  # the fast path's answers awaited
+        self._answers_due: deque[Coroutine[Any, Any, None]] = deque()  # ...not yet started
 
     # -- called from any thread ----------------------------------------------------------------
-    def added(self, rows: list[dict[str, Any]], hand_off: bool = False) -> None:
+    def added(self, rows: list[dict[str, Any]], hand_off: bool = False,
+              alone: bool = False) -> None:
         """Rows the worker just committed, pending now. `hand_off` (from another thread, a
         reaction's rows): when nothing else is pending, the worker hands them to nng itself
-        (the fast path, their answers awaited on the loop); what it does not take goes to
-        the loop, which it waits (at most HANDOFF_WAIT) to see handed to nng when the loop
-        is idle."""
+        (the fast path; `alone`, no other job waits for the worker: it waits for their
+        answers too, else the loop does); what it does not take goes to the loop, which it
+        waits (at most HANDOFF_WAIT) to see handed to nng when the loop is idle."""
         if not rows:
             return
         if hand_off and self._clean and self._idle and not self._fresh and not self._on_loop():
-            rows = self.fast.send(rows)
+            rows = self.fast.send(rows, wait=alone)
             if not rows:
                 return
         handoff = (threading.Event() if hand_off and self._idle and not self._on_loop()
@@ -144,26 +146,22 @@ class Deliverer:
             self._handoffs.popleft().set()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
-        """Run `coro` on the loop (from the worker); False when there is no loop to run it."""
+        """Have the loop await a fast-path answer (`coro`), from the worker; False when there
+        is no loop. The loop is not woken for it: it starts at the loop's next pass, at the
+        latest when the worker's job ends (the agent wakes us then). Waking it at once made
+        it fight the worker and the receiver for the CPU just when the receiver needs it."""
         loop = self._loop
-        try:
-            if loop is None or loop.is_closed():
-                raise RuntimeError("no loop")
-            loop.call_soon_threadsafe(self._start, coro)
-        except RuntimeError:
+        if loop is None or loop.is_closed():
             coro.close()
             return False
+        self._answers_due.append(coro)
         return True
 
-    def _start(self, coro: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.ensure_future(coro)
-        self._answers.add(task)
-        task.add_done_callback(self._answers.discard)
-
-    def _retry(self) -> None:
-        """(On the loop) a fast-path row did not go through: the next pass reads the store."""
-        self._clean = False
-        self.changed()
+    def _start_answers(self) -> None:
+        while self._answers_due:
+            task = asyncio.ensure_future(self._answers_due.popleft())
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
 
     def changed(self) -> None:
         """The outbox changed in a way only a query sees (delayed ones released, retries)."""
@@ -195,6 +193,7 @@ class Deliverer:
         self._loop = asyncio.get_running_loop()
         self._clean = False  # (re)started: the store is the truth
         while True:
+            self._start_answers()
             self._check_clock()
             if self._clean and self._fresh:
                 fresh = self._take_fresh()

@@ -75,6 +75,12 @@ class _Rpc:
         self.sent.append(("worker", args["id"]))
         return outcome
 
+    def answer_now(self, sent: Any, expect: str | None = None) -> Any:
+        self.threads.add(threading.current_thread().name)
+        if isinstance(sent, RpcError):
+            raise sent
+        return {"accepted": True}
+
     async def answer(self, sent: Any, expect: str | None = None) -> Any:
         self.answering.set()
         while self.hold is not None and not self.hold.is_set():
@@ -119,19 +125,37 @@ def _run(rpc: _Rpc, store: _Store, worker: Callable[[Deliverer], None],
     asyncio.run(main())
 
 
-def test_a_reactions_notification_is_sent_by_the_worker_itself():
-    """No hop to the loop before the send: when `added` returns on the worker, the row is on
-    the wire; its answer is awaited on the loop, which settles it."""
+def test_a_reactions_notification_is_sent_and_settled_by_an_idle_worker_itself():
+    """No hop to the loop: with no other job waiting, the worker sends the row and waits
+    for its answer; when `added` returns, the row is delivered."""
     rpc, store = _Rpc(), _Store()
-    sent_on_return: list[list[tuple[str, str]]] = []
+    settled_on_return: list[list[str]] = []
 
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")  # committed before it is handed over
-        d.added([_row("n-1")], hand_off=True)
-        sent_on_return.append(list(rpc.sent))
+        d.added([_row("n-1")], hand_off=True, alone=True)
+        settled_on_return.append(list(store.outbox.delivered))
 
     _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
-    assert sent_on_return == [[("worker", "n-1")]]
+    assert settled_on_return == [["n-1"]]
+    assert rpc.sent == [("worker", "n-1")]
+    assert rpc.threads == {"converge_0"}
+
+
+def test_a_busy_worker_sends_and_leaves_the_answer_to_the_loop():
+    """With jobs waiting, the worker goes on once the row is on the wire; the loop settles
+    it at its next pass (at the latest when the job ends: the agent wakes it then)."""
+    rpc, store = _Rpc(), _Store()
+    on_return: list[tuple[list[tuple[str, str]], list[str]]] = []
+
+    def worker(d: Deliverer) -> None:
+        store.outbox.rows["n-1"] = _row("n-1")
+        d.added([_row("n-1")], hand_off=True, alone=False)
+        on_return.append((list(rpc.sent), list(store.outbox.delivered)))
+        d.wake()  # the job ends
+
+    _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
+    assert on_return == [([("worker", "n-1")], [])]
     assert rpc.threads == {"converge_0"}
     assert store.outbox.delivered == ["n-1"]
 
@@ -146,6 +170,7 @@ def test_the_loop_does_not_send_a_row_the_worker_sent_before_its_answer():
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")
         d.added([_row("n-1")], hand_off=True)
+        d.wake()  # the job ends
         assert rpc.answering.wait(5)
         queries = store.outbox.queries
         d.changed()  # the loop queries the store now, the row still pending there
@@ -173,6 +198,7 @@ def test_a_second_row_for_a_target_waits_for_the_first_ones_answer():
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")
         d.added([_row("n-1")], hand_off=True)
+        d.wake()  # the job ends
         assert rpc.answering.wait(5)
         store.outbox.rows["n-2"] = _row("n-2")
         d.added([_row("n-2")], hand_off=True)
@@ -195,7 +221,7 @@ def test_what_the_worker_could_not_send_goes_to_the_loop_once():
 
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")
-        d.added([_row("n-1")], hand_off=True)
+        d.added([_row("n-1")], hand_off=True, alone=True)
 
     _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
     assert rpc.sent == [("worker", "n-1"), ("loop", "n-1")]
@@ -210,7 +236,7 @@ def test_a_final_refusal_on_the_fast_path_is_settled_failed_and_not_sent_again()
 
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")
-        d.added([_row("n-1")], hand_off=True)
+        d.added([_row("n-1")], hand_off=True, alone=True)
 
     _run(rpc, store, worker, lambda: bool(store.outbox.failed))
     assert rpc.sent == [("worker", "n-1")]
@@ -225,7 +251,7 @@ def test_not_sent_without_a_connection_goes_to_the_loop():
 
     def worker(d: Deliverer) -> None:
         store.outbox.rows["n-1"] = _row("n-1")
-        d.added([_row("n-1")], hand_off=True)
+        d.added([_row("n-1")], hand_off=True, alone=True)
 
     _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
     assert rpc.sent == [("loop", "n-1")]
@@ -244,7 +270,7 @@ def test_claims_keep_the_worker_off_a_target_the_loop_holds():
     claims, rpc = Claims(), _Rpc()
     fast = _fast(rpc, claims, lambda t: Target("ipc:///nowhere", "alive"))
     assert claims.take(["b"], loop=True) == {"b"}
-    assert fast.send([_row("n-1")]) == [_row("n-1")]  # left to the loop, not sent
+    assert fast.send([_row("n-1")], wait=True) == [_row("n-1")]  # left to the loop, not sent
     assert rpc.sent == []
     assert claims.take(["b", "c"], loop=True) == {"c"} and claims.skipped
     assert claims.release(["b", "c"]) is True and "b" not in claims
@@ -256,8 +282,8 @@ def test_the_fast_path_leaves_batches_and_unknown_or_gone_targets_to_the_loop():
              "d": Target(None, None)}
     fast = _fast(rpc, Claims(), where.__getitem__)
     two = [_row("n-1"), _row("n-2")]
-    assert fast.send(two) == two  # one target, two rows: a batch, the loop's
-    assert fast.send([_row("n-3", "c")]) == [_row("n-3", "c")]
-    assert fast.send([_row("n-4", "d")]) == [_row("n-4", "d")]
-    assert fast.send([_row("n-5", "b"), _row("n-6", "c")]) == [_row("n-6", "c")]
+    assert fast.send(two, wait=True) == two  # one target, two rows: a batch, the loop's
+    assert fast.send([_row("n-3", "c")], wait=True) == [_row("n-3", "c")]
+    assert fast.send([_row("n-4", "d")], wait=True) == [_row("n-4", "d")]
+    assert fast.send([_row("n-5", "b"), _row("n-6", "c")], wait=True) == [_row("n-6", "c")]
     assert rpc.sent == [("worker", "n-5")]

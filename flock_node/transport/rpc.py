@@ -318,6 +318,22 @@ class AsyncRpc:
             raise RpcError(NOT_SENT, f"{addr}: {e}") from None
         return Sent(ctx, call_id_, addr, timeout)
 
+    def answer_now(self, sent: Sent, expect: str | None = None) -> Any:
+        """The answer to a call handed over by `send_now`, waited for on this thread."""
+        try:
+            answer = sent.ctx.recv_msg()
+            trace.stamp("call_answered")
+        except pynng.Timeout:
+            raise RpcError("timeout", f"no answer from {sent.addr} within "
+                                      f"{sent.timeout:g}s") from None
+        except pynng.NNGException as e:  # Closed included: forgotten while we asked
+            raise RpcError("unreachable", f"{sent.addr}: {e}") from None
+        finally:
+            with contextlib.suppress(Exception):
+                sent.ctx.close()
+        _check_peer(self.tls, answer.pipe, sent.addr, expect)
+        return _reply(self.codec, sent.call_id, answer.bytes, self.tls is not None)
+
     async def answer(self, sent: Sent, expect: str | None = None) -> Any:
         """The answer to a call handed over by `send_now` (on the loop)."""
         try:
