@@ -11,7 +11,7 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import msgspec
@@ -105,11 +105,9 @@ class Deliverer:
         self._idle = False  # the loop waits for work: rows added now are sent at once
         self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
-        self.claims = Claims()  # ids in flight, on the loop or the worker's fast path
+        self.claims = Claims()  # targets being sent to, by the loop or the worker's fast path
         self.fast = FastPath(rpc, self.claims, locate, self._wire, self._settle, is_final,
-                             self.changed, self.wake, self._spawn)
-        self._answers: set[asyncio.Task[None]] = set()  # the fast path's answers awaited
-        self._answers_due: deque[Coroutine[Any, Any, None]] = deque()  # ...not yet started
+                             self.changed, self.wake, self._has_loop)
 
     # -- called from any thread ----------------------------------------------------------------
     def added(self, rows: list[dict[str, Any]], hand_off: bool = False,
@@ -134,6 +132,9 @@ class Deliverer:
         if handoff is not None:
             handoff.wait(HANDOFF_WAIT)
 
+    def _has_loop(self) -> bool:
+        return self._loop is not None and not self._loop.is_closed()
+
     def _on_loop(self) -> bool:
         try:
             return asyncio.get_running_loop() is self._loop
@@ -144,24 +145,6 @@ class Deliverer:
         """The rows taken so far are sent (or will not be sent now): their workers go on."""
         while self._handoffs:
             self._handoffs.popleft().set()
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> bool:
-        """Have the loop await a fast-path answer (`coro`), from the worker; False when there
-        is no loop. The loop is not woken for it: it starts at the loop's next pass, at the
-        latest when the worker's job ends (the agent wakes us then). Waking it at once made
-        it fight the worker and the receiver for the CPU just when the receiver needs it."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            coro.close()
-            return False
-        self._answers_due.append(coro)
-        return True
-
-    def _start_answers(self) -> None:
-        while self._answers_due:
-            task = asyncio.ensure_future(self._answers_due.popleft())
-            self._answers.add(task)
-            task.add_done_callback(self._answers.discard)
 
     def changed(self) -> None:
         """The outbox changed in a way only a query sees (delayed ones released, retries)."""
@@ -193,7 +176,7 @@ class Deliverer:
         self._loop = asyncio.get_running_loop()
         self._clean = False  # (re)started: the store is the truth
         while True:
-            self._start_answers()
+            self.fast.start_answers()
             self._check_clock()
             if self._clean and self._fresh:
                 fresh = self._take_fresh()

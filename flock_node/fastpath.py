@@ -13,8 +13,10 @@ worker and the loop never both send one row: whoever holds a target sends to it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
@@ -81,7 +83,7 @@ class NowRpc(Protocol):
 
 class FastPath:
     """Sends a reaction's fresh rows from the worker thread; their answers are awaited there
-    or on the loop (`spawn(coroutine)` runs one there, False when there is no loop). `settle(target, delivered, failed)` records answers as the loop does;
+    or on the loop (`start_answers`, at each of its passes; `has_loop()`: is there one). `settle(target, delivered, failed)` records answers as the loop does;
     `retry()` hands what did not go through to the loop (it reads the outbox again);
     `wire(row)` is the notify call's arguments."""
 
@@ -90,8 +92,7 @@ class FastPath:
                  settle: Callable[[str, list[dict[str, Any]],
                                    list[tuple[dict[str, Any], RpcError]]], None],
                  is_final: Callable[[str], bool], retry: Callable[[], None],
-                 wake: Callable[[], None],
-                 spawn: Callable[[Coroutine[Any, Any, None]], bool]):
+                 wake: Callable[[], None], has_loop: Callable[[], bool]):
         self.rpc = rpc
         self.claims = claims
         self.locate = locate
@@ -100,7 +101,20 @@ class FastPath:
         self.is_final = is_final
         self.retry = retry
         self.wake = wake
-        self.spawn = spawn
+        self.has_loop = has_loop
+        # Answers for the loop to await, not started yet: the loop is not woken for them
+        # (it starts them at its next pass, at the latest when the worker's job ends: the
+        # agent wakes it then). Waking it at the send made it fight the worker and the
+        # receiver for the CPU just when the receiver needs it.
+        self._due: deque[Coroutine[Any, Any, None]] = deque()
+        self._answers: set[asyncio.Task[None]] = set()
+
+    def start_answers(self) -> None:
+        """(On the loop) await the answers the worker left to it."""
+        while self._due:
+            task = asyncio.ensure_future(self._due.popleft())
+            self._answers.add(task)
+            task.add_done_callback(self._answers.discard)
 
     def send(self, rows: list[dict[str, Any]], wait: bool) -> list[dict[str, Any]]:
         """Send what can go now, one row per target; return the rows left to the loop (all
@@ -146,7 +160,9 @@ class FastPath:
                 self._delivered(row)
             finally:
                 self._release(target)
-        elif not self.spawn(self._answered(row, sent)):
+        elif self.has_loop():
+            self._due.append(self._answered(row, sent))
+        else:
             # No loop to take the answer (stopping): the row stays pending, sent again
             # after the restart and de-duplicated by the receiver.
             self._release(target)

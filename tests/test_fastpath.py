@@ -258,12 +258,8 @@ def test_not_sent_without_a_connection_goes_to_the_loop():
 
 
 def _fast(rpc: _Rpc, claims: Claims, where: Callable[[str], Target]) -> FastPath:
-    def spawn(coro: Any) -> bool:
-        coro.close()
-        return True
-
     return FastPath(rpc, claims, where, lambda r: r, lambda *a: None, lambda c: False,
-                    lambda: None, lambda: None, spawn)
+                    lambda: None, lambda: None, lambda: False)
 
 
 def test_claims_keep_the_worker_off_a_target_the_loop_holds():
