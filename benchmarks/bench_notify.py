@@ -264,7 +264,7 @@ def latency(f: Flock, root: Path, n: int) -> list[float]:
 STAGES = [
     ("A  block returned to the worker", "A", "worker_back"),
     ("A  result + outbox row committed", "A", "outbox_committed"),
-    ("A  delivery loop woken", "A", "delivery_started"),
+    ("A  sender chosen (worker's fast path)", "A", "delivery_started"),
     ("A  notify call encoded, sending", "A", "call_sending"),
     ("   wire: B's RPC server has it", "B", "rpc_received"),
     ("B  decoded, checked, inbox row committed", "B", "inbox_committed"),
@@ -273,7 +273,8 @@ STAGES = [
     ("B  block body reached", "B", "hit"),
 ]
 ASIDE = [  # not on the path, shown for the record
-    ("A's notify call, sending → answered", "A", "call_sending", "call_answered"),
+    ("A's notify call, sending → answered (A's worker waits)", "A", "call_sending",
+     "call_answered"),
     ("A's asend completed after", "A", "call_sending", "call_sent"),
     ("B's answer sent after its inbox commit", "B", "inbox_committed", "answer_sent"),
     ("A: block returned → result committed (worker)", "A", "worker_back", "outbox_committed"),

@@ -196,7 +196,8 @@ class Agent:
         # A reaction is a link of a chain, where each hop's latency adds up: its worker waits
         # for the send. A converge's rows are better left to pile up into batches.
         job = self.work.current
-        self.deliverer.added(rows, hand_off=job is not None and job.kind == "reaction")
+        self.deliverer.added(rows, hand_off=job is not None and job.kind == "reaction",
+                             alone=not self.work.queue)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:

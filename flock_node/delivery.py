@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from flock_node import trace
+from flock_node.fastpath import Claims, FastPath
 from flock_node.store import Store
 from flock_node.transport import AsyncRpc, RpcError
 
@@ -104,13 +105,24 @@ class Deliverer:
         self._idle = False  # the loop waits for work: rows added now are sent at once
         self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
+        self.claims = Claims()  # targets being sent to, by the loop or the worker's fast path
+        self.fast = FastPath(rpc, self.claims, locate, self._wire, self._settle, is_final,
+                             self.changed, self.wake, self._has_loop)
 
     # -- called from any thread ----------------------------------------------------------------
-    def added(self, rows: list[dict[str, Any]], hand_off: bool = False) -> None:
-        """Rows the worker just committed, pending now. `hand_off` (from another thread):
-        when the loop is idle, wait (at most HANDOFF_WAIT) until they are handed to nng."""
+    def added(self, rows: list[dict[str, Any]], hand_off: bool = False,
+              alone: bool = False) -> None:
+        """Rows the worker just committed, pending now. `hand_off` (from another thread, a
+        reaction's rows): when nothing else is pending, the worker hands them to nng itself
+        (the fast path; `alone`, no other job waits for the worker: it waits for their
+        answers too, else the loop does); what it does not take goes to the loop, which it
+        waits (at most HANDOFF_WAIT) to see handed to nng when the loop is idle."""
         if not rows:
             return
+        if hand_off and self._clean and self._idle and not self._fresh and not self._on_loop():
+            rows = self.fast.send(rows, wait=alone)
+            if not rows:
+                return
         handoff = (threading.Event() if hand_off and self._idle and not self._on_loop()
                    else None)
         if handoff is not None:
@@ -119,6 +131,9 @@ class Deliverer:
         self.wake()
         if handoff is not None:
             handoff.wait(HANDOFF_WAIT)
+
+    def _has_loop(self) -> bool:
+        return self._loop is not None and not self._loop.is_closed()
 
     def _on_loop(self) -> bool:
         try:
@@ -161,24 +176,31 @@ class Deliverer:
         self._loop = asyncio.get_running_loop()
         self._clean = False  # (re)started: the store is the truth
         while True:
+            self.fast.start_answers()
             self._check_clock()
             if self._clean and self._fresh:
                 fresh = self._take_fresh()
                 if fresh is not None:
                     # Fast path: nothing else is pending, so these are the whole queue.
                     sent = self._query_sent
-                    await self._deliver_all([it for it in fresh if it["id"] not in sent])
+                    await self._deliver_all(self._claim([it for it in fresh
+                                                         if it["id"] not in sent]))
                     continue
                 self._clean = False
             self._fresh.clear()  # committed before the query below: it finds them
             due = self.store.outbox.due(time.time())
-            if due:
-                self._sent_from_query([it["id"] for it in due])
-                await self._deliver_all(due)
+            mine = self._claim(due)
+            if mine:
+                self._sent_from_query([it["id"] for it in mine])
+                await self._deliver_all(mine)
                 continue
-            nxt = self.store.outbox.next_due()
-            self._clean = nxt is None
-            wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
+            if due:
+                # All of them on the worker's fast path: it wakes us when it lets them go.
+                self._clean, wait = False, 0.1
+            else:
+                nxt = self.store.outbox.next_due()
+                self._clean = nxt is None
+                wait = 5.0 if nxt is None else max(0.0, min(5.0, nxt - time.time()))
             self._wake.clear()
             self._handed_off()
             self._idle = True
@@ -216,11 +238,25 @@ class Deliverer:
             out.extend(rows)
         return out
 
+    def _claim(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The items this pass may send: those whose target the fast path does not hold
+        (the others are read back from the store once it lets go)."""
+        got = self.claims.take((it["target"] for it in items), loop=True)
+        mine = [it for it in items if it["target"] in got]
+        if len(mine) < len(items):
+            self._clean = False
+        return mine
+
     async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
+        """Send claimed items, then let their claims go."""
+        if not items:
+            self._handed_off()
+            return
         trace.stamp("delivery_started")
         try:
             await self._deliver_targets(items)
         finally:
+            self.claims.release({it["target"] for it in items})
             self._handed_off()
 
     async def _deliver_targets(self, items: list[dict[str, Any]]) -> None:

@@ -15,6 +15,8 @@ from conftest import FlockEnv, wait_for, write_recipe
 
 from flock_node import delivery
 from flock_node.delivery import Deliverer, Target
+from flock_node.transport import RpcError
+from flock_node.transport.rpc import NOT_SENT
 
 SENDER = """
     from flock_node.dsl import python_block
@@ -70,11 +72,15 @@ def test_an_untraced_agent_writes_no_trace(flock_env: FlockEnv):
 
 
 class _Rpc:
-    """Stands in for AsyncRpc: takes a moment to hand the request to nng, then answers."""
+    """Stands in for AsyncRpc: takes a moment to hand the request to nng, then answers. No
+    connection for the worker's fast path (flock_node/fastpath.py): the loop sends."""
 
     def __init__(self) -> None:
         self.handed: float | None = None
         self.calls: list[str] = []
+
+    def send_now(self, *args: Any, **kwargs: Any) -> Any:
+        raise RpcError(NOT_SENT, "no connection yet")
 
     async def call(self, addr: str, actor: str, method: str, args: Any = None,
                    timeout: float | None = None, expect: str | None = None,
