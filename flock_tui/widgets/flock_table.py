@@ -81,14 +81,18 @@ class FlockTable(DataTable[Any]):
 
     def visible_rows(self) -> set[str]:
         """Names of the rows on screen (and a few around)."""
+        return set(self.rows_on_screen())
+
+    def rows_on_screen(self) -> list[str]:
+        """Names of the rows on screen (and a few around), top to bottom."""
         first = max(0, int(self.scroll_y) - 2)
         last = min(self.row_count, first + self.size.height + 4)
-        out: set[str] = set()
+        out: list[str] = []
         for i in range(first, last):
             try:
                 key = self.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value
                 if key is not None:
-                    out.add(key)
+                    out.append(key)
             except Exception:  # noqa: BLE001 - rows changed meanwhile
                 break
         return out
