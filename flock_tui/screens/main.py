@@ -28,7 +28,7 @@ from flock_tui.widgets.macro_bar import MacroBar
 if TYPE_CHECKING:
     from flock_tui.app import FlockApp
 
-FLUSH_INTERVAL = 0.1
+FLUSH_INTERVAL = 0.25
 
 
 class MainScreen(Screen[None]):
@@ -116,6 +116,15 @@ class MainScreen(Screen[None]):
         if not t.shown:
             self.query_one("#empty", Static).update(self.empty_message())
 
+    def flush_row(self, name: str) -> None:
+        """Redraw one row now (a key's effect), whatever else waits for the next flush."""
+        c = self.console
+        if not c.ready:
+            return
+        c.view.dirty.discard(name)
+        with self.app.batch_update():
+            self.table.apply(c.view, [name], self.marks, c.clock(), c.styles_)
+
     def refilter(self, text: str) -> None:
         self.table.filter = text
         self.table.force_all = True
@@ -200,8 +209,7 @@ class MainScreen(Screen[None]):
         if n is None:
             return
         self.marks.symmetric_difference_update({n})
-        self.console.view.dirty.add(n)
-        self.flush()
+        self.flush_row(n)  # only this row: a key must not wait for a poll's thousand
         t = self.table
         if t.cursor_row < t.row_count - 1:
             t.move_cursor(row=t.cursor_row + 1)
