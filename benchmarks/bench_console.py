@@ -218,7 +218,7 @@ async def console(n: int, seconds: float, root: Path) -> dict[str, Any]:
             "p95": lat[int(len(lat) * 0.95) - 1] * 1000, "cpu": cpu, "rate": rate,
             "held": held, "pipes_after": pipes_after, "most": most["dialled"],
             "most_pipes": most["pipes"],
-            "flock_most": flock_side["most_pipes"]}
+            "flock_most": flock_side["most_pipes"], "flock_after": flock_side["pipes"]}
 
 
 def main() -> int:
@@ -235,11 +235,11 @@ def main() -> int:
     big = asyncio.run(measure(a.nodes, a.seconds))
     print(f"{'nodes':>6} {'events/s':>9} {'key p50 ms':>11} {'key p95 ms':>11} "
           f"{'cpu cores':>10}   bus connections: most dialled / nng pipes / flock side; "
-          "after paging through: dialled / pipes")
+          "after paging through: dialled / pipes / flock side")
     for r in (base, big):
         print(f"{r['n']:>6} {r['rate']:>9.0f} {r['p50']:>11.1f} {r['p95']:>11.1f} "
               f"{r['cpu']:>10.2f}   {r['most']} / {r['most_pipes']} / {r['flock_most']}; "
-              f"{r['held']} / {r['pipes_after']}")
+              f"{r['held']} / {r['pipes_after']} / {r['flock_after']}")
     print(f"ratio {a.nodes}/10: key p95 x{big['p95'] / max(base['p95'], 1e-6):.1f}, "
           f"cpu x{big['cpu'] / max(base['cpu'], 1e-6):.1f}")
     cap = limits()[0]

@@ -120,23 +120,29 @@ class FlockTable(DataTable[Any]):
         return out
 
     def due(self, view: FlockView, now: float) -> Iterable[str] | None:
-        """The names to revisit now, None when nothing is due: the rows on screen first,
-        at most `ROWS_PER_FLUSH` in all (the others stay dirty for the next flushes)."""
+        """The names to revisit now, None when nothing is due: the rows on screen, then
+        rows to add or remove, at most `ROWS_PER_FLUSH` in all. A changed row off screen
+        waits in `view.dirty` until it scrolls into view (any cell's update makes DataTable
+        draw every visible cell again), unless a filter or a sort by its values needs it."""
         if self.force_all:
             self.force_all = False
             view.dirty.clear()
             return set(view.members) | set(self.shown)
+        on_screen = self.visible_rows()
         if now - self._last_ago >= 1.0:
             # "5s ago" moves every second: revisit the rows on screen once a second.
             self._last_ago = now
-            names, view.dirty = budget(view.dirty, self.visible_rows(), ROWS_PER_FLUSH,
-                                       self._turn)
-            return self._took(names)
-        if view.dirty:
-            names, view.dirty = budget(view.dirty, view.dirty & self.visible_rows(),
-                                       ROWS_PER_FLUSH, self._turn)
-            return self._took(names)
-        return None
+        elif not view.dirty:
+            return None
+        else:
+            on_screen &= view.dirty
+        if self.filter or self.sort_column != "name":
+            needed = view.dirty
+        else:
+            needed = {n for n in view.dirty if n not in self.shown or n not in view.members}
+        names, _ = budget(needed, on_screen, ROWS_PER_FLUSH, self._turn)
+        view.dirty -= names
+        return self._took(names) if names else None
 
     def _took(self, names: set[str]) -> set[str]:
         if len(names) >= ROWS_PER_FLUSH:  # the next flush goes on from the last of these
