@@ -142,3 +142,48 @@ def test_the_console_holds_a_bounded_set_of_connections_to_real_swim_agents(floc
         asyncio.run(go())
     finally:
         f.close()
+
+
+def test_budget_draws_the_rows_on_screen_first_then_the_others_in_turn():
+    from flock_tui.widgets.flock_table import budget
+
+    dirty = {f"n{i:03d}" for i in range(10)}
+    now, rest = budget(dirty, {"n009"}, 4)
+    assert now == {"n009", "n000", "n001", "n002"} and rest == dirty - now
+    # The next flush goes on after the last one drawn, wrapping around.
+    now, _ = budget(rest, set(), 4, after="n002")
+    assert now == {"n003", "n004", "n005", "n006"}
+    now, _ = budget({"n000", "n001", "n008"}, set(), 2, after="n005")
+    assert now == {"n008", "n000"}
+    # The rows on screen are drawn even past the budget.
+    assert budget(dirty, {"n001", "n002", "n003"}, 2) == ({"n001", "n002", "n003"},
+                                                          dirty - {"n001", "n002", "n003"})
+
+
+def test_a_row_off_screen_is_drawn_when_it_scrolls_into_view():
+    from tui_support import aio, offline_args
+
+    def rows(active: bool) -> list[dict]:
+        return [{"name": f"n{i:03d}", "state": "alive", "address": "", "bus": "", "rpc": "",
+                 "incarnation": 1, "active": active and i == 150, "run": None,
+                 "last_run": None, "pending": 0, "dead_letters": 0, "tags": [],
+                 "version": "0.1.0", "age": 0.0} for i in range(200)]
+
+    @aio
+    async def go() -> None:
+        app = FlockApp(offline_args(), config=ConsoleConfig(), connect=False)
+        async with app.run_test(size=(100, 24)) as pilot:
+            await until(pilot, lambda: app.ready, 5, "ready")
+            app.apply_members(rows(False))
+            await until(pilot, lambda: len(app.shown) == 200, 5, "200 rows")
+            app.apply_members(rows(True))
+            app.flush()
+            await pilot.pause(0.3)
+            # Off screen: not drawn yet, still waiting in the view.
+            assert app.shown["n150"]["activity"].plain == "idle"
+            assert "n150" in app.view.dirty
+            app.table.move_cursor(row=150)
+            await until(pilot, lambda: app.shown["n150"]["activity"].plain == "converging",
+                        5, "n150 drawn once on screen")
+
+    go()
