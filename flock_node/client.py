@@ -101,6 +101,7 @@ class _Discovery:
         # it fails, so an agent restarted in the other mode is asked again.
         self.kinds: dict[str, str] = {}
         self.answered: str | None = None  # the SWIM member that answered last: asked first
+        self.local: dict[str, str] = {}  # agents in the runtime dir at the last look: name → rpc
 
     def absorb(self, addrs: list[str],
                answers: list[list[dict[str, Any]] | RpcError]) -> list[dict[str, Any]]:
@@ -182,14 +183,18 @@ class _Discovery:
                 continue
             if self.whole(addr):
                 self.answered = addr
-                return tried, answers, []
+                # A local agent it does not know yet (SWIM finds those every few seconds):
+                # ask it too, so a flock just started on this machine shows whole at once.
+                known = {r.get("name") for r in rows}
+                return tried, answers, [a for n, a in self.local.items()
+                                        if n not in known and a not in tried]
             break  # a mesh agent: ask every entry point
         return tried, answers, [a for a in addrs if a not in tried]
 
     def entry_points(self) -> list[str]:
         """RPC addresses to ask for the member list: local nodes first, then seeds."""
-        local = [rpc for _, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())]
-        return local + [rpc_for_bus(s) for s in self.seeds]
+        self.local = {n: rpc for n, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())}
+        return list(self.local.values()) + [rpc_for_bus(s) for s in self.seeds]
 
     @staticmethod
     def _merge(into: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> None:

@@ -70,6 +70,14 @@ def test_a_failing_member_passes_to_the_next_and_a_refusal_is_kept():
     assert d.plan() == (["c", "a", "b"], True)
 
 
+def test_a_local_agent_the_swim_member_does_not_know_yet_is_asked_too():
+    d = disc_with(["a", "b", "c"])
+    d.local = {"na": "a", "nb": "b", "nc": "c"}
+    _, (tried, _, rest) = run_walk(
+        d, lambda addr, m: {"membership": "swim"} if m == "status" else [row("na"), row("nb")])
+    assert tried == ["a"] and rest == ["c"]
+
+
 def test_mesh_agents_are_all_asked():
     d = disc_with(["a", "b", "c"])
     asked, (tried, _, rest) = run_walk(
