@@ -12,7 +12,7 @@ import pytest
 from conftest import wait_for
 from test_agent import start_many
 
-from flock_node.client import AsyncFlock, Flock, _Discovery
+from flock_node.client import AsyncFlock, _Discovery
 from flock_node.transport import AsyncRpc, RpcError, SyncRpc
 
 

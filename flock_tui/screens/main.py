@@ -116,15 +116,6 @@ class MainScreen(Screen[None]):
         if not t.shown:
             self.query_one("#empty", Static).update(self.empty_message())
 
-    def flush_row(self, name: str) -> None:
-        """Redraw one row now (a key's effect), whatever else waits for the next flush."""
-        c = self.console
-        if not c.ready:
-            return
-        c.view.dirty.discard(name)
-        with self.app.batch_update():
-            self.table.apply(c.view, [name], self.marks, c.clock(), c.styles_)
-
     def refilter(self, text: str) -> None:
         self.table.filter = text
         self.table.force_all = True
@@ -209,8 +200,9 @@ class MainScreen(Screen[None]):
         if n is None:
             return
         self.marks.symmetric_difference_update({n})
-        self.flush_row(n)  # only this row: a key must not wait for a poll's thousand
-        t = self.table
+        c, t = self.console, self.table
+        c.view.dirty.discard(n)  # only this row now: a key must not wait for a poll's thousand
+        t.apply(c.view, [n], self.marks, c.clock(), c.styles_)
         if t.cursor_row < t.row_count - 1:
             t.move_cursor(row=t.cursor_row + 1)
         self.update_title()

@@ -129,7 +129,8 @@ class FlockTable(DataTable[Any]):
             view.dirty.clear()
             return set(view.members) | set(self.shown)
         on_screen = self.visible_rows()
-        if now - self._last_ago >= 1.0:
+        tick = now - self._last_ago >= 1.0
+        if tick:
             # "5s ago" moves every second: revisit the rows on screen once a second.
             self._last_ago = now
         elif not view.dirty:
@@ -142,7 +143,7 @@ class FlockTable(DataTable[Any]):
             needed = {n for n in view.dirty if n not in self.shown or n not in view.members}
         names, _ = budget(needed, on_screen, ROWS_PER_FLUSH, self._turn)
         view.dirty -= names
-        return self._took(names) if names else None
+        return self._took(names) if names or tick else None
 
     def _took(self, names: set[str]) -> set[str]:
         if len(names) >= ROWS_PER_FLUSH:  # the next flush goes on from the last of these
