@@ -10,7 +10,8 @@ connection (poll of `members`, bus connections to the nodes it looks at), headle
 140x40. Measured: key press -> effect latency (space marks the cursor row, up moves the
 cursor), p50 and p95; the console process's CPU (cores); the bus connections the console
 holds (most at any time, counted on its side as dialled addresses and nng pipes, and on the
-flock's side as connected pipes) while the operator pages through the whole table.
+flock's side as connected pipes: the real count, pynng's list on the console's side keeps
+some closed pipes) while the operator pages through the whole table.
 
     .venv/bin/python benchmarks/bench_console.py [--nodes 1000] [--seconds 8]
 """
@@ -234,8 +235,8 @@ def main() -> int:
     base = asyncio.run(measure(10, a.seconds))
     big = asyncio.run(measure(a.nodes, a.seconds))
     print(f"{'nodes':>6} {'events/s':>9} {'key p50 ms':>11} {'key p95 ms':>11} "
-          f"{'cpu cores':>10}   bus connections: most dialled / nng pipes / flock side; "
-          "after paging through: dialled / pipes / flock side")
+          f"{'cpu cores':>10}   bus connections: most dialled / in pynng's pipe list / "
+          "flock side; after paging through: the same three")
     for r in (base, big):
         print(f"{r['n']:>6} {r['rate']:>9.0f} {r['p50']:>11.1f} {r['p95']:>11.1f} "
               f"{r['cpu']:>10.2f}   {r['most']} / {r['most_pipes']} / {r['flock_most']}; "

@@ -28,7 +28,7 @@ from flock_tui.widgets.macro_bar import MacroBar
 if TYPE_CHECKING:
     from flock_tui.app import FlockApp
 
-FLUSH_INTERVAL = 0.25
+FLUSH_INTERVAL = 0.5
 
 
 class MainScreen(Screen[None]):
