@@ -2,7 +2,7 @@
 
 The connection (`connection.py`) polls `nodes()` and folds the nodes' heartbeats and events
 into the view, then posts messages (`messages.py`); the app logs them and hands each screen
-its copy. The main screen flushes changed cells 10 times a second; the node screen reloads
+its copy. The main screen flushes changed cells twice a second; the node screen reloads
 on the events that concern its node. Styles live in `console.tcss`.
 """
 

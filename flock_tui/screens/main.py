@@ -1,5 +1,5 @@
 """The main screen: the flock table, the filter, the macro bar and the event log. It owns the
-table's marks, filter and sort, and flushes what changed 10 times a second."""
+table's marks, filter and sort, and flushes what changed twice a second."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from flock_tui.model import COLUMNS, FlockView, Styles, matches, row_cells, sort
 WIDE = {"mark": 1, "state": 7, "activity": 32, "last": 28}
 NARROW = {"mark": 1, "state": 7, "activity": 14, "last": 24}
 NARROW_BELOW = 120
-ROWS_PER_FLUSH = 40  # rows redrawn by one flush (10 a second), those on screen first
+ROWS_PER_FLUSH = 40  # rows redrawn by one flush (2 a second), those on screen first
 
 
 def column_widths(width: int) -> dict[str, int]:
@@ -141,7 +141,9 @@ class FlockTable(DataTable[Any]):
             needed = view.dirty
         else:
             needed = {n for n in view.dirty if n not in self.shown or n not in view.members}
-        names, _ = budget(needed, on_screen, ROWS_PER_FLUSH, self._turn)
+        # The first answer fills the table at once: a flock of thousands is not drawn in turns.
+        most = ROWS_PER_FLUSH if self.shown else len(needed)
+        names, _ = budget(needed, on_screen, most, self._turn)
         view.dirty -= names
         return self._took(names) if names or tick else None
 
