@@ -10,8 +10,10 @@ called without `offset`, the client asks page after page and returns the whole l
 most `limit` items); with `offset`, the one page as the node answers it (flock_node/paging.py).
 
 Discovery: nodes listening in the local runtime dir, plus `seeds` (bus addresses such as
-`tcp://db1:7600`; the RPC port is the next one). Any reachable node answers `members()` with
-the whole flock as it knows it, so one seed is enough.
+`tcp://db1:7600`; the RPC port is the next one). A node running SWIM answers `members()` for
+the whole flock, so the client asks one (the first that answers, the next on failure); a
+mesh agent knows only its peers, so with those every entry point is asked and the answers
+merged.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from pathlib import Path
@@ -33,6 +35,10 @@ from flock_node.trust.tls import TlsError, TlsIdentity, load_identity
 from flock_node.trust.tls import tls_dir as default_tls_dir
 
 FlockError = RpcError
+
+Answer = list[dict[str, Any]] | RpcError
+# The entry points asked one by one and their answers, then those to ask all at once.
+Walked = tuple[list[str], list[Answer], list[str]]
 
 # Positional parameter names, so `history(5)` works like `history(limit=5)`.
 ACTORS = ("flock_api", "resource_manager")
@@ -91,6 +97,11 @@ class _Discovery:
         self.runtime_dir = paths.runtime_dir(str(runtime_dir) if runtime_dir else None)
         self.members: dict[str, dict[str, Any]] = {}
         self.refused: list[str] = []  # entry points that refused us (another flock key)
+        # Each entry point's membership as its status said ("swim", "mesh"); forgotten when
+        # it fails, so an agent restarted in the other mode is asked again.
+        self.kinds: dict[str, str] = {}
+        self.answered: str | None = None  # the SWIM member that answered last: asked first
+        self.local: dict[str, str] = {}  # agents in the runtime dir at the last look: name → rpc
 
     def absorb(self, addrs: list[str],
                answers: list[list[dict[str, Any]] | RpcError]) -> list[dict[str, Any]]:
@@ -120,10 +131,70 @@ class _Discovery:
             raise last
         return list(self.members.values())
 
+    def plan(self) -> tuple[list[str], bool]:
+        """The entry points in the order to ask them, and whether one answer is enough.
+
+        One is enough when a SWIM member may answer: then they are asked one at a time, the
+        one that answered last first, then those whose kind is unknown. When only mesh
+        agents are known, all are asked at once, as each knows only its peers."""
+        addrs = self.entry_points()
+        kinds = [self.kinds.get(a) for a in addrs]
+        if "swim" not in kinds and "mesh" in kinds:
+            return addrs, False
+        rank = {"swim": 0, None: 1}
+        order = sorted(addrs, key=lambda a: (a != self.answered, rank.get(self.kinds.get(a), 2)))
+        return order, True
+
+    def learn(self, addr: str, status: dict[str, Any] | RpcError | None) -> None:
+        """Note an entry point's membership from its status (an agent from before SWIM
+        says nothing: mesh); an error forgets it."""
+        if isinstance(status, RpcError):
+            self.kinds.pop(addr, None)
+        elif isinstance(status, dict):
+            self.kinds[addr] = str(status.get("membership") or "mesh")
+
+    def whole(self, addr: str) -> bool:
+        """Whether the member at `addr` answers for the whole flock (it runs SWIM)."""
+        return self.kinds.get(addr) == "swim"
+
+    def walk(self) -> Generator[tuple[str, str], Any, Walked]:
+        """One refresh's rules as a conversation: yields `(entry point, method)` to ask one at
+        a time and is sent each answer (or its RpcError); returns the entry points asked with
+        their answers, and those still to ask all at once (none once a SWIM member answered
+        `members`: it speaks for the whole flock)."""
+        addrs, one = self.plan()
+        tried: list[str] = []
+        answers: list[Answer] = []
+        if not one:
+            return tried, answers, addrs
+        for addr in addrs:
+            if addr not in self.kinds:
+                status = yield addr, "status"
+                self.learn(addr, status)
+                if isinstance(status, RpcError):
+                    tried.append(addr)
+                    answers.append(status)
+                    continue
+            rows = yield addr, "members"
+            tried.append(addr)
+            answers.append(rows)
+            if isinstance(rows, RpcError):
+                self.learn(addr, rows)
+                continue
+            if self.whole(addr):
+                self.answered = addr
+                # A local agent it does not know yet (SWIM finds those every few seconds):
+                # ask it too, so a flock just started on this machine shows whole at once.
+                known = {r.get("name") for r in rows}
+                return tried, answers, [a for n, a in self.local.items()
+                                        if n not in known and a not in tried]
+            break  # a mesh agent: ask every entry point
+        return tried, answers, [a for a in addrs if a not in tried]
+
     def entry_points(self) -> list[str]:
         """RPC addresses to ask for the member list: local nodes first, then seeds."""
-        local = [rpc for _, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())]
-        return local + [rpc_for_bus(s) for s in self.seeds]
+        self.local = {n: rpc for n, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())}
+        return list(self.local.values()) + [rpc_for_bus(s) for s in self.seeds]
 
     @staticmethod
     def _merge(into: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> None:
@@ -198,28 +269,34 @@ class Flock:
         return self
 
     def refresh(self) -> list[dict[str, Any]]:
-        """Ask reachable entry points for the member list (errors from dead ones ignored)."""
+        """Ask the flock who is in it: one SWIM member (the next when it fails), or every
+        mesh entry point (errors from dead ones ignored)."""
         disc = self._discovery
         if disc is None:
             return []
-        addrs = disc.entry_points()
 
-        def ask(addr: str) -> list[dict[str, Any]] | RpcError:
+        def ask(addr: str, method: str = "members") -> Any:
             try:
-                members: list[dict[str, Any]] = self._rpc.call(
-                    addr, "flock_api", "members", timeout=min(self._rpc.timeout, 2.0))
-                return members
+                return self._rpc.call(addr, "flock_api", method,
+                                      timeout=min(self._rpc.timeout, 2.0))
             except RpcError as e:
                 return e
 
-        # In parallel: with tens of local nodes, one after the other costs a round trip each.
-        if len(addrs) > 1:
-            with ThreadPoolExecutor(min(8, len(addrs))) as ex:
-                results = list(ex.map(ask, addrs))
-        else:
-            results = [ask(a) for a in addrs]
+        walk = disc.walk()
         try:
-            return disc.absorb(addrs, results)
+            step = next(walk)
+            while True:
+                step = walk.send(ask(*step))
+        except StopIteration as done:
+            tried, answers, rest = done.value
+        # In parallel: with tens of local nodes, one after the other costs a round trip each.
+        if len(rest) > 1:
+            with ThreadPoolExecutor(min(8, len(rest))) as ex:
+                answers += list(ex.map(ask, rest))
+        else:
+            answers += [ask(a) for a in rest]
+        try:
+            return disc.absorb(tried + rest, answers)
         finally:
             self.refused = disc.refused
             self._refreshed = time.monotonic()
@@ -284,19 +361,25 @@ class AsyncFlock:
         return self
 
     async def refresh(self) -> list[dict[str, Any]]:
+        """Ask the flock who is in it, by `Flock.refresh`'s rules."""
         disc = self._discovery
-        addrs = disc.entry_points()
 
-        async def ask(addr: str) -> list[dict[str, Any]] | RpcError:
+        async def ask(addr: str, method: str = "members") -> Any:
             try:
-                members: list[dict[str, Any]] = await self._rpc.call(
-                    addr, "flock_api", "members", timeout=min(self._rpc.timeout, 2.0))
-                return members
+                return await self._rpc.call(addr, "flock_api", method,
+                                            timeout=min(self._rpc.timeout, 2.0))
             except RpcError as e:
                 return e
 
-        results = await asyncio.gather(*(ask(a) for a in addrs))
-        return disc.absorb(addrs, list(results))
+        walk = disc.walk()
+        try:
+            step = next(walk)
+            while True:
+                step = walk.send(await ask(*step))
+        except StopIteration as done:
+            tried, answers, rest = done.value
+        answers += await asyncio.gather(*(ask(a) for a in rest))
+        return disc.absorb(tried + rest, answers)
 
     async def nodes(self) -> list[dict[str, Any]]:
         return sorted(await self.refresh(), key=lambda m: m["name"])

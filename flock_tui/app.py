@@ -2,7 +2,7 @@
 
 The connection (`connection.py`) polls `nodes()` and folds the nodes' heartbeats and events
 into the view, then posts messages (`messages.py`); the app logs them and hands each screen
-its copy. The main screen flushes changed cells 10 times a second; the node screen reloads
+its copy. The main screen flushes changed cells twice a second; the node screen reloads
 on the events that concern its node. Styles live in `console.tcss`.
 """
 
@@ -41,6 +41,8 @@ from flock_tui.screens.main import MainScreen
 from flock_tui.screens.node import NodeScreen
 from flock_tui.screens.wizards import notify_wizard, subscribe_wizard
 from flock_tui.widgets.flock_table import FlockTable
+
+WATCH_INTERVAL = 0.25  # how soon a row scrolled into view gets its node's live events
 
 __all__ = ["FlockApp", "FlockTable", "builtin_keys", "run_console"]
 
@@ -127,6 +129,23 @@ class FlockApp(RunActions, App[int]):
         if self.main is not None:
             self.main.flush()
 
+    def looked_at(self) -> tuple[list[str], list[str]]:
+        """The nodes the operator looks at (cursor, visible rows, marked ones) and the open
+        node screens': the connection holds bus connections to those only."""
+        pinned = [s.node for s in self.screen_stack if isinstance(s, NodeScreen)]
+        if not self.ready or self.main is None:
+            return [], pinned
+        try:
+            rows = self.table.rows_on_screen()
+        except NoMatches:  # shutting down
+            return [], pinned
+        cursor = self.cursor_node()
+        return [*([cursor] if cursor else []), *rows, *sorted(self.marks)], pinned
+
+    def watch_nodes(self) -> None:
+        looked, pinned = self.looked_at()
+        self.connection.look(looked, pinned, time.monotonic())
+
     def apply_members(self, rows: list[dict[str, Any]]) -> None:
         self.connection.apply_members(rows)
 
@@ -165,6 +184,7 @@ class FlockApp(RunActions, App[int]):
         if self.connect_enabled:
             self.run_worker(self.connection.poll_loop(), group="poll", exclusive=True,
                             exit_on_error=False)
+            self.set_interval(WATCH_INTERVAL, self.watch_nodes)
 
     def theme_styles(self) -> Styles:
         v = self.get_css_variables()

@@ -1,6 +1,8 @@
 """The console's connection to the flock: a poll of `nodes()` every second (re-armed after
-each answer, so polls never overlap), a bus dialled to every node whose heartbeats and events
-are folded into the view as they arrive. It tells the app what changed by posting messages."""
+each answer, so polls never overlap; one SWIM member answers for the whole flock), and a bus
+dialled to the nodes the console looks at (a bounded set, `watch.py`) whose heartbeats and
+events are folded into the view as they arrive. It tells the app what changed by posting
+messages."""
 
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from flock_node.transport import Bus, RpcError
 from flock_tui.context import err_text
 from flock_tui.messages import ConnectionProblem, MembersUpdated, NodeEvent
 from flock_tui.model import Change, FlockView, Styles, change_text, merge_event, merge_heartbeat
+from flock_tui.watch import Watch, dialable, limits
 
 POLL_INTERVAL = 1.0
 Log = Callable[[Text, str | None], None]
@@ -37,6 +40,7 @@ class Connection:
         self.first_poll = True
         self.last_error = ""
         self.asked_history: set[str] = set()  # nodes whose last converge came from history
+        self.watch = Watch(*limits())
 
     async def poll_loop(self) -> None:
         """Poll forever; an error is shown, never raised."""
@@ -77,7 +81,7 @@ class Connection:
         self.last_error = msg
 
     def apply_members(self, rows: list[dict[str, Any]]) -> None:
-        """A fresh member list: log state changes, dial new buses, mark rows dirty."""
+        """A fresh member list: log state changes, mark rows dirty."""
         changes = self.view.replace(rows)
         st = self.styles()
         if self.first_poll:
@@ -90,14 +94,25 @@ class Connection:
         else:
             for c in changes:
                 self.log(change_text(c, st), c.node)
-        if self.bus is not None:
-            for r in rows:
-                if r.get("bus") and r.get("state") in ("alive", "suspect"):
-                    self.bus.dial(r["bus"])
         if self.last_error:
             self.last_error = ""
             self.post(ConnectionProblem(""))
         self.post(MembersUpdated(frozenset(self.view.dirty)))
+
+    def look(self, looked_at: list[str], pinned: list[str], now: float) -> None:
+        """The console looks at `looked_at` (cursor, visible rows, marked rows) and `pinned`
+        (open node screens): hold bus connections to those, within the watch's bounds."""
+        if self.bus is None:
+            return
+        dial, close = self.watch.step(now, looked_at, pinned, dialable(self.view.members))
+        for addr in close:
+            self.bus.undial(addr)
+        for addr in dial:
+            self.bus.dial(addr)
+
+    def connections(self) -> int:
+        """Bus connections the console holds (dialled addresses)."""
+        return len(self.bus.dialed()) if self.bus is not None else 0
 
     async def converges_from_history(self) -> None:
         """A node whose last run was a reaction, from an agent that does not send

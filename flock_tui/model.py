@@ -355,12 +355,23 @@ class FlockView:
         for r in rows:
             old = self.members.get(r["name"]) or {}
             remember_converge(r, r.get("last_converge"), old.get("last_converge"))
+            if r.get("active") and not r.get("run") and old.get("active") and old.get("run"):
+                # SWIM gossips that a node is busy, not its progress: that came in its events.
+                r["run"] = old["run"]
             fresh[r["name"]] = r
         for name in set(self.members) | set(fresh):
-            if self.members.get(name) != fresh.get(name):
+            if not same_row(self.members.get(name), fresh.get(name)):
                 self.dirty.add(name)
         self.members = fresh
         return changes
+
+
+def same_row(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
+    """Whether two answers about a node show the same: `age` moves with every poll and is
+    not shown in the table, so a flock of thousands does not redraw every row each second."""
+    if a is None or b is None:
+        return a is b
+    return a.keys() == b.keys() and all(a[k] == b[k] for k in a if k != "age")
 
 
 def ellipsize(s: str, width: int) -> str:

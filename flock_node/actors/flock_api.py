@@ -87,6 +87,8 @@ class FlockApi:
             "loop_failures": self.node.loop_failures(),
             "name_clashes": self.node.name_clashes(),
             "next_run": self.node.next_run,
+            # swim: `members` answers for the whole flock; mesh: for our peers only.
+            "membership": "swim" if isinstance(self.membership, SwimView) else "mesh",
         }
 
     async def history(self, limit: int = HISTORY_LIMIT,

@@ -4,6 +4,7 @@ OUTBOX (pending and dead letters) stays on screen."""
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
@@ -17,6 +18,7 @@ from flock_tui.model import COLUMNS, FlockView, Styles, matches, row_cells, sort
 WIDE = {"mark": 1, "state": 7, "activity": 32, "last": 28}
 NARROW = {"mark": 1, "state": 7, "activity": 14, "last": 24}
 NARROW_BELOW = 120
+ROWS_PER_FLUSH = 40  # rows redrawn by one flush (2 a second), those on screen first
 
 
 def column_widths(width: int) -> dict[str, int]:
@@ -31,6 +33,25 @@ def short_address(t: Text) -> Text:
         parts = s[6:].rstrip("/").split("/")
         return Text("ipc:…/" + "/".join(parts[-2:]), style=t.style)
     return t
+
+
+def budget(dirty: set[str], on_screen: set[str], most: int,
+           after: str = "") -> tuple[set[str], set[str]]:
+    """(rows to update now, rows left dirty): the rows on screen always, then others up to
+    `most` in all, in name order from the first after `after` (round robin: every row gets
+    its turn however often the others change). A poll of a thousand changed nodes is drawn
+    over a few flushes instead of one long stall that keys would wait behind."""
+    now = set(on_screen)
+    room = most - len(now)
+    rest = dirty - now
+    if room <= 0:
+        return now, rest
+    if len(rest) <= room:
+        return now | rest, set()
+    names = sorted(rest)
+    start = bisect.bisect_right(names, after)
+    take = set((names[start:] + names[:start])[:room])
+    return now | take, rest - take
 
 
 class FlockTable(DataTable[Any]):
@@ -51,6 +72,7 @@ class FlockTable(DataTable[Any]):
         self.force_all = False
         self.resort_needed = False
         self._last_ago = 0.0
+        self._turn = ""  # the last row redrawn by a flush that hit ROWS_PER_FLUSH
 
     def action_open_node(self) -> None:
         self.screen.action_open_node()  # type: ignore[attr-defined]
@@ -81,33 +103,54 @@ class FlockTable(DataTable[Any]):
 
     def visible_rows(self) -> set[str]:
         """Names of the rows on screen (and a few around)."""
+        return set(self.rows_on_screen())
+
+    def rows_on_screen(self) -> list[str]:
+        """Names of the rows on screen (and a few around), top to bottom."""
         first = max(0, int(self.scroll_y) - 2)
         last = min(self.row_count, first + self.size.height + 4)
-        out: set[str] = set()
+        out: list[str] = []
         for i in range(first, last):
             try:
                 key = self.coordinate_to_cell_key(Coordinate(i, 0)).row_key.value
                 if key is not None:
-                    out.add(key)
+                    out.append(key)
             except Exception:  # noqa: BLE001 - rows changed meanwhile
                 break
         return out
 
     def due(self, view: FlockView, now: float) -> Iterable[str] | None:
-        """The names to revisit now, None when nothing is due."""
+        """The names to revisit now, None when nothing is due: the rows on screen, then
+        rows to add or remove, at most `ROWS_PER_FLUSH` in all. A changed row off screen
+        waits in `view.dirty` until it scrolls into view (any cell's update makes DataTable
+        draw every visible cell again), unless a filter or a sort by its values needs it."""
         if self.force_all:
             self.force_all = False
             view.dirty.clear()
             return set(view.members) | set(self.shown)
-        if now - self._last_ago >= 1.0:
+        on_screen = self.visible_rows()
+        tick = now - self._last_ago >= 1.0
+        if tick:
             # "5s ago" moves every second: revisit the rows on screen once a second.
             self._last_ago = now
-            names, view.dirty = view.dirty | self.visible_rows(), set()
-            return names
-        if view.dirty:
-            names, view.dirty = view.dirty, set()
-            return names
-        return None
+        elif not view.dirty:
+            return None
+        else:
+            on_screen &= view.dirty
+        if self.filter or self.sort_column != "name":
+            needed = view.dirty
+        else:
+            needed = {n for n in view.dirty if n not in self.shown or n not in view.members}
+        # The first answer fills the table at once: a flock of thousands is not drawn in turns.
+        most = ROWS_PER_FLUSH if self.shown else len(needed)
+        names, _ = budget(needed, on_screen, most, self._turn)
+        view.dirty -= names
+        return self._took(names) if names or tick else None
+
+    def _took(self, names: set[str]) -> set[str]:
+        if len(names) >= ROWS_PER_FLUSH:  # the next flush goes on from the last of these
+            self._turn = max(names)
+        return names
 
     def apply(self, view: FlockView, names: Iterable[str], marks: set[str], now: float,
               st: Styles) -> bool:
@@ -134,8 +177,11 @@ class FlockTable(DataTable[Any]):
                 old = self.shown[name]
                 for c, v in cells.items():
                     if old[c] != v:
-                        # OUTBOX sizes to its content: `0 (12 dead)` is never cut.
-                        self.update_cell(name, c, v, update_width=c == "pending")
+                        # OUTBOX sizes to its content: `0 (12 dead)` is never cut. Only
+                        # when the width changes: a narrower cell makes DataTable measure
+                        # the whole column, for each such cell (seconds at 1,000 rows).
+                        self.update_cell(name, c, v, update_width=c == "pending"
+                                         and v.cell_len != old[c].cell_len)
                         changed = True
             self.shown[name] = cells
         if added or self.resort_needed or (changed and self.sort_column != "name"):
