@@ -230,11 +230,12 @@ def _console_roll(env: FlockEnv):
 
 
 @pytest.mark.parametrize(("how", "roller"), [("kill -9", _cli_roll), ("SIGTERM", _cli_roll),
-                                             ("kill -9", _console_roll)])
-def test_a_node_restarted_with_its_run_queued_ends_failed_at_once(flock_env, how, roller):
+                                             ("kill -9", _console_roll),
+                                             ("kill -9 mid-run", _cli_roll)])
+def test_a_node_restarted_mid_roll_ends_failed_at_once(flock_env, how, roller):
     """q0's run waits behind a converge when q0 is killed (or stopped) and started again: the
     new process never heard of that run. The roll (the CLI's, the console's) says so and goes
-    on instead of waiting for --timeout."""
+    on instead of waiting for --timeout. Killed mid-run, the run is recorded interrupted."""
     import signal
     import time
 
@@ -243,13 +244,16 @@ def test_a_node_restarted_with_its_run_queued_ends_failed_at_once(flock_env, how
     env.start_moded(("q0", "q1"), RECIPE)
     (env.root / "q0.mode").write_text(f"gate {gate}")
     with env.flock() as f:
-        f["q0"].flock_api.run_chef()  # converging until the gate opens
-        wait_for(lambda: f["q0"].flock_api.status()["current_run"], 10, what="q0 converging")
+        mid_run = how.endswith("mid-run")
+        if not mid_run:
+            f["q0"].flock_api.run_chef()  # converging until the gate opens
+            wait_for(lambda: f["q0"].flock_api.status()["current_run"], 10,
+                     what="q0 converging")
         result = roller(env)
-        wait_for(lambda: f["q0"].flock_api.status()["queued"], 15,
-                 what="the roll's run queued on q0")
+        wait_for(lambda: f["q0"].flock_api.status()["current_run" if mid_run else "queued"],
+                 15, what="the roll's run on q0")
     q0 = env.nodes["q0"].proc
-    q0.send_signal(signal.SIGKILL if how == "kill -9" else signal.SIGTERM)
+    q0.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
     gate.touch()  # SIGTERM: the converge in progress ends, the queued run is dropped
     q0.wait(15)
     (env.root / "q0.mode").write_text("ok")
@@ -260,7 +264,10 @@ def test_a_node_restarted_with_its_run_queued_ends_failed_at_once(flock_env, how
     nodes = {o["node"]: o for o in outcomes}
     assert code == 1, nodes
     assert nodes["q1"]["outcome"] == "ok" and nodes["q0"]["outcome"] == "failed", nodes
-    assert "restarted" in nodes["q0"]["error"] and "run it again" in nodes["q0"]["error"]
+    if mid_run:
+        assert "interrupted" in nodes["q0"]["error"], nodes
+    else:
+        assert "restarted" in nodes["q0"]["error"] and "run it again" in nodes["q0"]["error"]
     assert took < 10, f"the roll took {took:.1f}s after q0 came back"
 
 
