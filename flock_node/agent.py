@@ -60,7 +60,7 @@ from flock_node.transport import (
 from flock_node.transport.base import swim_for_bus
 from flock_node.trust.actor import TrustApi
 from flock_node.trust.crl_sync import CrlSync
-from flock_node.trust.guard import Guard
+from flock_node.trust.guard import Guard, unverified_via
 from flock_node.trust.policy import DEFAULT as DEFAULT_POLICY
 from flock_node.trust.policy import Policy
 from flock_node.trust.tls import TlsIdentity
@@ -159,7 +159,8 @@ class Agent:
             FlockApi(self, self.store, self.work, self.deliverer, self.membership),
             ResourceManager(self, self.store, self.work, self.subscriptions, self.emit),
             TrustApi(cfg.name, self.audit, self.tls.gate if self.tls else None),
-        ], Guard(cfg.name, self.audit, cfg.policy, self._subscriber_of))
+        ], Guard(cfg.name, self.audit, cfg.policy, self._subscriber_of,
+                 unverified_via(cfg.key is not None, not cfg.listen)))
 
     # -- what the actors read about this node (NodeFacts) ---------------------------------
     @property

@@ -6,6 +6,7 @@ here: the rolling screen gives `report` and `stopped`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -71,7 +72,11 @@ class RollDriver:
         except RpcError as e:
             ended = self.roll.polled(n, time.monotonic(), error=(e.code, e.message))
         else:
-            ended = self.roll.polled(n, time.monotonic(), r)
+            st = None
+            if r is None:  # not recorded: queued, or lost to a restart (the Roll decides)
+                with contextlib.suppress(RpcError):
+                    st = await self.flock.call(n, "flock_api", "status", {}, timeout=2.0)
+            ended = self.roll.polled(n, time.monotonic(), r, status=st)
         if ended:
             self.report(self.roll.nodes[n])
 

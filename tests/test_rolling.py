@@ -175,3 +175,119 @@ def test_a_node_killed_mid_roll_is_unreachable_and_the_roll_goes_on(five):
     assert got == {"r0": "ok", "r1": "ok", "r2": "unreachable", "r3": "ok", "r4": "ok"}
     five.modes()
     five.env.restart("r2", recipes=[five.env.root / "r2.py"])
+
+
+def _cli_roll(env: FlockEnv):
+    """`flockctl --json run-chef q* --max-parallel 2 --wait` in the background; its summary."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "flock_tui.main", "--json", "run-chef", "q*",
+                             "--wait", "--max-parallel", "2", "--max-fail", "2", "--timeout",
+                             "30"], env=env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+    def result() -> tuple[int, list[dict]]:
+        try:
+            out, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert out, err
+        return proc.returncode, json.loads(out)["nodes"]
+
+    return result
+
+
+def _console_roll(env: FlockEnv):
+    """The console's RollDriver (the same Roll, over AsyncFlock) on a thread of its own."""
+    import asyncio
+    import threading
+    from dataclasses import asdict
+
+    from flock_node.client import AsyncFlock
+    from flock_tui.roll import RollDriver
+
+    got: list[Roll] = []
+
+    async def go() -> None:
+        flock = await AsyncFlock.connect(runtime_dir=env.runtime_dir)
+        try:
+            got.append(await RollDriver(flock, Roll(["q0", "q1"], 2, 2, 30.0),
+                                        lambda o: None).drive())
+        finally:
+            flock.close()
+
+    t = threading.Thread(target=asyncio.run, args=(go(),), daemon=True)
+    t.start()
+
+    def result() -> tuple[int, list[dict]]:
+        t.join(60)
+        assert got, "the console's roll did not end"
+        return got[0].exit_code(), [asdict(o) for o in got[0].nodes.values()]
+
+    return result
+
+
+@pytest.mark.parametrize(("how", "roller"), [("kill -9", _cli_roll), ("SIGTERM", _cli_roll),
+                                             ("kill -9", _console_roll),
+                                             ("kill -9 mid-run", _cli_roll)])
+def test_a_node_restarted_mid_roll_ends_failed_at_once(flock_env, how, roller):
+    """q0's run waits behind a converge when q0 is killed (or stopped) and started again: the
+    new process never heard of that run. The roll (the CLI's, the console's) says so and goes
+    on instead of waiting for --timeout. Killed mid-run, the run is recorded interrupted."""
+    import signal
+    import time
+
+    env = flock_env
+    gate = env.root / "gate"
+    env.start_moded(("q0", "q1"), RECIPE)
+    (env.root / "q0.mode").write_text(f"gate {gate}")
+    with env.flock() as f:
+        mid_run = how.endswith("mid-run")
+        if not mid_run:
+            f["q0"].flock_api.run_chef()  # converging until the gate opens
+            wait_for(lambda: f["q0"].flock_api.status()["current_run"], 10,
+                     what="q0 converging")
+        result = roller(env)
+        wait_for(lambda: f["q0"].flock_api.status()["current_run" if mid_run else "queued"],
+                 15, what="the roll's run on q0")
+    q0 = env.nodes["q0"].proc
+    q0.send_signal(signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL)
+    gate.touch()  # SIGTERM: the converge in progress ends, the queued run is dropped
+    q0.wait(15)
+    (env.root / "q0.mode").write_text("ok")
+    env.restart("q0", recipes=[env.root / "q0.py"])
+    t0 = time.monotonic()
+    code, outcomes = result()
+    took = time.monotonic() - t0
+    print(f"{how}: the roll ended {took:.2f}s after q0 was back")
+    nodes = {o["node"]: o for o in outcomes}
+    assert code == 1, nodes
+    assert nodes["q1"]["outcome"] == "ok" and nodes["q0"]["outcome"] == "failed", nodes
+    if mid_run:
+        assert "interrupted" in nodes["q0"]["error"], nodes
+    else:
+        assert "restarted" in nodes["q0"]["error"] and "run it again" in nodes["q0"]["error"]
+    assert took < 10, f"the roll took {took:.1f}s after q0 came back"
+
+
+def test_roll_tells_a_queued_run_from_one_a_restart_lost():
+    roll = Roll(["a", "b"], max_parallel=2, max_fail=2, timeout=60)
+    roll.started("a", 0.0, "run-a")
+    roll.started("b", 0.0, "run-b")
+    queued = {"queued": ["run-a"], "current_run": {"id": "other"}}
+    assert not roll.polled("a", 1.0, None, status=queued)  # waits behind another run
+    assert not roll.polled("a", 1.1, None, status={"queued": [], "current_run": {"id": "run-a"}})
+    gone = {"queued": [], "current_run": None}  # a new process: it never heard of run-a
+    assert not roll.polled("a", 1.2, None, status=gone)  # it may have just ended: look again
+    assert roll.polled("a", 1.3, {"status": "ok", "updated": 1, "duration": 0.2})
+    assert roll.nodes["a"].outcome == "ok"  # it had: recorded at the next poll
+    assert not roll.polled("b", 1.0, None, status=gone)
+    assert not roll.polled("b", 1.1, None)  # status unanswered: two in a row must say gone
+    assert not roll.polled("b", 1.2, None, status=gone)
+    assert roll.polled("b", 1.3, None, status=gone)
+    o = roll.nodes["b"]
+    assert o.outcome == "failed" and o.error == ("run run-b is gone: b restarted before it "
+                                                 "started; run it again")
+    assert roll.done and roll.exit_code() == 1

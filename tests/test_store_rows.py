@@ -88,5 +88,5 @@ def test_audit_entries_are_rows_and_answer_as_maps(tmp_path):
     got = asyncio.run(TrustApi("a", store.audit, None).audit(10))
     assert got[1] == {"seq": old.seq, "at": old.at, "caller": "operator:alice",
                       "role": "operator", "verified": True, "call": "flock_api.run_chef",
-                      "args": {}, "outcome": "ok", "detail": None}
+                      "args": {}, "outcome": "ok", "detail": None, "via": "certificate"}
     store.close()

@@ -175,7 +175,8 @@ def test_plans_rolls_and_audit_rows_as_text():
                         "verified": True, "call": "flock_api.run_chef", "outcome": "refused",
                         "detail": "the default for role observer " * 5},
                        {"seq": 1, "at": 80.0, "caller": "client-1", "role": "operator",
-                        "verified": False, "call": "flock_api.retry", "outcome": "ok"}],
+                        "verified": False, "via": "key", "call": "flock_api.retry",
+                        "outcome": "ok"}],
                       100.0, 20, st)
     (k1, refused), (_k2, ok) = rows
     assert k1 == "2" and all("bold" in str(c.style) for c in refused)

@@ -10,6 +10,7 @@ from flock_node import paths
 from flock_node.cli.args import FAILED, OK, CliError
 from flock_node.cli.context import Ctx, gone
 from flock_node.cli.text import table
+from flock_node.store.audit import caller_label
 from flock_node.transport import RpcError
 from flock_node.trust import ca
 
@@ -95,7 +96,7 @@ def cmd_audit(c: Ctx) -> int:
         c.print(f"{c.args.node}: nothing audited yet")
         return OK
     c.print(table([[time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["at"])),
-                    r["caller"] + ("" if r["verified"] else " (key)"), r["role"], r["call"],
+                    caller_label(r), r["role"], r["call"],
                     r["outcome"], (r.get("detail") or "")[:80]] for r in rows],
                   ["TIME", "CALLER", "ROLE", "CALL", "OUTCOME", "DETAIL"]))
     return OK

@@ -7,6 +7,7 @@ skipped or unreachable. Progress is a bar on a terminal, plain lines otherwise, 
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -20,6 +21,10 @@ POLL = 0.1  # seconds between looks at the runs in flight
 # A node silent this long while converging is given up as unreachable: it frees its slot
 # rather than holding the roll until --timeout (a restart within it is waited for).
 UNREACHABLE_AFTER = 30.0
+# A queued run lives only in the node's memory. A poll that finds it neither recorded nor
+# queued nor running (status) this many times in a row means the node restarted before it
+# started: twice, because it may have started and ended between the two calls of one poll.
+LOST_AFTER = 2
 
 
 @dataclass
@@ -45,6 +50,7 @@ class Roll:
         self.timeout = timeout  # a run not finished this long after its start has failed
         self.deadline: dict[str, float] = {}
         self.silent_since: dict[str, float] = {}
+        self.missing: dict[str, int] = {}  # polls in a row that found n's run nowhere
 
     def started(self, n: str, now: float, run_id: str | None = None,
                 error: tuple[str, str] | None = None) -> None:
@@ -59,9 +65,11 @@ class Roll:
         self.deadline[n] = now + self.timeout
 
     def polled(self, n: str, now: float, answer: dict[str, Any] | None = None,
-               error: tuple[str, str] | None = None) -> bool:
+               error: tuple[str, str] | None = None,
+               status: dict[str, Any] | None = None) -> bool:
         """A poll of n's run answered `answer` (or failed with (code, message)): True when
-        that ended n's part of the roll."""
+        that ended n's part of the roll. When the run is not recorded (answer None), n's
+        `status` tells a queued run from one a restart lost."""
         o = self.nodes[n]
         if error is not None:
             code, message = error
@@ -76,6 +84,15 @@ class Roll:
             o.outcome, o.error = answer["status"], answer.get("error")
             o.updated, o.duration = answer.get("updated") or 0, answer.get("duration")
             return True
+        if answer is None and status is not None and not knows(status, o.run):
+            self.missing[n] = self.missing.get(n, 0) + 1
+            if self.missing[n] >= LOST_AFTER:
+                o.outcome = "failed"
+                o.error = (f"run {o.run} is gone: {n} restarted before it started; "
+                           "run it again")
+                return True
+        else:
+            self.missing.pop(n, None)
         if now >= self.deadline[n]:
             o.outcome = "failed"
             o.error = f"run {o.run} did not finish within {self.timeout:g}s"
@@ -121,6 +138,12 @@ class Roll:
                 "nodes": [asdict(o) for o in self.nodes.values()]}
 
 
+def knows(status: dict[str, Any], run: str | None) -> bool:
+    """Whether a node's status has `run` waiting or running (a run it has not recorded)."""
+    current = status.get("current_run") or {}
+    return run in (status.get("queued") or []) or current.get("id") == run
+
+
 def _line(o: Outcome) -> str:
     if o.outcome in ("ok", "failed"):
         text = f"{o.node}: {o.outcome} in {o.duration or 0:.1f}s, {o.updated} updated"
@@ -150,7 +173,11 @@ class _Driver:
         except RpcError as e:
             ended = self.roll.polled(n, time.monotonic(), error=(e.code, e.message))
         else:
-            ended = self.roll.polled(n, time.monotonic(), r)
+            st = None
+            if r is None:  # not recorded: queued, or lost to a restart (the Roll decides)
+                with contextlib.suppress(RpcError):  # the next poll asks again
+                    st = self.c.flock.call(n, "flock_api", "status", {}, timeout=2.0)
+            ended = self.roll.polled(n, time.monotonic(), r, status=st)
         if ended:
             self.report(self.roll.nodes[n])
 

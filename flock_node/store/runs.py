@@ -148,8 +148,12 @@ class Runs:
                 "SELECT 1 FROM runs ORDER BY started DESC LIMIT 1 OFFSET ?",
                 (HISTORY_LIMIT + HISTORY_SLACK,),
             ).fetchone()
+            # The newest finished converge is never pruned: it is the node's health, and a
+            # steady stream of reactions would otherwise turn it into `never`.
             old = db.execute(
-                "SELECT id FROM runs ORDER BY started DESC LIMIT -1 OFFSET ?", (HISTORY_LIMIT,)
+                "SELECT id FROM runs WHERE id IS NOT (SELECT id FROM runs WHERE kind='converge'"
+                " AND status!='running' ORDER BY started DESC LIMIT 1)"
+                " ORDER BY started DESC LIMIT -1 OFFSET ?", (HISTORY_LIMIT,)
             ).fetchall() if over else []
             for (rid,) in old:
                 db.execute("DELETE FROM runs WHERE id=?", (rid,))

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from flock_node.protocol import Envelope, Error, Request, Response
-from flock_node.store.audit import AuditLog
+from flock_node.store.audit import INSECURE, KEY, LOCAL, AuditLog
 from flock_node.trust.identity import NODE, OPERATOR, Caller
 from flock_node.trust.policy import CHANGES, DEFAULT, Policy
 
@@ -19,16 +19,24 @@ log = logging.getLogger("flock.trust")
 Call = Callable[[dict[str, Any]], Awaitable[Response]]
 
 
+def unverified_via(keyed: bool, local: bool) -> str:
+    """How a caller without a certificate was known, for the audit trail: a flock key
+    verified its frame, or it came on our local socket with no key, or over TCP unchecked."""
+    return KEY if keyed else LOCAL if local else INSECURE
+
+
 class Guard:
     """`owner_of(subscription id)` names the subscriber of one of our incoming
-    subscriptions (None if there is none)."""
+    subscriptions (None if there is none); `via` says how unverified callers were known
+    (`unverified_via`)."""
 
     def __init__(self, node: str, audit: AuditLog | None, policy: Policy = DEFAULT,
-                 owner_of: Callable[[str], str | None] = lambda _id: None):
+                 owner_of: Callable[[str], str | None] = lambda _id: None, via: str = KEY):
         self.node = node
         self.audit = audit
         self.policy = policy
         self.owner_of = owner_of
+        self.via = via
 
     async def run(self, caller: Caller, env: Envelope, req: Request, call: Call) -> Response:
         """Answer `req` through `call(args)` if `caller` may make it; audit the outcome."""
@@ -124,7 +132,7 @@ class Guard:
             return
         try:
             self.audit.record(who.name, who.role, who.verified, f"{req.actor}.{req.method}",
-                              args, outcome, detail)
+                              args, outcome, detail, via=None if who.verified else self.via)
         except Exception:  # the audit trail must not take the call down with it
             log.exception("audit record failed")
 

@@ -12,6 +12,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Label
 
 from flock_node.cli import ago
+from flock_node.store.audit import caller_label
 from flock_node.transport import RpcError
 from flock_tui.context import console_of, err_text
 from flock_tui.model import Styles
@@ -22,8 +23,8 @@ Row = tuple[str, list[Text]]
 
 
 def caller_text(r: dict[str, Any]) -> str:
-    """The caller as verified (a certificate), or as claimed with a shared key."""
-    return str(r.get("caller") or "?") + ("" if r.get("verified", True) else " (key)")
+    """The caller as verified (a certificate), or as claimed, with how it was known."""
+    return caller_label(r)
 
 
 def audit_rows(rows: list[dict[str, Any]], now: float, width: int, st: Styles) -> list[Row]:
