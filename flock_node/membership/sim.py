@@ -93,7 +93,8 @@ class Sizes:
                 states, map(is_, sizes, repeat(None)))))
         n = len(states)
         header = 1 if n < 16 else 3 if n < 65536 else 5  # msgpack array header
-        head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [])))
+        head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [],
+                                   msg.digest)))
         return head - 1 + header + total
 
 

@@ -1,0 +1,128 @@
+"""Table digests: a push-pull between equal tables costs a few bytes per bucket, a differing
+one carries only the buckets that differ.
+
+Members are spread over `FINE` buckets by a stable hash of their name; a bucket's digest is
+the XOR of its entries' hashes (name, instance, incarnation, record version, state), kept up
+to date on every write, so a digest costs nothing to produce. A push-pull sends the digest
+folded to about 16 members a bucket; the other side answers with its entries in the buckets
+that differ and its own digest, and the first side sends back what the other still lacks.
+Hashes are built from integers only (names through CRC-32), so two processes agree on them
+(Python randomizes `hash` of strings, not of ints and tuples of ints). A collision or
+another Python computing other hashes only costs a needless exchange of one bucket, never a
+missed difference on both sides at once for long: the next push-pull, with another member,
+uses another fold.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from array import array
+from itertools import compress, repeat
+from operator import and_, attrgetter, xor
+
+from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
+
+FINE = 1024  # buckets kept up to date: a digest is at most 8 KiB
+_MASK = FINE - 1
+PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
+_STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
+_node_of, _instance_of = attrgetter("node"), attrgetter("instance")
+_inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
+
+
+class _Keys(dict[str, int]):
+    """Stable integer keys of names and instances (CRC-32), computed once per string."""
+
+    def __missing__(self, s: str) -> int:
+        if len(self) > 1 << 20:
+            self.clear()  # bounded: a long-lived agent meets many instances over time
+        k = zlib.crc32(s.encode())
+        self[s] = k
+        return k
+
+
+_keys = _Keys()
+
+
+def bucket_of(node: str) -> int:
+    """The fine bucket of a member."""
+    return _keys[node] & _MASK
+
+
+def entry_hash(e: Entry) -> int:
+    """What a digest knows of one entry: equal for two equivalent beliefs, anywhere."""
+    if type(e) is Alive:
+        return hash((_keys[e.node], _keys[e.instance], e.incarnation, e.version, 0))
+    a = e.alive  # type: ignore[union-attr]
+    return hash((_keys[e.node], _keys[a.instance], e.incarnation, a.version,
+                 _STATE[e.state]))  # type: ignore[union-attr]
+
+
+def buckets_for(members: int) -> int:
+    """Buckets of the folded digest for a table of `members`: a power of two, 1..FINE."""
+    b = 1
+    while b < FINE and b * PER_BUCKET < members:
+        b *= 2
+    return b
+
+
+class Digest:
+    """The XOR digest of one table, bucket by bucket."""
+
+    __slots__ = ("fine",)
+
+    def __init__(self) -> None:
+        self.fine = array("q", bytes(8 * FINE))  # 8 KiB a member (a list would hold 40)
+
+    def toggle(self, e: Entry) -> None:
+        """Add an entry, or take it out again (XOR)."""
+        self.fine[_keys[e.node] & _MASK] ^= entry_hash(e)
+
+    def add_alives(self, alives: list[Alive]) -> None:
+        """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
+        keys = list(map(_keys.__getitem__, map(_node_of, alives)))
+        hashes = map(hash, zip(keys, map(_keys.__getitem__, map(_instance_of, alives)),
+                               map(_inc_of, alives), map(_version_of, alives), repeat(0)))
+        fine = self.fine
+        for k, h in zip(keys, hashes, strict=True):
+            fine[k & _MASK] ^= h
+
+    def folded(self, buckets: int, me: Entry) -> list[int]:
+        """The digest at `buckets` buckets, with our own statement in it."""
+        # Bucket i of `buckets` holds the fine buckets i, i + buckets, ...: halving the
+        # array with one XOR pass at a time folds it.
+        out = list(self.fine)
+        n = FINE
+        while n > buckets:
+            n //= 2
+            out = list(map(xor, out[:n], out[n:]))
+        out[_keys[me.node] & (buckets - 1)] ^= entry_hash(me)
+        return out
+
+
+def pack(digest: list[int]) -> bytes:
+    """Wire bytes of a folded digest."""
+    return struct.pack(f"<{len(digest)}q", *digest)
+
+
+def unpack(data: bytes) -> list[int] | None:
+    """A folded digest from wire bytes; None unless a power of two of buckets up to FINE."""
+    n, rest = divmod(len(data), 8)
+    if rest or n < 1 or n > FINE or n & (n - 1):
+        return None
+    return list(struct.unpack(f"<{n}q", data))
+
+
+def differing(ours: list[int], theirs: list[int]) -> set[int]:
+    """Buckets whose digests differ."""
+    return {j for j, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b}
+
+
+def select(entries: list[Entry], buckets: int, wanted: set[int]) -> list[Entry]:
+    """The entries that fall in the `wanted` buckets of a `buckets`-bucket digest."""
+    if len(wanted) == buckets:
+        return entries
+    keys = map(_keys.__getitem__, map(_node_of, entries))
+    return list(compress(entries, map(wanted.__contains__, map(and_, keys,
+                                                                repeat(buckets - 1)))))
