@@ -23,7 +23,7 @@ from operator import and_, attrgetter, xor
 
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 
-FINE = 1024  # buckets kept up to date: a digest is at most 8 KiB
+FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
 _MASK = FINE - 1
 PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
 _STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
@@ -70,14 +70,16 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("fine",)
+    __slots__ = ("fine", "_folded")
 
     def __init__(self) -> None:
-        self.fine = array("q", bytes(8 * FINE))  # 8 KiB a member (a list would hold 40)
+        self.fine = array("q", bytes(8 * FINE))  # 4 KiB a member (a list would hold 20)
+        self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
 
     def toggle(self, e: Entry) -> None:
         """Add an entry, or take it out again (XOR)."""
         self.fine[_keys[e.node] & _MASK] ^= entry_hash(e)
+        self._folded = None
 
     def add_alives(self, alives: list[Alive]) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
@@ -87,9 +89,13 @@ class Digest:
         fine = self.fine
         for k, h in zip(keys, hashes, strict=True):
             fine[k & _MASK] ^= h
+        self._folded = None
 
     def folded(self, buckets: int, me: Entry) -> list[int]:
         """The digest at `buckets` buckets, with our own statement in it."""
+        last = self._folded
+        if last is not None and last[0] == buckets and last[1] is me:
+            return last[2]  # no change since: both ends of an exchange fold once
         # Bucket i of `buckets` holds the fine buckets i, i + buckets, ...: halving the
         # array with one XOR pass at a time folds it.
         out = list(self.fine)
@@ -98,6 +104,7 @@ class Digest:
             n //= 2
             out = list(map(xor, out[:n], out[n:]))
         out[_keys[me.node] & (buckets - 1)] ^= entry_hash(me)
+        self._folded = (buckets, me, out)
         return out
 
 
