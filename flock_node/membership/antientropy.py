@@ -12,7 +12,7 @@ flock of any size stays under nng's 1 MiB frame limit.
 from __future__ import annotations
 
 from flock_node.membership.digest import buckets_for, differing, pack, select, unpack
-from flock_node.membership.messages import DOWN, LEFT, Alive, Entry, Mark, PushPull, encode
+from flock_node.membership.messages import DOWN, LEFT, Alive, Entry, Mark, PushPull
 from flock_node.membership.table import Table
 
 _SMALL = 32  # entries that always fit in one page (a record is far below page_bytes / 32)
@@ -112,10 +112,10 @@ class AntiEntropy(Table):
     def _pages(self, states: list[Entry]) -> list[list[Entry]]:
         if len(states) <= _SMALL:
             return [states]
-        # Measured by encoding (C speed, as fast as summing cached sizes), then split in
+        # Measured whole (encoded at C speed), then split in
         # equal runs of entries, halved again where a run of big records is still too big.
         limit = self.cfg.page_bytes
-        size = len(encode(states))
+        size = self.measure(states)
         if size <= limit:
             return [states]
         k = -(-size // limit)
@@ -124,7 +124,7 @@ class AntiEntropy(Table):
         todo = [states[i:i + step] for i in range(0, len(states), step)]
         while todo:
             page = todo.pop(0)
-            if len(page) > 1 and len(encode(page)) > limit:
+            if len(page) > 1 and self.measure(page) > limit:
                 half = len(page) // 2
                 todo[:0] = [page[:half], page[half:]]
             else:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
-from array import array
+from collections.abc import Callable
 from itertools import compress, repeat
 from operator import and_, attrgetter, xor
 
@@ -59,6 +59,13 @@ def entry_hash(e: Entry) -> int:
                  _STATE[e.state]))  # type: ignore[union-attr]
 
 
+def alive_hashes(alives: list[Alive]) -> list[int]:
+    """`entry_hash` of many plain statements, at C speed."""
+    return list(map(hash, zip(map(_keys.__getitem__, map(_node_of, alives)),
+                              map(_keys.__getitem__, map(_instance_of, alives)),
+                              map(_inc_of, alives), map(_version_of, alives), repeat(0))))
+
+
 def buckets_for(members: int) -> int:
     """Buckets of the folded digest for a table of `members`: a power of two, 1..FINE."""
     b = 1
@@ -70,10 +77,13 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("fine", "_folded")
+    __slots__ = ("fine", "_folded", "hashes")
 
-    def __init__(self) -> None:
-        self.fine = array("q", bytes(8 * FINE))  # 4 KiB a member (a list would hold 20)
+    def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
+        self.fine = [0] * FINE
+        # Hashes of many statements at once: the simulator, whose statements are shared
+        # objects, remembers them.
+        self.hashes = hashes or alive_hashes
         self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
 
     def toggle(self, e: Entry) -> None:
@@ -83,11 +93,9 @@ class Digest:
 
     def add_alives(self, alives: list[Alive]) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
-        keys = list(map(_keys.__getitem__, map(_node_of, alives)))
-        hashes = map(hash, zip(keys, map(_keys.__getitem__, map(_instance_of, alives)),
-                               map(_inc_of, alives), map(_version_of, alives), repeat(0)))
+        keys = map(_keys.__getitem__, map(_node_of, alives))
         fine = self.fine
-        for k, h in zip(keys, hashes, strict=True):
+        for k, h in zip(keys, self.hashes(alives), strict=True):
             fine[k & _MASK] ^= h
         self._folded = None
 

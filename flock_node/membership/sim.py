@@ -25,12 +25,14 @@ from itertools import compress, repeat
 from operator import is_, itemgetter
 from typing import Any
 
+from flock_node.membership.digest import Digest, alive_hashes
 from flock_node.membership.messages import (
     ALIVE,
     DOWN,
     LEFT,
     SUSPECT,
     Alive,
+    Entry,
     Message,
     PushPull,
     encode,
@@ -80,11 +82,8 @@ class Sizes:
             self._keep.append(obj)
         return n
 
-    def message(self, msg: Message) -> int:
-        """Bytes of one message on the wire."""
-        if type(msg) is not PushPull:
-            return len(encode(msg))
-        states = msg.states
+    def entries(self, states: list[Entry]) -> int:
+        """Bytes of a list of entries, as msgspec encodes it."""
         sizes = list(map(self._by_id.get, map(id, states)))
         try:
             total = sum(sizes)  # type: ignore[arg-type]
@@ -92,10 +91,15 @@ class Sizes:
             total = sum(filter(None, sizes)) + sum(map(self.of, compress(
                 states, map(is_, sizes, repeat(None)))))
         n = len(states)
-        header = 1 if n < 16 else 3 if n < 65536 else 5  # msgpack array header
+        return total + (1 if n < 16 else 3 if n < 65536 else 5)  # msgpack array header
+
+    def message(self, msg: Message) -> int:
+        """Bytes of one message on the wire."""
+        if type(msg) is not PushPull:
+            return len(encode(msg))
         head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [],
                                    msg.digest)))
-        return head - 1 + header + total
+        return head - 1 + self.entries(msg.states)
 
 
 class SimPort:
@@ -126,6 +130,8 @@ class Sim:
         self.index = {name: i for i, name in enumerate(self.names)}
         self._secret = self.rng.getrandbits(64)
         self._signed: dict[int, Alive] = {}
+        self._hash_of: dict[int, int] = {}
+        self._hashed: list[Alive] = []
         self.nodes: list[Swim] = []
         window = sc.start_window if sc.start_window is not None else min(5.0, 0.005 * n)
         self.starts = [window * i / max(1, n) for i in range(n)]
@@ -172,8 +178,22 @@ class Sim:
         return SimPort(self, i)
 
     def _machine(self, me: Alive) -> Swim:
-        return Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
-                    sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
+        m = Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
+                 sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
+        m.digest = Digest(self._hashes)
+        m.measure = self.sizes.entries
+        return m
+
+    def _hashes(self, alives: list[Alive]) -> list[int]:
+        # Statements are shared objects: hashed once each (and kept, so an id is not reused).
+        cache = self._hash_of
+        hs = list(map(cache.get, map(id, alives)))
+        if None in hs:
+            new = list(compress(alives, map(is_, hs, repeat(None))))
+            self._hashed.extend(new)
+            cache.update(zip(map(id, new), alive_hashes(new), strict=True))
+            hs = list(map(cache.__getitem__, map(id, alives)))
+        return hs  # type: ignore[return-value]
 
     # -- the simulated signature: stands for the driver's real check ----------------------
     def _tag(self, a: Alive) -> bytes:
