@@ -72,6 +72,7 @@ class Sizes:
     def __init__(self) -> None:
         self._by_id: dict[int, int] = {}
         self._keep: list[Any] = []
+        self._last: tuple[list[Entry] | None, int, int] = (None, 0, 0)
 
     def of(self, obj: Any) -> int:
         """Bytes of one update or table entry."""
@@ -84,6 +85,15 @@ class Sizes:
 
     def entries(self, states: list[Entry]) -> int:
         """Bytes of a list of entries, as msgspec encodes it."""
+        # A page is measured by its sender, then counted as sent: the same list, summed once.
+        last = self._last
+        if last[0] is states and last[1] == len(states):
+            return last[2]
+        n = self._entries(states)
+        self._last = (states, len(states), n)
+        return n
+
+    def _entries(self, states: list[Entry]) -> int:
         sizes = list(map(self._by_id.get, map(id, states)))
         try:
             total = sum(sizes)  # type: ignore[arg-type]
