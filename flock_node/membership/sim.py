@@ -32,13 +32,11 @@ from flock_node.membership.messages import (
     LEFT,
     SUSPECT,
     Alive,
-    Entry,
     Message,
-    PushPull,
-    encode,
 )
 from flock_node.membership.ports import dispatch
 from flock_node.membership.swim import Change, Config, Send, Swim
+from flock_node.membership.wiresize import Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _node, _old, _new = itemgetter(0), itemgetter(1), itemgetter(2)
@@ -64,52 +62,6 @@ class Scenario:
     seeds: int = 3
     start_window: float | None = None  # default min(5 s, 5 ms per node)
     config: Config = field(default_factory=Config)
-
-
-class Sizes:
-    """Encoded sizes, measured once per object (kept alive, so an id is never reused)."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, int] = {}
-        self._keep: list[Any] = []
-        self._last: tuple[list[Entry] | None, int, int] = (None, 0, 0)
-
-    def of(self, obj: Any) -> int:
-        """Bytes of one update or table entry."""
-        n = self._by_id.get(id(obj))
-        if n is None:
-            n = len(encode(obj))
-            self._by_id[id(obj)] = n
-            self._keep.append(obj)
-        return n
-
-    def entries(self, states: list[Entry]) -> int:
-        """Bytes of a list of entries, as msgspec encodes it."""
-        # A page is measured by its sender, then counted as sent: the same list, summed once.
-        last = self._last
-        if last[0] is states and last[1] == len(states):
-            return last[2]
-        n = self._entries(states)
-        self._last = (states, len(states), n)
-        return n
-
-    def _entries(self, states: list[Entry]) -> int:
-        sizes = list(map(self._by_id.get, map(id, states)))
-        try:
-            total = sum(sizes)  # type: ignore[arg-type]
-        except TypeError:  # a few entries never measured (new suspicions): measure those
-            total = sum(filter(None, sizes)) + sum(map(self.of, compress(
-                states, map(is_, sizes, repeat(None)))))
-        n = len(states)
-        return total + (1 if n < 16 else 3 if n < 65536 else 5)  # msgpack array header
-
-    def message(self, msg: Message) -> int:
-        """Bytes of one message on the wire."""
-        if type(msg) is not PushPull:
-            return len(encode(msg))
-        head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [],
-                                   msg.digest)))
-        return head - 1 + self.entries(msg.states)
 
 
 class SimPort:
