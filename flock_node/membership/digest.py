@@ -7,10 +7,9 @@ to date on every write, so a digest costs nothing to produce. A push-pull sends 
 folded to about 16 members a bucket; the other side answers with its entries in the buckets
 that differ and its own digest, and the first side sends back what the other still lacks.
 Hashes are built from integers only (names through CRC-32), so two processes agree on them
-(Python randomizes `hash` of strings, not of ints and tuples of ints). A collision or
-another Python computing other hashes only costs a needless exchange of one bucket, never a
-missed difference on both sides at once for long: the next push-pull, with another member,
-uses another fold.
+(Python randomizes `hash` of strings, not of ints and tuples of ints). Two Pythons that hash
+tuples differently only cost needless exchanges of whole buckets; a collision (one in 2^64)
+would hide one difference from the exchanges between two members, not from gossip.
 """
 
 from __future__ import annotations
