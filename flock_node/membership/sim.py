@@ -21,11 +21,10 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import compress, repeat
 from operator import is_, itemgetter
 from typing import Any
 
-from flock_node.membership.digest import Digest, alive_hashes
+from flock_node.membership.digest import Digest
 from flock_node.membership.messages import (
     ALIVE,
     DOWN,
@@ -36,7 +35,7 @@ from flock_node.membership.messages import (
 )
 from flock_node.membership.ports import dispatch
 from flock_node.membership.swim import Change, Config, Send, Swim
-from flock_node.membership.wiresize import Sizes
+from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _node, _old, _new = itemgetter(0), itemgetter(1), itemgetter(2)
@@ -92,8 +91,7 @@ class Sim:
         self.index = {name: i for i, name in enumerate(self.names)}
         self._secret = self.rng.getrandbits(64)
         self._signed: dict[int, Alive] = {}
-        self._hash_of: dict[int, int] = {}
-        self._hashed: list[Alive] = []
+        self.hashes = Hashes()
         self.nodes: list[Swim] = []
         window = sc.start_window if sc.start_window is not None else min(5.0, 0.005 * n)
         self.starts = [window * i / max(1, n) for i in range(n)]
@@ -142,20 +140,9 @@ class Sim:
     def _machine(self, me: Alive) -> Swim:
         m = Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
                  sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
-        m.digest = Digest(self._hashes)
+        m.digest = Digest(self.hashes)
         m.measure = self.sizes.entries
         return m
-
-    def _hashes(self, alives: list[Alive]) -> list[int]:
-        # Statements are shared objects: hashed once each (and kept, so an id is not reused).
-        cache = self._hash_of
-        hs = list(map(cache.get, map(id, alives)))
-        if None in hs:
-            new = list(compress(alives, map(is_, hs, repeat(None))))
-            self._hashed.extend(new)
-            cache.update(zip(map(id, new), alive_hashes(new), strict=True))
-            hs = list(map(cache.__getitem__, map(id, alives)))
-        return hs  # type: ignore[return-value]
 
     # -- the simulated signature: stands for the driver's real check ----------------------
     def _tag(self, a: Alive) -> bytes:

@@ -1,4 +1,5 @@
-"""What the simulator's messages weigh on the wire: msgspec's encoding, measured cheaply.
+"""What the simulator's messages weigh on the wire (msgspec's encoding), and its statements'
+digest hashes, both measured once per object.
 
 Messages are passed by reference, so the same statement object rides on many messages: its
 size is measured once; a push-pull's size is its head plus the sum of its entries' (exactly
@@ -11,7 +12,8 @@ from itertools import compress, repeat
 from operator import is_
 from typing import Any
 
-from flock_node.membership.messages import Entry, Message, PushPull, encode
+from flock_node.membership.digest import alive_hashes
+from flock_node.membership.messages import Alive, Entry, Message, PushPull, encode
 
 
 class Sizes:
@@ -58,3 +60,23 @@ class Sizes:
         head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [],
                                    msg.digest)))
         return head - 1 + self.entries(msg.states)
+
+
+class Hashes:
+    """`digest.alive_hashes` of statements shared by every table: hashed once each (and
+    kept, so an id is not reused)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, int] = {}
+        self._keep: list[Alive] = []
+
+    def __call__(self, alives: list[Alive]) -> list[int]:
+        """The hashes of `alives`, in order."""
+        cache = self._by_id
+        hs = list(map(cache.get, map(id, alives)))
+        if None in hs:
+            new = list(compress(alives, map(is_, hs, repeat(None))))
+            self._keep.extend(new)
+            cache.update(zip(map(id, new), alive_hashes(new), strict=True))
+            hs = list(map(cache.__getitem__, map(id, alives)))
+        return hs  # type: ignore[return-value]
