@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import subprocess
 import sys
 
@@ -23,8 +24,14 @@ def run(nodes: int, a: argparse.Namespace) -> dict:
     cmd = [sys.executable, "-m", "flock_node.membership.sim", "--nodes", str(nodes),
            "--seconds", str(a.seconds), "--loss", str(a.loss), "--crash", str(a.crash),
            "--seed", str(a.seed), "--json"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r: dict = json.loads(out.stdout)
+    # CPU seconds tell the simulator's cost on a shared machine better than wall time does.
+    r["cpu_s"] = round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1)
+    r["max_rss_mb"] = after.ru_maxrss // 1024  # the largest child so far (Linux: KiB)
+    return r
 
 
 def main() -> int:
@@ -38,13 +45,16 @@ def main() -> int:
     a = ap.parse_args()
     rows = [run(n, a) for n in (a.small, a.big)]
     print(f"{'nodes':>7} {'converged_s':>11} {'detect p50':>10} {'detect max':>10} "
-          f"{'false_dead':>10} {'msgs/node/s':>11} {'bytes/node/s':>12} {'wall_s':>7}")
+          f"{'false_dead':>10} {'msgs/node/s':>11} {'bytes/node/s':>12} {'wall_s':>7} "
+          f"{'cpu_s':>7} {'rss_mb':>7}")
     for r in rows:
         d = r["detect_s"]
         print(f"{r['nodes']:>7} {r['converged_s']!s:>11} {d['p50']!s:>10} {d['max']!s:>10} "
               f"{r['false_dead']:>10} {r['msgs_per_node_s']:>11} {r['bytes_per_node_s']:>12} "
-              f"{r['wall_s']:>7}")
+              f"{r['wall_s']:>7} {r['cpu_s']:>7} {r['max_rss_mb']:>7}")
     ratio = rows[1]["msgs_per_node_s"] / rows[0]["msgs_per_node_s"]
+    print(f"bytes/node/s at {a.big} over {a.small}: "
+          f"{rows[1]['bytes_per_node_s'] / rows[0]['bytes_per_node_s']:.2f}x")
     ok = ratio <= 1.5 and all(
         r["converged_s"] is not None and r["detect_s"]["max"] is not None
         and r["false_dead"] == 0 for r in rows)

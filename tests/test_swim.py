@@ -268,3 +268,84 @@ def test_bad_simulator_flags_are_a_usage_error(args):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "usage:" in out.stderr and "Traceback" not in out.stderr
+
+
+# -- push-pull: digest first, then only what differs, in pages ---------------------------------
+
+def _member(name: str) -> Swim:
+    return Swim(Alive(name, 1, f"i-{name}", f"tcp://{name}:7946"), random.Random(1),
+                vouch=lambda a: True)
+
+
+def _statements(n: int, record: dict | None = None, sig: bytes = b"") -> list[Alive]:
+    return [Alive(f"m{i:05d}", 1, f"{i:08x}", f"tcp://10.0.{i // 250}.{i % 250}:7946", 1,
+                  record, sig) for i in range(n)]
+
+
+def _pair(n: int) -> tuple[Swim, Swim]:
+    """Two members holding the same table of `n` others."""
+    a, b = _member("a"), _member("b")
+    states = _statements(n)
+    a._merge(0.0, [*states, b.me], "x")
+    b._merge(0.0, [*states, a.me], "x")
+    a._flush(0.0), b._flush(0.0)
+    return a, b
+
+
+def _request(a: Swim, now: float = 1.0) -> PushPull:
+    a._periodic_push_pull(now)
+    sends = [m for _, m in a._flush(now)[0] if isinstance(m, PushPull)]
+    assert len(sends) == 1
+    return sends[0]
+
+
+def test_a_push_pull_between_equal_tables_is_one_small_message():
+    a, b = _pair(2000)
+    req = _request(a)
+    assert req.states == [] and req.digest
+    assert len(encode(req)) < 2000  # the table itself is over 100 KB
+    sends, changes = b.receive(1.0, req)
+    assert sends == [] and changes == []  # nothing differs: nothing to answer
+
+
+def test_a_push_pull_between_differing_tables_carries_only_the_delta():
+    a, b = _pair(2000)
+    newer_b = Alive("m00007", 1, f"{7:08x}", "tcp://10.0.0.7:7946", 2, {"tags": ["b"]})
+    newer_a = Alive("m01234", 1, f"{1234:08x}", "tcp://10.0.4.234:7946", 2, {"tags": ["a"]})
+    b._merge(0.0, [newer_b], "m00007")
+    a._merge(0.0, [newer_a], "m01234")
+    req = _request(a)
+    answers = [m for _, m in b.receive(1.0, req)[0]]
+    assert len(answers) == 1 and answers[0].reply and answers[0].digest
+    assert newer_b in answers[0].states and len(answers[0].states) <= 64  # a bucket, not 2000
+    back = [m for _, m in a.receive(1.1, answers[0])[0]]
+    assert a.table["m00007"] is newer_b
+    assert len(back) == 1 and back[0].reply and not back[0].digest
+    assert newer_a in back[0].states and len(back[0].states) <= 64
+    assert b.receive(1.2, back[0])[0] == []  # the last leg: nothing more to say
+    assert b.table["m01234"] is newer_a
+    assert _request(a, 2.0).digest == _request(b, 2.0).digest  # the tables agree again
+
+
+def test_a_ten_thousand_member_table_goes_to_a_joiner_in_frames_under_the_limit():
+    from flock_node.protocol import MAX_FRAME, Codec, SwimFrame
+
+    # A member's statement as the agent signs it on TLS (certificate and signature, the
+    # bigger of the two signatures), with a full record of facts.
+    record = {"tags": ["web", "eu-west-1"], "active": False, "pending": 0, "dead": 0,
+              "last_run": {"ok": True, "at": 1.7e9, "resources": 42, "changed": 3},
+              "crl": 3, "bus": "tcp://10.1.2.3:7946", "rpc": "tcp://10.1.2.3:7947",
+              "version": "0.9.0", "started": 1.7e9}
+    seed = _member("seed")
+    members = _statements(10_000, record, b"\x01" * 620)
+    seed._merge(0.0, members, "x")
+    seed._flush(0.0)
+    joiner = _member("joiner")
+    sends, _ = seed.receive(1.0, PushPull("joiner", joiner.me.addr, True, False, [joiner.me]))
+    codec = Codec(b"k" * 32, "seed")
+    pages = [m for _, m in sends if isinstance(m, PushPull)]
+    assert len(pages) > 1
+    for m in pages:
+        assert len(codec.encode(SwimFrame(encode(m)))) < MAX_FRAME
+        joiner.receive(1.1, decode(encode(m)))
+    assert len(joiner.table) == 10_001  # every member and the seed

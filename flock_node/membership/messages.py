@@ -101,13 +101,15 @@ class Gossip(msgspec.Struct, frozen=True, array_like=True, tag="g"):
 
 
 class PushPull(msgspec.Struct, frozen=True, array_like=True, tag="pp"):
-    """Anti-entropy: the sender's whole table; `reply` is the answer to one."""
+    """Anti-entropy: entries of the sender's table (all of it, a page of it, or the buckets
+    that differ) and/or its table's `digest`; `reply` is an answer (see antientropy.py)."""
 
     sender: Name
     reply_to: str
     join: bool
     reply: bool
     states: list[Entry] = []
+    digest: Annotated[bytes, msgspec.Meta(max_length=8192)] = b""
 
 
 Message = Ping | Ack | Nack | PingReq | Gossip | PushPull
@@ -120,8 +122,8 @@ class BadMessage(ValueError):
     """Bytes that are not one SWIM message."""
 
 
-def encode(msg: Message | Update | Entry) -> bytes:
-    """Wire bytes of a message (or of one update, to measure it)."""
+def encode(msg: Message | Update | Entry | list[Entry]) -> bytes:
+    """Wire bytes of a message (or of updates or entries, to measure them)."""
     return _encoder.encode(msg)
 
 

@@ -21,10 +21,10 @@ import statistics
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from itertools import compress, repeat
 from operator import is_, itemgetter
 from typing import Any
 
+from flock_node.membership.digest import Digest
 from flock_node.membership.messages import (
     ALIVE,
     DOWN,
@@ -32,11 +32,10 @@ from flock_node.membership.messages import (
     SUSPECT,
     Alive,
     Message,
-    PushPull,
-    encode,
 )
 from flock_node.membership.ports import dispatch
 from flock_node.membership.swim import Change, Config, Send, Swim
+from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _node, _old, _new = itemgetter(0), itemgetter(1), itemgetter(2)
@@ -62,39 +61,6 @@ class Scenario:
     seeds: int = 3
     start_window: float | None = None  # default min(5 s, 5 ms per node)
     config: Config = field(default_factory=Config)
-
-
-class Sizes:
-    """Encoded sizes, measured once per object (kept alive, so an id is never reused)."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, int] = {}
-        self._keep: list[Any] = []
-
-    def of(self, obj: Any) -> int:
-        """Bytes of one update or table entry."""
-        n = self._by_id.get(id(obj))
-        if n is None:
-            n = len(encode(obj))
-            self._by_id[id(obj)] = n
-            self._keep.append(obj)
-        return n
-
-    def message(self, msg: Message) -> int:
-        """Bytes of one message on the wire."""
-        if type(msg) is not PushPull:
-            return len(encode(msg))
-        states = msg.states
-        sizes = list(map(self._by_id.get, map(id, states)))
-        try:
-            total = sum(sizes)  # type: ignore[arg-type]
-        except TypeError:  # a few entries never measured (new suspicions): measure those
-            total = sum(filter(None, sizes)) + sum(map(self.of, compress(
-                states, map(is_, sizes, repeat(None)))))
-        n = len(states)
-        header = 1 if n < 16 else 3 if n < 65536 else 5  # msgpack array header
-        head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [])))
-        return head - 1 + header + total
 
 
 class SimPort:
@@ -125,6 +91,7 @@ class Sim:
         self.index = {name: i for i, name in enumerate(self.names)}
         self._secret = self.rng.getrandbits(64)
         self._signed: dict[int, Alive] = {}
+        self.hashes = Hashes()
         self.nodes: list[Swim] = []
         window = sc.start_window if sc.start_window is not None else min(5.0, 0.005 * n)
         self.starts = [window * i / max(1, n) for i in range(n)]
@@ -171,8 +138,11 @@ class Sim:
         return SimPort(self, i)
 
     def _machine(self, me: Alive) -> Swim:
-        return Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
-                    sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
+        m = Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
+                 sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
+        m.digest = Digest(self.hashes)
+        m.measure = self.sizes.entries
+        return m
 
     # -- the simulated signature: stands for the driver's real check ----------------------
     def _tag(self, a: Alive) -> bytes:

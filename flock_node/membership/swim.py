@@ -16,6 +16,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
+from flock_node.membership.antientropy import AntiEntropy
 from flock_node.membership.gossip import retransmit_limit
 from flock_node.membership.messages import (
     DOWN,
@@ -24,7 +25,6 @@ from flock_node.membership.messages import (
     Ack,
     Alive,
     Dead,
-    Entry,
     Gossip,
     Mark,
     Message,
@@ -34,12 +34,12 @@ from flock_node.membership.messages import (
     PushPull,
     Update,
 )
-from flock_node.membership.table import Change, Config, Output, Send, Table, state_of
+from flock_node.membership.table import Change, Config, Output, Send, state_of
 
 __all__ = ["Change", "Config", "Output", "Send", "Swim", "state_of"]
 
 
-class Swim(Table):
+class Swim(AntiEntropy):
     """One member's view of the flock and its side of the protocol."""
 
     def __init__(self, me: Alive, rng: random.Random, config: Config | None = None,
@@ -144,7 +144,7 @@ class Swim(Table):
             elif kind == "reap":
                 e = self.table.get(arg)
                 if e is not None and type(e) is Mark and e.state in (DOWN, LEFT):
-                    del self.table[arg]
+                    self._drop(arg)
                     self.down.discard(arg)
         return self._flush(now)
 
@@ -231,83 +231,10 @@ class Swim(Table):
                                            self._gossip())))
         self._at(now + self.cfg.probe_timeout * 0.8, "relay", self._seq)
 
-    # -- push-pull ------------------------------------------------------------------------
-    def _periodic_push_pull(self, now: float) -> None:
-        # While exchanges teach us many members (a flock forming, a partition healed) they
-        # come every 2 s, every 4 s while they teach a few, then at the interval,
-        # stretched with the flock's size as memberlist does, so the bytes per node per
-        # second stay bounded.
-        n = len(self.table) + 1
-        scale = 1 + max(0, (n.bit_length() - 6))
-        learned, longest = self.learned - self._pp_learned, self.cfg.push_pull_interval * scale
-        if learned > max(8, n // 30):
-            self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
-        elif learned:
-            self._pp_delay = min(self.cfg.push_pull_first * 2, longest)  # the last stragglers
-        else:
-            self._pp_delay = longest
-        self._pp_learned = self.learned
-        self._pp_at(now + self._pp_delay * (0.5 + self.rng.random()))
-        # Half the time a member we believe down, if any (serf's reconnect): that is how the
-        # two sides of a healed partition meet, each learning the other holds it down.
-        if self._pp_delay == self.cfg.push_pull_first and self._order:
-            # Catching up: of a few members drawn at random, the one that started last
-            # (incarnations are start times) joined through a seed last, so knows the most.
-            rng, order, table = self.rng, self._order, self.table
-            drawn = [table.get(order[int(rng.random() * len(order))]) for _ in range(8)]
-            best = max((e for e in drawn if type(e) is Alive), default=None,
-                       key=lambda e: e.incarnation)
-            addrs = [best.addr] if best is not None else []
-        elif self.down and self.rng.random() < 0.5:
-            e = self.table[sorted(self.down)[int(self.rng.random() * len(self.down))]]
-            addrs = [self._addr(e.node, e)]
-        else:
-            addrs = self._random_addrs(1, None)
-        for addr in addrs:
-            self._sends.append((addr, PushPull(self.name, self.me.addr, False, False,
-                                               self._states())))
-
-    def _pp_at(self, when: float) -> None:
-        self._pp_due = when
-        self._at(when, "pp", when)
-
-    def _states(self) -> list[Entry]:
-        states: list[Entry] = list(self.table.values())
-        states.append(self.me)
-        return states
-
-    def _push_pulled(self, now: float, msg: PushPull) -> None:
-        # The answer is our table as it was (the sender has its own entries already), with
-        # our statement as it is after the merge: a refutation if the sender held us down.
-        ours = None if msg.reply else self._states()
-        self._merge(now, msg.states, msg.sender)
-        if ours is not None:
-            ours[-1] = self.me
-            self._sends.append((msg.reply_to, PushPull(self.name, self.me.addr, msg.join, True,
-                                                       ours)))
-
     # -- plumbing -------------------------------------------------------------------------
     def _gossip(self) -> list[Update]:
         limit = retransmit_limit(self.cfg.retransmit_mult, len(self.table) + 1)
         return self.queue.take(self.cfg.gossip_budget, limit)
-
-    def _random_addrs(self, k: int, exclude: str | None,
-                      include_down: bool = False) -> list[str]:
-        order, table, rng = self._order, self.table, self.rng
-        out: list[str] = []
-        seen = set()
-        for _ in range(k * 3):
-            if len(out) >= k or not order:
-                break
-            n = order[int(rng.random() * len(order))]
-            e = table.get(n)
-            if n == exclude or n in seen or e is None:
-                continue
-            if type(e) is Mark and (e.state == LEFT or (e.state == DOWN and not include_down)):
-                continue
-            seen.add(n)
-            out.append(self._addr(n, e))
-        return out
 
     def _flush(self, now: float) -> Output:
         # News of members we did not know hints that our table has gaps (a lost join, a

@@ -17,6 +17,7 @@ from itertools import compress, repeat
 from operator import attrgetter, is_, is_not
 from typing import Any
 
+from flock_node.membership.digest import Digest
 from flock_node.membership.gossip import Broadcasts
 from flock_node.membership.lifeguard import (
     Awareness,
@@ -62,6 +63,7 @@ class Config:
     push_pull_first: float = 2.0  # a joiner's catch-up exchanges start here and double
     join_retry: float = 1.0
     reap_after: float = 120.0  # a down or left member stays listed this long
+    page_bytes: int = 512 * 1024  # entries in one push-pull message: well under nng's 1 MiB
 
 
 def state_of(e: Entry) -> str:
@@ -87,7 +89,10 @@ class Table:
         self.size = size or (lambda u: len(encode(u)))
         self.me = self.sign(me)
         self.name = me.node
-        self.table: dict[str, Entry] = {}
+        self.table: dict[str, Entry] = {}  # written through _put and _drop (the digest)
+        self.digest = Digest()
+        # Bytes of many entries (a push-pull's pages): the simulator sums cached sizes.
+        self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
         self.awareness = Awareness(self.cfg.awareness_max)
@@ -155,6 +160,7 @@ class Table:
 
     def _add_many(self, names: list[str], alives: list[Alive], sender: str | None) -> None:
         self.table.update(zip(names, alives, strict=True))
+        self.digest.add_alives(alives)
         # Rotated by a random offset: nodes that learned the same list do not probe in step.
         k = int(self.rng.random() * len(names))
         self._order.extend(names[k:])
@@ -196,7 +202,7 @@ class Table:
         if node != sender and not self.vouch(a):
             return  # a node is believed only about itself
         if cur is None:
-            self.table[node] = a
+            self._put(node, a)
             self._enlist(node)
             self._note(node, None, ALIVE)
             if gossip:
@@ -214,10 +220,10 @@ class Table:
                 return
             if marked:  # a newer record does not refute a suspicion
                 m: Mark = cur  # type: ignore[assignment]
-                self.table[node] = Mark(node, m.state, m.incarnation, m.by, a)
+                self._put(node, Mark(node, m.state, m.incarnation, m.by, a))
                 self._broadcast(node, a)
                 return
-        self.table[node] = a
+        self._put(node, a)
         if marked:
             self._suspicions.pop(node, None)
             self._note(node, cur.state, ALIVE)  # type: ignore[union-attr]
@@ -243,7 +249,7 @@ class Table:
                     self._broadcast(node, Suspect(node, inc, by))
                 return
         alive: Alive = cur.alive if type(cur) is Mark else cur  # type: ignore[assignment]
-        self.table[node] = Mark(node, SUSPECT, inc, by, alive)
+        self._put(node, Mark(node, SUSPECT, inc, by, alive))
         n = len(self.table) + 1
         lo, hi = suspicion_bounds(self.cfg.suspicion_mult, self.cfg.suspicion_max_mult, n,
                                   self.cfg.probe_interval)
@@ -274,7 +280,7 @@ class Table:
         if old in (DOWN, LEFT) and (old == new or inc == cur.incarnation):
             return
         alive: Alive = cur.alive if type(cur) is Mark else cur  # type: ignore[assignment]
-        self.table[node] = Mark(node, new, inc, by, alive)
+        self._put(node, Mark(node, new, inc, by, alive))
         self._suspicions.pop(node, None)
         self._note(node, old, new)
         self._broadcast(node, Dead(node, inc, by))
@@ -313,6 +319,18 @@ class Table:
         if e is None:
             return ""
         return e.addr if type(e) is Alive else e.alive.addr  # type: ignore[union-attr]
+
+    def _put(self, node: str, e: Entry) -> None:
+        old = self.table.get(node)
+        if old is not None:
+            self.digest.toggle(old)
+        self.table[node] = e
+        self.digest.toggle(e)
+
+    def _drop(self, node: str) -> None:
+        e = self.table.pop(node, None)
+        if e is not None:
+            self.digest.toggle(e)
 
     def _at(self, when: float, kind: str, arg: Any) -> None:
         self._tseq += 1

@@ -1,0 +1,150 @@
+"""Push-pull anti-entropy: digest first, then only the buckets that differ, in pages.
+
+A periodic exchange sends our table's digest (`digest.py`, 8 bytes a bucket of about 16
+members); the other side answers only when some bucket differs, with its entries in those
+buckets and its own digest; we merge them and send back our entries in the buckets that
+still differ (what it lacks). Equal tables cost one small message; a member that missed one
+update gets a bucket, not the table. A joiner (nothing to compare yet) still sends itself and
+gets the whole table. Any list of entries goes out in pages of at most `page_bytes`, so a
+flock of any size stays under nng's 1 MiB frame limit.
+"""
+
+from __future__ import annotations
+
+from flock_node.membership.digest import buckets_for, differing, pack, select, unpack
+from flock_node.membership.messages import DOWN, LEFT, Alive, Entry, Mark, PushPull
+from flock_node.membership.table import Table
+
+_SMALL = 32  # entries that always fit in one page (a record is far below page_bytes / 32)
+
+
+class AntiEntropy(Table):
+    """The push-pull side of a member: when to exchange, with whom, and what to send."""
+
+    _pp_delay = 2.0
+    _pp_learned = 0
+    _pp_due = 0.0
+
+    def _periodic_push_pull(self, now: float) -> None:
+        # While exchanges teach us many members (a flock forming, a partition healed) they
+        # come every 2 s, every 4 s while they teach a few, then at the interval,
+        # stretched with the flock's size as memberlist does, so the bytes per node per
+        # second stay bounded.
+        n = len(self.table) + 1
+        scale = 1 + max(0, (n.bit_length() - 6))
+        learned, longest = self.learned - self._pp_learned, self.cfg.push_pull_interval * scale
+        if learned > max(8, n // 30):
+            self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
+        elif learned:
+            self._pp_delay = min(self.cfg.push_pull_first * 2, longest)  # the last stragglers
+        else:
+            self._pp_delay = longest
+        self._pp_learned = self.learned
+        self._pp_at(now + self._pp_delay * (0.5 + self.rng.random()))
+        # Half the time a member we believe down, if any (serf's reconnect): that is how the
+        # two sides of a healed partition meet, each learning the other holds it down.
+        if self._pp_delay == self.cfg.push_pull_first and self._order:
+            # Catching up: of a few members drawn at random, the one that started last
+            # (incarnations are start times) joined through a seed last, so knows the most.
+            rng, order, table = self.rng, self._order, self.table
+            drawn = [table.get(order[int(rng.random() * len(order))]) for _ in range(8)]
+            best = max((e for e in drawn if type(e) is Alive), default=None,
+                       key=lambda e: e.incarnation)
+            addrs = [best.addr] if best is not None else []
+        elif self.down and self.rng.random() < 0.5:
+            e = self.table[sorted(self.down)[int(self.rng.random() * len(self.down))]]
+            addrs = [self._addr(e.node, e)]
+        else:
+            addrs = self._random_addrs(1, None)
+        if addrs:
+            b = buckets_for(n)
+            self._sends.append((addrs[0], PushPull(self.name, self.me.addr, False, False, [],
+                                                   pack(self.digest.folded(b, self.me)))))
+
+    def _pp_at(self, when: float) -> None:
+        self._pp_due = when
+        self._at(when, "pp", when)
+
+    def _states(self) -> list[Entry]:
+        states: list[Entry] = list(self.table.values())
+        states.append(self.me)
+        return states
+
+    def _push_pulled(self, now: float, msg: PushPull) -> None:
+        theirs = unpack(msg.digest) if msg.digest else None
+        if msg.digest and theirs is None:
+            return  # not a digest we can read: nothing to compare with
+        to = msg.reply_to
+        if not msg.reply and theirs is None:
+            # A whole table (a joiner's, or an older peer's): the answer is our table as it
+            # was (the sender has its own entries already), with our statement as it is
+            # after the merge: a refutation if the sender held us down.
+            ours = self._states()
+            self._merge(now, msg.states, msg.sender)
+            ours[-1] = self.me
+            self._push(to, msg.join, ours, b"")
+            return
+        me = self.me
+        if msg.states:
+            self._merge(now, msg.states, msg.sender)
+        if theirs is not None:
+            # A digest to compare (a request), or one with the entries we lacked (the
+            # answer to ours): send what differs still, with our digest on a request only.
+            b = len(theirs)
+            mine = self.digest.folded(b, self.me)
+            diff = differing(mine, theirs)
+            if diff:
+                self._push(to, False, select(self._states(), b, diff),
+                           b"" if msg.reply else pack(mine))
+        elif self.me is not me:
+            # The last leg told us someone holds us suspect or down: they hear the refutation
+            # now rather than by gossip.
+            self._push(to, False, [self.me], b"")
+
+    def _push(self, addr: str, join: bool, states: list[Entry], digest: bytes) -> None:
+        """Send `states` to `addr` as answer pages, the digest on the last one."""
+        pages = self._pages(states)
+        for k, page in enumerate(pages):
+            last = k == len(pages) - 1
+            self._sends.append((addr, PushPull(self.name, self.me.addr, join, True, page,
+                                               digest if last else b"")))
+
+    def _pages(self, states: list[Entry]) -> list[list[Entry]]:
+        if len(states) <= _SMALL:
+            return [states]
+        # Measured whole (encoded at C speed), then split in
+        # equal runs of entries, halved again where a run of big records is still too big.
+        limit = self.cfg.page_bytes
+        size = self.measure(states)
+        if size <= limit:
+            return [states]
+        k = -(-size // limit)
+        step = -(-len(states) // k)
+        pages: list[list[Entry]] = []
+        todo = [states[i:i + step] for i in range(0, len(states), step)]
+        while todo:
+            page = todo.pop(0)
+            if len(page) > 1 and self.measure(page) > limit:
+                half = len(page) // 2
+                todo[:0] = [page[:half], page[half:]]
+            else:
+                pages.append(page)
+        return pages
+
+    def _random_addrs(self, k: int, exclude: str | None,
+                      include_down: bool = False) -> list[str]:
+        order, table, rng = self._order, self.table, self.rng
+        out: list[str] = []
+        seen = set()
+        for _ in range(k * 3):
+            if len(out) >= k or not order:
+                break
+            n = order[int(rng.random() * len(order))]
+            e = table.get(n)
+            if n == exclude or n in seen or e is None:
+                continue
+            if type(e) is Mark and (e.state == LEFT or (e.state == DOWN and not include_down)):
+                continue
+            seen.add(n)
+            out.append(self._addr(n, e))
+        return out

@@ -1,0 +1,142 @@
+"""Table digests: a push-pull between equal tables costs a few bytes per bucket, a differing
+one carries only the buckets that differ.
+
+Members are spread over `FINE` buckets by a stable hash of their name; a bucket's digest is
+the XOR of its entries' hashes (name, instance, incarnation, record version, state), kept up
+to date on every write, so a digest costs nothing to produce. A push-pull sends the digest
+folded to about 16 members a bucket; the other side answers with its entries in the buckets
+that differ and its own digest, and the first side sends back what the other still lacks.
+Hashes are built from integers only (names through CRC-32), so two processes agree on them
+(Python randomizes `hash` of strings, not of ints and tuples of ints). Two Pythons that hash
+tuples differently only cost needless exchanges of whole buckets; a collision (one in 2^64)
+would hide one difference from the exchanges between two members, not from gossip.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from collections.abc import Callable
+from itertools import compress, repeat
+from operator import and_, attrgetter, xor
+
+from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
+
+FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
+_MASK = FINE - 1
+PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
+_STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
+_node_of, _instance_of = attrgetter("node"), attrgetter("instance")
+_inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
+
+
+class _Keys(dict[str, int]):
+    """Stable integer keys of names and instances (CRC-32), computed once per string."""
+
+    def __missing__(self, s: str) -> int:
+        if len(self) > 1 << 20:
+            self.clear()  # bounded: a long-lived agent meets many instances over time
+        k = zlib.crc32(s.encode())
+        self[s] = k
+        return k
+
+
+_keys = _Keys()
+
+
+def bucket_of(node: str) -> int:
+    """The fine bucket of a member."""
+    return _keys[node] & _MASK
+
+
+def entry_hash(e: Entry) -> int:
+    """What a digest knows of one entry: equal for two equivalent beliefs, anywhere."""
+    if type(e) is Alive:
+        return hash((_keys[e.node], _keys[e.instance], e.incarnation, e.version, 0))
+    a = e.alive  # type: ignore[union-attr]
+    return hash((_keys[e.node], _keys[a.instance], e.incarnation, a.version,
+                 _STATE[e.state]))  # type: ignore[union-attr]
+
+
+def alive_hashes(alives: list[Alive]) -> list[int]:
+    """`entry_hash` of many plain statements, at C speed."""
+    return list(map(hash, zip(map(_keys.__getitem__, map(_node_of, alives)),
+                              map(_keys.__getitem__, map(_instance_of, alives)),
+                              map(_inc_of, alives), map(_version_of, alives), repeat(0))))
+
+
+def buckets_for(members: int) -> int:
+    """Buckets of the folded digest for a table of `members`: a power of two, 1..FINE."""
+    b = 1
+    while b < FINE and b * PER_BUCKET < members:
+        b *= 2
+    return b
+
+
+class Digest:
+    """The XOR digest of one table, bucket by bucket."""
+
+    __slots__ = ("fine", "_folded", "hashes")
+
+    def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
+        self.fine = [0] * FINE
+        # Hashes of many statements at once: the simulator, whose statements are shared
+        # objects, remembers them.
+        self.hashes = hashes or alive_hashes
+        self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
+
+    def toggle(self, e: Entry) -> None:
+        """Add an entry, or take it out again (XOR)."""
+        self.fine[_keys[e.node] & _MASK] ^= entry_hash(e)
+        self._folded = None
+
+    def add_alives(self, alives: list[Alive]) -> None:
+        """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
+        keys = map(_keys.__getitem__, map(_node_of, alives))
+        fine = self.fine
+        for k, h in zip(keys, self.hashes(alives), strict=True):
+            fine[k & _MASK] ^= h
+        self._folded = None
+
+    def folded(self, buckets: int, me: Entry) -> list[int]:
+        """The digest at `buckets` buckets, with our own statement in it."""
+        last = self._folded
+        if last is not None and last[0] == buckets and last[1] is me:
+            return last[2]  # no change since: both ends of an exchange fold once
+        # Bucket i of `buckets` holds the fine buckets i, i + buckets, ...: halving the
+        # array with one XOR pass at a time folds it.
+        out = list(self.fine)
+        n = FINE
+        while n > buckets:
+            n //= 2
+            out = list(map(xor, out[:n], out[n:]))
+        out[_keys[me.node] & (buckets - 1)] ^= entry_hash(me)
+        self._folded = (buckets, me, out)
+        return out
+
+
+def pack(digest: list[int]) -> bytes:
+    """Wire bytes of a folded digest."""
+    return struct.pack(f"<{len(digest)}q", *digest)
+
+
+def unpack(data: bytes) -> list[int] | None:
+    """A folded digest from wire bytes; None unless a power of two of buckets up to FINE."""
+    n, rest = divmod(len(data), 8)
+    if rest or n < 1 or n > FINE or n & (n - 1):
+        return None
+    return list(struct.unpack(f"<{n}q", data))
+
+
+def differing(ours: list[int], theirs: list[int]) -> set[int]:
+    """Buckets whose digests differ."""
+    return {j for j, (a, b) in enumerate(zip(ours, theirs, strict=True)) if a != b}
+
+
+def select(entries: list[Entry], buckets: int, wanted: set[int]) -> list[Entry]:
+    """The entries that fall in the `wanted` buckets of a `buckets`-bucket digest."""
+    if len(wanted) == buckets:
+        return entries
+    keys = map(_keys.__getitem__, map(_node_of, entries))
+    return list(compress(entries, map(wanted.__contains__, map(and_, keys,
+                                                                repeat(buckets - 1)))))

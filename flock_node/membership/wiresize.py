@@ -1,0 +1,82 @@
+"""What the simulator's messages weigh on the wire (msgspec's encoding), and its statements'
+digest hashes, both measured once per object.
+
+Messages are passed by reference, so the same statement object rides on many messages: its
+size is measured once; a push-pull's size is its head plus the sum of its entries' (exactly
+what encoding the whole message gives).
+"""
+
+from __future__ import annotations
+
+from itertools import compress, repeat
+from operator import is_
+from typing import Any
+
+from flock_node.membership.digest import alive_hashes
+from flock_node.membership.messages import Alive, Entry, Message, PushPull, encode
+
+
+class Sizes:
+    """Encoded sizes, measured once per object (kept alive, so an id is never reused)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, int] = {}
+        self._keep: list[Any] = []
+        self._last: tuple[list[Entry] | None, int, int] = (None, 0, 0)
+
+    def of(self, obj: Any) -> int:
+        """Bytes of one update or table entry."""
+        n = self._by_id.get(id(obj))
+        if n is None:
+            n = len(encode(obj))
+            self._by_id[id(obj)] = n
+            self._keep.append(obj)
+        return n
+
+    def entries(self, states: list[Entry]) -> int:
+        """Bytes of a list of entries, as msgspec encodes it."""
+        # A page is measured by its sender, then counted as sent: the same list, summed once.
+        last = self._last
+        if last[0] is states and last[1] == len(states):
+            return last[2]
+        n = self._entries(states)
+        self._last = (states, len(states), n)
+        return n
+
+    def _entries(self, states: list[Entry]) -> int:
+        sizes = list(map(self._by_id.get, map(id, states)))
+        try:
+            total = sum(sizes)  # type: ignore[arg-type]
+        except TypeError:  # a few entries never measured (new suspicions): measure those
+            total = sum(filter(None, sizes)) + sum(map(self.of, compress(
+                states, map(is_, sizes, repeat(None)))))
+        n = len(states)
+        return total + (1 if n < 16 else 3 if n < 65536 else 5)  # msgpack array header
+
+    def message(self, msg: Message) -> int:
+        """Bytes of one message on the wire."""
+        if type(msg) is not PushPull:
+            return len(encode(msg))
+        head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [],
+                                   msg.digest)))
+        return head - 1 + self.entries(msg.states)
+
+
+class Hashes:
+    """`digest.alive_hashes` of statements shared by every table: hashed once each (and
+    kept, so an id is not reused)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, int] = {}
+        self._keep: list[Alive] = []
+
+    def __call__(self, alives: list[Alive]) -> list[int]:
+        """The hashes of `alives`, in order."""
+        cache = self._by_id
+        hs = list(map(cache.get, map(id, alives)))
+        if None in hs:
+            new = list(compress(alives, map(is_, hs, repeat(None))))
+            self._keep.extend(new)
+            cache.update(zip(map(id, new), alive_hashes(new), strict=True))
+            hs = list(map(cache.__getitem__, map(id, alives)))
+        return hs  # type: ignore[return-value]
