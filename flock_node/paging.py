@@ -1,14 +1,19 @@
-"""Pages of long answers (`resources`, `history`, `outbox`): every page fits one frame.
+"""Pages of long answers (`resources`, `history`, `outbox`, `members`): every page fits one frame.
 
 A call given an `offset` answers one page, `{"items": [...], "next_offset": N | None}`; the
 node fills it until the items' encoded size nears `PAGE_BUDGET`, and `next_offset` says where
 the next page starts (None: the answer is complete, up to `limit` items if one was given).
 The Python client and the `flockctl` CLI ask page after page and hand back the whole list. A call without `offset` keeps its old shape,
 the whole list, which the RPC server answers with `too_large` when it does not fit a frame.
+
+`members` pages by name: a page also says `next_after`, the last name it holds, and the next
+call passes it as `after`, so pages taken while members join and leave neither skip nor
+repeat a member that stayed (an index would shift with every change before it).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from typing import Any
 
@@ -20,11 +25,14 @@ from flock_node.protocol import MAX_FRAME
 # around the items, and the estimate (items are measured one by one).
 PAGE_BUDGET = MAX_FRAME // 2
 PAGED = {("resource_manager", "resources"), ("flock_api", "history"), ("flock_api", "outbox"),
-         ("flock_api", "run")}
+         ("flock_api", "run"), ("flock_api", "members")}
 HISTORY_LIMIT = 20  # runs a `history()` without `limit` answers
 OUTBOX_LIMIT = 100  # notifications an `outbox()` without `limit` answers
 # The client pages up to the same default, not to the end, when no `limit` is given.
 DEFAULT_LIMITS = {"history": HISTORY_LIMIT, "outbox": OUTBOX_LIMIT}
+# Members a page of `members` is built from: more than a page holds at ~400 bytes a member,
+# so the page is cut by its size, and a page never builds the whole flock's rows.
+MEMBERS_CHUNK = 2000
 
 _enc = msgspec.msgpack.Encoder()
 
@@ -57,6 +65,19 @@ def fill_page(rows: Sequence[Any], offset: int, more: bool,
     return {"items": items, "next_offset": offset + len(items) if rest else None}
 
 
+def name_start(names: Sequence[str], offset: int, after: str | None) -> int:
+    """Where a page of rows in name order starts in `names` (sorted): just past `after`
+    when given (the name the last page ended on), else at `offset`."""
+    return bisect_right(names, after) if after is not None else offset
+
+
+def by_name(page: dict[str, Any], name: Callable[[Any], str]) -> dict[str, Any]:
+    """A page of rows in name order, with `next_after`: the name to pass as `after` for the
+    next page (None when the answer is complete)."""
+    more = page["next_offset"] is not None and page["items"]
+    return {**page, "next_after": name(page["items"][-1]) if more else None}
+
+
 def too_big_for_a_page(run: dict[str, Any], budget: int = PAGE_BUDGET) -> dict[str, Any]:
     """A run of a `history` page, or, when it alone would crowd a page, the run without its
     resources and `resources_paged` (how many): the client fetches them with `run(id)`."""
@@ -73,14 +94,18 @@ def _next(args: dict[str, Any], got: list[Any], page: Any) -> dict[str, Any] | N
     if nxt is None or not page["items"] or (want is not None and len(got) >= want):
         return None
     a = {**args, "offset": nxt}
+    if page.get("next_after") is not None:
+        a["after"] = page["next_after"]
     if want is not None:
         a["limit"] = want - len(got)
     return a
 
 
 def _old_node(e: Exception) -> bool:
-    # A node from before paging refuses the unknown argument: ask it the old way.
-    return getattr(e, "code", None) == "bad_request" and "'offset'" in str(e)
+    # A node from before paging refuses the unknown argument (in the words of its keyword
+    # arguments, or of its typed contract): ask it the old way.
+    return getattr(e, "code", None) == "bad_request" and (
+        "'offset'" in str(e) or "`offset`" in str(e))
 
 
 def _first(method: str, args: dict[str, Any]) -> dict[str, Any]:
