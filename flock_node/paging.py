@@ -14,7 +14,7 @@ repeat a member that stayed (an index would shift with every change before it).
 from __future__ import annotations
 
 from bisect import bisect_right
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -30,9 +30,6 @@ HISTORY_LIMIT = 20  # runs a `history()` without `limit` answers
 OUTBOX_LIMIT = 100  # notifications an `outbox()` without `limit` answers
 # The client pages up to the same default, not to the end, when no `limit` is given.
 DEFAULT_LIMITS = {"history": HISTORY_LIMIT, "outbox": OUTBOX_LIMIT}
-# Members a page of `members` is built from: more than a page holds at ~400 bytes a member,
-# so the page is cut by its size, and a page never builds the whole flock's rows.
-MEMBERS_CHUNK = 2000
 
 _enc = msgspec.msgpack.Encoder()
 
@@ -48,21 +45,23 @@ def count_arg(value: Any, name: str) -> int:
     return value
 
 
-def fill_page(rows: Sequence[Any], offset: int, more: bool,
+def fill_page(rows: Iterable[Any], offset: int, more: bool,
               budget: int = PAGE_BUDGET) -> dict[str, Any]:
     """The first of `rows` (row 0 is number `offset`) whose encoded size fits `budget`, as a
     page. `more`: rows exist after the last of `rows`. A page holds at least one row, so
-    paging always advances; a single row too big for a frame is answered `too_large`."""
+    paging always advances; a single row too big for a frame is answered `too_large`. Rows
+    are taken one at a time: a generator's rows past the page are never made."""
     items: list[Any] = []
     used = 0
+    full = False
     for r in rows:
         size = len(_enc.encode(r))
         if items and used + size > budget:
+            full = True
             break
         items.append(r)
         used += size
-    rest = more or len(items) < len(rows)
-    return {"items": items, "next_offset": offset + len(items) if rest else None}
+    return {"items": items, "next_offset": offset + len(items) if more or full else None}
 
 
 def name_start(names: Sequence[str], offset: int, after: str | None) -> int:

@@ -21,7 +21,6 @@ from flock_node.membership.heartbeat import Member as HeardMember
 from flock_node.membership.view import SwimView
 from flock_node.paging import (
     HISTORY_LIMIT,
-    MEMBERS_CHUNK,
     OUTBOX_LIMIT,
     by_name,
     count_arg,
@@ -157,9 +156,9 @@ class FlockApi:
             names.insert(at, me.name)
             entries.insert(at, None)
         start = name_start(names, count_arg(offset or 0, "offset"), after)
-        chunk = entries[start:start + MEMBERS_CHUNK]
-        rows = [me if e is None else _member_row(e, now) for e in chunk]
-        page = fill_page(rows, start, more=start + len(chunk) < len(entries))
+        # Rows are made as the page takes them: a page never makes the whole flock's.
+        rows = (me if e is None else _member_row(e, now) for e in entries[start:])
+        page = fill_page(rows, start, more=False)
         return by_name(page, lambda r: str(r.name))
 
     async def outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
