@@ -61,7 +61,10 @@ class Run(Args):
 
 
 class Members(Args):
-    pass
+    offset: Count | None = None
+    after: str | None = None  # the name the last page ended on (paging.py)
+    pattern: str | None = None  # only names matching this glob
+    tag: str | None = None  # only members carrying this tag
 
 
 OutboxStatus = Literal["held", "pending", "delivered", "failed", "dead", "unmatched"]

@@ -5,7 +5,7 @@
         flock["bender0"].flock_api.run_chef()
         flock["bender0"].flock_api.active()
 
-Long answers (`resources()`, `history()`, `outbox()`) come in pages that each fit a frame;
+Long answers (`resources()`, `history()`, `outbox()`, `members()`) come in pages that each fit a frame;
 called without `offset`, the client asks page after page and returns the whole list (at
 most `limit` items); with `offset`, the one page as the node answers it (flock_node/paging.py).
 
@@ -276,9 +276,12 @@ class Flock:
             return []
 
         def ask(addr: str, method: str = "members") -> Any:
+            def call(m: str, a: dict[str, Any]) -> Any:
+                return self._rpc.call(addr, "flock_api", m, a, timeout=min(self._rpc.timeout, 2.0))
+
             try:
-                return self._rpc.call(addr, "flock_api", method,
-                                      timeout=min(self._rpc.timeout, 2.0))
+                # A flock of thousands answers `members` in pages: ask to the last one.
+                return collect(call, method, {}) if method == "members" else call(method, {})
             except RpcError as e:
                 return e
 
@@ -365,9 +368,14 @@ class AsyncFlock:
         disc = self._discovery
 
         async def ask(addr: str, method: str = "members") -> Any:
-            try:
-                return await self._rpc.call(addr, "flock_api", method,
+            async def call(m: str, a: dict[str, Any]) -> Any:
+                return await self._rpc.call(addr, "flock_api", m, a,
                                             timeout=min(self._rpc.timeout, 2.0))
+
+            try:
+                if method == "members":
+                    return await acollect(call, method, {})
+                return await call(method, {})
             except RpcError as e:
                 return e
 

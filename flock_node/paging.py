@@ -1,15 +1,20 @@
-"""Pages of long answers (`resources`, `history`, `outbox`): every page fits one frame.
+"""Pages of long answers (`resources`, `history`, `outbox`, `members`): every page fits one frame.
 
 A call given an `offset` answers one page, `{"items": [...], "next_offset": N | None}`; the
 node fills it until the items' encoded size nears `PAGE_BUDGET`, and `next_offset` says where
 the next page starts (None: the answer is complete, up to `limit` items if one was given).
 The Python client and the `flockctl` CLI ask page after page and hand back the whole list. A call without `offset` keeps its old shape,
 the whole list, which the RPC server answers with `too_large` when it does not fit a frame.
+
+`members` pages by name: a page also says `next_after`, the last name it holds, and the next
+call passes it as `after`, so pages taken while members join and leave neither skip nor
+repeat a member that stayed (an index would shift with every change before it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from bisect import bisect_right
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any
 
 import msgspec
@@ -20,7 +25,7 @@ from flock_node.protocol import MAX_FRAME
 # around the items, and the estimate (items are measured one by one).
 PAGE_BUDGET = MAX_FRAME // 2
 PAGED = {("resource_manager", "resources"), ("flock_api", "history"), ("flock_api", "outbox"),
-         ("flock_api", "run")}
+         ("flock_api", "run"), ("flock_api", "members")}
 HISTORY_LIMIT = 20  # runs a `history()` without `limit` answers
 OUTBOX_LIMIT = 100  # notifications an `outbox()` without `limit` answers
 # The client pages up to the same default, not to the end, when no `limit` is given.
@@ -40,21 +45,36 @@ def count_arg(value: Any, name: str) -> int:
     return value
 
 
-def fill_page(rows: Sequence[Any], offset: int, more: bool,
+def fill_page(rows: Iterable[Any], offset: int, more: bool,
               budget: int = PAGE_BUDGET) -> dict[str, Any]:
     """The first of `rows` (row 0 is number `offset`) whose encoded size fits `budget`, as a
     page. `more`: rows exist after the last of `rows`. A page holds at least one row, so
-    paging always advances; a single row too big for a frame is answered `too_large`."""
+    paging always advances; a single row too big for a frame is answered `too_large`. Rows
+    are taken one at a time: a generator's rows past the page are never made."""
     items: list[Any] = []
     used = 0
+    full = False
     for r in rows:
         size = len(_enc.encode(r))
         if items and used + size > budget:
+            full = True
             break
         items.append(r)
         used += size
-    rest = more or len(items) < len(rows)
-    return {"items": items, "next_offset": offset + len(items) if rest else None}
+    return {"items": items, "next_offset": offset + len(items) if more or full else None}
+
+
+def name_start(names: Sequence[str], offset: int, after: str | None) -> int:
+    """Where a page of rows in name order starts in `names` (sorted): just past `after`
+    when given (the name the last page ended on), else at `offset`."""
+    return bisect_right(names, after) if after is not None else offset
+
+
+def by_name(page: dict[str, Any], name: Callable[[Any], str]) -> dict[str, Any]:
+    """A page of rows in name order, with `next_after`: the name to pass as `after` for the
+    next page (None when the answer is complete)."""
+    more = page["next_offset"] is not None and page["items"]
+    return {**page, "next_after": name(page["items"][-1]) if more else None}
 
 
 def too_big_for_a_page(run: dict[str, Any], budget: int = PAGE_BUDGET) -> dict[str, Any]:
@@ -73,14 +93,18 @@ def _next(args: dict[str, Any], got: list[Any], page: Any) -> dict[str, Any] | N
     if nxt is None or not page["items"] or (want is not None and len(got) >= want):
         return None
     a = {**args, "offset": nxt}
+    if page.get("next_after") is not None:
+        a["after"] = page["next_after"]
     if want is not None:
         a["limit"] = want - len(got)
     return a
 
 
 def _old_node(e: Exception) -> bool:
-    # A node from before paging refuses the unknown argument: ask it the old way.
-    return getattr(e, "code", None) == "bad_request" and "'offset'" in str(e)
+    # A node from before paging refuses the unknown argument (in the words of its keyword
+    # arguments, or of its typed contract): ask it the old way.
+    return getattr(e, "code", None) == "bad_request" and (
+        "'offset'" in str(e) or "`offset`" in str(e))
 
 
 def _first(method: str, args: dict[str, Any]) -> dict[str, Any]:

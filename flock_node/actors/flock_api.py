@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_left
+from fnmatch import fnmatchcase
 from typing import Any
 
 import msgspec
@@ -15,12 +17,15 @@ from flock_node.api import Member, State, last_run_view
 from flock_node.delivery import Deliverer
 from flock_node.engine import RunContext
 from flock_node.membership import Membership
+from flock_node.membership.heartbeat import Member as HeardMember
 from flock_node.membership.view import SwimView
 from flock_node.paging import (
     HISTORY_LIMIT,
     OUTBOX_LIMIT,
+    by_name,
     count_arg,
     fill_page,
+    name_start,
     too_big_for_a_page,
 )
 from flock_node.protocol import Heartbeat
@@ -121,28 +126,40 @@ class FlockApi:
         page = fill_page(resources[offset:], offset, more=False)
         return {"run": {**run, "resources": []}, **page}
 
-    async def members(self) -> list[Member]:
+    async def members(self, offset: int | None = None, after: str | None = None,
+                      pattern: str | None = None,
+                      tag: str | None = None) -> list[Member] | dict[str, Any]:
+        """This node first, then every member it knows (`pattern`/`tag`: only those). With
+        `offset` or `after`: one page in name order, `{"items", "next_offset",
+        "next_after"}`, that fits a frame (see flock_node/paging.py); without, the whole
+        list (too_large past a frame, as before paging)."""
         own = await self.status()
-        out = [Member(
+        me = Member(
             name=self.node.name, state=State.ALIVE, address=self.node.rpc_addr,
             bus=self.node.bus_addr, rpc=self.node.rpc_addr, incarnation=self.node.incarnation,
             active=self.work.active, run=msgspec.to_builtins(self.work.progress),
             last_run=own["last_run"], last_converge=own["last_converge"],
             pending=own["pending"], dead_letters=own["dead_letters"],
             tags=list(self.node.tags), version=__version__, age=0.0,
-        )]
+        )
         now = time.monotonic()
-        for m in self.membership.members():
-            hb: Heartbeat = m.info
-            out.append(Member(
-                name=m.name, state=State(m.state), address=m.rpc, bus=m.bus, rpc=m.rpc,
-                incarnation=m.incarnation, active=hb.active if m.state == State.ALIVE else False,
-                run=msgspec.to_builtins(hb.run), last_run=last_run_view(hb.last_run),
-                last_converge=last_run_view(hb.last_converge),
-                pending=hb.pending, dead_letters=hb.dead, tags=list(m.tags),
-                version=hb.version, age=now - m.last_seen,
-            ))
-        return out
+        # Heard members are cheap to list; their rows are built only for the page asked.
+        heard = [m for m in self.membership.members() if _wanted(m.name, m.tags, pattern, tag)]
+        mine = _wanted(me.name, me.tags, pattern, tag)
+        if offset is None and after is None:
+            return ([me] if mine else []) + [_member_row(m, now) for m in heard]
+        # Every row in name order, ourselves included (None stands for us).
+        names = [m.name for m in heard]
+        entries: list[HeardMember | None] = list(heard)
+        if mine:
+            at = bisect_left(names, me.name)
+            names.insert(at, me.name)
+            entries.insert(at, None)
+        start = name_start(names, count_arg(offset or 0, "offset"), after)
+        # Rows are made as the page takes them: a page never makes the whole flock's.
+        rows = (me if e is None else _member_row(e, now) for e in entries[start:])
+        page = fill_page(rows, start, more=False)
+        return by_name(page, lambda r: str(r.name))
 
     async def outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
                          offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
@@ -182,3 +199,21 @@ class FlockApi:
         if revived:
             self.deliverer.changed()
         return {"retried": revived}
+
+
+def _wanted(name: str, tags: list[str], pattern: str | None, tag: str | None) -> bool:
+    """Whether a member passes `members`' filters: a name glob and a tag."""
+    return (pattern is None or fnmatchcase(name, pattern)) and (tag is None or tag in tags)
+
+
+def _member_row(m: HeardMember, now: float) -> Member:
+    """A member we heard of as `members` describes it."""
+    hb: Heartbeat = m.info
+    return Member(
+        name=m.name, state=State(m.state), address=m.rpc, bus=m.bus, rpc=m.rpc,
+        incarnation=m.incarnation, active=hb.active if m.state == State.ALIVE else False,
+        run=msgspec.to_builtins(hb.run), last_run=last_run_view(hb.last_run),
+        last_converge=last_run_view(hb.last_converge),
+        pending=hb.pending, dead_letters=hb.dead, tags=list(m.tags),
+        version=hb.version, age=now - m.last_seen,
+    )
