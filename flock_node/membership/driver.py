@@ -44,6 +44,9 @@ log = logging.getLogger("flock.swim")
 GOSSIP_INTERVAL = 1.0
 GOSSIP_FANOUT = 3
 RING = 3  # successors in the sorted member list we keep a standing connection to
+# Past RING, half the pool is spent on standing connections to our ring neighbourhood (the
+# members we probe in a large flock, `AgentSwim.watch`); the other half is a pool for
+# indirect probes, push-pulls and gossip to random members. At most RING + pool either way.
 FACTS_EVERY = 1.0  # seconds between two looks at our facts
 SCAN_EVERY = 5.0  # seconds between two scans of the runtime dir for local agents
 
@@ -54,6 +57,19 @@ def ring_successors(me: str, alive: list[str], k: int = RING) -> list[str]:
     i = names.index(me)
     out = [names[(i + j) % len(names)] for j in range(1, len(names))]
     return out[:k]
+
+
+def ring_neighbours(me: str, alive: list[str], width: int) -> list[str]:
+    """The `width` members nearest `me` in the sorted ring of live members, successors first:
+    as many after as before (one more after when `width` is odd), so that we watch the members
+    that watch us. Everyone else when the ring is no larger."""
+    names = sorted(set(alive) | {me})
+    n, i = len(names), names.index(me)
+    if width >= n - 1:
+        return [names[(i + j) % n] for j in range(1, n)]
+    after, before = (width + 1) // 2, width // 2
+    return ([names[(i + j) % n] for j in range(1, after + 1)]
+            + [names[(i - j) % n] for j in range(1, before + 1)])
 
 
 class SwimDriver:
@@ -81,7 +97,8 @@ class SwimDriver:
         self.membership = SwimView(self.swim)
         self.listeners: list[Listener] = []
         self.clashes: dict[str, dict[str, Any]] = {}  # SWIM settles a clash by incarnation
-        self.net = Datagrams(codec, self._on_frame, self._on_lost, tls, pool=pool)
+        self.width = RING + pool // 2
+        self.net = Datagrams(codec, self._on_frame, self._on_lost, tls, pool=pool - pool // 2)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._facts_due = 0.0
@@ -314,9 +331,10 @@ class SwimDriver:
     def _rering(self) -> None:
         alive = [n for n, e in self.swim.table.items() if type(e) is Alive]
         self._live = {self.swim.addr_of(n) for n in alive}
-        ring = ring_successors(self.me.name, alive)
+        ring = ring_neighbours(self.me.name, alive, self.width)
         if ring != self._ring:
             self._ring = ring
+            self.swim.watch = set(ring) if len(alive) > len(ring) else None
             self.net.pin({self.swim.addr_of(n) for n in ring} - {""})
 
     def _count(self, reason: str) -> None:
