@@ -306,6 +306,9 @@ class SwimDriver:
             for c in changes:
                 self._changed(c, now)
             self._rering()
+            for node, _, new in changes:
+                if new in (DOWN, LEFT):  # unpinned by now: no more redials to it
+                    self.net.forget(self.swim.addr_of(node))
             if any(c[2] in (SUSPECT, DOWN, LEFT) for c in changes):
                 self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT, self._near()))
 
@@ -315,8 +318,6 @@ class SwimDriver:
         m = self.membership.get(node)
         t = Transition(node, old, new, "joined" if old is None else "swim")
         log.info("%s: %s → %s", node, old or "new", new)
-        if new in (DOWN, LEFT):
-            self.net.forget(self.swim.addr_of(node))
         for listener in self.listeners:
             try:
                 listener(t, m)
