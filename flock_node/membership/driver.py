@@ -48,7 +48,13 @@ RING = 3  # successors in the sorted member list we keep a standing connection t
 # members we probe in a large flock, `AgentSwim.watch`); the other half is a pool for
 # indirect probes, push-pulls and gossip to random members. At most RING + pool either way.
 FACTS_EVERY = 1.0  # seconds between two looks at our facts
+FACTS_SLACK = 0.3  # ... or this much earlier, when the loop is awake anyway
 SCAN_EVERY = 5.0  # seconds between two scans of the runtime dir for local agents
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def ring_successors(me: str, alive: list[str], k: int = RING) -> list[str]:
@@ -100,7 +106,7 @@ class SwimDriver:
         self.width = RING + pool // 2
         self.net = Datagrams(codec, self._on_frame, self._on_lost, tls, pool=pool - pool // 2)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the run loop's sleep
         self._facts_due = 0.0
         self._ring: list[str] = []
         self._live: set[str] = set()  # addresses of the members alive now
@@ -151,7 +157,9 @@ class SwimDriver:
                 self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT, self._near()))
                 queued = len(self.swim.queue) > 0
             self._gossiping = queued
-            if now >= self._facts_due:
+            # Awake anyway (a probe, its timeout): look at our facts now if they are nearly
+            # due, rather than wake up again for them alone.
+            if now >= self._facts_due - FACTS_SLACK:
                 self._facts_due = now + FACTS_EVERY
                 self._publish(now)
             if now >= next_scan:
@@ -163,12 +171,25 @@ class SwimDriver:
             wait = (min(next_gossip, self._facts_due) if queued else self._facts_due) - now
             if due is not None:
                 wait = min(wait, due - now)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.005, wait))
-            except TimeoutError:
-                pass
+            await self._sleep(max(0.005, wait))
             last = self.now()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until `seconds` pass or `_poke` (a plain future and timer: `wait_for` would make a
+        task and a timeout each time, several loop turns for every wake-up)."""
+        loop = asyncio.get_running_loop()
+        fut = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _poke(self) -> None:
+        """Wake the run loop now."""
+        if self._waiter is not None:
+            _resolve(self._waiter)
 
     def leave(self) -> None:
         """Announce our departure (then stay silent)."""
@@ -190,7 +211,7 @@ class SwimDriver:
 
         def soon() -> None:
             self._facts_due = min(self._facts_due, self.now() + 0.05)
-            self._wake.set()
+            self._poke()
 
         try:
             loop.call_soon_threadsafe(soon)
@@ -300,7 +321,7 @@ class SwimDriver:
             net.send(addr, encode(msg))
         if len(self.swim.queue) and not self._gossiping:
             self._gossiping = True
-            self._wake.set()
+            self._poke()
         if changes:
             now = self.now()
             for c in changes:
