@@ -149,13 +149,13 @@ def free_ports(n: int, width: int) -> list[int]:
     return out
 
 
-def wait(cond: Callable[[], object], timeout: float, what: str) -> object:
+def wait(cond: Callable[[], object], timeout: float, what: str, every: float = 0.05) -> object:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         v = cond()
         if v:
             return v
-        time.sleep(0.05)
+        time.sleep(every)
     raise TimeoutError(what)
 
 
@@ -251,7 +251,7 @@ def run_system(sysm: System, n: int, idle: float, n_seeds: int = 3,
                 start(i, seeds)
             t_last = time.monotonic()
             wait(lambda wave=wave: _listening_all([ports[i] for i in wave]) or _exited(procs),
-                 120, "a wave")
+                 120, "a wave", every=0.2)
             if _exited(procs):
                 raise SystemExit(_exited(procs))
         t_listen = time.monotonic()
@@ -334,13 +334,11 @@ def _exited(procs: dict[str, Proc]) -> str:
 
 
 def _listening_all(ports: list[int]) -> bool:
-    """Every port listens (read from /proc/net/tcp: no connection made to count)."""
-    listening = set()
-    for f in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(f).read_text().splitlines()[1:]:
-            cols = line.split()
-            if cols[3] == "0A":
-                listening.add(int(cols[1].rsplit(":", 1)[1], 16))
+    """Every port listens (asked of the kernel with `ss`: no connection made to count, and
+    /proc/net/tcp would list every one of the flock's thousands of connections)."""
+    r = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True)
+    listening = {int(cols[3].rsplit(":", 1)[1]) for line in r.stdout.splitlines()
+                 if len(cols := line.split()) > 3}
     return all(p in listening for p in ports)
 
 
