@@ -186,8 +186,9 @@ class System:
 class FlockSwim(System):
     name, gone = "flock", ("suspect", "down")
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, pool: int | None = None) -> None:
         super().__init__(root)
+        self.pool = pool
         self.key = root / "flock.key"
         from flock_node.protocol import generate_key_file
 
@@ -198,6 +199,7 @@ class FlockSwim(System):
         c = [sys.executable, "-m", "flock_node.cli_node", "run", name, "--listen",
              f"tcp://127.0.0.1:{port}", "--key-file", str(self.key), "--membership", "swim",
              "--state-dir", str(self.root / "state" / name), "--log-level", "info"]
+        c += ["--swim-pool", str(self.pool)] if self.pool else []
         return c + [a for s in seeds for a in ("--seed", f"tcp://127.0.0.1:{s}")]
 
     def env(self) -> dict[str, str]:
@@ -354,6 +356,8 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idle measurement")
     ap.add_argument("--seeds", type=int, default=3, help="agents every other joins through")
     ap.add_argument("--wave", type=int, default=10, help="agents started at once")
+    ap.add_argument("--swim-pool", type=int, help="flock agents' --swim-pool (a small one "
+                    "shows the probing of a big flock in a small one)")
     ap.add_argument("--only", choices=["flock", "serf"])
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
@@ -368,7 +372,8 @@ def main() -> int:
                 continue
             root = Path(tempfile.mkdtemp(prefix="fs"))
             try:
-                row = run_system(cls(root), n, a.idle, a.seeds, a.wave)
+                sysm = FlockSwim(root, a.swim_pool) if cls is FlockSwim else cls(root)
+                row = run_system(sysm, n, a.idle, a.seeds, a.wave)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
             rows.append(row)
