@@ -432,7 +432,7 @@ def _line(r: dict[str, object]) -> str:
             f"SIGSTOP seen by all {st.get('all')} s (p50 {st.get('p50')}) · "  # type: ignore[union-attr]
             f"idle CPU {r.get('idle_cpu_pct')} % (max {r.get('idle_cpu_pct_max')}) · "
             f"RSS {r.get('rss_mb')} MB · false suspicions {r.get('false_suspicions')} "
-            f"in {r.get('idle_s')} s")
+            f"in {r.get('idle_s')} s · load {r.get('load')}")
 
 
 if __name__ == "__main__":
