@@ -233,7 +233,7 @@ class Serf(System):
 
 
 def run_system(sysm: System, n: int, idle: float, n_seeds: int = 3,
-               wave_size: int = 10) -> dict[str, object]:
+               wave_size: int = 10, settle: float = 0.0) -> dict[str, object]:
     names = [f"n{i:03d}" for i in range(n)]
     ports = free_ports(n, 3)
     env = sysm.env()
@@ -263,6 +263,14 @@ def run_system(sysm: System, n: int, idle: float, n_seeds: int = 3,
                  120, "a wave", every=0.2)
             if _exited(procs):
                 raise SystemExit(_exited(procs))
+            if settle and wave[-1] < n - 1:
+                # And until the flock holds it (every agent sees every started one alive),
+                # at most `settle` s: a 2-core machine cannot absorb 200 joins at once.
+                try:
+                    wait(lambda: _all_see(procs), settle, "a wave joined", every=0.5)
+                except TimeoutError:
+                    print(f"{sysm.name}: wave at {k} not joined by all in {settle} s",
+                          file=sys.stderr)
         t_listen = time.monotonic()
 
         def all_converged() -> float | None:
@@ -328,6 +336,13 @@ def _fault(sysm: System, procs: dict[str, Proc], victim: str, sig: int) -> dict[
             procs[victim].signal(signal.SIGCONT)
 
 
+def _all_see(procs: dict[str, Proc]) -> bool:
+    """Every agent started sees every other alive."""
+    names = set(procs)
+    return all(sum(p.view.get(o) == "alive" for o in names) == len(names) - 1
+               for p in procs.values())
+
+
 def _listening(port: int, timeout: float) -> None:
     def up() -> bool:
         with socket.socket() as s:
@@ -363,6 +378,8 @@ def main() -> int:
     ap.add_argument("--idle", type=float, default=60.0, help="seconds of idle measurement")
     ap.add_argument("--seeds", type=int, default=3, help="agents every other joins through")
     ap.add_argument("--wave", type=int, default=10, help="agents started at once")
+    ap.add_argument("--settle", type=float, default=0.0, help="after each wave, wait at most "
+                    "this long for every agent to see every started one alive")
     ap.add_argument("--swim-pool", type=int, help="flock agents' --swim-pool (a small one "
                     "shows the probing of a big flock in a small one)")
     ap.add_argument("--only", choices=["flock", "serf"])
@@ -380,7 +397,7 @@ def main() -> int:
             root = Path(tempfile.mkdtemp(prefix="fs"))
             try:
                 sysm = FlockSwim(root, a.swim_pool) if cls is FlockSwim else cls(root)
-                row = run_system(sysm, n, a.idle, a.seeds, a.wave)
+                row = run_system(sysm, n, a.idle, a.seeds, a.wave, a.settle)
             finally:
                 shutil.rmtree(root, ignore_errors=True)
             rows.append(row)
