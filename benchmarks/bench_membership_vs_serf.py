@@ -107,12 +107,15 @@ class Proc:
     def signal(self, sig: int) -> None:
         self.p.send_signal(sig)
 
-    def stop(self) -> None:
+    def kill(self) -> None:
         """Kill its process group (whatever it started too), stopped or not."""
         try:
             os.killpg(self.p.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
+
+    def stop(self) -> None:
+        self.kill()
         self.p.wait(10)
 
 
@@ -310,6 +313,9 @@ def run_system(sysm: System, n: int, idle: float, n_seeds: int = 3,
         out["idle_s"] = idle
         out["load"] = round(os.getloadavg()[1], 1)  # the machine's, over the idle minutes
     finally:
+        # All at once: one by one, each death would be news to hundreds still alive.
+        for p in procs.values():
+            p.kill()
         for p in procs.values():
             p.stop()
     return out
