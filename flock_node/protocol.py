@@ -7,7 +7,6 @@ body (the msgpack-encoded `Message`) and an HMAC-SHA256 over everything before i
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import hmac
 import math
@@ -152,13 +151,9 @@ _DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeErr
 
 
 def _mac(key: bytes, v: int, sender: str, ts: float, nonce: bytes, body: bytes) -> bytes:
-    h = hmac.new(key, digestmod=hashlib.sha256)
-    h.update(b"flock\x00%d\x00" % v)
-    h.update(sender.encode())
-    h.update(b"\x00" + repr(ts).encode() + b"\x00")
-    h.update(nonce)
-    h.update(body)
-    return h.digest()
+    # One-shot: a third of the time of an HMAC object fed piece by piece (every frame).
+    return hmac.digest(key, b"".join((b"flock\x00%d\x00" % v, sender.encode(), b"\x00",
+                                      repr(ts).encode(), b"\x00", nonce, body)), "sha256")
 
 
 def _wall_clock() -> float:

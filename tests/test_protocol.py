@@ -435,3 +435,17 @@ def test_old_peers_heartbeat_and_leave_still_decode():
 
     body = msgspec.msgpack.encode(OldLeave("a", 3))
     assert msgspec.msgpack.decode(body, type=protocol.Message) == Leave("a", 3, "")
+
+
+def test_the_frame_mac_is_hmac_sha256_of_the_documented_fields():
+    import hashlib
+    import hmac
+
+    from flock_node.protocol import _mac
+
+    key, nonce, body = b"k" * 32, b"n" * 12, b"\x93body"
+    h = hmac.new(key, digestmod=hashlib.sha256)
+    for part in (b"flock\x001\x00", b"web1", b"\x00" + repr(1764464000.5).encode() + b"\x00",
+                 nonce, body):
+        h.update(part)  # the wire format of every frame: cheaper code must not change it
+    assert _mac(key, 1, "web1", 1764464000.5, nonce, body) == h.digest()

@@ -11,8 +11,8 @@ import pytest
 from flock_node.discovery import Me
 from flock_node.membership.agentswim import AgentSwim
 from flock_node.membership.driver import SwimDriver
-from flock_node.membership.messages import Alive, Gossip, PushPull, Suspect
-from flock_node.membership.ring import ring_successors
+from flock_node.membership.messages import Alive, Gossip, Ping, PushPull, Suspect
+from flock_node.membership.ring import ring_neighbours, ring_successors
 from flock_node.membership.statements import Notary
 from flock_node.membership.table import Config
 from flock_node.membership.view import SwimView, facts_of, heartbeat_of
@@ -26,6 +26,18 @@ def test_ring_successors_wrap_round_and_ignore_order():
     assert ring_successors("a", ["b"]) == ["b"]
     assert ring_successors("a", []) == []
     assert ring_successors("b", ["a", "b", "c"], k=1) == ["c"]
+
+
+def test_ring_neighbours_are_as_many_before_as_after_and_watch_each_other():
+    names = [f"n{i:02d}" for i in range(20)]
+    assert ring_neighbours("n05", names, 4) == ["n06", "n07", "n04", "n03"]
+    assert ring_neighbours("n00", names, 3) == ["n01", "n02", "n19"]
+    assert sorted(ring_neighbours("b", ["a", "c"], 10)) == ["a", "c"]
+    assert ring_neighbours("a", [], 4) == []
+    # Symmetric: whoever I probe probes me, so an ack goes back on a standing connection.
+    for me in names:
+        for other in ring_neighbours(me, names, 6):
+            assert me in ring_neighbours(other, names, 6)
 
 
 def _alive(node: str, inc: int = 1, version: int = 1, record=None) -> Alive:
@@ -96,6 +108,21 @@ def test_a_lost_connection_suspects_at_once_and_gossip_rounds_spread_it():
     assert any(isinstance(u, Suspect) and u.node == "b" for _, m in sends for u in m.gossip)
     # Losing a member that is not alive (or unknown) changes nothing.
     assert a.lost(0.2, "b") == ([], []) and a.lost(0.2, "nobody") == ([], [])
+
+
+def test_in_a_large_flock_only_the_watched_neighbours_are_probed():
+    a = AgentSwim(_alive("a"), random.Random(1), vouch=lambda x: True)
+    others = [_alive(f"m{i:02d}") for i in range(30)]
+    a.receive(0.0, PushPull("m00", others[0].addr, True, False, others))
+    a.start(0.0, [])
+    a.watch = {"m03", "m07", "m11"}
+    probed = [m.target for t in range(200) for _, m in a.tick(t * 0.05)[0] if type(m) is Ping]
+    # Every watched member in turn, nobody else: the same connections serve every probe.
+    assert set(probed) == a.watch, probed
+    a.watch = None
+    probed = [m.target for t in range(200, 1400) for _, m in a.tick(t * 0.05)[0]
+              if type(m) is Ping]
+    assert set(probed) - {"m03", "m07", "m11"}
 
 
 def test_a_late_join_is_a_push_pull_and_an_empty_queue_sends_nothing():

@@ -9,6 +9,10 @@
   pool, which the probes keep changing): memberlist's UDP costs nothing per destination,
   nng's TCP costs a connection.
 - `join`: a member found later (a local agent seen in the runtime dir) is joined by push-pull.
+- `watch`: in a flock larger than the connections we keep, the members we probe (our ring
+  neighbourhood, whose connections stay open): round-robin over the whole flock would open a
+  connection for nearly every probe and its ack, the CPU of an idle agent growing with the
+  flock. Each member is still probed about once a period, by its own neighbours.
 Still sans-IO: the driver calls these with its clock and moves the messages.
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from flock_node.membership.heartbeat import SUSPECT
 from flock_node.membership.messages import Alive, Gossip, PushPull
 from flock_node.membership.swim import Output, Swim
 
@@ -25,7 +30,28 @@ class AgentSwim(Swim):
     signed statement in our name from another process (two agents given one name)."""
 
     on_clash: Callable[[Alive], None] | None = None
+    watch: set[str] | None = None  # None: probe every member in turn
     _clash_refuted = -1e18
+
+    def _next_target(self) -> str | None:
+        watch = self.watch
+        if watch is None:
+            return super()._next_target()
+        # The base class's round over the shuffled table, skipping the unwatched: each
+        # watched member once per round, in a fresh order each round.
+        order, table = self._order, self.table
+        for _ in range(2):
+            while self._pos < len(order):
+                n = order[self._pos]
+                self._pos += 1
+                if n in watch:
+                    e = table.get(n)
+                    if e is not None and (type(e) is Alive or e.state == SUSPECT):  # type: ignore[union-attr]
+                        return n
+            order[:] = list(table)
+            self.rng.shuffle(order)
+            self._pos = 0
+        return None
 
     def _alive(self, now: float, a: Alive, sender: str, gossip: bool) -> None:
         me = self.me
@@ -54,7 +80,10 @@ class AgentSwim(Swim):
         if self.left or not len(self.queue):
             return [], []
         if near and len(near) >= fanout:
-            addrs = self.rng.sample(near, fanout)
+            # One of them anywhere in the flock: our connections are mostly our ring
+            # neighbourhood, and news passed only along the ring would take many hops.
+            addrs = self.rng.sample(near, fanout - 1)
+            addrs += [a for a in self._random_addrs(2, None) if a not in addrs][:1]
         else:
             addrs = self._random_addrs(fanout, None)
         for addr in addrs:

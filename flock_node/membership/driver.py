@@ -23,8 +23,7 @@ from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Listener, Me
 from flock_node.membership.agentswim import AgentSwim
 from flock_node.membership.heartbeat import ALIVE, DOWN, LEFT, SUSPECT, Transition, admit
 from flock_node.membership.messages import Alive, BadMessage, Message, decode, encode
-from flock_node.membership.ring import Ring
-from flock_node.membership.ring import ring_successors as ring_successors  # re-exported
+from flock_node.membership.ring import RING, Ring
 from flock_node.membership.statements import Notary
 from flock_node.membership.table import Change, Config, Output
 from flock_node.membership.view import SwimView, facts_of
@@ -46,7 +45,24 @@ log = logging.getLogger("flock.swim")
 GOSSIP_INTERVAL = 1.0
 GOSSIP_FANOUT = 3
 FACTS_EVERY = 1.0  # seconds between two looks at our facts
+FACTS_SLACK = 0.3  # ... or this much earlier, when the loop is awake anyway
 SCAN_EVERY = 5.0  # seconds between two scans of the runtime dir for local agents
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _first_in_a_minute(seen: dict[str, float], sender: str, now: float) -> bool:
+    """Whether `sender` was not named in the last minute (then it is named now); bounded
+    whatever names the senders use."""
+    if now - seen.get(sender, -1e18) < 60.0:
+        return False
+    if len(seen) >= 64:
+        seen.clear()
+    seen[sender] = now
+    return True
 
 
 class SwimDriver:
@@ -74,11 +90,12 @@ class SwimDriver:
         self.membership = SwimView(self.swim)
         self.listeners: list[Listener] = []
         self.clashes: dict[str, dict[str, Any]] = {}  # SWIM settles a clash by incarnation
-        self.net = Datagrams(codec, self._on_frame, self._on_lost, tls, pool=pool)
+        self.width = RING + pool // 2
+        self.net = Datagrams(codec, self._on_frame, self._on_lost, tls, pool=pool - pool // 2)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # the run loop's sleep
         self._facts_due = 0.0
-        self.ring = Ring(me.name)
+        self.ring = Ring(me.name, self.width)
         self._live: set[str] = set()  # addresses of the members alive now
         self._gossiping = False  # the run loop knows news waits in the queue
         self._mesh_warned: dict[str, float] = {}  # mesh agents named in the log, and when
@@ -103,12 +120,8 @@ class SwimDriver:
         self._count(why or "mesh_member")
         if why is not None or not isinstance(msg, Heartbeat):
             return
-        now = time.monotonic()
-        if now - self._mesh_warned.get(env.sender, -1e18) < 60.0:
+        if not _first_in_a_minute(self._mesh_warned, env.sender, time.monotonic()):
             return
-        if len(self._mesh_warned) >= 64:  # bounded whatever names the senders use
-            self._mesh_warned.clear()
-        self._mesh_warned[env.sender] = now
         log.warning("%s runs --membership mesh and we run swim: it is not a member here; "
                     "every agent of a flock must run one mode", env.sender)
 
@@ -143,7 +156,9 @@ class SwimDriver:
                 self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT, self._near()))
                 queued = len(self.swim.queue) > 0
             self._gossiping = queued
-            if now >= self._facts_due:
+            # Awake anyway (a probe, its timeout): look at our facts now if they are nearly
+            # due, rather than wake up again for them alone.
+            if now >= self._facts_due - FACTS_SLACK:
                 self._facts_due = now + FACTS_EVERY
                 self._publish(now)
                 # A member restarted elsewhere (another port, another host) can replace a
@@ -158,12 +173,25 @@ class SwimDriver:
             wait = (min(next_gossip, self._facts_due) if queued else self._facts_due) - now
             if due is not None:
                 wait = min(wait, due - now)
-            self._wake.clear()
-            try:
-                await asyncio.wait_for(self._wake.wait(), max(0.005, wait))
-            except TimeoutError:
-                pass
+            await self._sleep(max(0.005, wait))
             last = self.now()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Until `seconds` pass or `_poke` (a plain future and timer: `wait_for` would make a
+        task and a timeout each time, several loop turns for every wake-up)."""
+        loop = asyncio.get_running_loop()
+        fut = self._waiter = loop.create_future()
+        timer = loop.call_later(seconds, _resolve, fut)
+        try:
+            await fut
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _poke(self) -> None:
+        """Wake the run loop now."""
+        if self._waiter is not None:
+            _resolve(self._waiter)
 
     def leave(self) -> None:
         """Announce our departure (then stay silent)."""
@@ -185,7 +213,7 @@ class SwimDriver:
 
         def soon() -> None:
             self._facts_due = min(self._facts_due, self.now() + 0.05)
-            self._wake.set()
+            self._poke()
 
         try:
             loop.call_soon_threadsafe(soon)
@@ -295,12 +323,15 @@ class SwimDriver:
             net.send(addr, encode(msg))
         if len(self.swim.queue) and not self._gossiping:
             self._gossiping = True
-            self._wake.set()
+            self._poke()
         if changes:
             now = self.now()
             for c in changes:
                 self._changed(c, now)
             self._rering()
+            for node, _, new in changes:
+                if new in (DOWN, LEFT):  # unpinned by now: no more redials to it
+                    self.net.forget(self.swim.addr_of(node))
             if any(c[2] in (SUSPECT, DOWN, LEFT) for c in changes):
                 self._handle(self.swim.gossip_round(now, GOSSIP_FANOUT, self._near()))
 
@@ -310,8 +341,6 @@ class SwimDriver:
         m = self.membership.get(node)
         t = Transition(node, old, new, "joined" if old is None else "swim")
         log.info("%s: %s → %s", node, old or "new", new)
-        if new in (DOWN, LEFT):
-            self.net.forget(self.swim.addr_of(node))
         for listener in self.listeners:
             try:
                 listener(t, m)
@@ -330,6 +359,7 @@ class SwimDriver:
             self.net.pin(pin)
         for addr in gone:
             self.net.forget(addr)
+        self.swim.watch = self.ring.watch
 
     def _count(self, reason: str) -> None:
         self.codec.dropped[reason] = self.codec.dropped.get(reason, 0) + 1

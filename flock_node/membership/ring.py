@@ -9,6 +9,9 @@ from flock_node.membership.heartbeat import SUSPECT
 from flock_node.membership.messages import Alive, Entry
 
 RING = 3  # successors in the sorted member list we keep a standing connection to
+# Past RING, the driver spends half its pool on standing connections to our ring
+# neighbourhood (the members we probe in a large flock, `AgentSwim.watch`); the other half is
+# a pool for indirect probes, push-pulls and gossip to random members. At most RING + pool.
 
 
 def ring_successors(me: str, alive: list[str], k: int = RING) -> list[str]:
@@ -19,15 +22,32 @@ def ring_successors(me: str, alive: list[str], k: int = RING) -> list[str]:
     return out[:k]
 
 
+def ring_neighbours(me: str, alive: list[str], width: int) -> list[str]:
+    """The `width` members nearest `me` in the sorted ring of live members, successors first:
+    as many after as before (one more after when `width` is odd), so that we watch the members
+    that watch us. Everyone else when the ring is no larger."""
+    names = sorted(set(alive) | {me})
+    n, i = len(names), names.index(me)
+    if width >= n - 1:
+        return [names[(i + j) % n] for j in range(1, n)]
+    after, before = (width + 1) // 2, width // 2
+    return ([names[(i + j) % n] for j in range(1, after + 1)]
+            + [names[(i - j) % n] for j in range(1, before + 1)])
+
+
 def _addr(e: Entry) -> str:
     return e.addr if type(e) is Alive else e.alive.addr  # type: ignore[union-attr]
 
 
 class Ring:
-    """`names`: our ring neighbours; `live`: the addresses of the live members."""
+    """`names`: our ring neighbours (the `width` nearest); `live`: the addresses of the live
+    members; `watch`: the members to probe (our neighbours, or None: everyone, in a flock no
+    larger than the neighbourhood)."""
 
-    def __init__(self, me: str) -> None:
+    def __init__(self, me: str, width: int = RING) -> None:
         self.me = me
+        self.width = width
+        self.watch: set[str] | None = None
         self.names: list[str] = []
         self.pinned: set[str] = set()  # the neighbours' addresses we hold open
         self.live: set[str] = set()
@@ -40,7 +60,8 @@ class Ring:
         addrs = {n: _addr(e) for n, e in table.items()}
         alive = [n for n, e in table.items() if type(e) is Alive]
         live = self.live = {addrs[n] for n in alive}
-        self.names = ring_successors(self.me, alive)
+        self.names = ring_neighbours(self.me, alive, self.width)
+        self.watch = set(self.names) if len(alive) > len(self.names) else None
         pinned = {addrs[n] for n in self.names} - {""}
         moved = {a for n, a in self._addrs.items() if addrs.get(n, a) != a}
         self._addrs = addrs
