@@ -11,10 +11,26 @@ flock of any size stays under nng's 1 MiB frame limit.
 
 from __future__ import annotations
 
-from flock_node.membership.digest import buckets_for, differing, pack, select, unpack
+from itertools import compress, repeat
+from operator import and_
+
+from flock_node.membership.digest import (
+    buckets_for,
+    differing,
+    entry_hashes,
+    keys_of,
+    pack,
+    pack_keys,
+    pack_summary,
+    select,
+    unpack,
+    unpack_keys,
+    unpack_summary,
+)
 from flock_node.membership.messages import DOWN, LEFT, Alive, Entry, Mark, PushPull
 from flock_node.membership.table import Table
 
+_SUMMARY_FROM = 64  # entries to answer a digest with: more are named first, sent if lacking
 _SMALL = 32  # entries that always fit in one page (a record is far below page_bytes / 32)
 
 
@@ -84,6 +100,9 @@ class AntiEntropy(Table):
             ours[-1] = self.me
             self._push(to, msg.join, ours, b"")
             return
+        if msg.summary:
+            self._summarized(to, msg)
+            return
         me = self.me
         if msg.states:
             self._merge(now, msg.states, msg.sender)
@@ -93,21 +112,64 @@ class AntiEntropy(Table):
             b = len(theirs)
             mine = self.digest.folded(b, self.me)
             diff = differing(mine, theirs)
-            if diff:
-                self._push(to, False, select(self._states(), b, diff),
-                           b"" if msg.reply else pack(mine))
+            if not diff:
+                return
+            states = select(self._states(), b, diff)
+            if not msg.reply and _SUMMARY_FROM < len(states) <= self.cfg.page_bytes // 12:
+                # Tables that differ a lot differ in every bucket: name what we hold there
+                # (12 bytes an entry) and let the asker say what it lacks, rather than
+                # sending it the entries it has already.
+                hashes = entry_hashes(states, self.digest.hashes)
+                self._sends.append((to, PushPull(self.name, self.me.addr, False, True, [],
+                                                 pack(mine), pack_summary(keys_of(states),
+                                                                          hashes))))
+            else:
+                self._push(to, False, states, b"" if msg.reply else pack(mine))
+            return
+        wanted = unpack_keys(msg.want) if msg.want else None
+        if wanted:
+            # The asker's last leg: the entries it lacks, and a refutation if it held us
+            # suspect or down.
+            want = set(wanted)
+            states = list(compress(self._states(), map(want.__contains__,
+                                                       keys_of(self._states()))))
+            if self.me is not me and self.me not in states:
+                states.append(self.me)
+            self._push(to, False, states, b"")
         elif self.me is not me:
             # The last leg told us someone holds us suspect or down: they hear the refutation
             # now rather than by gossip.
             self._push(to, False, [self.me], b"")
 
-    def _push(self, addr: str, join: bool, states: list[Entry], digest: bytes) -> None:
-        """Send `states` to `addr` as answer pages, the digest on the last one."""
+    def _summarized(self, to: str, msg: PushPull) -> None:
+        """The answer to our digest named the entries it holds where the tables differ:
+        send the ones it lacks (or holds older), ask for the ones we lack."""
+        theirs = unpack(msg.digest) if msg.digest else None
+        summary = unpack_summary(msg.summary)
+        if theirs is None or summary is None:
+            return
+        keys, hashes = summary
+        b = len(theirs)
+        # The buckets they listed, and any that changed here since our request.
+        diff = differing(self.digest.folded(b, self.me), theirs)
+        diff.update(map(and_, keys, repeat(b - 1)))
+        ours = select(self._states(), b, diff)
+        our_hashes = entry_hashes(ours, self.digest.hashes)
+        have, held = set(our_hashes), set(hashes)
+        lacking = list(compress(ours, [h not in held for h in our_hashes]))
+        want = [k for k, h in zip(keys, hashes, strict=True) if h not in have]
+        if lacking or want:
+            self._push(to, False, lacking, b"", pack_keys(want))
+
+    def _push(self, addr: str, join: bool, states: list[Entry], digest: bytes,
+              want: bytes = b"") -> None:
+        """Send `states` to `addr` as answer pages, the digest and `want` on the last one."""
         pages = self._pages(states)
         for k, page in enumerate(pages):
             last = k == len(pages) - 1
             self._sends.append((addr, PushPull(self.name, self.me.addr, join, True, page,
-                                               digest if last else b"")))
+                                               digest if last else b"",
+                                               want=want if last else b"")))
 
     def _pages(self, states: list[Entry]) -> list[list[Entry]]:
         if len(states) <= _SMALL:
