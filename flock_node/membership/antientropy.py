@@ -12,7 +12,7 @@ flock of any size stays under nng's 1 MiB frame limit.
 from __future__ import annotations
 
 from itertools import compress, repeat
-from operator import and_
+from operator import and_, not_
 
 from flock_node.membership.digest import (
     buckets_for,
@@ -131,8 +131,8 @@ class AntiEntropy(Table):
             # The asker's last leg: the entries it lacks, and a refutation if it held us
             # suspect or down.
             want = set(wanted)
-            states = list(compress(self._states(), map(want.__contains__,
-                                                       keys_of(self._states()))))
+            states = self._states()
+            states = list(compress(states, map(want.__contains__, keys_of(states))))
             if self.me is not me and self.me not in states:
                 states.append(self.me)
             self._push(to, False, states, b"")
@@ -156,8 +156,8 @@ class AntiEntropy(Table):
         ours = select(self._states(), b, diff)
         our_hashes = entry_hashes(ours, self.digest.hashes)
         have, held = set(our_hashes), set(hashes)
-        lacking = list(compress(ours, [h not in held for h in our_hashes]))
-        want = [k for k, h in zip(keys, hashes, strict=True) if h not in have]
+        lacking = list(compress(ours, map(not_, map(held.__contains__, our_hashes))))
+        want = list(compress(keys, map(not_, map(have.__contains__, hashes))))
         if lacking or want:
             self._push(to, False, lacking, b"", pack_keys(want))
 
