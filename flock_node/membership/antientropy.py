@@ -5,8 +5,8 @@ members); the other side answers only when some bucket differs, with its entries
 buckets and its own digest; we merge them and send back our entries in the buckets that
 still differ (what it lacks). When many entries differ (tables that differ a lot differ in
 every bucket) the answer is a summary instead, 12 bytes an entry; we send what it lacks and
-ask for what we lack, so an exchange moves what it teaches. Equal tables cost one small message; a member that missed one
-update gets a bucket, not the table. A joiner (nothing to compare yet) still sends itself and
+ask for what we lack, so an exchange moves what it teaches. Equal tables cost one small
+message; a member that missed one update gets a bucket, not the table. A joiner (nothing to compare yet) still sends itself and
 gets the whole table. Any list of entries goes out in pages of at most `page_bytes`, so a
 flock of any size stays under nng's 1 MiB frame limit.
 """
