@@ -349,3 +349,53 @@ def test_a_ten_thousand_member_table_goes_to_a_joiner_in_frames_under_the_limit(
         assert len(codec.encode(SwimFrame(encode(m)))) < MAX_FRAME
         joiner.receive(1.1, decode(encode(m)))
     assert len(joiner.table) == 10_001  # every member and the seed
+
+
+def _exchange(a: Swim, b: Swim) -> list[PushPull]:
+    """One push-pull from a to b, every leg delivered: the messages it took."""
+    moved: list[PushPull] = []
+    todo = [(b, _request(a))]
+    while todo:
+        to, msg = todo.pop(0)
+        moved.append(msg)
+        other = a if to is b else b
+        todo += [(other, m) for _, m in to.receive(1.0, msg)[0] if isinstance(m, PushPull)]
+    return moved
+
+
+def test_a_catch_up_exchange_moves_about_the_statements_it_teaches():
+    a, b = _pair(2000)
+    # a lacks 90 % of the table and knows 20 members b does not: every bucket differs.
+    a, held = _member("a"), _statements(2000)
+    extra = [Alive(f"x{i:03d}", 1, f"x{i:08x}", f"tcp://10.9.0.{i}:7946") for i in range(20)]
+    a._merge(0.0, [*held[::10], *extra, b.me], "x")
+    a._flush(0.0)
+    before_a, before_b = len(a.table), len(b.table)
+    moved = _exchange(a, b)
+    taught = (len(a.table) - before_a) + (len(b.table) - before_b)
+    assert taught == 1800 + 20
+    statements = sum(len(m.states) for m in moved)
+    assert statements <= 1.2 * taught  # was 2,000 + 2,000: both tables, every bucket
+    # In bytes: the statements taught, plus 16 bytes a member of b's (summary and ask).
+    news = [s for i, s in enumerate(held) if i % 10] + extra
+    assert sum(len(encode(m)) for m in moved) <= 1.5 * sum(len(encode(s)) for s in news)
+    assert _request(a, 2.0).digest == _request(b, 2.0).digest  # the tables agree
+
+
+def test_a_summary_answer_refutes_and_takes_the_newer_statement_both_ways():
+    a, b = _pair(500)
+    # Each holds a newer statement of a different member, and b holds a down.
+    a._merge(0.0, [Alive("m00001", 2, "00000001", "tcp://10.0.0.1:7946")], "m00001")
+    b._merge(0.0, [Alive("m00002", 2, "00000002", "tcp://10.0.0.2:7946")], "m00002")
+    for i in range(100, 300):  # and b misses 200 of a's: the answer is a summary
+        del b.table[f"m{i:05d}"]
+    b.digest = type(b.digest)()
+    for e in b.table.values():
+        b.digest.toggle(e)
+    b._dead(0.0, "a", 1, "b")
+    moved = _exchange(a, b)
+    assert any(m.summary for m in moved)
+    assert a.table["m00002"].incarnation == 2 and b.table["m00001"].incarnation == 2
+    assert b.state("a") == "alive" and a.me.incarnation > 1
+    assert b.table.keys() >= {f"m{i:05d}" for i in range(100, 300)}
+    assert _request(a, 2.0).digest == _request(b, 2.0).digest

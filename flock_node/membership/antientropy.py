@@ -3,18 +3,36 @@
 A periodic exchange sends our table's digest (`digest.py`, 8 bytes a bucket of about 16
 members); the other side answers only when some bucket differs, with its entries in those
 buckets and its own digest; we merge them and send back our entries in the buckets that
-still differ (what it lacks). Equal tables cost one small message; a member that missed one
-update gets a bucket, not the table. A joiner (nothing to compare yet) still sends itself and
+still differ (what it lacks). When many entries differ (tables that differ a lot differ in
+every bucket) the answer is a summary instead, 12 bytes an entry; we send what it lacks and
+ask for what we lack, so an exchange moves what it teaches. Equal tables cost one small
+message; a member that missed one update gets a bucket, not the table. A joiner (nothing to compare yet) still sends itself and
 gets the whole table. Any list of entries goes out in pages of at most `page_bytes`, so a
 flock of any size stays under nng's 1 MiB frame limit.
 """
 
 from __future__ import annotations
 
-from flock_node.membership.digest import buckets_for, differing, pack, select, unpack
+from itertools import compress, repeat
+from operator import and_, not_
+
+from flock_node.membership.digest import (
+    buckets_for,
+    differing,
+    entry_hashes,
+    keys_of,
+    pack,
+    pack_keys,
+    pack_summary,
+    select,
+    unpack,
+    unpack_keys,
+    unpack_summary,
+)
 from flock_node.membership.messages import DOWN, LEFT, Alive, Entry, Mark, PushPull
 from flock_node.membership.table import Table
 
+_SUMMARY_FROM = 64  # entries to answer a digest with: more are named first, sent if lacking
 _SMALL = 32  # entries that always fit in one page (a record is far below page_bytes / 32)
 
 
@@ -84,6 +102,9 @@ class AntiEntropy(Table):
             ours[-1] = self.me
             self._push(to, msg.join, ours, b"")
             return
+        if msg.summary:
+            self._summarized(to, msg)
+            return
         me = self.me
         if msg.states:
             self._merge(now, msg.states, msg.sender)
@@ -93,21 +114,64 @@ class AntiEntropy(Table):
             b = len(theirs)
             mine = self.digest.folded(b, self.me)
             diff = differing(mine, theirs)
-            if diff:
-                self._push(to, False, select(self._states(), b, diff),
-                           b"" if msg.reply else pack(mine))
+            if not diff:
+                return
+            states = select(self._states(), b, diff)
+            if not msg.reply and _SUMMARY_FROM < len(states) <= self.cfg.page_bytes // 12:
+                # Tables that differ a lot differ in every bucket: name what we hold there
+                # (12 bytes an entry) and let the asker say what it lacks, rather than
+                # sending it the entries it has already.
+                hashes = entry_hashes(states, self.digest.hashes)
+                self._sends.append((to, PushPull(self.name, self.me.addr, False, True, [],
+                                                 pack(mine), pack_summary(keys_of(states),
+                                                                          hashes))))
+            else:
+                self._push(to, False, states, b"" if msg.reply else pack(mine))
+            return
+        wanted = unpack_keys(msg.want) if msg.want else None
+        if wanted:
+            # The asker's last leg: the entries it lacks, and a refutation if it held us
+            # suspect or down.
+            want = set(wanted)
+            states = self._states()
+            states = list(compress(states, map(want.__contains__, keys_of(states))))
+            if self.me is not me and self.me not in states:
+                states.append(self.me)
+            self._push(to, False, states, b"")
         elif self.me is not me:
             # The last leg told us someone holds us suspect or down: they hear the refutation
             # now rather than by gossip.
             self._push(to, False, [self.me], b"")
 
-    def _push(self, addr: str, join: bool, states: list[Entry], digest: bytes) -> None:
-        """Send `states` to `addr` as answer pages, the digest on the last one."""
+    def _summarized(self, to: str, msg: PushPull) -> None:
+        """The answer to our digest named the entries it holds where the tables differ:
+        send the ones it lacks (or holds older), ask for the ones we lack."""
+        theirs = unpack(msg.digest) if msg.digest else None
+        summary = unpack_summary(msg.summary)
+        if theirs is None or summary is None:
+            return
+        keys, hashes = summary
+        b = len(theirs)
+        # The buckets they listed, and any that changed here since our request.
+        diff = differing(self.digest.folded(b, self.me), theirs)
+        diff.update(map(and_, keys, repeat(b - 1)))
+        ours = select(self._states(), b, diff)
+        our_hashes = entry_hashes(ours, self.digest.hashes)
+        have, held = set(our_hashes), set(hashes)
+        lacking = list(compress(ours, map(not_, map(held.__contains__, our_hashes))))
+        want = list(compress(keys, map(not_, map(have.__contains__, hashes))))
+        if lacking or want:
+            self._push(to, False, lacking, b"", pack_keys(want))
+
+    def _push(self, addr: str, join: bool, states: list[Entry], digest: bytes,
+              want: bytes = b"") -> None:
+        """Send `states` to `addr` as answer pages, the digest and `want` on the last one."""
         pages = self._pages(states)
         for k, page in enumerate(pages):
             last = k == len(pages) - 1
             self._sends.append((addr, PushPull(self.name, self.me.addr, join, True, page,
-                                               digest if last else b"")))
+                                               digest if last else b"",
+                                               want=want if last else b"")))
 
     def _pages(self, states: list[Entry]) -> list[list[Entry]]:
         if len(states) <= _SMALL:

@@ -18,7 +18,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from itertools import compress, repeat
-from operator import and_, attrgetter, xor
+from operator import and_, attrgetter, is_, xor
 
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 
@@ -140,3 +140,43 @@ def select(entries: list[Entry], buckets: int, wanted: set[int]) -> list[Entry]:
     keys = map(_keys.__getitem__, map(_node_of, entries))
     return list(compress(entries, map(wanted.__contains__, map(and_, keys,
                                                                 repeat(buckets - 1)))))
+
+
+def keys_of(entries: list[Entry]) -> list[int]:
+    """The name keys (CRC-32) of entries, in order."""
+    return list(map(_keys.__getitem__, map(_node_of, entries)))
+
+
+def entry_hashes(entries: list[Entry], many: Callable[[list[Alive]], list[int]]) -> list[int]:
+    """`entry_hash` of each entry, the plain statements through `many` (at C speed)."""
+    plain = list(map(is_, map(type, entries), repeat(Alive)))
+    if all(plain):
+        return many(entries)  # type: ignore[arg-type]
+    hs = iter(many(list(compress(entries, plain))))  # type: ignore[arg-type]
+    return [next(hs) if p else entry_hash(e) for e, p in zip(entries, plain, strict=True)]
+
+
+def pack_summary(keys: list[int], hashes: list[int]) -> bytes:
+    """Wire bytes of a summary: each entry's name key then each entry's hash (12 bytes)."""
+    n = len(keys)
+    return struct.pack(f"<{n}I{n}q", *keys, *hashes)
+
+
+def unpack_summary(data: bytes) -> tuple[list[int], list[int]] | None:
+    """Name keys and hashes of a summary; None unless whole entries."""
+    n, rest = divmod(len(data), 12)
+    if rest:
+        return None
+    both = struct.unpack(f"<{n}I{n}q", data)
+    return list(both[:n]), list(both[n:])
+
+
+def pack_keys(keys: list[int]) -> bytes:
+    """Wire bytes of a list of name keys."""
+    return struct.pack(f"<{len(keys)}I", *keys)
+
+
+def unpack_keys(data: bytes) -> list[int] | None:
+    """Name keys from wire bytes; None unless whole keys."""
+    n, rest = divmod(len(data), 4)
+    return None if rest else list(struct.unpack(f"<{n}I", data))

@@ -102,7 +102,9 @@ class Gossip(msgspec.Struct, frozen=True, array_like=True, tag="g"):
 
 class PushPull(msgspec.Struct, frozen=True, array_like=True, tag="pp"):
     """Anti-entropy: entries of the sender's table (all of it, a page of it, or the buckets
-    that differ) and/or its table's `digest`; `reply` is an answer (see antientropy.py)."""
+    that differ) and/or its table's `digest`; `reply` is an answer; `summary` lists the
+    sender's entries in the buckets that differ (name key and hash each), `want` the name
+    keys whose entries the sender asks for (see antientropy.py)."""
 
     sender: Name
     reply_to: str
@@ -110,6 +112,8 @@ class PushPull(msgspec.Struct, frozen=True, array_like=True, tag="pp"):
     reply: bool
     states: list[Entry] = []
     digest: Annotated[bytes, msgspec.Meta(max_length=8192)] = b""
+    summary: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] = b""
+    want: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] = b""
 
 
 Message = Ping | Ack | Nack | PingReq | Gossip | PushPull

@@ -12,6 +12,8 @@ from itertools import compress, repeat
 from operator import is_
 from typing import Any
 
+from msgspec.structs import replace
+
 from flock_node.membership.digest import alive_hashes
 from flock_node.membership.messages import Alive, Entry, Message, PushPull, encode
 
@@ -57,8 +59,7 @@ class Sizes:
         """Bytes of one message on the wire."""
         if type(msg) is not PushPull:
             return len(encode(msg))
-        head = len(encode(PushPull(msg.sender, msg.reply_to, msg.join, msg.reply, [],
-                                   msg.digest)))
+        head = len(encode(replace(msg, states=[])))
         return head - 1 + self.entries(msg.states)
 
 
