@@ -20,7 +20,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from flock_node.membership.heartbeat import SUSPECT
 from flock_node.membership.messages import Alive, Gossip, PushPull
 from flock_node.membership.swim import Output, Swim
 
@@ -33,25 +32,8 @@ class AgentSwim(Swim):
     watch: set[str] | None = None  # None: probe every member in turn
     _clash_refuted = -1e18
 
-    def _next_target(self) -> str | None:
-        watch = self.watch
-        if watch is None:
-            return super()._next_target()
-        # The base class's round over the shuffled table, skipping the unwatched: each
-        # watched member once per round, in a fresh order each round.
-        order, table = self._order, self.table
-        for _ in range(2):
-            while self._pos < len(order):
-                n = order[self._pos]
-                self._pos += 1
-                if n in watch:
-                    e = table.get(n)
-                    if e is not None and (type(e) is Alive or e.state == SUSPECT):  # type: ignore[union-attr]
-                        return n
-            order[:] = list(table)
-            self.rng.shuffle(order)
-            self._pos = 0
-        return None
+    def _next_target(self, only: set[str] | None = None) -> str | None:
+        return super()._next_target(self.watch if only is None else only)
 
     def _alive(self, now: float, a: Alive, sender: str, gossip: bool) -> None:
         me = self.me

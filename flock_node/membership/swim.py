@@ -170,12 +170,16 @@ class Swim(AntiEntropy):
                                                               self._gossip())))
         self._at(now + self.awareness.scale(cfg.probe_timeout), "ptimeout", seq)
 
-    def _next_target(self) -> str | None:
+    def _next_target(self, only: set[str] | None = None) -> str | None:
+        """The next member to probe, round-robin over the shuffled table (`only`: skipping
+        the others, each of them still once per round)."""
         order, table = self._order, self.table
         for _ in range(2):
             while self._pos < len(order):
                 n = order[self._pos]
                 self._pos += 1
+                if only is not None and n not in only:
+                    continue
                 e = table.get(n)
                 if e is not None and (type(e) is Alive or e.state == SUSPECT):  # type: ignore[union-attr]
                     return n

@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import msgspec
@@ -211,6 +211,22 @@ class Sent(NamedTuple):
     timeout: float
 
 
+@contextlib.contextmanager
+def _answer_of(sent: Sent) -> Iterator[None]:
+    """Waiting for `sent`'s answer: a timeout or a closed socket is an RpcError naming the
+    node; the call's context is closed either way."""
+    try:
+        yield
+    except (pynng.Timeout, TimeoutError):
+        raise RpcError("timeout", f"no answer from {sent.addr} within "
+                                  f"{sent.timeout:g}s") from None
+    except pynng.NNGException as e:  # Closed included: forgotten while we asked
+        raise RpcError("unreachable", f"{sent.addr}: {e}") from None
+    finally:
+        with contextlib.suppress(Exception):
+            sent.ctx.close()
+
+
 class AsyncRpc:
     """Asyncio Req0 client for the agent and the console.
 
@@ -320,34 +336,19 @@ class AsyncRpc:
 
     def answer_now(self, sent: Sent, expect: str | None = None) -> Any:
         """The answer to a call handed over by `send_now`, waited for on this thread."""
-        try:
+        with _answer_of(sent):
             answer = sent.ctx.recv_msg()
-            trace.stamp("call_answered")
-        except pynng.Timeout:
-            raise RpcError("timeout", f"no answer from {sent.addr} within "
-                                      f"{sent.timeout:g}s") from None
-        except pynng.NNGException as e:  # Closed included: forgotten while we asked
-            raise RpcError("unreachable", f"{sent.addr}: {e}") from None
-        finally:
-            with contextlib.suppress(Exception):
-                sent.ctx.close()
-        _check_peer(self.tls, answer.pipe, sent.addr, expect)
-        return _reply(self.codec, sent.call_id, answer.bytes, self.tls is not None)
+        return self._accept(sent, answer, expect)
 
     async def answer(self, sent: Sent, expect: str | None = None) -> Any:
         """The answer to a call handed over by `send_now` (on the loop)."""
-        try:
+        with _answer_of(sent):
             async with asyncio.timeout(sent.timeout):
                 answer = await sent.ctx.arecv_msg()
-            trace.stamp("call_answered")
-        except TimeoutError:
-            raise RpcError("timeout", f"no answer from {sent.addr} within "
-                                      f"{sent.timeout:g}s") from None
-        except pynng.NNGException as e:  # Closed included: forgotten while we asked
-            raise RpcError("unreachable", f"{sent.addr}: {e}") from None
-        finally:
-            with contextlib.suppress(Exception):
-                sent.ctx.close()
+        return self._accept(sent, answer, expect)
+
+    def _accept(self, sent: Sent, answer: pynng.Message, expect: str | None) -> Any:
+        trace.stamp("call_answered")
         _check_peer(self.tls, answer.pipe, sent.addr, expect)
         return _reply(self.codec, sent.call_id, answer.bytes, self.tls is not None)
 
