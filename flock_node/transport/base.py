@@ -55,13 +55,7 @@ def ipc_addresses(runtime_dir: Path, node: str) -> tuple[str, str]:
 
 def swim_for_bus(bus: str) -> str:
     """The SWIM address that goes with a bus address: PORT+2 on tcp, NAME.swim on ipc."""
-    if bus.startswith("ipc://") and bus.endswith(".bus"):
-        return bus[: -len(".bus")] + ".swim"
-    if bus.startswith(("tcp://", "tls+tcp://")):
-        scheme, _, hostport = bus.partition("://")
-        host, _, port = hostport.rpartition(":")
-        return f"{scheme}://{host}:{int(port) + 2}"
-    raise ValueError(f"cannot tell the SWIM address for {bus!r}")
+    return _beside(bus, ".swim", 2, "SWIM")
 
 
 def tcp_addresses(listen: str) -> tuple[str, str]:
@@ -81,13 +75,18 @@ def tcp_addresses(listen: str) -> tuple[str, str]:
 
 def rpc_for_bus(bus: str) -> str:
     """The RPC address that goes with a bus address (seeds name only the bus)."""
+    return _beside(bus, ".rpc", 1, "RPC")
+
+
+def _beside(bus: str, suffix: str, offset: int, what: str) -> str:
+    """The address listening beside a bus address: NAME`suffix` on ipc, PORT+`offset` on tcp."""
     if bus.startswith("ipc://") and bus.endswith(".bus"):
-        return bus[: -len(".bus")] + ".rpc"
+        return bus[: -len(".bus")] + suffix
     if bus.startswith(("tcp://", "tls+tcp://")):
         scheme, _, hostport = bus.partition("://")
         host, _, port = hostport.rpartition(":")
-        return f"{scheme}://{host}:{int(port) + 1}"
-    raise ValueError(f"cannot tell the RPC address for {bus!r}")
+        return f"{scheme}://{host}:{int(port) + offset}"
+    raise ValueError(f"cannot tell the {what} address for {bus!r}")
 
 
 def ipc_path(addr: str) -> str | None:
