@@ -3,13 +3,12 @@ the module). Every wait polls a condition with a deadline."""
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import time
 from pathlib import Path
 
 import pytest
 from rich.text import Text
+from tui_support import aio, quiet_demo, until
 
 from flock_node.cli import build_parser
 from flock_node.client import Flock
@@ -21,27 +20,10 @@ from flock_tui.screens import ConfirmScreen, NodeScreen, Wizard
 SIZE = (140, 40)
 
 
-def aio(fn):
-    """Run an async test on a fresh loop (no asyncio pytest plugin needed)."""
-
-    @functools.wraps(fn)
-    def run(*a, **kw):
-        return asyncio.run(fn(*a, **kw))
-
-    return run
-
-
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("tui", numbered=True))
-    with DemoFlock(3, root=root) as d:
-        with Flock.connect(runtime_dir=d.runtime_dir, insecure=True) as f:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # the first converges, so rows are quiet
-                if all(f[n].flock_api.status()["last_run"] for n in d.names) and not any(
-                        f[n].flock_api.active() for n in d.names):
-                    break
-                time.sleep(0.2)
+    with quiet_demo(root) as d:
         yield d
 
 
@@ -58,19 +40,6 @@ def make_args(demo: DemoFlock, *extra: str):
 
 def client(demo: DemoFlock) -> Flock:
     return Flock.connect(runtime_dir=demo.runtime_dir, insecure=True)
-
-
-async def until(pilot, cond, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            v = cond()
-        except Exception:  # noqa: BLE001 - "not yet"
-            v = None
-        if v:
-            return v
-        await pilot.pause(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 async def ready(pilot, app: FlockApp, n: int = 3):

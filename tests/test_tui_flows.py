@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from tui_support import aio, offline_args, until
+from tui_support import aio, offline_args, quiet_demo, until
 
 from flock_node.cli import build_parser
 from flock_node.client import Flock
@@ -25,14 +25,7 @@ SIZE = (160, 45)
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     root = Path(tmp_path_factory.mktemp("tui-flows", numbered=True))
-    with DemoFlock(3, root=root) as d:
-        with Flock.connect(runtime_dir=d.runtime_dir, insecure=True) as f:
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:  # the first converges, so rows are quiet
-                if all(f[n].flock_api.status()["last_run"] for n in d.names) and not any(
-                        f[n].flock_api.active() for n in d.names):
-                    break
-                time.sleep(0.2)
+    with quiet_demo(root) as d:
         yield d
 
 

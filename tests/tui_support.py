@@ -6,11 +6,16 @@ import asyncio
 import functools
 import io
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from flock_node.cli import build_parser
+from flock_node.client import Flock
+from flock_tui.demo import DemoFlock
 
 
 def aio(fn: Any) -> Any:
@@ -21,6 +26,20 @@ def aio(fn: Any) -> Any:
         return asyncio.run(fn(*a, **kw))
 
     return run
+
+
+@contextmanager
+def quiet_demo(root: Path, nodes: int = 3) -> Iterator[DemoFlock]:
+    """A demo flock whose first converges are over, so its rows are quiet."""
+    with DemoFlock(nodes, root=root) as d:
+        with Flock.connect(runtime_dir=d.runtime_dir, insecure=True) as f:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                if all(f[n].flock_api.status()["last_run"] for n in d.names) and not any(
+                        f[n].flock_api.active() for n in d.names):
+                    break
+                time.sleep(0.2)
+        yield d
 
 
 async def until(pilot: Any, cond: Any, timeout: float = 10.0, what: str = "condition") -> Any:
