@@ -18,8 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/flockctl demo
 
+# Two workers (pytest-xdist): most tests wait on agents and sockets, so two at a time halve
+# the wall time on a 2-core machine. TEST_WORKERS=0 runs them one by one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check flock_node flock_tui tests benchmarks
