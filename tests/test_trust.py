@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import shutil
 import socket
 import subprocess
 import textwrap
@@ -22,6 +21,7 @@ from pathlib import Path
 import pynng
 import pytest
 from conftest import FlockEnv, free_port, wait_for, write_recipe
+from debian import ensure_tool
 
 from flock_node.client import AsyncFlock, Flock
 from flock_node.protocol import Codec, Heartbeat, Leave
@@ -383,10 +383,7 @@ def test_revocation_spreads_between_nodes_and_closes_connections(tls, membership
 
 
 def _capture_start(port: int, path: Path) -> subprocess.Popen | None:
-    if shutil.which("tcpdump") is None:
-        subprocess.run(["apt-get", "install", "-y", "tcpdump"], capture_output=True,
-                       timeout=120, check=False)
-    if shutil.which("tcpdump") is None:
+    if ensure_tool("tcpdump") is None:
         return None
     p = subprocess.Popen(["tcpdump", "-i", "lo", "-U", "--immediate-mode", "-w", str(path),
                           f"tcp port {port} or tcp port {port + 1}"],

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -13,6 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from debian import ensure_tool
 
 from flock_tui.demo import DemoFlock
 from flock_tui.main import main
@@ -85,8 +85,8 @@ class Tmux:
         subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True, timeout=10)
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_the_console_in_an_80x24_terminal(demo, tmp_path):
+    assert ensure_tool("tmux"), "tmux is missing and apt-get could not install it"
     tmux = Tmux(80, 24)
     flockctl = Path(sys.executable).parent / "flockctl"
     env = {"FLOCK_CONFIG_DIR": str(tmp_path / "config"), "TERM": "xterm-256color",
