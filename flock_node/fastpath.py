@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from flock_node import trace
+from flock_node.store import Outgoing
 from flock_node.transport import RpcError
 from flock_node.transport.rpc import NOT_SENT
 
@@ -88,9 +89,9 @@ class FastPath:
     `wire(row)` is the notify call's arguments."""
 
     def __init__(self, rpc: NowRpc, claims: Claims, locate: Callable[[str], Where],
-                 wire: Callable[[dict[str, Any]], dict[str, Any]],
-                 settle: Callable[[str, list[dict[str, Any]],
-                                   list[tuple[dict[str, Any], RpcError]]], None],
+                 wire: Callable[[Outgoing], dict[str, Any]],
+                 settle: Callable[[str, list[Outgoing],
+                                   list[tuple[Outgoing, RpcError]]], None],
                  is_final: Callable[[str], bool], retry: Callable[[], None],
                  wake: Callable[[], None], has_loop: Callable[[], bool]):
         self.rpc = rpc
@@ -116,14 +117,14 @@ class FastPath:
             self._answers.add(task)
             task.add_done_callback(self._answers.discard)
 
-    def send(self, rows: list[dict[str, Any]], wait: bool) -> list[dict[str, Any]]:
+    def send(self, rows: list[Outgoing], wait: bool) -> list[Outgoing]:
         """Send what can go now, one row per target; return the rows left to the loop (all
         of them when a target has several: they go as one batch, the loop's job). `wait`:
         the worker has nothing else to do, so it waits for the answers itself (at most
         FAST_TIMEOUT each): the receiver has the machine to itself meanwhile, where a worker
         going on with its bookkeeping (commits, events to the receiver's loop) slowed the
         receiver by 0.3-0.4 ms when both ran on one machine."""
-        targets = [r["target"] for r in rows]
+        targets = [r.target for r in rows]
         if len(set(targets)) != len(targets):
             return rows
         for i, row in enumerate(rows):
@@ -131,9 +132,9 @@ class FastPath:
                 return rows[i:]  # in order: the loop sends this one and those after it
         return []
 
-    def _one(self, row: dict[str, Any], wait: bool) -> bool:
+    def _one(self, row: Outgoing, wait: bool) -> bool:
         """True when the row is on the wire (settled, or its answer awaited on the loop)."""
-        target = row["target"]
+        target = row.target
         where = self.locate(target)
         if where.addr is None or where.state != "alive":
             return False
@@ -145,7 +146,7 @@ class FastPath:
                                      self.wire(row), timeout=FAST_TIMEOUT)
         except RpcError as e:
             if e.code != NOT_SENT:
-                log.debug("notification %s to %s: %s", row["id"], target, e)
+                log.debug("notification %s to %s: %s", row.id, target, e)
             self._release(target)
             return False
         except BaseException:
@@ -168,27 +169,27 @@ class FastPath:
             self._release(target)
         return True
 
-    async def _answered(self, row: dict[str, Any], sent: Any) -> None:
+    async def _answered(self, row: Outgoing, sent: Any) -> None:
         """On the loop: settle the row by its answer, or leave it to the loop's retries."""
         try:
-            await self.rpc.answer(sent, expect=row["target"])
+            await self.rpc.answer(sent, expect=row.target)
         except RpcError as e:
             self._failed(row, e)
         else:
             self._delivered(row)
         finally:
-            self._release(row["target"])
+            self._release(row.target)
 
-    def _delivered(self, row: dict[str, Any]) -> None:
-        self.settle(row["target"], [row], [])
+    def _delivered(self, row: Outgoing) -> None:
+        self.settle(row.target, [row], [])
         trace.stamp("settled")
 
-    def _failed(self, row: dict[str, Any], e: RpcError) -> None:
+    def _failed(self, row: Outgoing, e: RpcError) -> None:
         if self.is_final(e.code):
-            self.settle(row["target"], [], [(row, e)])
+            self.settle(row.target, [], [(row, e)])
             return
-        log.debug("notification %s to %s: %s; the delivery loop retries", row["id"],
-                  row["target"], e)
+        log.debug("notification %s to %s: %s; the delivery loop retries", row.id,
+                  row.target, e)
         self.retry()
 
     def _release(self, target: str) -> None:
