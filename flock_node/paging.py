@@ -19,6 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from flock_node.blocking import run_now
 from flock_node.protocol import MAX_FRAME
 
 # Encoded bytes of one page's items: half a frame leaves room for the envelope, the response
@@ -215,10 +216,4 @@ def collect(call: Callable[[str, dict[str, Any]], Any], method: str,
     async def now(m: str, a: dict[str, Any]) -> Any:
         return call(m, a)
 
-    coro = acollect(now, method, args)
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("collect: a blocking call suspended")  # `now` never waits
+    return run_now(acollect(now, method, args))
