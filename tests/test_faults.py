@@ -285,8 +285,8 @@ def test_retry_resends_refused_notifications(tmp_path, store):
 
     store.outbox.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1"),
                    OutboxItem("b", "execute[y]", "run", id="n-2")], "r-1")
-    store.outbox.failed("n-1", "unknown_resource: b has no resource execute[x]")
-    store.outbox.retry("n-2", "unreachable", 1e12)  # past its deadline: dead
+    store.outbox.settle([], [("n-1", "unknown_resource: b has no resource execute[x]")])
+    assert store.outbox.retry_many(["n-2"], "unreachable", 1e12) == {"n-2"}  # past its deadline
     assert {r.status for r in store.outbox.rows()} == {"failed", "dead"}
     assert sorted(store.outbox.revive(None)) == ["n-1", "n-2"]
     assert {r.status for r in store.outbox.rows()} == {"pending"}

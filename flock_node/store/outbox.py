@@ -147,14 +147,6 @@ class Outbox:
         r = self.db.one("SELECT MIN(next_attempt) FROM outbox WHERE status='pending'")
         return r[0] if r and r[0] is not None else None
 
-    def delivered(self, nid: str) -> None:
-        with self.db.tx() as db:
-            db.execute(
-                "UPDATE outbox SET status='delivered', done_at=?, last_error=NULL, "
-                "attempts=attempts+1 WHERE id=?",
-                (time.time(), nid),
-            )
-
     def settle(self, delivered: list[str], failed: list[tuple[str, str]]) -> None:
         """Many answers of one batch at once: ids delivered, (id, error) refused."""
         now = time.time()
@@ -178,34 +170,6 @@ class Outbox:
                 "AND next_attempt>?",
                 (time.time(), target, time.time()),
             )
-
-    def failed(self, nid: str, error: str) -> None:
-        """Refused by the receiver (unknown resource, hop limit...): final, no retry."""
-        with self.db.tx() as db:
-            db.execute(
-                "UPDATE outbox SET status='failed', done_at=?, last_error=?, "
-                "attempts=attempts+1 WHERE id=?",
-                (time.time(), error, nid),
-            )
-
-    def retry(self, nid: str, error: str, next_attempt: float) -> str:
-        """Schedule another attempt, or dead-letter once past the deadline. Returns status."""
-        with self.db.tx() as db:
-            r = db.execute("SELECT deadline FROM outbox WHERE id=?", (nid,)).fetchone()
-            if r is None:
-                return "gone"
-            if next_attempt >= r[0]:
-                db.execute(
-                    "UPDATE outbox SET status='dead', done_at=?, last_error=?, "
-                    "attempts=attempts+1 WHERE id=?",
-                    (time.time(), error, nid),
-                )
-                return "dead"
-            db.execute(
-                "UPDATE outbox SET next_attempt=?, last_error=?, attempts=attempts+1 WHERE id=?",
-                (next_attempt, error, nid),
-            )
-            return "pending"
 
     def retry_many(self, ids: list[str], error: str, next_attempt: float) -> set[str]:
         """retry for a target's whole queue in one commit; returns the dead-lettered."""
