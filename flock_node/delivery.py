@@ -106,8 +106,7 @@ class Deliverer:
         self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
         self.claims = Claims()  # targets being sent to, by the loop or the worker's fast path
-        self.fast = FastPath(rpc, self.claims, locate, self._wire, self._settle, is_final,
-                             self.changed, self.wake, self._has_loop)
+        self.fast = FastPath(rpc, self.claims, locate, self)
 
     # -- called from any thread ----------------------------------------------------------------
     def added(self, rows: list[Outgoing], hand_off: bool = False,
@@ -132,7 +131,9 @@ class Deliverer:
         if handoff is not None:
             handoff.wait(HANDOFF_WAIT)
 
-    def _has_loop(self) -> bool:
+    is_final = staticmethod(is_final)
+
+    def has_loop(self) -> bool:
         return self._loop is not None and not self._loop.is_closed()
 
     def _on_loop(self) -> bool:
@@ -269,7 +270,7 @@ class Deliverer:
         elif by_target:
             await asyncio.gather(*(self._deliver_to(t, rows) for t, rows in by_target.items()))
 
-    def _wire(self, it: Outgoing) -> dict[str, Any]:
+    def wire(self, it: Outgoing) -> dict[str, Any]:
         """A notification as `notify` takes it (the RPC edge: a map)."""
         return {"id": it.id, "sender": self.sender, "resource": it.resource,
                 "action": it.action, "hops": it.hops, "cause": it.cause}
@@ -280,10 +281,10 @@ class Deliverer:
         # A backlog goes in batches: one call and one commit on each side per batch, in order.
         while (len(items) > 1 and where.addr is not None and target not in self._no_batch
                and not (gone and items[0].attempts > 0)):
-            chunk = batch(items, self._wire)
+            chunk = batch(items, self.wire)
             try:
                 answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
-                                              {"items": [self._wire(it) for it in chunk]},
+                                              {"items": [self.wire(it) for it in chunk]},
                                               timeout=5.0, expect=target, sent=self._handed_off)
             except RpcError as e:
                 if e.code == "unknown_method":
@@ -310,7 +311,7 @@ class Deliverer:
                     retry_from = (i, refusal)  # the receiver cannot take it now: keep order
                     break
                 failed.append((it, refusal))
-            self._settle(target, delivered, failed)
+            self.settle(target, delivered, failed)
             if retry_from is not None:
                 self._reschedule(target, items[retry_from[0]:], retry_from[1])
                 return
@@ -323,16 +324,16 @@ class Deliverer:
             else:
                 try:
                     await self.rpc.call(where.addr, "resource_manager", "notify",
-                                        self._wire(item), timeout=2.0, expect=target,
+                                        self.wire(item), timeout=2.0, expect=target,
                                         sent=self._handed_off)
                 except RpcError as e:
                     err = e
                 else:
-                    self._settle(target, [item], [])
+                    self.settle(target, [item], [])
                     trace.stamp("settled")
                     continue
             if is_final(err.code):
-                self._settle(target, [], [(item, err)])
+                self.settle(target, [], [(item, err)])
                 continue
             if gone and where.state and where.state not in err.message:
                 err = RpcError(err.code, f"node {target!r} is {where.state}: {err.message}")
@@ -340,8 +341,9 @@ class Deliverer:
             self._reschedule(target, items[i:], err)
             return
 
-    def _settle(self, target: str, delivered: list[Outgoing], failed: list[tuple[Outgoing, RpcError]]
-                ) -> None:
+    def settle(self, target: str, delivered: list[Outgoing],
+               failed: list[tuple[Outgoing, RpcError]]) -> None:
+        """Record a target's answers: delivered, or refused for good."""
         self.store.outbox.settle([it.id for it in delivered],
                                  [(it.id, f"{x.code}: {x.message}") for it, x in failed])
         for it in delivered:

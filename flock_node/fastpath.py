@@ -82,27 +82,39 @@ class NowRpc(Protocol):
     async def answer(self, sent: Any, expect: str | None = None) -> Any: ...
 
 
+class DeliveryLoop(Protocol):
+    """What the fast path needs of the delivery loop (the `Deliverer`)."""
+
+    def wire(self, row: Outgoing) -> dict[str, Any]:
+        """The notify call's arguments for a row."""
+
+    def settle(self, target: str, delivered: list[Outgoing],
+               failed: list[tuple[Outgoing, RpcError]]) -> None:
+        """Record answers as the loop does."""
+
+    def is_final(self, code: str) -> bool:
+        """Whether a refusal is for good (no retry)."""
+
+    def changed(self) -> None:
+        """What did not go through is the loop's: it reads the outbox again."""
+
+    def wake(self) -> None: ...
+
+    def has_loop(self) -> bool:
+        """Whether a loop runs to await answers."""
+
+
 class FastPath:
     """Sends a reaction's fresh rows from the worker thread; their answers are awaited there
-    or on the loop (`start_answers`, at each of its passes; `has_loop()`: is there one). `settle(target, delivered, failed)` records answers as the loop does;
-    `retry()` hands what did not go through to the loop (it reads the outbox again);
-    `wire(row)` is the notify call's arguments."""
+    or on the loop (`start_answers`, at each of its passes), which also retries what did not
+    go through."""
 
     def __init__(self, rpc: NowRpc, claims: Claims, locate: Callable[[str], Where],
-                 wire: Callable[[Outgoing], dict[str, Any]],
-                 settle: Callable[[str, list[Outgoing],
-                                   list[tuple[Outgoing, RpcError]]], None],
-                 is_final: Callable[[str], bool], retry: Callable[[], None],
-                 wake: Callable[[], None], has_loop: Callable[[], bool]):
+                 loop: DeliveryLoop):
         self.rpc = rpc
         self.claims = claims
         self.locate = locate
-        self.wire = wire
-        self.settle = settle
-        self.is_final = is_final
-        self.retry = retry
-        self.wake = wake
-        self.has_loop = has_loop
+        self.loop = loop
         # Answers for the loop to await, not started yet: the loop is not woken for them
         # (it starts them at its next pass, at the latest when the worker's job ends: the
         # agent wakes it then). Waking it at the send made it fight the worker and the
@@ -143,7 +155,7 @@ class FastPath:
         try:
             trace.stamp("delivery_started")
             sent = self.rpc.send_now(where.addr, "resource_manager", "notify",
-                                     self.wire(row), timeout=FAST_TIMEOUT)
+                                     self.loop.wire(row), timeout=FAST_TIMEOUT)
         except RpcError as e:
             if e.code != NOT_SENT:
                 log.debug("notification %s to %s: %s", row.id, target, e)
@@ -161,7 +173,7 @@ class FastPath:
                 self._delivered(row)
             finally:
                 self._release(target)
-        elif self.has_loop():
+        elif self.loop.has_loop():
             self._due.append(self._answered(row, sent))
         else:
             # No loop to take the answer (stopping): the row stays pending, sent again
@@ -181,17 +193,17 @@ class FastPath:
             self._release(row.target)
 
     def _delivered(self, row: Outgoing) -> None:
-        self.settle(row.target, [row], [])
+        self.loop.settle(row.target, [row], [])
         trace.stamp("settled")
 
     def _failed(self, row: Outgoing, e: RpcError) -> None:
-        if self.is_final(e.code):
-            self.settle(row.target, [], [(row, e)])
+        if self.loop.is_final(e.code):
+            self.loop.settle(row.target, [], [(row, e)])
             return
         log.debug("notification %s to %s: %s; the delivery loop retries", row.id,
                   row.target, e)
-        self.retry()
+        self.loop.changed()
 
     def _release(self, target: str) -> None:
         if self.claims.release([target]):
-            self.wake()
+            self.loop.wake()

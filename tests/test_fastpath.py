@@ -260,8 +260,29 @@ def test_not_sent_without_a_connection_goes_to_the_loop():
 
 
 def _fast(rpc: _Rpc, claims: Claims, where: Callable[[str], Target]) -> FastPath:
-    return FastPath(rpc, claims, where, msgspec.to_builtins, lambda *a: None, lambda c: False,
-                    lambda: None, lambda: None, lambda: False)
+    return FastPath(rpc, claims, where, _NoLoop())
+
+
+class _NoLoop:
+    """A delivery loop that is not running: records nothing, refuses nothing for good."""
+
+    def wire(self, row: Outgoing) -> dict[str, Any]:
+        return msgspec.to_builtins(row)
+
+    def settle(self, *answers: Any) -> None:
+        pass
+
+    def is_final(self, code: str) -> bool:
+        return False
+
+    def changed(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def has_loop(self) -> bool:
+        return False
 
 
 def test_claims_keep_the_worker_off_a_target_the_loop_holds():
