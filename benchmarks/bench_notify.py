@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import bisect
 import os
-import signal
 import sqlite3
 import statistics
 import subprocess
@@ -41,6 +40,7 @@ import pynng
 from common import free_port
 
 from flock_node.client import Flock
+from flock_tui.demo import stop_agents
 
 RAW_SERVER = """
 import asyncio, sys, pynng
@@ -206,14 +206,7 @@ class Agents:
         return Flock.connect(runtime_dir=self.root / "run", timeout=10.0)
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_agents(self.procs)
 
 
 SENDER = """

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import threading
 import time
@@ -44,6 +43,7 @@ from flock_node.schedule import Schedule
 from flock_node.store import (
     OutboxItem,
     Store,
+    outgoing,
 )
 from flock_node.subscriptions import SubscriptionSync
 from flock_node.supervisor import Supervisor
@@ -191,9 +191,7 @@ class Agent:
     def outbox_added(self, items: list[OutboxItem]) -> None:
         """Rows just committed by the worker: immediate ones are pending now. Handing them to
         the delivery loop in memory lets it send them without reading the outbox back."""
-        rows = [{"id": i.id, "target": i.target, "resource": i.resource, "action": i.action,
-                 "hops": i.hops, "cause": _plain(i.cause), "attempts": 0}
-                for i in items if i.timing != "delayed" and i.unmatched is None]
+        rows = outgoing(items)
         # A reaction is a link of a chain, where each hop's latency adds up: its worker waits
         # for the send. A converge's rows are better left to pile up into batches.
         job = self.work.current
@@ -302,8 +300,3 @@ class Agent:
                 sdnotify.notify(f"STATUS=serving {self.name}; last converge "
                                 f"{lc.status if lc else '?'} ({job.run_id})")
         self.subscriptions.wake()
-
-
-def _plain(obj: Any) -> Any:
-    """A value as the outbox row stores it (JSON), so both delivery paths send the same."""
-    return json.loads(json.dumps(obj, default=repr, sort_keys=True))

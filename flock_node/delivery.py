@@ -18,7 +18,7 @@ import msgspec
 
 from flock_node import trace
 from flock_node.fastpath import Claims, FastPath
-from flock_node.store import Store
+from flock_node.store import Outgoing, Store
 from flock_node.transport import AsyncRpc, RpcError
 
 log = logging.getLogger("flock.delivery")
@@ -95,7 +95,7 @@ class Deliverer:
         self._wake = asyncio.Event()
         self._no_batch: set[str] = set()  # targets that do not know notify_batch
         # Outbox rows committed by the worker, in commit order (None: query the store).
-        self._fresh: deque[list[dict[str, Any]] | None] = deque()
+        self._fresh: deque[list[Outgoing] | None] = deque()
         # True when every pending outbox row is in _fresh: send from memory. Any retry or
         # unknown change makes it False until a query finds none pending.
         self._clean = False
@@ -106,11 +106,10 @@ class Deliverer:
         self._handoffs: deque[threading.Event] = deque()  # workers waiting for a send
         self._anchor = (time.time(), time.monotonic())
         self.claims = Claims()  # targets being sent to, by the loop or the worker's fast path
-        self.fast = FastPath(rpc, self.claims, locate, self._wire, self._settle, is_final,
-                             self.changed, self.wake, self._has_loop)
+        self.fast = FastPath(rpc, self.claims, locate, self)
 
     # -- called from any thread ----------------------------------------------------------------
-    def added(self, rows: list[dict[str, Any]], hand_off: bool = False,
+    def added(self, rows: list[Outgoing], hand_off: bool = False,
               alone: bool = False) -> None:
         """Rows the worker just committed, pending now. `hand_off` (from another thread, a
         reaction's rows): when nothing else is pending, the worker hands them to nng itself
@@ -132,7 +131,9 @@ class Deliverer:
         if handoff is not None:
             handoff.wait(HANDOFF_WAIT)
 
-    def _has_loop(self) -> bool:
+    is_final = staticmethod(is_final)
+
+    def has_loop(self) -> bool:
         return self._loop is not None and not self._loop.is_closed()
 
     def _on_loop(self) -> bool:
@@ -184,14 +185,14 @@ class Deliverer:
                     # Fast path: nothing else is pending, so these are the whole queue.
                     sent = self._query_sent
                     await self._deliver_all(self._claim([it for it in fresh
-                                                         if it["id"] not in sent]))
+                                                         if it.id not in sent]))
                     continue
                 self._clean = False
             self._fresh.clear()  # committed before the query below: it finds them
             due = self.store.outbox.due(time.time())
             mine = self._claim(due)
             if mine:
-                self._sent_from_query([it["id"] for it in mine])
+                self._sent_from_query([it.id for it in mine])
                 await self._deliver_all(mine)
                 continue
             if due:
@@ -229,8 +230,8 @@ class Deliverer:
             log.warning("the wall clock jumped %+.1fs; moved %d pending notification(s)' "
                         "deadlines and retry times with it", jump, n)
 
-    def _take_fresh(self) -> list[dict[str, Any]] | None:
-        out: list[dict[str, Any]] = []
+    def _take_fresh(self) -> list[Outgoing] | None:
+        out: list[Outgoing] = []
         while self._fresh:
             rows = self._fresh.popleft()
             if rows is None:
@@ -238,16 +239,16 @@ class Deliverer:
             out.extend(rows)
         return out
 
-    def _claim(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _claim(self, items: list[Outgoing]) -> list[Outgoing]:
         """The items this pass may send: those whose target the fast path does not hold
         (the others are read back from the store once it lets go)."""
-        got = self.claims.take((it["target"] for it in items), loop=True)
-        mine = [it for it in items if it["target"] in got]
+        got = self.claims.take((it.target for it in items), loop=True)
+        mine = [it for it in items if it.target in got]
         if len(mine) < len(items):
             self._clean = False
         return mine
 
-    async def _deliver_all(self, items: list[dict[str, Any]]) -> None:
+    async def _deliver_all(self, items: list[Outgoing]) -> None:
         """Send claimed items, then let their claims go."""
         if not items:
             self._handed_off()
@@ -256,33 +257,34 @@ class Deliverer:
         try:
             await self._deliver_targets(items)
         finally:
-            self.claims.release({it["target"] for it in items})
+            self.claims.release({it.target for it in items})
             self._handed_off()
 
-    async def _deliver_targets(self, items: list[dict[str, Any]]) -> None:
-        by_target: dict[str, list[dict[str, Any]]] = {}
+    async def _deliver_targets(self, items: list[Outgoing]) -> None:
+        by_target: dict[str, list[Outgoing]] = {}
         for item in items:
-            by_target.setdefault(item["target"], []).append(item)
+            by_target.setdefault(item.target, []).append(item)
         if len(by_target) == 1:
             [(target, rows)] = by_target.items()
             await self._deliver_to(target, rows)
         elif by_target:
             await asyncio.gather(*(self._deliver_to(t, rows) for t, rows in by_target.items()))
 
-    def _wire(self, it: dict[str, Any]) -> dict[str, Any]:
-        return {"id": it["id"], "sender": self.sender, "resource": it["resource"],
-                "action": it["action"], "hops": it["hops"], "cause": it["cause"]}
+    def wire(self, it: Outgoing) -> dict[str, Any]:
+        """A notification as `notify` takes it (the RPC edge: a map)."""
+        return {"id": it.id, "sender": self.sender, "resource": it.resource,
+                "action": it.action, "hops": it.hops, "cause": it.cause}
 
-    async def _deliver_to(self, target: str, items: list[dict[str, Any]]) -> None:
+    async def _deliver_to(self, target: str, items: list[Outgoing]) -> None:
         where = self.locate(target)
         gone = where.state in ("down", "left")
         # A backlog goes in batches: one call and one commit on each side per batch, in order.
         while (len(items) > 1 and where.addr is not None and target not in self._no_batch
-               and not (gone and items[0]["attempts"] > 0)):
-            chunk = batch(items, self._wire)
+               and not (gone and items[0].attempts > 0)):
+            chunk = batch(items, self.wire)
             try:
                 answers = await self.rpc.call(where.addr, "resource_manager", "notify_batch",
-                                              {"items": [self._wire(it) for it in chunk]},
+                                              {"items": [self.wire(it) for it in chunk]},
                                               timeout=5.0, expect=target, sent=self._handed_off)
             except RpcError as e:
                 if e.code == "unknown_method":
@@ -295,8 +297,8 @@ class Deliverer:
             if not isinstance(answers, list) or len(answers) != len(chunk):
                 self._no_batch.add(target)
                 break
-            delivered: list[dict[str, Any]] = []
-            failed: list[tuple[dict[str, Any], RpcError]] = []
+            delivered: list[Outgoing] = []
+            failed: list[tuple[Outgoing, RpcError]] = []
             retry_from: tuple[int, RpcError] | None = None
             for i, (it, ans) in enumerate(zip(chunk, answers, strict=True)):
                 err = ans.get("error") if isinstance(ans, dict) else None
@@ -309,7 +311,7 @@ class Deliverer:
                     retry_from = (i, refusal)  # the receiver cannot take it now: keep order
                     break
                 failed.append((it, refusal))
-            self._settle(target, delivered, failed)
+            self.settle(target, delivered, failed)
             if retry_from is not None:
                 self._reschedule(target, items[retry_from[0]:], retry_from[1])
                 return
@@ -317,21 +319,21 @@ class Deliverer:
         for i, item in enumerate(items):
             if where.addr is None:
                 err = RpcError("unknown_node", f"node {target!r} is not known in the flock (yet)")
-            elif gone and item["attempts"] > 0:
+            elif gone and item.attempts > 0:
                 err = RpcError("unreachable", f"node {target!r} is {where.state}")
             else:
                 try:
                     await self.rpc.call(where.addr, "resource_manager", "notify",
-                                        self._wire(item), timeout=2.0, expect=target,
+                                        self.wire(item), timeout=2.0, expect=target,
                                         sent=self._handed_off)
                 except RpcError as e:
                     err = e
                 else:
-                    self._settle(target, [item], [])
+                    self.settle(target, [item], [])
                     trace.stamp("settled")
                     continue
             if is_final(err.code):
-                self._settle(target, [], [(item, err)])
+                self.settle(target, [], [(item, err)])
                 continue
             if gone and where.state and where.state not in err.message:
                 err = RpcError(err.code, f"node {target!r} is {where.state}: {err.message}")
@@ -339,30 +341,31 @@ class Deliverer:
             self._reschedule(target, items[i:], err)
             return
 
-    def _settle(self, target: str, delivered: list[dict[str, Any]], failed: list[tuple[dict[str, Any], RpcError]]
-                ) -> None:
-        self.store.outbox.settle([it["id"] for it in delivered],
-                                 [(it["id"], f"{x.code}: {x.message}") for it, x in failed])
+    def settle(self, target: str, delivered: list[Outgoing],
+               failed: list[tuple[Outgoing, RpcError]]) -> None:
+        """Record a target's answers: delivered, or refused for good."""
+        self.store.outbox.settle([it.id for it in delivered],
+                                 [(it.id, f"{x.code}: {x.message}") for it, x in failed])
         for it in delivered:
-            self.emit("notification_delivered", id=it["id"], target=target,
-                      resource=it["resource"], action=it["action"])
+            self.emit("notification_delivered", id=it.id, target=target,
+                      resource=it.resource, action=it.action)
         for it, err in failed:
-            log.error("notification %s to %s refused: %s", it["id"], target, err)
-            self.emit("notification_failed", id=it["id"], target=target,
-                      resource=it["resource"], action=it["action"], error=str(err))
+            log.error("notification %s to %s refused: %s", it.id, target, err)
+            self.emit("notification_failed", id=it.id, target=target,
+                      resource=it.resource, action=it.action, error=str(err))
 
-    def _reschedule(self, target: str, items: list[dict[str, Any]], err: RpcError) -> None:
+    def _reschedule(self, target: str, items: list[Outgoing], err: RpcError) -> None:
         self._clean = False  # these stay pending: the next pass reads the store
         # One retry time for the whole queue of this target: per-item jitter would scramble
         # the order in which its notifications arrive.
-        when = time.time() + backoff(items[0]["attempts"]) if items else 0.0
-        dead = self.store.outbox.retry_many([it["id"] for it in items],
+        when = time.time() + backoff(items[0].attempts) if items else 0.0
+        dead = self.store.outbox.retry_many([it.id for it in items],
                                             f"{err.code}: {err.message}", when)
         for it in items:
-            if it["id"] in dead:
-                log.error("notification %s to %s dead-lettered: %s", it["id"], target, err)
-                self.emit("notification_dead", id=it["id"], target=target,
-                          resource=it["resource"], action=it["action"], error=str(err))
+            if it.id in dead:
+                log.error("notification %s to %s dead-lettered: %s", it.id, target, err)
+                self.emit("notification_dead", id=it.id, target=target,
+                          resource=it.resource, action=it.action, error=str(err))
 
 
 def clock_jump(before: tuple[float, float], now: tuple[float, float]) -> float | None:
@@ -372,10 +375,10 @@ def clock_jump(before: tuple[float, float], now: tuple[float, float]) -> float |
     return drift if abs(drift) > CLOCK_JUMP else None
 
 
-def batch(items: list[dict[str, Any]], wire: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
+def batch(items: list[Outgoing], wire: Callable[[Outgoing], Any]) -> list[Outgoing]:
     """The first items of a target's queue that go in one notify_batch call: at most
     DELIVERY_BATCH of them and BATCH_BYTES of their encoding (at least one)."""
-    out: list[dict[str, Any]] = []
+    out: list[Outgoing] = []
     size = 0
     for it in items[:DELIVERY_BATCH]:
         n = len(_enc.encode(wire(it)))

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Protocol
 
 from flock_node import trace
+from flock_node.store import Outgoing
 from flock_node.transport import RpcError
 from flock_node.transport.rpc import NOT_SENT
 
@@ -81,27 +82,39 @@ class NowRpc(Protocol):
     async def answer(self, sent: Any, expect: str | None = None) -> Any: ...
 
 
+class DeliveryLoop(Protocol):
+    """What the fast path needs of the delivery loop (the `Deliverer`)."""
+
+    def wire(self, row: Outgoing) -> dict[str, Any]:
+        """The notify call's arguments for a row."""
+
+    def settle(self, target: str, delivered: list[Outgoing],
+               failed: list[tuple[Outgoing, RpcError]]) -> None:
+        """Record answers as the loop does."""
+
+    def is_final(self, code: str) -> bool:
+        """Whether a refusal is for good (no retry)."""
+
+    def changed(self) -> None:
+        """What did not go through is the loop's: it reads the outbox again."""
+
+    def wake(self) -> None: ...
+
+    def has_loop(self) -> bool:
+        """Whether a loop runs to await answers."""
+
+
 class FastPath:
     """Sends a reaction's fresh rows from the worker thread; their answers are awaited there
-    or on the loop (`start_answers`, at each of its passes; `has_loop()`: is there one). `settle(target, delivered, failed)` records answers as the loop does;
-    `retry()` hands what did not go through to the loop (it reads the outbox again);
-    `wire(row)` is the notify call's arguments."""
+    or on the loop (`start_answers`, at each of its passes), which also retries what did not
+    go through."""
 
     def __init__(self, rpc: NowRpc, claims: Claims, locate: Callable[[str], Where],
-                 wire: Callable[[dict[str, Any]], dict[str, Any]],
-                 settle: Callable[[str, list[dict[str, Any]],
-                                   list[tuple[dict[str, Any], RpcError]]], None],
-                 is_final: Callable[[str], bool], retry: Callable[[], None],
-                 wake: Callable[[], None], has_loop: Callable[[], bool]):
+                 loop: DeliveryLoop):
         self.rpc = rpc
         self.claims = claims
         self.locate = locate
-        self.wire = wire
-        self.settle = settle
-        self.is_final = is_final
-        self.retry = retry
-        self.wake = wake
-        self.has_loop = has_loop
+        self.loop = loop
         # Answers for the loop to await, not started yet: the loop is not woken for them
         # (it starts them at its next pass, at the latest when the worker's job ends: the
         # agent wakes it then). Waking it at the send made it fight the worker and the
@@ -116,14 +129,14 @@ class FastPath:
             self._answers.add(task)
             task.add_done_callback(self._answers.discard)
 
-    def send(self, rows: list[dict[str, Any]], wait: bool) -> list[dict[str, Any]]:
+    def send(self, rows: list[Outgoing], wait: bool) -> list[Outgoing]:
         """Send what can go now, one row per target; return the rows left to the loop (all
         of them when a target has several: they go as one batch, the loop's job). `wait`:
         the worker has nothing else to do, so it waits for the answers itself (at most
         FAST_TIMEOUT each): the receiver has the machine to itself meanwhile, where a worker
         going on with its bookkeeping (commits, events to the receiver's loop) slowed the
         receiver by 0.3-0.4 ms when both ran on one machine."""
-        targets = [r["target"] for r in rows]
+        targets = [r.target for r in rows]
         if len(set(targets)) != len(targets):
             return rows
         for i, row in enumerate(rows):
@@ -131,9 +144,9 @@ class FastPath:
                 return rows[i:]  # in order: the loop sends this one and those after it
         return []
 
-    def _one(self, row: dict[str, Any], wait: bool) -> bool:
+    def _one(self, row: Outgoing, wait: bool) -> bool:
         """True when the row is on the wire (settled, or its answer awaited on the loop)."""
-        target = row["target"]
+        target = row.target
         where = self.locate(target)
         if where.addr is None or where.state != "alive":
             return False
@@ -142,10 +155,10 @@ class FastPath:
         try:
             trace.stamp("delivery_started")
             sent = self.rpc.send_now(where.addr, "resource_manager", "notify",
-                                     self.wire(row), timeout=FAST_TIMEOUT)
+                                     self.loop.wire(row), timeout=FAST_TIMEOUT)
         except RpcError as e:
             if e.code != NOT_SENT:
-                log.debug("notification %s to %s: %s", row["id"], target, e)
+                log.debug("notification %s to %s: %s", row.id, target, e)
             self._release(target)
             return False
         except BaseException:
@@ -160,7 +173,7 @@ class FastPath:
                 self._delivered(row)
             finally:
                 self._release(target)
-        elif self.has_loop():
+        elif self.loop.has_loop():
             self._due.append(self._answered(row, sent))
         else:
             # No loop to take the answer (stopping): the row stays pending, sent again
@@ -168,29 +181,29 @@ class FastPath:
             self._release(target)
         return True
 
-    async def _answered(self, row: dict[str, Any], sent: Any) -> None:
+    async def _answered(self, row: Outgoing, sent: Any) -> None:
         """On the loop: settle the row by its answer, or leave it to the loop's retries."""
         try:
-            await self.rpc.answer(sent, expect=row["target"])
+            await self.rpc.answer(sent, expect=row.target)
         except RpcError as e:
             self._failed(row, e)
         else:
             self._delivered(row)
         finally:
-            self._release(row["target"])
+            self._release(row.target)
 
-    def _delivered(self, row: dict[str, Any]) -> None:
-        self.settle(row["target"], [row], [])
+    def _delivered(self, row: Outgoing) -> None:
+        self.loop.settle(row.target, [row], [])
         trace.stamp("settled")
 
-    def _failed(self, row: dict[str, Any], e: RpcError) -> None:
-        if self.is_final(e.code):
-            self.settle(row["target"], [], [(row, e)])
+    def _failed(self, row: Outgoing, e: RpcError) -> None:
+        if self.loop.is_final(e.code):
+            self.loop.settle(row.target, [], [(row, e)])
             return
-        log.debug("notification %s to %s: %s; the delivery loop retries", row["id"],
-                  row["target"], e)
-        self.retry()
+        log.debug("notification %s to %s: %s; the delivery loop retries", row.id,
+                  row.target, e)
+        self.loop.changed()
 
     def _release(self, target: str) -> None:
         if self.claims.release([target]):
-            self.wake()
+            self.loop.wake()

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import msgspec
 
+from flock_node.blocking import run_now
 from flock_node.protocol import MAX_FRAME
 
 # Encoded bytes of one page's items: half a frame leaves room for the envelope, the response
@@ -32,6 +33,8 @@ OUTBOX_LIMIT = 100  # notifications an `outbox()` without `limit` answers
 DEFAULT_LIMITS = {"history": HISTORY_LIMIT, "outbox": OUTBOX_LIMIT}
 
 _enc = msgspec.msgpack.Encoder()
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def count_arg(value: Any, name: str) -> int:
@@ -45,13 +48,34 @@ def count_arg(value: Any, name: str) -> int:
     return value
 
 
-def fill_page(rows: Iterable[Any], offset: int, more: bool,
-              budget: int = PAGE_BUDGET) -> dict[str, Any]:
+class Page(msgspec.Struct, Generic[T]):
+    """One page of a long answer: `next_offset` is where the next starts (None: complete)."""
+
+    items: list[T]
+    next_offset: int | None
+
+
+class NamePage(Page[T]):
+    """A page of rows in name order: `next_after` is the name to pass as `after` next."""
+
+    next_after: str | None = None
+
+
+class RunPage(msgspec.Struct, Generic[R, T]):
+    """A run (without its resources) and one page of its resources."""
+
+    run: R
+    items: list[T]
+    next_offset: int | None
+
+
+def fill_page(rows: Iterable[T], offset: int, more: bool,
+              budget: int = PAGE_BUDGET) -> Page[T]:
     """The first of `rows` (row 0 is number `offset`) whose encoded size fits `budget`, as a
     page. `more`: rows exist after the last of `rows`. A page holds at least one row, so
     paging always advances; a single row too big for a frame is answered `too_large`. Rows
     are taken one at a time: a generator's rows past the page are never made."""
-    items: list[Any] = []
+    items: list[T] = []
     used = 0
     full = False
     for r in rows:
@@ -61,7 +85,7 @@ def fill_page(rows: Iterable[Any], offset: int, more: bool,
             break
         items.append(r)
         used += size
-    return {"items": items, "next_offset": offset + len(items) if more or full else None}
+    return Page(items, offset + len(items) if more or full else None)
 
 
 def name_start(names: Sequence[str], offset: int, after: str | None) -> int:
@@ -70,19 +94,17 @@ def name_start(names: Sequence[str], offset: int, after: str | None) -> int:
     return bisect_right(names, after) if after is not None else offset
 
 
-def by_name(page: dict[str, Any], name: Callable[[Any], str]) -> dict[str, Any]:
+def by_name(page: Page[T], name: Callable[[T], str]) -> NamePage[T]:
     """A page of rows in name order, with `next_after`: the name to pass as `after` for the
     next page (None when the answer is complete)."""
-    more = page["next_offset"] is not None and page["items"]
-    return {**page, "next_after": name(page["items"][-1]) if more else None}
+    more = page.next_offset is not None and page.items
+    return NamePage(page.items, page.next_offset, name(page.items[-1]) if more else None)
 
 
-def too_big_for_a_page(run: dict[str, Any], budget: int = PAGE_BUDGET) -> dict[str, Any]:
-    """A run of a `history` page, or, when it alone would crowd a page, the run without its
-    resources and `resources_paged` (how many): the client fetches them with `run(id)`."""
-    if len(_enc.encode(run)) <= budget // 2:
-        return run
-    return {**run, "resources": [], "resources_paged": len(run.get("resources") or ())}
+def crowds_a_page(row: Any, budget: int = PAGE_BUDGET) -> bool:
+    """Whether a row alone would crowd a page (over half of it): a history run that does is
+    sent without its resources, which the client fetches with `run(id)`."""
+    return len(_enc.encode(row)) > budget // 2
 
 
 def _next(args: dict[str, Any], got: list[Any], page: Any) -> dict[str, Any] | None:
@@ -194,10 +216,4 @@ def collect(call: Callable[[str, dict[str, Any]], Any], method: str,
     async def now(m: str, a: dict[str, Any]) -> Any:
         return call(m, a)
 
-    coro = acollect(now, method, args)
-    try:
-        coro.send(None)
-    except StopIteration as done:
-        return done.value
-    coro.close()
-    raise RuntimeError("collect: a blocking call suspended")  # `now` never waits
+    return run_now(acollect(now, method, args))

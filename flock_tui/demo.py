@@ -26,6 +26,19 @@ def recipe_for(name: str) -> Path:
     return own if own.exists() else EXAMPLES / "worker.py"
 
 
+def stop_agents(procs: list[subprocess.Popen[bytes]], timeout: float = 15.0) -> None:
+    """Stop agent processes: SIGTERM to all first, so they stop together rather than one
+    after another; one still running after `timeout` is killed."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
 class DemoFlock:
     """N agents in a temporary runtime dir; stopped (SIGTERM) and cleaned on exit."""
 
@@ -80,14 +93,7 @@ class DemoFlock:
         return bool(f["bender0"].resource_manager.subscriptions()["incoming"])
 
     def stop(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_agents(self.procs)
         if self.own_root:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -432,13 +432,13 @@ def test_remote_notifies_queue_outbox_only_when_updated(env):
     """
     _, r, run = env.converge(body, hooks=hooks, hops=2)
     assert r["status"] == "ok", r
-    due = sorted(env.store.outbox.due(time.time() + 1), key=lambda x: x["target"])
-    assert [(d["target"], d["resource"], d["action"], d["hops"]) for d in due] == [
+    due = sorted(env.store.outbox.due(time.time() + 1), key=lambda x: x.target)
+    assert [(d.target, d.resource, d.action, d.hops) for d in due] == [
         ("bender1", "execute[kill all humans]", "run", 3),
         ("web1", "execute[svc]", "restart", 3),
         ("web2", "execute[svc]", "restart", 3),
     ]
-    assert due[0]["cause"] == {
+    assert due[0].cause == {
         "node": "bender0",
         "run": r["id"],
         "resource": f"file[{env.dir}/fubar]",
@@ -478,17 +478,17 @@ def test_delayed_remote_notifications_are_held_until_the_run_ends(env):
         del builtins.PEEK
     assert seen["during"] == {"held": 1}  # de-duplicated, held while the run goes on
     due = env.store.outbox.due(time.time() + 1)
-    assert [(d["target"], d["resource"]) for d in due] == [("bender1", "execute[r]")]
+    assert [(d.target, d.resource) for d in due] == [("bender1", "execute[r]")]
 
 
 def test_subscribers_of_produce_outbox_items(env):
     sid = env.store.subscriptions.add(f"file[{env.dir}/conf]", "web1", "execute[reload]", "run")
     _, r, _ = env.converge('file(D + "/conf", content="v1")', hooks=Hooks())
     due = env.store.outbox.due(time.time() + 1)
-    assert [(d["target"], d["resource"], d["action"], d["hops"]) for d in due] == [
+    assert [(d.target, d.resource, d.action, d.hops) for d in due] == [
         ("web1", "execute[reload]", "run", 1)
     ]
-    assert due[0]["cause"]["subscription"] == sid
+    assert due[0].cause["subscription"] == sid
 
 
 def test_remote_subscribes_are_persisted_as_wanted(env):

@@ -10,27 +10,29 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
+
 from flock_node.delivery import Deliverer, Target
 from flock_node.fastpath import Claims, FastPath
+from flock_node.store import Outgoing
 from flock_node.transport import RpcError
 from flock_node.transport.rpc import NOT_SENT
 
 
-def _row(nid: str, target: str = "b") -> dict[str, Any]:
-    return {"id": nid, "target": target, "resource": "r", "action": "run", "hops": 1,
-            "cause": {}, "attempts": 0}
+def _row(nid: str, target: str = "b") -> Outgoing:
+    return Outgoing(nid, target, "r", "run", 1, {})
 
 
 class _Outbox:
     """Pending rows until settled, as the store's outbox (what a query sees)."""
 
     def __init__(self) -> None:
-        self.rows: dict[str, dict[str, Any]] = {}
+        self.rows: dict[str, Outgoing] = {}
         self.delivered: list[str] = []
         self.failed: list[str] = []
         self.queries = 0
 
-    def due(self, now: float) -> list[dict[str, Any]]:
+    def due(self, now: float) -> list[Outgoing]:
         self.queries += 1
         return list(self.rows.values())
 
@@ -47,7 +49,7 @@ class _Outbox:
 
     def retry_many(self, ids: list[str], error: str, when: float) -> set[str]:
         for nid in ids:
-            self.rows[nid] = {**self.rows[nid], "attempts": self.rows[nid]["attempts"] + 1}
+            self.rows[nid].attempts += 1
         return set()
 
 
@@ -258,8 +260,29 @@ def test_not_sent_without_a_connection_goes_to_the_loop():
 
 
 def _fast(rpc: _Rpc, claims: Claims, where: Callable[[str], Target]) -> FastPath:
-    return FastPath(rpc, claims, where, lambda r: r, lambda *a: None, lambda c: False,
-                    lambda: None, lambda: None, lambda: False)
+    return FastPath(rpc, claims, where, _NoLoop())
+
+
+class _NoLoop:
+    """A delivery loop that is not running: records nothing, refuses nothing for good."""
+
+    def wire(self, row: Outgoing) -> dict[str, Any]:
+        return msgspec.to_builtins(row)
+
+    def settle(self, *answers: Any) -> None:
+        pass
+
+    def is_final(self, code: str) -> bool:
+        return False
+
+    def changed(self) -> None:
+        pass
+
+    def wake(self) -> None:
+        pass
+
+    def has_loop(self) -> bool:
+        return False
 
 
 def test_claims_keep_the_worker_off_a_target_the_loop_holds():

@@ -53,8 +53,8 @@ def test_a_reaction_run_again_sends_the_same_notification_ids(tmp_path, store):
     def react(run_id: str) -> list[tuple[str, str]]:
         eng.run_action("execute[relay]", "run", RunContext(run_id, "reaction", cause=dict(cause),
                                                            hops=1))
-        return sorted((r["target"], r["id"]) for r in store.outbox.rows()
-                      if r["run_id"] == run_id)
+        return sorted((r.target, r.id) for r in store.outbox.rows()
+                      if r.run_id == run_id)
 
     first = react("r-1")
     # The same notification applied again (a crash between the action and its commit): the
@@ -65,7 +65,7 @@ def test_a_reaction_run_again_sends_the_same_notification_ids(tmp_path, store):
     assert first == again
     assert len({i for _, i in first}) == 3
     # ...and the chain's origin travels with them and reaches the commands.
-    assert all(r["cause"]["origin"] == "n-root" for r in store.outbox.rows())
+    assert all(r.cause["origin"] == "n-root" for r in store.outbox.rows())
     env_lines = out.read_text().splitlines()
     assert "FLOCK_NOTIFICATION=n-root" in env_lines and "FLOCK_ORIGIN=n-root" in env_lines
     assert "FLOCK_SENDER=src" in env_lines
@@ -77,10 +77,10 @@ def test_a_converge_sends_fresh_ids_each_run(tmp_path, store):
     """)
     eng.converge(RunContext("c-1"))
     eng.converge(RunContext("c-2"))
-    ids = {r["id"] for r in store.outbox.rows()}
+    ids = {r.id for r in store.outbox.rows()}
     assert len(ids) == 2
     # A notification caused by a converge starts a chain: its own id is the origin downstream.
-    assert all("origin" not in r["cause"] for r in store.outbox.rows())
+    assert all("origin" not in r.cause for r in store.outbox.rows())
 
 
 # -- with real agents ---------------------------------------------------------------------------
@@ -285,11 +285,11 @@ def test_retry_resends_refused_notifications(tmp_path, store):
 
     store.outbox.enqueue([OutboxItem("b", "execute[x]", "run", id="n-1"),
                    OutboxItem("b", "execute[y]", "run", id="n-2")], "r-1")
-    store.outbox.failed("n-1", "unknown_resource: b has no resource execute[x]")
-    store.outbox.retry("n-2", "unreachable", 1e12)  # past its deadline: dead
-    assert {r["status"] for r in store.outbox.rows()} == {"failed", "dead"}
+    store.outbox.settle([], [("n-1", "unknown_resource: b has no resource execute[x]")])
+    assert store.outbox.retry_many(["n-2"], "unreachable", 1e12) == {"n-2"}  # past its deadline
+    assert {r.status for r in store.outbox.rows()} == {"failed", "dead"}
     assert sorted(store.outbox.revive(None)) == ["n-1", "n-2"]
-    assert {r["status"] for r in store.outbox.rows()} == {"pending"}
+    assert {r.status for r in store.outbox.rows()} == {"pending"}
 
 
 # -- item 10: a rolling restart does not lose tag and glob notifications -------------------------
@@ -357,9 +357,9 @@ def test_a_clock_jump_moves_pending_deadlines_with_it(store):
     before = store.outbox.rows()[0]
     assert store.outbox.shift_times(86_400) == 1
     after = store.outbox.rows()[0]
-    assert after["deadline"] == pytest.approx(before["deadline"] + 86_400)
+    assert after.deadline == pytest.approx(before.deadline + 86_400)
     # A day later by the wall clock, but no time passed: not dead yet.
-    assert store.outbox.retry_many(["n-1"], "unreachable", before["deadline"] + 10) == set()
+    assert store.outbox.retry_many(["n-1"], "unreachable", before.deadline + 10) == set()
 
 
 def test_a_backlog_is_batched_by_size_as_well_as_count():

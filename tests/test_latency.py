@@ -15,6 +15,7 @@ from conftest import FlockEnv, wait_for, write_recipe
 
 from flock_node import delivery
 from flock_node.delivery import Deliverer, Target
+from flock_node.store import Outgoing
 from flock_node.transport import RpcError
 from flock_node.transport.rpc import NOT_SENT
 
@@ -102,7 +103,7 @@ class _Outbox:
         self.settled: list[str] = []
         self.backlog = [_row(f"old-{i}") for i in range(backlog)]
 
-    def due(self, now: float) -> list[dict[str, Any]]:
+    def due(self, now: float) -> list[Outgoing]:
         rows, self.backlog = self.backlog, []
         return rows
 
@@ -118,9 +119,8 @@ class _Store:
         self.outbox = _Outbox(backlog)
 
 
-def _row(nid: str) -> dict[str, Any]:
-    return {"id": nid, "target": "b", "resource": "r", "action": "run", "hops": 1, "cause": {},
-            "attempts": 0}
+def _row(nid: str) -> Outgoing:
+    return Outgoing(nid, "b", "r", "run", 1, {})
 
 
 def _deliverer(rpc: _Rpc, store: _Store) -> Deliverer:

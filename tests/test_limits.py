@@ -97,13 +97,13 @@ def test_fill_page_by_bytes():
 
     rows = [{"id": i, "pad": "p" * 1000} for i in range(100)]
     page = fill_page(rows, offset=40, more=False, budget=10_000)
-    assert 5 <= len(page["items"]) < 10 and page["items"][0]["id"] == 0
-    assert page["next_offset"] == 40 + len(page["items"])
+    assert 5 <= len(page.items) < 10 and page.items[0]["id"] == 0
+    assert page.next_offset == 40 + len(page.items)
     whole = fill_page(rows[:3], offset=0, more=False, budget=10_000)
-    assert len(whole["items"]) == 3 and whole["next_offset"] is None
-    assert fill_page(rows[:3], offset=7, more=True, budget=10_000)["next_offset"] == 10
+    assert len(whole.items) == 3 and whole.next_offset is None
+    assert fill_page(rows[:3], offset=7, more=True, budget=10_000).next_offset == 10
     one = fill_page([{"pad": "q" * 50_000}], offset=0, more=True, budget=10_000)
-    assert len(one["items"]) == 1 and one["next_offset"] == 1  # always advances
+    assert len(one.items) == 1 and one.next_offset == 1  # always advances
 
 
 def test_big_answers_are_paged_and_over_limit_frames_are_too_large(flock_env):
@@ -267,6 +267,8 @@ def test_bad_numbers_are_usage_errors_for_the_agent(flock_env, args, flag):
 
 
 def test_collect_pages_up_to_the_limit_and_falls_back_for_old_nodes():
+    import msgspec
+
     from flock_node.paging import collect, fill_page
     from flock_node.transport import RpcError
 
@@ -277,7 +279,7 @@ def test_collect_pages_up_to_the_limit_and_falls_back_for_old_nodes():
         asked.append(args)
         start, limit = args["offset"], args.get("limit", 20)
         take = rows[start:start + limit]
-        return fill_page(take, start, more=False, budget=5000)
+        return msgspec.to_builtins(fill_page(take, start, more=False, budget=5000))  # as sent
 
     assert [r["id"] for r in collect(node, "history", {})] == list(range(20))
     assert all(a["offset"] + a["limit"] <= 20 for a in asked)  # never past the default 20

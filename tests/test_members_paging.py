@@ -156,9 +156,9 @@ def test_name_cursor() -> None:
     assert name_start(names, 0, "b") == 2 and name_start(names, 0, "c") == 2
     assert name_start(names, 0, "e") == 4
     page = fill_page([{"name": n} for n in names], 0, more=True, budget=20)
-    assert by_name(page, lambda r: r["name"])["next_after"] == page["items"][-1]["name"]
+    assert by_name(page, lambda r: r["name"]).next_after == page.items[-1]["name"]
     last = fill_page([{"name": "e"}], 3, more=False)
-    assert by_name(last, lambda r: r["name"])["next_after"] is None
+    assert by_name(last, lambda r: r["name"]).next_after is None
 
 
 def test_a_node_from_before_members_paging_is_asked_the_old_way() -> None:

@@ -117,6 +117,64 @@ def test_roll_rules_without_io():
     assert only_gone.exit_code() == 3
 
 
+def _scripted(fates: dict[str, str]):
+    """Calls of a flock whose nodes' runs end as `fates` says ("ok", "failed") or whose
+    calls fail with that error code; the calls made, in order."""
+    from flock_node.transport import RpcError
+
+    calls: list[tuple[str, str]] = []
+
+    async def call(n: str, method: str, args: dict, timeout: float):
+        calls.append((n, method))
+        if fates[n] not in ("ok", "failed"):
+            raise RpcError(fates[n], f"{n} is away")
+        if method == "run_chef":
+            return {"run_id": f"r-{n}"}
+        return {"status": fates[n], "updated": 1, "duration": 0.1, "error": None}
+
+    return call, calls
+
+
+def test_the_cli_and_the_console_roll_with_one_driver():
+    """One core drives both rolls (issue 9): blocking calls one by one (the CLI), or a step's
+    calls together on a loop (the console); the same outcomes, and a stop by the operator."""
+    import asyncio
+
+    from flock_node.blocking import run_now
+    from flock_node.cli.rolling import Driver
+    from flock_tui.roll import STOPPED, RollDriver
+
+    fates = {"a": "ok", "b": "unreachable", "c": "failed", "d": "ok"}
+
+    async def pause(seconds: float) -> None:
+        pass
+
+    outcomes = []
+    for at_once in (False, True):
+        call, calls = _scripted(fates)
+        roll = Roll(list(fates), max_parallel=2, max_fail=1)
+        driver = Driver(call, roll, lambda o: None, pause=pause, at_once=at_once)
+        run_now(driver.drive()) if not at_once else asyncio.run(driver.drive())
+        outcomes.append({n: o.outcome for n, o in roll.nodes.items()})
+        assert ("d", "run_chef") not in calls  # c failed: the roll stopped before d
+    assert outcomes[0] == outcomes[1] == {"a": "ok", "b": "unreachable", "c": "failed",
+                                          "d": "skipped"}
+
+    class Flock:  # AsyncFlock's `call`, as the console's driver uses it
+        def __init__(self) -> None:
+            self.call_, self.calls = _scripted(fates)
+
+        async def call(self, n, actor, method, args, timeout):
+            assert actor == "flock_api"
+            return await self.call_(n, method, args, timeout)
+
+    roll = Roll(list(fates), max_parallel=1, max_fail=2)
+    flock = Flock()
+    asyncio.run(RollDriver(flock, roll, lambda o: None, lambda: bool(flock.calls)).drive())
+    assert flock.calls == [("a", "run_chef"), ("a", "run")]  # stopped: a finishes, no more
+    assert roll.nodes["b"].outcome == "skipped" and roll.nodes["b"].error == STOPPED
+
+
 def test_a_terminal_gets_a_progress_bar(five):
     """On a terminal: a rich progress bar while nodes converge, a line per node as it ends,
     then the summary with every node's outcome."""

@@ -4,6 +4,7 @@ same maps on the wire as before (msgspec.to_builtins at the RPC edge)."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 
@@ -90,3 +91,56 @@ def test_audit_entries_are_rows_and_answer_as_maps(tmp_path):
                       "role": "operator", "verified": True, "call": "flock_api.run_chef",
                       "args": {}, "outcome": "ok", "detail": None, "via": "certificate"}
     store.close()
+
+
+_OUTBOX_COLUMNS = ["id", "target", "resource", "action", "status", "hops", "cause", "hold_run",
+                   "run_id", "dedup", "created", "deadline", "next_attempt", "attempts",
+                   "last_error", "done_at"]
+
+
+def test_outbox_rows_are_typed_and_answer_the_tables_map(tmp_path):
+    from flock_node.store import OutboxRow, Outgoing, outgoing
+
+    store = Store(tmp_path / "flock.db", node="a")
+    items = [OutboxItem("b", "execute[y]", "run", hops=2, cause={"k": ("v", 1)}, id="n-1"),
+             OutboxItem("c", "execute[z]", "run", timing="delayed", id="n-2"),
+             OutboxItem("tag=web", "execute[w]", "run", id="n-3", unmatched="no node matched")]
+    store.outbox.enqueue(items, "r1")
+    # What the worker hands the deliverer in memory is what a query of the store reads back.
+    assert outgoing(items) == store.outbox.due(time.time() + 1) == [
+        Outgoing("n-1", "b", "execute[y]", "run", 2, {"k": ["v", 1]}, 0)]
+    rows = {r.id: r for r in store.outbox.rows()}
+    assert all(isinstance(r, OutboxRow) for r in rows.values())
+    assert (rows["n-2"].status, rows["n-2"].hold_run) == ("held", "r1")
+    assert (rows["n-3"].status, rows["n-3"].last_error) == ("unmatched", "no node matched")
+    wire = msgspec.to_builtins(rows["n-1"])  # what `outbox` answers: the table's columns
+    assert list(wire) == _OUTBOX_COLUMNS
+    raw = store.db.one("SELECT * FROM outbox WHERE id='n-1'")
+    assert raw is not None and wire == {**dict(raw), "cause": {"k": ["v", 1]}}
+    store.close()
+
+
+def test_paged_answers_are_typed_and_keep_their_maps():
+    from flock_node.actors.flock_api import _in_a_page
+    from flock_node.paging import PAGE_BUDGET, NamePage, Page, RunPage, by_name, fill_page
+    from flock_node.store import PagedRun
+
+    page = fill_page([RunResult("r", "run", "updated", 0.1)], 3, more=True)
+    assert isinstance(page, Page)
+    assert msgspec.to_builtins(page) == {"items": [{"resource": "r", "action": "run",
+                                                    "result": "updated", "duration": 0.1,
+                                                    "error": None, "output": None}],
+                                         "next_offset": 4}
+    named = by_name(fill_page(["a", "b"], 0, more=True), lambda n: n)
+    assert isinstance(named, NamePage)
+    assert msgspec.to_builtins(named) == {"items": ["a", "b"], "next_offset": 2,
+                                          "next_after": "b"}
+    run = RunRow("r1", "converge", "ok", 1.0, 2.0, 1.0, None, 1, 1, None,
+                 resources=[RunResult("r", "run", "updated", 0.1, output="x" * PAGE_BUDGET)])
+    big = _in_a_page(run)  # alone it would crowd a page of history: its resources come later
+    assert isinstance(big, PagedRun) and big.resources == [] and big.resources_paged == 1
+    assert list(msgspec.to_builtins(big))[-2:] == ["notifications", "resources_paged"]
+    small = msgspec.structs.replace(run, resources=[])
+    assert _in_a_page(small) is small
+    one = RunPage(small, run.resources, None)
+    assert list(msgspec.to_builtins(one)) == ["run", "items", "next_offset"]

@@ -197,3 +197,25 @@ async def test_a_roll_without_a_flock_ends_at_once_and_closes():
         assert scr.outcomes() == {"a": "skipped", "b": "skipped"}
         await pilot.press("escape")
         await until(pilot, lambda: app.screen is app.main, 3, "closed")
+
+
+def test_stop_agents_terminates_together_and_kills_the_stubborn():
+    """The demo's (and the notify benchmark's) one way to stop the agents it started."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from flock_tui.demo import stop_agents
+
+    calm = [sys.executable, "-c", "import time; time.sleep(30)"]
+    stubborn = [sys.executable, "-c", "import signal, sys, time\n"
+                "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(flush=True); "
+                "time.sleep(30)"]
+    procs = [subprocess.Popen(calm), subprocess.Popen(stubborn, stdout=subprocess.PIPE)]
+    assert procs[1].stdout is not None and procs[1].stdout.readline()  # ignores SIGTERM now
+    t0 = time.monotonic()
+    stop_agents(procs, timeout=0.5)
+    procs[1].wait(5)
+    assert procs[0].returncode == -signal.SIGTERM and procs[1].returncode == -signal.SIGKILL
+    assert time.monotonic() - t0 < 5

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from flock_node import __version__
-from flock_node.actors import BadRequest, NodeFacts, as_map, as_maps
+from flock_node.actors import BadRequest, NodeFacts
 from flock_node.api import Member, State, last_run_view
 from flock_node.delivery import Deliverer
 from flock_node.engine import RunContext
@@ -22,14 +22,17 @@ from flock_node.membership.view import SwimView
 from flock_node.paging import (
     HISTORY_LIMIT,
     OUTBOX_LIMIT,
+    NamePage,
+    Page,
+    RunPage,
     by_name,
     count_arg,
+    crowds_a_page,
     fill_page,
     name_start,
-    too_big_for_a_page,
 )
 from flock_node.protocol import Heartbeat
-from flock_node.store import Store
+from flock_node.store import OutboxRow, PagedRun, RunResult, RunRow, Store
 from flock_node.transport import RpcError
 from flock_node.work import WorkQueue, run_id
 
@@ -97,38 +100,35 @@ class FlockApi:
         }
 
     async def history(self, limit: int = HISTORY_LIMIT,
-                          offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+                      offset: int | None = None) -> list[RunRow] | Page[RunRow]:
         """The `limit` most recent runs, newest first, with per-resource results. With `offset`:
         one page of them from there, `{"items", "next_offset"}`, that fits a frame (see
         flock_node/paging.py); without it, the whole list (too_large if it does not fit)."""
         limit = count_arg(limit, "limit")
         if offset is None:
-            return as_maps(self.store.runs.history(limit))
+            return self.store.runs.history(limit)
         offset = count_arg(offset, "offset")
         # Runs carry their resources: a page rarely holds many, so read few at a time.
         take = min(limit, 50)
-        rows = [too_big_for_a_page(r)
-                for r in as_maps(self.store.runs.history(take + 1, offset=offset))]
-        return fill_page(rows[:take], offset, more=len(rows) > take and take < limit)
+        rows = self.store.runs.history(take + 1, offset=offset)
+        return fill_page([_in_a_page(r) for r in rows[:take]], offset,
+                         more=len(rows) > take and take < limit)
 
-    async def run(self, id: str, offset: int | None = None) -> dict[str, Any] | None:
+    async def run(self, id: str,
+                  offset: int | None = None) -> RunRow | RunPage[RunRow, RunResult] | None:
         """One run with its per-resource results. With `offset`: `{"run", "items",
         "next_offset"}`, the run and one page of its resources from there (a run with many
         big outputs does not fit one frame); without it, the whole run."""
         row = self.store.runs.get(str(id))
-        if row is None:
-            return None
-        run = as_map(row)
-        if offset is None:
-            return run
+        if row is None or offset is None:
+            return row
         offset = count_arg(offset, "offset")
-        resources = run.pop("resources")
-        page = fill_page(resources[offset:], offset, more=False)
-        return {"run": {**run, "resources": []}, **page}
+        page = fill_page(row.resources[offset:], offset, more=False)
+        return RunPage(msgspec.structs.replace(row, resources=[]), page.items, page.next_offset)
 
     async def members(self, offset: int | None = None, after: str | None = None,
                       pattern: str | None = None,
-                      tag: str | None = None) -> list[Member] | dict[str, Any]:
+                      tag: str | None = None) -> list[Member] | NamePage[Member]:
         """This node first, then every member it knows (`pattern`/`tag`: only those). With
         `offset` or `after`: one page in name order, `{"items", "next_offset",
         "next_after"}`, that fits a frame (see flock_node/paging.py); without, the whole
@@ -158,11 +158,10 @@ class FlockApi:
         start = name_start(names, count_arg(offset or 0, "offset"), after)
         # Rows are made as the page takes them: a page never makes the whole flock's.
         rows = (me if e is None else _member_row(e, now) for e in entries[start:])
-        page = fill_page(rows, start, more=False)
-        return by_name(page, lambda r: str(r.name))
+        return by_name(fill_page(rows, start, more=False), lambda r: r.name)
 
     async def outbox(self, status: str | None = None, limit: int = OUTBOX_LIMIT,
-                         offset: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+                     offset: int | None = None) -> list[OutboxRow] | Page[OutboxRow]:
         """This node's remote notifications, newest first (only `status` ones if given). With
         `offset`: one page from there that fits a frame, as `history` pages."""
         limit = count_arg(limit, "limit")
@@ -199,6 +198,16 @@ class FlockApi:
         if revived:
             self.deliverer.changed()
         return {"retried": revived}
+
+
+def _in_a_page(run: RunRow) -> RunRow:
+    """A run of a `history` page, or, when it alone would crowd the page, the run without its
+    resources and how many (the client fetches them with `run(id)`)."""
+    if not crowds_a_page(run):
+        return run
+    fields = msgspec.structs.asdict(run)
+    fields["resources"] = []
+    return PagedRun(**fields, resources_paged=len(run.resources))
 
 
 def _wanted(name: str, tags: list[str], pattern: str | None, tag: str | None) -> bool:

@@ -13,8 +13,8 @@ import msgspec
 from flock_node import delivery, trace
 from flock_node.actors import BadRequest, NodeFacts, as_map, as_maps
 from flock_node.actors import int_arg as _int
-from flock_node.paging import count_arg, fill_page
-from flock_node.store import Received, Store
+from flock_node.paging import Page, count_arg, fill_page
+from flock_node.store import Received, ResourceRow, Store
 from flock_node.subscriptions import SubscriptionSync
 from flock_node.transport import RpcError
 from flock_node.work import WorkQueue, cause_of
@@ -36,17 +36,16 @@ class ResourceManager:
         self.emit = emit
 
     async def resources(self, offset: int | None = None,
-                           limit: int | None = None) -> list[dict[str, Any]] | dict[str, Any]:
+                        limit: int | None = None) -> list[ResourceRow] | Page[ResourceRow]:
         """The persisted resources of the last compile, in recipe order. With `offset` (or
         `limit`): one page, `{"items", "next_offset"}`, that fits a frame; without either, the
         whole list (too_large if it does not fit)."""
         rows = self.store.resources.all()
         if offset is None and limit is None:
-            return [msgspec.to_builtins(r.__dict__) for r in rows]
+            return rows
         start = count_arg(offset or 0, "offset")
         end = len(rows) if limit is None else start + count_arg(limit, "limit")
-        return fill_page([msgspec.to_builtins(r.__dict__) for r in rows[start:end]], start,
-                         more=False)
+        return fill_page(rows[start:end], start, more=False)
 
     def _check_ready(self) -> None:
         if not self.node.ready:

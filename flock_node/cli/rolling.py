@@ -7,12 +7,14 @@ skipped or unreachable. Progress is a bar on a terminal, plain lines otherwise, 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from flock_node.blocking import run_now
 from flock_node.cli.args import FAILED, OK, UNREACHABLE, CliError
 from flock_node.cli.context import _UNREACHABLE_CODES, Ctx
 from flock_node.transport import RpcError
@@ -113,13 +115,14 @@ class Roll:
             return None
         return next((n for n, o in self.nodes.items() if o.outcome == "pending"), None)
 
-    def skip_the_rest(self) -> list[str]:
-        """Once stopping: the nodes never started are skipped."""
+    def skip_the_rest(self, why: str | None = None) -> list[str]:
+        """Once stopping (or stopped by the operator, `why`): the nodes never started are
+        skipped."""
         left = [n for n, o in self.nodes.items() if o.outcome == "pending"]
         for n in left:
             self.nodes[n].outcome = "skipped"
-            self.nodes[n].error = f"not started: {self.count('failed')} failed (--max-fail " \
-                                  f"{self.max_fail})"
+            self.nodes[n].error = why or (f"not started: {self.count('failed')} failed "
+                                          f"(--max-fail {self.max_fail})")
         return left
 
     @property
@@ -151,49 +154,91 @@ def _line(o: Outcome) -> str:
     return f"{o.node}: {o.outcome}" + (f" ({o.error})" if o.error else "")
 
 
-class _Driver:
-    """Runs a Roll against the flock: starts runs, polls them, reports each change."""
+# A call of `flock_api` on a node: (node, method, args, timeout) → its answer.
+Call = Callable[[str, str, dict[str, Any], float], Awaitable[Any]]
 
-    def __init__(self, c: Ctx, roll: Roll, report: Callable[[Outcome], None]):
-        self.c, self.roll, self.report = c, roll, report
 
-    def start(self, n: str) -> None:
+class Driver:
+    """Runs a Roll against the flock: starts runs as it allows, polls them, reports each
+    change, ends when all are done. One core for the CLI (blocking calls one after another,
+    run by `run_now`) and the console (AsyncFlock on its loop: a step's calls `at_once`).
+    `stopped` says why the operator stopped the roll (None: it goes on)."""
+
+    def __init__(self, call: Call, roll: Roll, report: Callable[[Outcome], None], *,
+                 pause: Callable[[float], Awaitable[None]], at_once: bool = False,
+                 stopped: Callable[[], str | None] = lambda: None):
+        self.call, self.roll, self.report = call, roll, report
+        self.pause, self.at_once, self.stopped = pause, at_once, stopped
+
+    async def start(self, n: str) -> None:
         try:
-            r = self.c.flock.call(n, "flock_api", "run_chef", {}, timeout=5.0)
+            r = await self.call(n, "run_chef", {}, 5.0)
         except RpcError as e:
             self.roll.started(n, time.monotonic(), error=(e.code, e.message))
         else:
             self.roll.started(n, time.monotonic(), r["run_id"])
         self.report(self.roll.nodes[n])
 
-    def poll(self, n: str) -> None:
+    async def poll(self, n: str) -> None:
         try:
-            r = self.c.flock.call(n, "flock_api", "run", {"id": self.roll.nodes[n].run},
-                                  timeout=2.0)
+            r = await self.call(n, "run", {"id": self.roll.nodes[n].run}, 2.0)
         except RpcError as e:
             ended = self.roll.polled(n, time.monotonic(), error=(e.code, e.message))
         else:
             st = None
             if r is None:  # not recorded: queued, or lost to a restart (the Roll decides)
                 with contextlib.suppress(RpcError):  # the next poll asks again
-                    st = self.c.flock.call(n, "flock_api", "status", {}, timeout=2.0)
+                    st = await self.call(n, "status", {}, 2.0)
             ended = self.roll.polled(n, time.monotonic(), r, status=st)
         if ended:
             self.report(self.roll.nodes[n])
 
-    def drive(self) -> None:
+    async def _each(self, names: list[str], step: Callable[[str], Awaitable[None]]) -> None:
+        if self.at_once and len(names) > 1:
+            await asyncio.gather(*(step(n) for n in names))
+        else:
+            for n in names:
+                await step(n)
+
+    async def _start_what_may(self) -> None:
+        roll = self.roll
+        while self.stopped() is None:
+            starting: list[str] = []
+            while (n := roll.next_to_start()) is not None:
+                roll.nodes[n].outcome = "running"  # holds the slot while the call is in flight
+                starting.append(n)
+                if not self.at_once:
+                    break  # one by one: a start that fails frees its slot, or stops the roll
+            if not starting:
+                return
+            await self._each(starting, self.start)
+
+    async def drive(self) -> Roll:
+        """Roll to the end; returns the roll with every node's outcome."""
         roll = self.roll
         while not roll.done:
-            while (n := roll.next_to_start()) is not None:
-                self.start(n)
-            if roll.stopping:
-                for n in roll.skip_the_rest():
+            await self._start_what_may()
+            why = self.stopped()
+            if roll.stopping or why is not None:
+                for n in roll.skip_the_rest(None if roll.stopping else why):
                     self.report(roll.nodes[n])
-            for n, o in roll.nodes.items():
-                if o.outcome == "running":
-                    self.poll(n)
+            await self._each([n for n, o in roll.nodes.items()
+                              if o.outcome == "running" and o.run is not None], self.poll)
             if not roll.done:
-                time.sleep(POLL)
+                await self.pause(POLL)
+        return roll
+
+
+def _blocking_driver(c: Ctx, roll: Roll, report: Callable[[Outcome], None]) -> None:
+    """The CLI's roll: the core over the blocking client."""
+
+    async def call(n: str, method: str, args: dict[str, Any], timeout: float) -> Any:
+        return c.flock.call(n, "flock_api", method, args, timeout=timeout)
+
+    async def pause(seconds: float) -> None:
+        time.sleep(seconds)
+
+    run_now(Driver(call, roll, report, pause=pause).drive())
 
 
 def cmd_rolling(c: Ctx) -> int:
@@ -208,7 +253,7 @@ def cmd_rolling(c: Ctx) -> int:
             if not c.args.json:
                 c.print(_line(o) if o.outcome != "running" else f"{o.node}: started {o.run}")
 
-        _Driver(c, roll, report).drive()
+        _blocking_driver(c, roll, report)
     if c.args.json:
         c.emit_json(roll.summary())
     else:
@@ -245,4 +290,4 @@ def _with_bar(c: Ctx, roll: Roll) -> None:
                    description=("converging " + ", ".join(running)) if running else "rolling")
 
     with bar:
-        _Driver(c, roll, report).drive()
+        _blocking_driver(c, roll, report)

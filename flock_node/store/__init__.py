@@ -29,9 +29,9 @@ from flock_node.store.db import (
     store_error,
 )
 from flock_node.store.inbox import Inbox, InboxRow, Received
-from flock_node.store.outbox import Outbox, OutboxItem
+from flock_node.store.outbox import Outbox, OutboxItem, OutboxRow, Outgoing, outgoing
 from flock_node.store.resources import ResourceRow, Resources
-from flock_node.store.runs import ResultTuple, RunNotification, RunResult, RunRow, Runs
+from flock_node.store.runs import PagedRun, ResultTuple, RunNotification, RunResult, RunRow, Runs
 from flock_node.store.subscriptions import (
     SubscriptionRow,
     Subscriptions,
@@ -42,8 +42,8 @@ from flock_node.store.subscriptions import (
 )
 
 __all__ = ["DEFAULT_TTL", "HISTORY_LIMIT", "HISTORY_SLACK", "INTERRUPTED", "SCHEMA_VERSION",
-           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "Received", "ResourceRow", "ResultTuple", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
-           "store_error", "subscription_id"]
+           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "OutboxRow", "Outgoing", "PagedRun", "Received", "ResourceRow", "ResultTuple", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
+           "outgoing", "store_error", "subscription_id"]
 
 
 class Store:

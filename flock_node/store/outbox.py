@@ -10,6 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from flock_node.store.db import (
     DEFAULT_TTL,
     Db,
@@ -31,6 +33,57 @@ class OutboxItem:
     # Set when `target` is a node=/tag= pattern that matched no member: kept (status
     # 'unmatched', never sent) so the run's history says so.
     unmatched: str | None = None
+
+
+class Outgoing(msgspec.Struct):
+    """A pending notification as the deliverer sends it: `target` runs `action` on its
+    `resource`; `attempts` so far pace its retries."""
+
+    id: str
+    target: str
+    resource: str
+    action: str
+    hops: int
+    cause: dict[str, Any]
+    attempts: int = 0
+
+
+class OutboxRow(msgspec.Struct):
+    """A notification as the `outbox` table keeps it (what `outbox` answers)."""
+
+    id: str
+    target: str
+    resource: str
+    action: str
+    status: str  # held | pending | delivered | failed | dead | unmatched
+    hops: int
+    cause: dict[str, Any]
+    hold_run: str | None  # a delayed notification waits for the end of this run
+    run_id: str | None  # the run whose update produced it
+    dedup: str | None
+    created: float
+    deadline: float
+    next_attempt: float
+    attempts: int
+    last_error: str | None
+    done_at: float | None
+
+
+def outgoing(items: Iterable[OutboxItem]) -> list[Outgoing]:
+    """The items just queued that are pending at once (not delayed, not unmatched), as the
+    deliverer sends them: the cause as the outbox stores it (JSON), so a row handed over in
+    memory and one read back from the store send the same."""
+    return [Outgoing(i.id, i.target, i.resource, i.action, i.hops, _plain(i.cause))
+            for i in items if i.timing != "delayed" and i.unmatched is None]
+
+
+def _plain(obj: Any) -> Any:
+    return json.loads(dump(obj))
+
+
+def _cause(text: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = json.loads(text) if text else {}
+    return out
 
 
 def insert_outbox(db: sqlite3.Connection, item: OutboxItem, run_id: str, now: float,
@@ -79,27 +132,20 @@ class Outbox:
             for item in items:
                 insert_outbox(db, item, run_id or "", now, self.ttl)
 
-    def due(self, now: float, limit: int = 256) -> list[dict[str, Any]]:
-        # Everything pending for a target with something due, oldest first: a target's
-        # notifications go (and arrive) in the order they were queued.
+    def due(self, now: float, limit: int = 256) -> list[Outgoing]:
+        """Everything pending for a target with something due, oldest first: a target's
+        notifications go (and arrive) in the order they were queued."""
         rows = self.db.all(
-            "SELECT * FROM outbox WHERE status='pending' AND target IN (SELECT DISTINCT target"
+            "SELECT id, target, resource, action, hops, cause, attempts FROM outbox"
+            " WHERE status='pending' AND target IN (SELECT DISTINCT target"
             " FROM outbox WHERE status='pending' AND next_attempt<=?) ORDER BY created LIMIT ?",
             (now, limit),
         )
-        return [self._row(r) for r in rows]
+        return [Outgoing(r[0], r[1], r[2], r[3], r[4], _cause(r[5]), r[6]) for r in rows]
 
     def next_due(self) -> float | None:
         r = self.db.one("SELECT MIN(next_attempt) FROM outbox WHERE status='pending'")
         return r[0] if r and r[0] is not None else None
-
-    def delivered(self, nid: str) -> None:
-        with self.db.tx() as db:
-            db.execute(
-                "UPDATE outbox SET status='delivered', done_at=?, last_error=NULL, "
-                "attempts=attempts+1 WHERE id=?",
-                (time.time(), nid),
-            )
 
     def settle(self, delivered: list[str], failed: list[tuple[str, str]]) -> None:
         """Many answers of one batch at once: ids delivered, (id, error) refused."""
@@ -124,34 +170,6 @@ class Outbox:
                 "AND next_attempt>?",
                 (time.time(), target, time.time()),
             )
-
-    def failed(self, nid: str, error: str) -> None:
-        """Refused by the receiver (unknown resource, hop limit...): final, no retry."""
-        with self.db.tx() as db:
-            db.execute(
-                "UPDATE outbox SET status='failed', done_at=?, last_error=?, "
-                "attempts=attempts+1 WHERE id=?",
-                (time.time(), error, nid),
-            )
-
-    def retry(self, nid: str, error: str, next_attempt: float) -> str:
-        """Schedule another attempt, or dead-letter once past the deadline. Returns status."""
-        with self.db.tx() as db:
-            r = db.execute("SELECT deadline FROM outbox WHERE id=?", (nid,)).fetchone()
-            if r is None:
-                return "gone"
-            if next_attempt >= r[0]:
-                db.execute(
-                    "UPDATE outbox SET status='dead', done_at=?, last_error=?, "
-                    "attempts=attempts+1 WHERE id=?",
-                    (time.time(), error, nid),
-                )
-                return "dead"
-            db.execute(
-                "UPDATE outbox SET next_attempt=?, last_error=?, attempts=attempts+1 WHERE id=?",
-                (next_attempt, error, nid),
-            )
-            return "pending"
 
     def retry_many(self, ids: list[str], error: str, next_attempt: float) -> set[str]:
         """retry for a target's whole queue in one commit; returns the dead-lettered."""
@@ -188,7 +206,8 @@ class Outbox:
             ).rowcount
 
     def rows(self, statuses: Iterable[str] | None = None, limit: int = 500,
-               offset: int = 0) -> list[dict[str, Any]]:
+               offset: int = 0) -> list[OutboxRow]:
+        """The notifications, newest first (only those in `statuses` if given)."""
         if statuses:
             st = list(statuses)
             q = ",".join("?" * len(st))
@@ -244,7 +263,10 @@ class Outbox:
         return {r[0]: r[1] for r in rows}
 
     @staticmethod
-    def _row(r: sqlite3.Row) -> dict[str, Any]:
-        d = dict(r)
-        d["cause"] = json.loads(d["cause"]) if d["cause"] else {}
-        return d
+    def _row(r: sqlite3.Row) -> OutboxRow:
+        return OutboxRow(
+            id=r["id"], target=r["target"], resource=r["resource"], action=r["action"],
+            status=r["status"], hops=r["hops"], cause=_cause(r["cause"]),
+            hold_run=r["hold_run"], run_id=r["run_id"], dedup=r["dedup"], created=r["created"],
+            deadline=r["deadline"], next_attempt=r["next_attempt"], attempts=r["attempts"],
+            last_error=r["last_error"], done_at=r["done_at"])

@@ -64,6 +64,13 @@ class RunRow(msgspec.Struct):
     notifications: list[RunNotification] = msgspec.field(default_factory=list)
 
 
+class PagedRun(RunRow, kw_only=True):
+    """A run in a page of `history` without its resources (too many for the page): how many
+    there are, the client fetches them with `run(id)`."""
+
+    resources_paged: int
+
+
 class Runs:
     """The `runs` and `run_resources` tables."""
 

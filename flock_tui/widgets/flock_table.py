@@ -14,6 +14,7 @@ from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
 from flock_tui.model import COLUMNS, FlockView, Styles, matches, row_cells, sort_key
+from flock_tui.widgets.tables import cursor_key
 
 WIDE = {"mark": 1, "state": 7, "activity": 32, "last": 28}
 NARROW = {"mark": 1, "state": 7, "activity": 14, "last": 24}
@@ -94,12 +95,7 @@ class FlockTable(DataTable[Any]):
 
     def cursor_node(self) -> str | None:
         """The node under the cursor."""
-        if not self.row_count:
-            return None
-        try:
-            return self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value
-        except Exception:  # noqa: BLE001 - the cursor can briefly point past a removed row
-            return None
+        return cursor_key(self)
 
     def visible_rows(self) -> set[str]:
         """Names of the rows on screen (and a few around)."""
