@@ -25,6 +25,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -226,12 +227,19 @@ def current_kill_check() -> None:
         kill.check()
 
 
-def _release(proc: subprocess.Popen[bytes], w: int) -> None:
-    """The command ended: send the watchdog home, forget the group."""
-    with contextlib.suppress(OSError):
-        os.write(w, b"done\n")
-    os.close(w)
-    children.remove(proc.pid)
+@contextlib.contextmanager
+def _supervised(command: str, cwd: str | None, env: dict[str, str] | None, capture: bool
+                ) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` running under the watchdog while the block runs; when it ends, the
+    watchdog is sent home and the group forgotten."""
+    proc, w = _spawn(command, cwd, env, capture)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(OSError):
+            os.write(w, b"done\n")
+        os.close(w)
+        children.remove(proc.pid)
 
 
 def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
@@ -270,21 +278,19 @@ def run_command(
     """Run `/bin/sh -c command` in a new session; on timeout kill its whole process group.
 
     Raises Interrupted (with the output so far) if the run's Kill fires meanwhile."""
-    proc, w = _spawn(command, cwd, env, capture=True)
     tail = _Tail()
-    readers = [
-        threading.Thread(target=_pump, args=(proc.stdout, tail, False), daemon=True),
-        threading.Thread(target=_pump, args=(proc.stderr, tail, True), daemon=True),
-    ]
-    for t in readers:
-        t.start()
     interrupted: Interrupted | None = None
-    try:
-        timed_out = _wait(proc, timeout)
-    except Interrupted as e:
-        interrupted, timed_out = e, False
-    finally:
-        _release(proc, w)
+    with _supervised(command, cwd, env, capture=True) as proc:
+        readers = [
+            threading.Thread(target=_pump, args=(proc.stdout, tail, False), daemon=True),
+            threading.Thread(target=_pump, args=(proc.stderr, tail, True), daemon=True),
+        ]
+        for t in readers:
+            t.start()
+        try:
+            timed_out = _wait(proc, timeout)
+        except Interrupted as e:
+            interrupted, timed_out = e, False
     # A background child may keep the pipes open after the shell exits: do not wait forever.
     deadline = time.monotonic() + 1.0
     for t in readers:
@@ -310,10 +316,7 @@ def run_guard(
 ) -> bool:
     """A string guard is true when `/bin/sh -c command` exits 0; CommandTimedOut after
     `timeout` seconds, Interrupted if the run's Kill fires (its group is killed either way)."""
-    proc, w = _spawn(command, cwd, env, capture=False)
-    try:
+    with _supervised(command, cwd, env, capture=False) as proc:
         if _wait(proc, timeout):
             raise CommandTimedOut(timeout or 0.0)
-    finally:
-        _release(proc, w)
     return proc.returncode == 0
