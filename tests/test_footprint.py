@@ -20,31 +20,29 @@ def _has_cryptography(pid: int) -> bool:
     return "/cryptography/" in Path(f"/proc/{pid}/maps").read_text()
 
 
-def test_a_keyed_agent_never_loads_cryptography_and_a_tls_one_does(tmp_path):
-    env = FlockEnv(tmp_path)
+def test_a_keyed_agent_never_loads_cryptography_and_a_tls_one_does(flock_env: FlockEnv):
+    env = flock_env
+    tmp_path = env.root
     key = tmp_path / "flock.key"
     key.write_text(os.urandom(32).hex())
     key.chmod(0o600)
     pa, pb = free_port(), free_port()
-    try:
-        a = env.start("a", "--listen", f"tcp://127.0.0.1:{pa}", "--key-file", str(key))
-        b = env.start("b", "--listen", f"tcp://127.0.0.1:{pb}", "--key-file", str(key),
-                      "--seed", f"tcp://127.0.0.1:{pa}")
-        with Flock.connect(seeds=[f"tcp://127.0.0.1:{pa}"], runtime_dir=env.runtime_dir,
-                           key_file=str(key)) as f:
-            # gossip has run both ways (statements signed and checked with the key)
-            wait_for(lambda: {m["name"] for m in f.refresh()} >= {"a", "b"}, 10,
-                     what="a to see b")
-            assert f["b"].flock_api.status()["name"] == "b"
-        assert not _has_cryptography(a.proc.pid), "a keyed agent loaded cryptography"
-        assert not _has_cryptography(b.proc.pid), "a keyed agent loaded cryptography"
+    a = env.start("a", "--listen", f"tcp://127.0.0.1:{pa}", "--key-file", str(key))
+    b = env.start("b", "--listen", f"tcp://127.0.0.1:{pb}", "--key-file", str(key),
+                  "--seed", f"tcp://127.0.0.1:{pa}")
+    with Flock.connect(seeds=[f"tcp://127.0.0.1:{pa}"], runtime_dir=env.runtime_dir,
+                       key_file=str(key)) as f:
+        # gossip has run both ways (statements signed and checked with the key)
+        wait_for(lambda: {m["name"] for m in f.refresh()} >= {"a", "b"}, 10,
+                 what="a to see b")
+        assert f["b"].flock_api.status()["name"] == "b"
+    assert not _has_cryptography(a.proc.pid), "a keyed agent loaded cryptography"
+    assert not _has_cryptography(b.proc.pid), "a keyed agent loaded cryptography"
 
-        from flock_node.trust import ca
+    from flock_node.trust import ca
 
-        ca.init(env.config_dir / "ca")
-        ca.issue(env.config_dir / "ca", "t", "node", tmp_path / "certs")
-        t = env.start("t", "--listen", f"tls+tcp://127.0.0.1:{free_port()}",
-                      "--tls-dir", str(tmp_path / "certs"))
-        assert _has_cryptography(t.proc.pid)  # the probe sees it where it is needed
-    finally:
-        env.stop_all()
+    ca.init(env.config_dir / "ca")
+    ca.issue(env.config_dir / "ca", "t", "node", tmp_path / "certs")
+    t = env.start("t", "--listen", f"tls+tcp://127.0.0.1:{free_port()}",
+                  "--tls-dir", str(tmp_path / "certs"))
+    assert _has_cryptography(t.proc.pid)  # the probe sees it where it is needed

@@ -1,0 +1,112 @@
+"""Issue 11: the RPC clients hold a bounded number of connections (FLOCK_RPC_CONNECTIONS, 64 by
+default, as the console's bus connections): calling more nodes than the bound closes the least
+recently used. The pool's rules are tested pure; the bound itself against real agents, counting
+the connections (socket descriptors) this process holds."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from conftest import FlockEnv, wait_for
+
+from flock_node.client import AsyncFlock, Flock
+from flock_node.transport.pool import RPC_CONNECTIONS, Pool, rpc_bound
+
+
+class Sock:
+    def __init__(self, name: str):
+        self.name, self.closed = name, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_the_least_recently_used_idle_socket_goes_first():
+    pool: Pool[str, Sock] = Pool(2)
+    a, b, c = Sock("a"), Sock("b"), Sock("c")
+    pool.add("a", a)
+    pool.add("b", b)
+    assert pool.get("a") is a  # a is now the most recently used: b goes
+    pool.add("c", c)
+    assert (a.closed, b.closed, c.closed) == (False, True, False)
+    assert pool.get("b") is None and len(pool) == 2
+
+
+def test_a_busy_socket_is_retired_and_closed_when_its_last_call_ends():
+    pool: Pool[str, Sock] = Pool(1)
+    a, b, c = Sock("a"), Sock("b"), Sock("c")
+    pool.add("a", a)
+    pool.use(a)
+    pool.use(a)
+    pool.add("b", b)  # only a busy one to drop: out of the pool, still open
+    assert not a.closed and pool.get("a") is None and len(pool) == 2
+    pool.done(a)
+    assert not a.closed
+    pool.done(a)
+    assert a.closed and len(pool) == 1
+    pool.use(b)
+    pool.add("c", c)  # the newcomer is never the one dropped
+    assert not c.closed and pool.get("c") is c
+    pool.forget("c")
+    assert c.closed
+    pool.close()
+    assert b.closed and len(pool) == 0
+
+
+def test_the_bound_comes_from_the_environment():
+    assert rpc_bound({}) == RPC_CONNECTIONS == 64
+    assert rpc_bound({"FLOCK_RPC_CONNECTIONS": "3"}) == 3
+    assert rpc_bound({"FLOCK_RPC_CONNECTIONS": "lots"}) == 64
+    assert rpc_bound({"FLOCK_RPC_CONNECTIONS": "0"}) == 64
+
+
+def _sockets() -> int:
+    """Socket descriptors this process holds (an ipc connection is one)."""
+    n = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            n += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def test_calling_more_nodes_than_the_bound_holds_at_most_the_bound(flock_env: FlockEnv,
+                                                                   monkeypatch):
+    bound = 2
+    monkeypatch.setenv("FLOCK_RPC_CONNECTIONS", str(bound))
+    names = [f"p{i}" for i in range(5)]
+    for p in [flock_env.start(n, wait=False) for n in names]:
+        flock_env.wait_up(p)
+    base = _sockets()
+
+    # the blocking client, twice round the flock
+    with Flock.connect(runtime_dir=flock_env.runtime_dir) as f:
+        wait_for(lambda: {m["name"] for m in f.refresh()} >= set(names), 15, what="5 nodes")
+        for n in names * 2:
+            assert f[n].flock_api.status()["name"] == n
+            # +1: the socket just closed may still be closing in nng's threads
+            assert _sockets() - base <= bound + 1
+        assert f.connections() == bound
+        wait_for(lambda: _sockets() - base <= bound, 5, what="the bound held")
+    wait_for(lambda: _sockets() <= base, 5, what="all closed")
+
+    async def go() -> None:
+        base = _sockets()  # the loop's own socket pair included
+        f = await AsyncFlock.connect(runtime_dir=flock_env.runtime_dir)
+        try:
+            for n in names * 2:
+                assert (await f[n].flock_api.status())["name"] == n
+                assert _sockets() - base <= bound + 1
+            assert f.connections() == bound
+            # calls at once to every node: none fails, and the bound holds once they end
+            got = await asyncio.gather(*(f[n].flock_api.status() for n in names))
+            assert [s["name"] for s in got] == names
+            assert f.connections() <= bound
+        finally:
+            f.close()
+        wait_for(lambda: _sockets() <= base, 5, what="all closed")
+
+    asyncio.run(go())
+    wait_for(lambda: _sockets() <= base, 5, what="all closed")
