@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import select
 
+import pynng
 from conftest import FlockEnv, wait_for
 
 from flock_node.client import AsyncFlock, Flock
+from flock_node.protocol import Codec
+from flock_node.transport import Bus
 from flock_node.transport.pool import RPC_CONNECTIONS, Pool, rpc_bound
 
 
@@ -110,3 +114,32 @@ def test_calling_more_nodes_than_the_bound_holds_at_most_the_bound(flock_env: Fl
 
     asyncio.run(go())
     wait_for(lambda: _sockets() <= base, 5, what="all closed")
+
+
+def test_the_bus_does_not_keep_pipes_that_closed(tmp_path):
+    """pynng puts a closed pipe back in a socket's list when a frame from it is read after
+    its removal; the bus sweeps those out as it dials and undials (the console does, for
+    hours), so its pipe list stays the connections it has."""
+    addr = f"ipc://{tmp_path}/peer.bus"
+    peer = pynng.Bus0(listen=addr)
+    bus = Bus(Codec(None, "console-test"), lambda env, msg, pipe: None)
+    try:
+        bus.dial(addr)
+        wait_for(lambda: len(bus.sock.pipes) == 1 and len(peer.pipes) == 1, 5, what="connected")
+        peer.send(b"a frame")
+        fd = bus.sock.recv_fd  # readable once the frame waits in our socket
+        assert select.select([fd], [], [], 5)[0], "the frame never arrived"
+        bus.undial(addr)
+        wait_for(lambda: not peer.pipes and not bus.sock.pipes, 5, what="the pipe removed")
+        bus.sock.recv_msg(block=False)  # read after the removal: pynng adds its pipe back
+        assert len(bus.sock.pipes) == 1  # pynng's stale pipe (the reproduction)
+        bus.dial(addr)  # and on: the sweeps as the console follows the screen
+        wait_for(lambda: len(peer.pipes) == 1, 5, what="connected again")
+        bus.undial(addr)
+        wait_for(lambda: not peer.pipes, 5, what="the pipe closed")
+        bus.dial(addr)
+        wait_for(lambda: len(peer.pipes) == 1, 5, what="connected again")
+        assert len(bus.sock.pipes) == 1  # the live one only
+    finally:
+        bus.sock.close()
+        peer.close()
