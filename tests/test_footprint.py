@@ -46,3 +46,25 @@ def test_a_keyed_agent_never_loads_cryptography_and_a_tls_one_does(flock_env: Fl
     t = env.start("t", "--listen", f"tls+tcp://127.0.0.1:{free_port()}",
                   "--tls-dir", str(tmp_path / "certs"))
     assert _has_cryptography(t.proc.pid)  # the probe sees it where it is needed
+
+
+def test_cryptography_is_imported_at_module_level_only_by_the_ca():
+    """The rule the test above checks at run time, as a readable message: outside the CA's
+    tooling (`flockctl ca`), `cryptography` is imported inside the functions that need it
+    (or for type checking only), never when a module loads."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent / "flock_node"
+    allowed = {root / "trust" / "ca.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        if path in allowed:
+            continue
+        tree = ast.parse(path.read_text())
+        for node in tree.body:  # module level only; `if TYPE_CHECKING:` blocks are skipped
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            if any(n == "cryptography" or n.startswith("cryptography.") for n in names):
+                offenders.append(f"{path.relative_to(root.parent)}:{node.lineno}")
+    assert not offenders, ("cryptography imported as the module loads (an agent on a flock "
+                           "key would carry its 11 MB): " + ", ".join(offenders))
