@@ -14,7 +14,7 @@ from conftest import FlockEnv, wait_for
 
 from flock_node.client import AsyncFlock, Flock
 from flock_node.protocol import Codec
-from flock_node.transport import Bus
+from flock_node.transport import AsyncRpc, Bus
 from flock_node.transport.pool import RPC_CONNECTIONS, Pool, rpc_bound
 
 
@@ -108,6 +108,18 @@ def test_calling_more_nodes_than_the_bound_holds_at_most_the_bound(flock_env: Fl
             got = await asyncio.gather(*(f[n].flock_api.status() for n in names))
             assert [s["name"] for s in got] == names
             assert f.connections() <= bound
+            # the worker's fast path (send_now, its answer later) keeps the same bound
+            rpc = AsyncRpc(Codec(None, "test-client"))
+            try:
+                for n in names * 2:
+                    addr = f._discovery.address(n)
+                    assert addr is not None
+                    sent = wait_for(lambda a=addr: rpc.send_now(a, "flock_api", "status", {}, 2.0),
+                                    5, what=f"a connection to {n}")  # NOT_SENT until dialled
+                    assert (await rpc.answer(sent))["name"] == n
+                    assert _sockets() - base <= 2 * bound + 1
+            finally:
+                rpc.close()
         finally:
             f.close()
         wait_for(lambda: _sockets() <= base, 5, what="all closed")

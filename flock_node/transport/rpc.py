@@ -219,6 +219,7 @@ class Sent(NamedTuple):
     call_id: str
     addr: str
     timeout: float
+    sock: Any = None  # its socket, busy in the fast path's pool until the answer
 
 
 @contextlib.contextmanager
@@ -251,8 +252,9 @@ class AsyncRpc:
         self.tls = tls
         self.timeout = timeout
         self._socks: Pool[str, pynng.Req0] = Pool(max_connections)
-        # The worker's fast path (`call_now`): blocking sockets of its own, one per address.
-        self._now: dict[str, pynng.Req0] = {}
+        # The worker's fast path (`call_now`): blocking sockets of its own, one per address,
+        # bounded as the others.
+        self._now: Pool[str, pynng.Req0] = Pool(max_connections)
         self._now_lock = threading.Lock()
 
     def _sock(self, addr: str) -> pynng.Req0:
@@ -335,12 +337,13 @@ class AsyncRpc:
                 except pynng.NNGException as e:
                     s.close()
                     raise RpcError(NOT_SENT, f"{addr}: {e}") from None
-                self._now[addr] = s
-        if not s.pipes:
-            raise RpcError(NOT_SENT, f"no connection to {addr} yet")
-        call_id_, frame = _request(self.codec, actor, method, args)
+                self._now.add(addr, s)
+            self._now.use(s)  # until its answer: never closed under it by the bound
         ctx = None
         try:
+            if not s.pipes:
+                raise RpcError(NOT_SENT, f"no connection to {addr} yet")
+            call_id_, frame = _request(self.codec, actor, method, args)
             ctx = s.new_context()
             trace.stamp("call_sending")
             ctx.send(frame)
@@ -348,20 +351,30 @@ class AsyncRpc:
             if ctx is not None:
                 with contextlib.suppress(Exception):
                     ctx.close()
+            self._now.done(s)
             raise RpcError(NOT_SENT, f"{addr}: {e}") from None
-        return Sent(ctx, call_id_, addr, timeout)
+        except RpcError:
+            self._now.done(s)
+            raise
+        return Sent(ctx, call_id_, addr, timeout, s)
 
     def answer_now(self, sent: Sent, expect: str | None = None) -> Any:
         """The answer to a call handed over by `send_now`, waited for on this thread."""
-        with _answer_of(sent):
-            answer = sent.ctx.recv_msg()
+        try:
+            with _answer_of(sent):
+                answer = sent.ctx.recv_msg()
+        finally:
+            self._now.done(sent.sock)
         return self._accept(sent, answer, expect)
 
     async def answer(self, sent: Sent, expect: str | None = None) -> Any:
         """The answer to a call handed over by `send_now` (on the loop)."""
-        with _answer_of(sent):
-            async with asyncio.timeout(sent.timeout):
-                answer = await sent.ctx.arecv_msg()
+        try:
+            with _answer_of(sent):
+                async with asyncio.timeout(sent.timeout):
+                    answer = await sent.ctx.arecv_msg()
+        finally:
+            self._now.done(sent.sock)
         return self._accept(sent, answer, expect)
 
     def _accept(self, sent: Sent, answer: pynng.Message, expect: str | None) -> Any:
@@ -373,24 +386,18 @@ class AsyncRpc:
         """Close our connections to identities revoked since we dialed them."""
         if self.tls is None:
             return 0
-        with self._now_lock:
-            now = list(self._now.values())
-        return sum(close_revoked(s, self.tls) for s in [*self._socks.sockets(), *now])
+        return sum(close_revoked(s, self.tls)
+                   for s in [*self._socks.sockets(), *self._now.sockets()])
 
     def forget(self, addr: str) -> None:
         """Drop the socket to `addr` (a fresh one next time); closed once no call uses it."""
         with self._now_lock:
-            now = self._now.pop(addr, None)
+            now = self._now.pop(addr)
         if now is not None:  # a blocking call on it ends with "unreachable"
             with contextlib.suppress(Exception):
                 now.close()
         self._socks.forget(addr)
 
     def close(self) -> None:
-        with self._now_lock:
-            now = list(self._now.values())
-            self._now.clear()
+        self._now.close()
         self._socks.close()
-        for s in now:
-            with contextlib.suppress(Exception):
-                s.close()
