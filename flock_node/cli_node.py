@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from flock_node import __version__, logs, paths, sdnotify
-from flock_node.cli import positive_seconds, seconds_or_zero, seed_url
+from flock_node.argtypes import positive_seconds, seconds_or_zero, seed_url
 from flock_node.protocol import load_key
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")

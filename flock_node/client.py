@@ -256,13 +256,16 @@ class Flock:
     @classmethod
     def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
                 key_file: str | None = None, insecure: bool = False,
-                timeout: float = 5.0, tls_dir: str | Path | None = None) -> Flock:
+                timeout: float = 5.0, tls_dir: str | Path | None = None,
+                max_connections: int | None = None) -> Flock:
         """Find the flock through the local runtime dir and `seeds`; `tls_dir` (or a
-        `tls+tcp://` seed) speaks mutual TLS with that certificate."""
+        `tls+tcp://` seed) speaks mutual TLS with that certificate. At most
+        `max_connections` (FLOCK_RPC_CONNECTIONS, 64) nodes' connections are held, the
+        least recently called closed first."""
         seeds = list(seeds) or _env_seeds()
         tls = resolve_tls(tls_dir, seeds)
         key = None if tls is not None else resolve_key(key_file, insecure)
-        rpc = SyncRpc(_codec(key, tls), timeout=timeout, tls=tls)
+        rpc = SyncRpc(_codec(key, tls), timeout=timeout, tls=tls, max_connections=max_connections)
         disc = _Discovery(seeds, runtime_dir)
         self = cls(rpc, disc.address, disc)
         self.refresh()
@@ -331,6 +334,10 @@ class Flock:
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)
 
+    def connections(self) -> int:
+        """RPC sockets held (one connection to its node each), at most the bound."""
+        return self._rpc.connections()
+
     def close(self) -> None:
         self._rpc.close()
 
@@ -352,12 +359,14 @@ class AsyncFlock:
     @classmethod
     async def connect(cls, seeds: Iterable[str] = (), runtime_dir: str | Path | None = None,
                       key_file: str | None = None, insecure: bool = False,
-                      timeout: float = 5.0, tls_dir: str | Path | None = None) -> AsyncFlock:
+                      timeout: float = 5.0, tls_dir: str | Path | None = None,
+                      max_connections: int | None = None) -> AsyncFlock:
         """Like `Flock.connect`, for asyncio."""
         seeds = list(seeds) or _env_seeds()
         tls = resolve_tls(tls_dir, seeds)
         key = None if tls is not None else resolve_key(key_file, insecure)
-        self = cls(AsyncRpc(_codec(key, tls), timeout=timeout, tls=tls),
+        self = cls(AsyncRpc(_codec(key, tls), timeout=timeout, tls=tls,
+                            max_connections=max_connections),
                    _Discovery(seeds, runtime_dir))
         self.tls = tls
         await self.refresh()
@@ -408,6 +417,10 @@ class AsyncFlock:
 
     def __getitem__(self, name: str) -> Node:
         return Node(self.call, name)
+
+    def connections(self) -> int:
+        """RPC sockets held (one connection to its node each), at most the bound."""
+        return self._rpc.connections()
 
     def close(self) -> None:
         self._rpc.close()

@@ -9,7 +9,11 @@ import sys
 from typing import Any, NoReturn
 
 from flock_node import __version__
-from flock_node.transport import rpc_for_bus, tcp_addresses
+
+# The checks flock-node shares (flock_node.cli re-exports them from here).
+from flock_node.argtypes import positive_seconds as positive_seconds
+from flock_node.argtypes import seconds_or_zero as seconds_or_zero
+from flock_node.argtypes import seed_url as seed_url
 
 OK, FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 
@@ -23,21 +27,6 @@ class CliError(Exception):
         self.code = code
 
 
-def seed_url(text: str) -> str:
-    """A --seed: the bus address of a node, tcp://HOST:PORT or ipc://PATH.bus."""
-    try:
-        if text.startswith(("tcp://", "tls+tcp://")):
-            tcp_addresses(text)
-        else:
-            rpc_for_bus(text)
-    except (ValueError, IndexError):
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a node's bus address (tcp://HOST:PORT, tls+tcp://HOST:PORT or "
-            "ipc://PATH.bus)"
-        ) from None
-    return text
-
-
 # Chef's `type[name]` as the engine reads it: a lowercase type, a name in brackets.
 RESOURCE_RE = re.compile(r"[a-z_][a-z0-9_]*\[.+\]\Z", re.S)
 
@@ -49,23 +38,6 @@ def resource_id(text: str) -> str:
             f"{text!r} is not a resource: write it type[name], e.g. 'execute[restart app]' "
             "or 'file[/etc/app.conf]'")
     return text
-
-
-def positive_seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if not v > 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
-    return v
-
-
-def seconds_or_zero(text: str) -> float:
-    """A number of seconds, 0 allowed (a splay)."""
-    if text.strip() in ("0", "0.0"):
-        return 0.0
-    return positive_seconds(text)
 
 
 def positive_int(text: str) -> int:

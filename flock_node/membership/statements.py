@@ -14,16 +14,16 @@ import hashlib
 import hmac
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from flock_node.membership.messages import Alive
 from flock_node.trust.identity import NODE, common_name
 from flock_node.trust.tls import TlsIdentity
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 _enc = msgspec.msgpack.Encoder()
 _CACHE = 8192  # statements checked once stay checked (a push-pull repeats the whole table)
@@ -57,6 +57,11 @@ class Notary:
         self._own: _Sig | None = None
         self._priv: ec.EllipticCurvePrivateKey | None = None
         if tls is not None:
+            # cryptography only on TLS (imported here): an agent on a flock key never loads it.
+            from cryptography import x509
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric import ec
+
             cert = x509.load_pem_x509_certificate(tls.cert_pem.encode())
             priv = serialization.load_pem_private_key(tls.key_pem.encode(), None)
             if not isinstance(priv, ec.EllipticCurvePrivateKey):
@@ -68,6 +73,9 @@ class Notary:
         """Our statement with its signature."""
         data = statement_bytes(a)
         if self._priv is not None and self._own is not None:
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import ec
+
             sig = self._priv.sign(data, ec.ECDSA(hashes.SHA256()))
             return _with_sig(a, _enc.encode(_Sig(self._own.cert, sig)))
         if self.key:
@@ -101,6 +109,10 @@ class Notary:
             s = msgspec.msgpack.decode(a.sig, type=_Sig)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return False
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives import hashes
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         signer = self._signer(s.cert)
         if signer is None:
             return False
@@ -119,6 +131,10 @@ class Notary:
         """The CN, expiry and key of a certificate the flock CA issued; None otherwise."""
         if der in self._certs:
             return self._certs[der]
+        from cryptography import x509
+        from cryptography.exceptions import InvalidSignature
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         got = None
         assert self.tls is not None
         try:

@@ -6,6 +6,8 @@
   nobody; repeated call ids (Req0 re-sends after a reconnect) get the first call's answer,
   kept within bounds (`AnswerCache`); an answer too big for a frame is answered `too_large`.
 - `rpc`: `AsyncRpc` / `SyncRpc`, Req0 clients with deadlines; errors come back as `RpcError`.
+- `pool`: the RPC clients' sockets, at most FLOCK_RPC_CONNECTIONS (64), least recently used
+  closed first. `pipes`: closed pipes pynng keeps in a socket's list, swept out.
 - `tls`: `tls+tcp://` endpoints with our certificate, each connection's gate (a flock identity,
   not revoked), and the verified identity that is the only sender its frames may name.
 """

@@ -20,6 +20,7 @@ from flock_node.protocol import (
     Message,
 )
 from flock_node.transport.base import BUS_BUFFER, _listen, cancel_and_wait, receive
+from flock_node.transport.pipes import StalePipes
 from flock_node.transport.tls import (
     Callers,
     close_revoked,
@@ -58,6 +59,7 @@ class Bus:
         self.sock.reconnect_time_min = 100
         self.sock.reconnect_time_max = 1000
         self._dialed: dict[str, Any] = {}
+        self._stale = StalePipes(self.sock)
         self._task: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self.listen_addr: str | None = None
@@ -73,6 +75,7 @@ class Bus:
     def dial(self, addr: str) -> None:
         if addr in self._dialed or addr == self.listen_addr:
             return
+        self._stale.sweep()
         try:
             self._dialed[addr] = dial(self.sock, addr, self.tls)
         except pynng.NNGException as e:
@@ -83,6 +86,7 @@ class Bus:
         if d is not None:
             with contextlib.suppress(Exception):
                 d.close()
+        self._stale.sweep()
 
     def dialed(self) -> set[str]:
         return set(self._dialed)

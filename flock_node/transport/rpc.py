@@ -25,6 +25,7 @@ from flock_node.protocol import (
     Response,
 )
 from flock_node.transport.base import RpcError, ipc_path
+from flock_node.transport.pool import Pool
 from flock_node.transport.server import _frame_limit
 from flock_node.transport.tls import (
     close_revoked,
@@ -131,14 +132,21 @@ def _no_connection(addr: str, timeout: float, tls: TlsIdentity | None) -> RpcErr
 
 
 class SyncRpc:
-    """Blocking Req0 client: one socket per address, one context per call (thread-safe)."""
+    """Blocking Req0 client: one socket per address, one context per call (thread-safe);
+    at most `max_connections` sockets (FLOCK_RPC_CONNECTIONS, 64), least recently used
+    closed first."""
 
-    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None,
+                 max_connections: int | None = None):
         self.codec = codec
         self.tls = tls
         self.timeout = timeout
-        self._socks: dict[tuple[str, float], pynng.Req0] = {}
+        self._socks: Pool[tuple[str, float], pynng.Req0] = Pool(max_connections)
         self._lock = threading.Lock()
+
+    def connections(self) -> int:
+        """Sockets open (each holds one connection to its node once dialled)."""
+        return len(self._socks)
 
     def _sock(self, addr: str, timeout: float) -> pynng.Req0:
         key = (addr, timeout)
@@ -147,7 +155,7 @@ class SyncRpc:
             s = self._socks.get(key)
             if s is not None and local and not s.pipes:
                 # The local node went away (kill -9, restart): dial afresh, below.
-                self._socks.pop(key).close()
+                self._socks.forget(key)
                 s = None
             if s is None:
                 s = pynng.Req0(recv_max_size=MAX_FRAME)
@@ -166,7 +174,8 @@ class SyncRpc:
                         raise RpcError("unreachable", f"no agent listening at {addr} ({e})") from None
                 else:
                     dial(s, addr, self.tls)
-                self._socks[key] = s
+                self._socks.add(key, s)
+            self._socks.use(s)  # before the lock goes: not closed by another thread's add
             return s
 
     def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
@@ -175,9 +184,10 @@ class SyncRpc:
         timeout = self.timeout if timeout is None else timeout
         _check_reachable(addr)
         sock = self._sock(addr, timeout)
-        call_id, frame = _request(self.codec, actor, method, args or {})
-        ctx = sock.new_context()
+        ctx = None
         try:
+            call_id, frame = _request(self.codec, actor, method, args or {})
+            ctx = sock.new_context()
             ctx.send(frame)
             answer = ctx.recv_msg()
             reply, pipe = answer.bytes, answer.pipe
@@ -190,16 +200,16 @@ class SyncRpc:
         finally:
             # forget() may have closed the socket under this call (its node went down): the
             # context went with it, and that must not turn "unreachable" into a crash.
-            with contextlib.suppress(pynng.NNGException):
-                ctx.close()
+            if ctx is not None:
+                with contextlib.suppress(pynng.NNGException):
+                    ctx.close()
+            self._socks.done(sock)
         _check_peer(self.tls, pipe, addr, expect)
         return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def close(self) -> None:
         with self._lock:
-            for s in self._socks.values():
-                s.close()
-            self._socks.clear()
+            self._socks.close()
 
 
 class Sent(NamedTuple):
@@ -209,6 +219,7 @@ class Sent(NamedTuple):
     call_id: str
     addr: str
     timeout: float
+    sock: Any = None  # its socket, busy in the fast path's pool until the answer
 
 
 @contextlib.contextmanager
@@ -232,17 +243,18 @@ class AsyncRpc:
 
     A socket forgotten (its node went down) while calls are in flight on it is closed when the
     last of them ends: closing it under them would turn an ordinary "unreachable" into an
-    exception from deep inside pynng."""
+    exception from deep inside pynng. At most `max_connections` sockets are kept
+    (FLOCK_RPC_CONNECTIONS, 64), the least recently used closed first (`pool.Pool`)."""
 
-    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None):
+    def __init__(self, codec: Codec, timeout: float = 5.0, tls: TlsIdentity | None = None,
+                 max_connections: int | None = None):
         self.codec = codec
         self.tls = tls
         self.timeout = timeout
-        self._socks: dict[str, pynng.Req0] = {}
-        self._inflight: dict[int, int] = {}  # id(socket) → calls in flight
-        self._retired: dict[int, pynng.Req0] = {}  # forgotten, closed when idle
-        # The worker's fast path (`call_now`): blocking sockets of its own, one per address.
-        self._now: dict[str, pynng.Req0] = {}
+        self._socks: Pool[str, pynng.Req0] = Pool(max_connections)
+        # The worker's fast path (`call_now`): blocking sockets of its own, one per address,
+        # bounded as the others.
+        self._now: Pool[str, pynng.Req0] = Pool(max_connections)
         self._now_lock = threading.Lock()
 
     def _sock(self, addr: str) -> pynng.Req0:
@@ -253,9 +265,17 @@ class AsyncRpc:
             s.send_timeout = 600_000
             s.resend_time = 5000
             guard_pipes(s, self.tls, nodes_only=True)
-            dial(s, addr, self.tls)
-            self._socks[addr] = s
+            try:
+                dial(s, addr, self.tls)
+            except pynng.NNGException:
+                s.close()
+                raise
+            self._socks.add(addr, s)
         return s
+
+    def connections(self) -> int:
+        """Sockets open for `call` (each holds one connection to its node once dialled)."""
+        return len(self._socks)
 
     async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
                    timeout: float | None = None, expect: str | None = None,
@@ -269,8 +289,7 @@ class AsyncRpc:
         except pynng.NNGException as e:
             raise RpcError("unreachable", f"{addr}: {e}") from None
         call_id, frame = _request(self.codec, actor, method, args or {})
-        key = id(sock)
-        self._inflight[key] = self._inflight.get(key, 0) + 1
+        self._socks.use(sock)
         ctx = None
         try:
             ctx = sock.new_context()
@@ -295,7 +314,7 @@ class AsyncRpc:
             if ctx is not None:
                 with contextlib.suppress(Exception):
                     ctx.close()
-            self._release(key)
+            self._socks.done(sock)
         _check_peer(self.tls, pipe, addr, expect)
         return _reply(self.codec, call_id, reply, self.tls is not None)
 
@@ -318,12 +337,13 @@ class AsyncRpc:
                 except pynng.NNGException as e:
                     s.close()
                     raise RpcError(NOT_SENT, f"{addr}: {e}") from None
-                self._now[addr] = s
-        if not s.pipes:
-            raise RpcError(NOT_SENT, f"no connection to {addr} yet")
-        call_id_, frame = _request(self.codec, actor, method, args)
+                self._now.add(addr, s)
+            self._now.use(s)  # until its answer: never closed under it by the bound
         ctx = None
         try:
+            if not s.pipes:
+                raise RpcError(NOT_SENT, f"no connection to {addr} yet")
+            call_id_, frame = _request(self.codec, actor, method, args)
             ctx = s.new_context()
             trace.stamp("call_sending")
             ctx.send(frame)
@@ -331,20 +351,30 @@ class AsyncRpc:
             if ctx is not None:
                 with contextlib.suppress(Exception):
                     ctx.close()
+            self._now.done(s)
             raise RpcError(NOT_SENT, f"{addr}: {e}") from None
-        return Sent(ctx, call_id_, addr, timeout)
+        except RpcError:
+            self._now.done(s)
+            raise
+        return Sent(ctx, call_id_, addr, timeout, s)
 
     def answer_now(self, sent: Sent, expect: str | None = None) -> Any:
         """The answer to a call handed over by `send_now`, waited for on this thread."""
-        with _answer_of(sent):
-            answer = sent.ctx.recv_msg()
+        try:
+            with _answer_of(sent):
+                answer = sent.ctx.recv_msg()
+        finally:
+            self._now.done(sent.sock)
         return self._accept(sent, answer, expect)
 
     async def answer(self, sent: Sent, expect: str | None = None) -> Any:
         """The answer to a call handed over by `send_now` (on the loop)."""
-        with _answer_of(sent):
-            async with asyncio.timeout(sent.timeout):
-                answer = await sent.ctx.arecv_msg()
+        try:
+            with _answer_of(sent):
+                async with asyncio.timeout(sent.timeout):
+                    answer = await sent.ctx.arecv_msg()
+        finally:
+            self._now.done(sent.sock)
         return self._accept(sent, answer, expect)
 
     def _accept(self, sent: Sent, answer: pynng.Message, expect: str | None) -> Any:
@@ -352,47 +382,22 @@ class AsyncRpc:
         _check_peer(self.tls, answer.pipe, sent.addr, expect)
         return _reply(self.codec, sent.call_id, answer.bytes, self.tls is not None)
 
-    def _release(self, key: int) -> None:
-        n = self._inflight.get(key, 0) - 1
-        if n > 0:
-            self._inflight[key] = n
-            return
-        self._inflight.pop(key, None)
-        s = self._retired.pop(key, None)
-        if s is not None:
-            with contextlib.suppress(Exception):
-                s.close()
-
     def close_revoked(self) -> int:
         """Close our connections to identities revoked since we dialed them."""
         if self.tls is None:
             return 0
-        with self._now_lock:
-            now = list(self._now.values())
-        return sum(close_revoked(s, self.tls) for s in [*self._socks.values(), *now])
+        return sum(close_revoked(s, self.tls)
+                   for s in [*self._socks.sockets(), *self._now.sockets()])
 
     def forget(self, addr: str) -> None:
         """Drop the socket to `addr` (a fresh one next time); closed once no call uses it."""
         with self._now_lock:
-            now = self._now.pop(addr, None)
+            now = self._now.pop(addr)
         if now is not None:  # a blocking call on it ends with "unreachable"
             with contextlib.suppress(Exception):
                 now.close()
-        s = self._socks.pop(addr, None)
-        if s is None:
-            return
-        if self._inflight.get(id(s)):
-            self._retired[id(s)] = s
-        else:
-            with contextlib.suppress(Exception):
-                s.close()
+        self._socks.forget(addr)
 
     def close(self) -> None:
-        with self._now_lock:
-            now = list(self._now.values())
-            self._now.clear()
-        for s in [*self._socks.values(), *self._retired.values(), *now]:
-            with contextlib.suppress(Exception):
-                s.close()
-        self._socks.clear()
-        self._retired.clear()
+        self._now.close()
+        self._socks.close()

@@ -11,12 +11,13 @@ import contextlib
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import msgspec
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 
 class RevocationList(msgspec.Struct, array_like=True):
@@ -40,6 +41,11 @@ class RevocationError(ValueError):
 def sign(key: ec.EllipticCurvePrivateKey, version: int, revoked: list[str],
          now: float | None = None) -> bytes:
     """A signed list, as bytes that travel and are stored as they are."""
+    # cryptography (11 MB) is imported where a signature is made or checked: an agent on a
+    # flock key never gets here and never loads it.
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     payload = msgspec.msgpack.encode(
         RevocationList(version, sorted(set(revoked)), time.time() if now is None else now))
     return msgspec.msgpack.encode(Signed(payload, key.sign(payload, ec.ECDSA(hashes.SHA256()))))
@@ -47,6 +53,10 @@ def sign(key: ec.EllipticCurvePrivateKey, version: int, revoked: list[str],
 
 def verify(ca_cert: x509.Certificate, blob: bytes) -> RevocationList:
     """The list in `blob` if our CA signed it; RevocationError otherwise."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     try:
         signed = msgspec.msgpack.decode(blob, type=Signed)
         pub = ca_cert.public_key()

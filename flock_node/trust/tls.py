@@ -11,13 +11,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pynng
-from cryptography import x509
 
 from flock_node import paths
 from flock_node.trust import revocation
 from flock_node.trust.identity import NODE, SHARED_SAN, Caller, parse_cn
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 log = logging.getLogger("flock.trust")
 
@@ -58,6 +61,9 @@ class TlsIdentity:
 
 def load_identity(directory: Path) -> TlsIdentity:
     """Read a --tls-dir; TlsError names the missing or broken file."""
+    # Imported here, not at the top: an agent on a flock key never loads cryptography.
+    from cryptography import x509
+
     files = {}
     for f in ("ca.crt", "identity.crt", "identity.key"):
         p = directory / f
