@@ -253,7 +253,9 @@ class Agent:
     async def _shutdown(self) -> None:
         with contextlib.suppress(Exception):
             self.members.leave()
-            await asyncio.sleep(0.05)  # let the goodbye leave the socket buffers
+            # Let the goodbye leave the socket buffers: closing a Push0 socket drops what nng
+            # has not written yet, and on a loaded machine its threads may wait their turn.
+            await asyncio.sleep(0.2)
         self.members.close()
         await cancel_and_wait(self._tasks, 2.0)
         await self.server.close()

@@ -21,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 from flock_node import api, paths
+from flock_node.blocking import run_now
 from flock_node.paging import PAGED, acollect, collect
 from flock_node.protocol import Codec, load_key
 from flock_node.transport import AsyncRpc, RpcError, SyncRpc, rpc_for_bus, scan_runtime_dir
@@ -191,6 +192,35 @@ class _Discovery:
             break  # a mesh agent: ask every entry point
         return tried, answers, [a for a in addrs if a not in tried]
 
+    async def refresh(self, call: Callable[[str, str, dict[str, Any]], Awaitable[Any]],
+                      ask_all: Callable[[Callable[[str], Coroutine[Any, Any, Answer]], list[str]],
+                                        Awaitable[list[Answer]]]) -> list[dict[str, Any]]:
+        """One refresh, for both clients: `call(addr, method, args)` asks one entry point
+        (the blocking client's never suspends, so `run_now` drives this without a loop);
+        `ask_all(ask, addrs)` asks the rest together (threads, or `gather`)."""
+
+        async def ask(addr: str, method: str = "members") -> Answer:
+            async def one(m: str, a: dict[str, Any]) -> Any:
+                return await call(addr, m, a)
+
+            try:
+                # A flock of thousands answers `members` in pages: ask to the last one.
+                got: Answer = await (acollect(one, method, {}) if method == "members"
+                                     else one(method, {}))
+                return got
+            except RpcError as e:
+                return e
+
+        walk = self.walk()
+        try:
+            step = next(walk)
+            while True:
+                step = walk.send(await ask(*step))
+        except StopIteration as done:
+            tried, answers, rest = done.value
+        answers += await ask_all(ask, rest)
+        return self.absorb(tried + rest, answers)
+
     def entry_points(self) -> list[str]:
         """RPC addresses to ask for the member list: local nodes first, then seeds."""
         self.local = {n: rpc for n, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())}
@@ -278,31 +308,21 @@ class Flock:
         if disc is None:
             return []
 
-        def ask(addr: str, method: str = "members") -> Any:
-            def call(m: str, a: dict[str, Any]) -> Any:
-                return self._rpc.call(addr, "flock_api", m, a, timeout=min(self._rpc.timeout, 2.0))
+        async def call(addr: str, method: str, args: dict[str, Any]) -> Any:
+            return self._rpc.call(addr, "flock_api", method, args,
+                                  timeout=min(self._rpc.timeout, 2.0))
 
-            try:
-                # A flock of thousands answers `members` in pages: ask to the last one.
-                return collect(call, method, {}) if method == "members" else call(method, {})
-            except RpcError as e:
-                return e
-
-        walk = disc.walk()
-        try:
-            step = next(walk)
-            while True:
-                step = walk.send(ask(*step))
-        except StopIteration as done:
-            tried, answers, rest = done.value
-        # In parallel: with tens of local nodes, one after the other costs a round trip each.
-        if len(rest) > 1:
+        async def ask_all(ask: Callable[[str], Coroutine[Any, Any, Answer]],
+                          rest: list[str]) -> list[Answer]:
+            # In parallel: with tens of local nodes, one after the other costs a round trip
+            # each. Every `ask` here blocks and never suspends: `run_now` runs it in a thread.
+            if len(rest) <= 1:
+                return [run_now(ask(a)) for a in rest]
             with ThreadPoolExecutor(min(8, len(rest))) as ex:
-                answers += list(ex.map(ask, rest))
-        else:
-            answers += [ask(a) for a in rest]
+                return list(ex.map(lambda a: run_now(ask(a)), rest))
+
         try:
-            return disc.absorb(tried + rest, answers)
+            return run_now(disc.refresh(call, ask_all))
         finally:
             self.refused = disc.refused
             self._refreshed = time.monotonic()
@@ -374,29 +394,15 @@ class AsyncFlock:
 
     async def refresh(self) -> list[dict[str, Any]]:
         """Ask the flock who is in it, by `Flock.refresh`'s rules."""
-        disc = self._discovery
+        async def call(addr: str, method: str, args: dict[str, Any]) -> Any:
+            return await self._rpc.call(addr, "flock_api", method, args,
+                                        timeout=min(self._rpc.timeout, 2.0))
 
-        async def ask(addr: str, method: str = "members") -> Any:
-            async def call(m: str, a: dict[str, Any]) -> Any:
-                return await self._rpc.call(addr, "flock_api", m, a,
-                                            timeout=min(self._rpc.timeout, 2.0))
+        async def ask_all(ask: Callable[[str], Coroutine[Any, Any, Answer]],
+                          rest: list[str]) -> list[Answer]:
+            return list(await asyncio.gather(*(ask(a) for a in rest)))
 
-            try:
-                if method == "members":
-                    return await acollect(call, method, {})
-                return await call(method, {})
-            except RpcError as e:
-                return e
-
-        walk = disc.walk()
-        try:
-            step = next(walk)
-            while True:
-                step = walk.send(await ask(*step))
-        except StopIteration as done:
-            tried, answers, rest = done.value
-        answers += await asyncio.gather(*(ask(a) for a in rest))
-        return disc.absorb(tried + rest, answers)
+        return await self._discovery.refresh(call, ask_all)
 
     async def nodes(self) -> list[dict[str, Any]]:
         return sorted(await self.refresh(), key=lambda m: m["name"])
