@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -21,21 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def free_port() -> int:
-    """A port P with P+1 and P+2 free too (bus, RPC, SWIM)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        try:
-            with socket.socket() as s1, socket.socket() as s2:
-                s1.bind(("127.0.0.1", p + 1))
-                s2.bind(("127.0.0.1", p + 2))
-        except OSError:
-            continue
-        return p
-    raise RuntimeError("no free ports")
+from common import free_port
 
 
 def one(mode: str, seconds: float) -> tuple[int, bool]:

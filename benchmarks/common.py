@@ -15,20 +15,21 @@ from pathlib import Path
 
 
 def free_port() -> int:
-    """A port P such that P and P+1 are free on loopback (bus and RPC)."""
+    """A port P such that P, P+1 and P+2 are free on loopback (bus, RPC and SWIM)."""
     for _ in range(100):
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p >= 65534:
+            p = int(s.getsockname()[1])
+        if p >= 65533:
             continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", p + 1))
-            except OSError:
-                continue
+        try:
+            with socket.socket() as s1, socket.socket() as s2:
+                s1.bind(("127.0.0.1", p + 1))
+                s2.bind(("127.0.0.1", p + 2))
+        except OSError:
+            continue
         return p
-    raise RuntimeError("no free port pair")
+    raise RuntimeError("no free ports")
 
 
 def wait_for(

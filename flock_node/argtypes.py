@@ -8,8 +8,12 @@ its `__init__`, which loads every flockctl command (the CA's among them, and wit
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+from typing import TypeVar
 
 from flock_node.transport import rpc_for_bus, tcp_addresses
+
+T = TypeVar("T")
 
 
 def seed_url(text: str) -> str:
@@ -27,15 +31,35 @@ def seed_url(text: str) -> str:
     return text
 
 
+def parsed(text: str, convert: Callable[[str], T], what: str) -> T:
+    """`convert(text)`, or an argparse error saying the text is not `what`."""
+    try:
+        return convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+
+
 def positive_seconds(text: str) -> float:
     """A number of seconds above 0 (and finite)."""
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    v = parsed(text, float, "a number of seconds")
     if not v > 0 or v == float("inf"):
         raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of seconds")
     return v
+
+
+def whole_number(least: int) -> Callable[[str], int]:
+    """A checker of counts on the command line: whole numbers of at least `least`."""
+
+    def parse(text: str) -> int:
+        v = parsed(text, int, "a whole number")
+        if v < least:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least {least}")
+        return v
+
+    return parse
+
+
+positive_int = whole_number(1)  # --limit, --nodes, --max-parallel...
 
 
 def seconds_or_zero(text: str) -> float:

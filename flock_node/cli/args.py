@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 from flock_node import __version__
 
 # The checks flock-node shares (flock_node.cli re-exports them from here).
+from flock_node.argtypes import positive_int as positive_int
 from flock_node.argtypes import positive_seconds as positive_seconds
 from flock_node.argtypes import seconds_or_zero as seconds_or_zero
 from flock_node.argtypes import seed_url as seed_url
@@ -38,17 +39,6 @@ def resource_id(text: str) -> str:
             f"{text!r} is not a resource: write it type[name], e.g. 'execute[restart app]' "
             "or 'file[/etc/app.conf]'")
     return text
-
-
-def positive_int(text: str) -> int:
-    """A count on the command line (--limit, --nodes): a whole number of at least 1."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 1")
-    return v
 
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool | None) -> None:
