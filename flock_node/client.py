@@ -272,8 +272,29 @@ class Node:
         return f"<flock node {self.name}>"
 
 
-class Flock:
+class _Client:
+    """What both clients share: a node's actors by name, and their bounded RPC sockets."""
+
+    _rpc: SyncRpc | AsyncRpc
+
+    def call(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError
+
+    def __getitem__(self, name: str) -> Node:
+        return Node(self.call, name)
+
+    def connections(self) -> int:
+        """RPC sockets held (one connection to its node each), at most the bound."""
+        return self._rpc.connections()
+
+    def close(self) -> None:
+        self._rpc.close()
+
+
+class Flock(_Client):
     """Blocking client. Thread-safe; usable inside recipes (`flock["x"]` in the DSL)."""
+
+    _rpc: SyncRpc
 
     def __init__(self, rpc: SyncRpc, resolver: Callable[[str], str | None],
                  discovery: _Discovery | None = None):
@@ -351,16 +372,6 @@ class Flock:
                            args)
         return self._rpc.call(addr, actor, method, args, timeout, node)
 
-    def __getitem__(self, name: str) -> Node:
-        return Node(self.call, name)
-
-    def connections(self) -> int:
-        """RPC sockets held (one connection to its node each), at most the bound."""
-        return self._rpc.connections()
-
-    def close(self) -> None:
-        self._rpc.close()
-
     def __enter__(self) -> Flock:
         return self
 
@@ -368,8 +379,10 @@ class Flock:
         self.close()
 
 
-class AsyncFlock:
+class AsyncFlock(_Client):
     """Asyncio flavour: `await flock["x"].flock_api.active()`."""
+
+    _rpc: AsyncRpc
 
     def __init__(self, rpc: AsyncRpc, discovery: _Discovery):
         self._rpc = rpc
@@ -420,16 +433,6 @@ class AsyncFlock:
             return await acollect(lambda m, a: self._rpc.call(addr, actor, m, a, timeout, node),
                                   method, args)
         return await self._rpc.call(addr, actor, method, args, timeout, node)
-
-    def __getitem__(self, name: str) -> Node:
-        return Node(self.call, name)
-
-    def connections(self) -> int:
-        """RPC sockets held (one connection to its node each), at most the bound."""
-        return self._rpc.connections()
-
-    def close(self) -> None:
-        self._rpc.close()
 
     async def __aenter__(self) -> AsyncFlock:
         return self
