@@ -292,7 +292,9 @@ def _pair(n: int) -> tuple[Swim, Swim]:
     return a, b
 
 
-def _request(a: Swim, now: float = 1.0) -> PushPull:
+def _request(a: Swim, now: float = 1.0, catch_up: bool = False) -> PushPull:
+    if not catch_up:
+        a._pp_learned = a.learned  # learned nothing lately: a periodic digest exchange
     a._periodic_push_pull(now)
     sends = [m for _, m in a._flush(now)[0] if isinstance(m, PushPull)]
     assert len(sends) == 1
@@ -351,10 +353,10 @@ def test_a_ten_thousand_member_table_goes_to_a_joiner_in_frames_under_the_limit(
     assert len(joiner.table) == 10_001  # every member and the seed
 
 
-def _exchange(a: Swim, b: Swim) -> list[PushPull]:
+def _exchange(a: Swim, b: Swim, catch_up: bool = False) -> list[PushPull]:
     """One push-pull from a to b, every leg delivered: the messages it took."""
     moved: list[PushPull] = []
-    todo = [(b, _request(a))]
+    todo = [(b, _request(a, catch_up=catch_up))]
     while todo:
         to, msg = todo.pop(0)
         moved.append(msg)
@@ -363,7 +365,8 @@ def _exchange(a: Swim, b: Swim) -> list[PushPull]:
     return moved
 
 
-def test_a_catch_up_exchange_moves_about_the_statements_it_teaches():
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_a_catch_up_exchange_moves_about_the_statements_it_teaches(catch_up):
     a, b = _pair(2000)
     # a lacks 90 % of the table and knows 20 members b does not: every bucket differs.
     a, held = _member("a"), _statements(2000)
@@ -371,7 +374,7 @@ def test_a_catch_up_exchange_moves_about_the_statements_it_teaches():
     a._merge(0.0, [*held[::10], *extra, b.me], "x")
     a._flush(0.0)
     before_a, before_b = len(a.table), len(b.table)
-    moved = _exchange(a, b)
+    moved = _exchange(a, b, catch_up)
     taught = (len(a.table) - before_a) + (len(b.table) - before_b)
     assert taught == 1800 + 20
     statements = sum(len(m.states) for m in moved)
@@ -399,3 +402,43 @@ def test_a_summary_answer_refutes_and_takes_the_newer_statement_both_ways():
     assert b.state("a") == "alive" and a.me.incarnation > 1
     assert b.table.keys() >= {f"m{i:05d}" for i in range(100, 300)}
     assert _request(a, 2.0).digest == _request(b, 2.0).digest
+
+
+def _joiners(n: int, every_ms: int = 5) -> list[Alive]:
+    """Members that started `every_ms` apart (incarnations are start times in ms)."""
+    return [Alive(f"j{i:05d}", i * every_ms, f"{i:08x}", f"tcp://10.1.{i // 250}.{i % 250}:7946")
+            for i in range(n)]
+
+
+def test_a_catch_up_exchange_compares_only_the_epochs_started_after_the_joiner():
+    # b knows the whole forming flock; a joined half way and knows those who started before.
+    a, b = _member("a"), _member("b")
+    flock = _joiners(2000)
+    b._merge(0.0, [*flock, a.me], "x")
+    a._merge(0.0, [*flock[:1000], b.me], "x")
+    a._flush(0.0), b._flush(0.0)
+    moved = _exchange(a, b, catch_up=True)
+    assert len(moved[0].epochs) <= 64 * 20 and not moved[0].digest  # a small request
+    assert not any(m.summary for m in moved)
+    statements = sum(len(m.states) for m in moved)
+    assert 1000 <= statements <= 1000 + 60  # the 1,000 a lacked, and one epoch it half held
+    assert a.table.keys() >= {s.node for s in flock}
+    assert _request(a, 2.0).digest == _request(b, 2.0).digest  # the tables agree
+
+
+def test_epoch_digests_equal_a_fresh_count_after_bulk_and_single_writes():
+    from flock_node.membership.digest import Digest
+
+    a = _member("a")
+    flock = _joiners(600, every_ms=3)
+    a._merge(0.0, flock[:400], "x")  # in bulk
+    for s in flock[400:]:
+        a._merge(0.0, [s], s.node)  # one by one
+    a._suspect(1.0, "j00007", 21, "a")
+    a._dead(1.0, "j00300", 900, "a")
+    a._drop("j00301")
+    fresh = Digest()
+    for e in a.table.values():
+        fresh.toggle(e)
+    assert fresh.epochs == a.digest.epochs and fresh.fine == a.digest.fine
+    assert sum(v[1] for v in a.digest.epochs.values()) == len(a.table)

@@ -18,8 +18,9 @@ import struct
 import zlib
 from collections.abc import Callable
 from itertools import compress, repeat
-from operator import and_, attrgetter, is_, xor
+from operator import and_, attrgetter, is_, rshift, xor
 
+from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 
 FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
@@ -76,7 +77,7 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("fine", "_folded", "hashes")
+    __slots__ = ("fine", "_folded", "hashes", "epochs")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
         self.fine = [0] * FINE
@@ -84,18 +85,37 @@ class Digest:
         # objects, remembers them.
         self.hashes = hashes or alive_hashes
         self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
+        self.epochs: Epochs = {}  # the same hashes by start time (epochs.py): catch-ups
 
-    def toggle(self, e: Entry) -> None:
-        """Add an entry, or take it out again (XOR)."""
-        self.fine[_keys[e.node] & _MASK] ^= entry_hash(e)
+    def toggle(self, e: Entry, count: int = 1) -> None:
+        """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
+        h = entry_hash(e)
+        self.fine[_keys[e.node] & _MASK] ^= h
         self._folded = None
+        ep = e.incarnation >> EPOCH_SHIFT
+        v = self.epochs.get(ep)
+        if v is None:
+            v = self.epochs[ep] = [0, 0]
+        v[0] ^= h
+        v[1] += count
+        if v[1] <= 0:
+            del self.epochs[ep]
 
     def add_alives(self, alives: list[Alive]) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
         keys = map(_keys.__getitem__, map(_node_of, alives))
-        fine = self.fine
-        for k, h in zip(keys, self.hashes(alives), strict=True):
+        eps = map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))
+        fine, epochs = self.fine, self.epochs
+        last, v = None, [0, 0]
+        for k, h, ep in zip(keys, self.hashes(alives), eps, strict=True):
             fine[k & _MASK] ^= h
+            if ep != last:  # a table arrives in start order: one lookup a run of an epoch
+                v = epochs.get(ep)  # type: ignore[assignment]
+                if v is None:
+                    v = epochs[ep] = [0, 0]
+                last = ep
+            v[0] ^= h
+            v[1] += 1
         self._folded = None
 
     def folded(self, buckets: int, me: Entry) -> list[int]:

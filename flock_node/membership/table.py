@@ -323,14 +323,14 @@ class Table:
     def _put(self, node: str, e: Entry) -> None:
         old = self.table.get(node)
         if old is not None:
-            self.digest.toggle(old)
+            self.digest.toggle(old, -1)
         self.table[node] = e
         self.digest.toggle(e)
 
     def _drop(self, node: str) -> None:
         e = self.table.pop(node, None)
         if e is not None:
-            self.digest.toggle(e)
+            self.digest.toggle(e, -1)
 
     def _at(self, when: float, kind: str, arg: Any) -> None:
         self._tseq += 1
