@@ -45,6 +45,7 @@ class AntiEntropy(Table):
     _pp_learned = 0
     _pp_due = 0.0
 
+
     def _periodic_push_pull(self, now: float) -> None:
         # While exchanges teach us many members (a flock forming, a partition healed) they
         # come every 2 s, every 4 s while they teach a few, then at the interval,
@@ -78,16 +79,21 @@ class AntiEntropy(Table):
             addrs = self._random_addrs(1, None)
         if not addrs:
             return
-        if self._pp_delay == self.cfg.push_pull_first:
+        if self._pp_delay == self.cfg.push_pull_first and len(
+                self.digest.epochs) < epochs.EPOCHS_SENT:
             # Catching up: what we lack are those who started after us, so compare the
             # latest epochs of start times only (epochs.py), not the whole table.
             eps = epochs.recent(self.digest.epochs, self.me, entry_hash(self.me))
             self._sends.append((addrs[0], PushPull(self.name, self.me.addr, False, False,
                                                    epochs=epochs.pack(eps))))
             return
-        b = buckets_for(n)
-        self._sends.append((addrs[0], PushPull(self.name, self.me.addr, False, False, [],
-                                               pack(self.digest.folded(b, self.me)))))
+        self._push_pull_with(addrs[0])
+
+    def _push_pull_with(self, addr: str) -> None:
+        """Start a digest exchange with `addr`."""
+        b = buckets_for(len(self.table) + 1)
+        self._sends.append((addr, PushPull(self.name, self.me.addr, False, False, [],
+                                           pack(self.digest.folded(b, self.me)))))
 
     def _pp_at(self, when: float) -> None:
         self._pp_due = when

@@ -19,7 +19,7 @@ from operator import attrgetter, rshift
 from flock_node.membership.messages import Entry
 
 EPOCH_SHIFT = 8  # 256 ms of start time an epoch
-EPOCHS_SENT = 64  # the latest epochs a catch-up request compares (16 s of starts, or more)
+EPOCHS_SENT = 128  # a catch-up compares by epochs while the table spans fewer (32 s of starts)
 _inc_of = attrgetter("incarnation")
 
 Epochs = dict[int, list[int]]  # epoch -> [XOR of hashes, entries]

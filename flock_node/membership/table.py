@@ -62,6 +62,9 @@ class Config:
     push_pull_interval: float = 30.0
     push_pull_first: float = 2.0  # a joiner's catch-up exchanges start here and double
     join_retry: float = 1.0
+    # While we hold members down, one of them is pinged this often (serf's reconnect, which
+    # waits 30 s): one that answers is a healed partition, and gets a push-pull at once.
+    reconnect_interval: float = 2.0
     reap_after: float = 120.0  # a down or left member stays listed this long
     page_bytes: int = 512 * 1024  # entries in one push-pull message: well under nng's 1 MiB
 
@@ -95,6 +98,7 @@ class Table:
         self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
+        self.accuser: str | None = None  # who last held us suspect or down (we refuted)
         self.awareness = Awareness(self.cfg.awareness_max)
         self.queue = Broadcasts(self.cfg.queue_max)
         self.listeners: list[Callable[[Change], None]] = []
@@ -235,6 +239,7 @@ class Table:
             if inc >= self.me.incarnation:
                 self.awareness.apply(1)  # being suspected hints that we are the slow one
                 self._refute(inc)
+                self.accuser = by
             return
         cur = self.table.get(node)
         if cur is None or inc < cur.incarnation:
@@ -271,6 +276,7 @@ class Table:
         if node == self.name:
             if inc >= self.me.incarnation:
                 self._refute(inc)
+                self.accuser = by
             return
         cur = self.table.get(node)
         if cur is None or inc < cur.incarnation:
