@@ -158,6 +158,31 @@ def test_a_partition_heals_and_the_flock_converges_again():
     assert r["false_dead"] == 0  # declared down only across the cut
 
 
+def test_a_healed_partition_re_converges_within_ten_seconds():
+    # 150 nodes, 30 % cut off for 10 s: both sides suspect each other, so after the heal
+    # nearly every node must refute to every other (before: not re-converged 15 s after).
+    r = simulate(Scenario(nodes=150, seconds=45, loss=0.01, partition=0.3, fault_at=20,
+                          seed=2))
+    assert r["heal_s"] is not None and r["heal_s"] <= 10.5 and r["converged_now"], r
+    assert r["false_dead"] == 0
+
+
+def test_a_suspect_hears_of_it_from_its_prober_and_refutes():
+    sim = flock(8)
+    x, y = sim.names[3], sim.nodes[5]
+    inc = y.table[x].incarnation
+    y._suspect(sim.now, x, inc, y.name)
+    y._flush(sim.now)
+    y.queue = type(y.queue)(y.cfg.queue_max)  # the gossip about it was lost
+    y._order[y._pos:] = [x]  # y probes x next
+    y._probe(sim.now)
+    sends, _ = y._flush(sim.now)
+    pings = [m for _, m in sends if isinstance(m, Ping) and m.target == x]
+    assert pings and any(isinstance(u, Suspect) and u.node == x for u in pings[0].gossip)
+    sim.nodes[3].receive(sim.now, pings[0])
+    assert sim.nodes[3].me.incarnation > inc  # refuted
+
+
 def test_crashes_are_seen_by_all():
     r = simulate(Scenario(nodes=30, seconds=30, crash=3, loss=0.01, seed=2))
     assert r["detect_s"]["detected"] == 3 and r["detect_s"]["max"] is not None, r
