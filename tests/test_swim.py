@@ -466,4 +466,7 @@ def test_epoch_digests_equal_a_fresh_count_after_bulk_and_single_writes():
     for e in a.table.values():
         fresh.toggle(e)
     assert fresh.epochs == a.digest.epochs and fresh.fine == a.digest.fine
+    assert {k: set(v) for k, v in fresh.members.items()} == {
+        k: set(v) for k, v in a.digest.members.items()}
+    assert sorted(a.digest.in_epochs(set(a.digest.epochs))) == sorted(a.table)
     assert sum(v[1] for v in a.digest.epochs.values()) == len(a.table)

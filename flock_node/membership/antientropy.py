@@ -44,6 +44,7 @@ class AntiEntropy(Table):
     _pp_delay = 2.0
     _pp_learned = 0
     _pp_due = 0.0
+    _pp_quiet = 0  # exchanges in a row that taught nothing
 
 
     def _periodic_push_pull(self, now: float) -> None:
@@ -56,8 +57,11 @@ class AntiEntropy(Table):
         learned, longest = self.learned - self._pp_learned, self.cfg.push_pull_interval * scale
         if learned > max(8, n // 30):
             self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
-        elif learned:
-            self._pp_delay = min(self.cfg.push_pull_first * 2, longest)  # the last stragglers
+        elif learned or self._pp_quiet < 2:
+            # The last stragglers; and two more after an exchange taught nothing, because
+            # that partner may have lacked the same straggler.
+            self._pp_quiet = 0 if learned else self._pp_quiet + 1
+            self._pp_delay = min(self.cfg.push_pull_first * 2, longest)
         else:
             self._pp_delay = longest
         self._pp_learned = self.learned
@@ -102,6 +106,14 @@ class AntiEntropy(Table):
     def _states(self) -> list[Entry]:
         states: list[Entry] = list(self.table.values())
         states.append(self.me)
+        return states
+
+    def _in_epochs(self, wanted: set[int]) -> list[Entry]:
+        """Our entries (our statement too) in the `wanted` epochs, without a table pass."""
+        table = self.table
+        states: list[Entry] = list(map(table.__getitem__, self.digest.in_epochs(wanted)))
+        if epochs.epoch_of(self.me) in wanted:
+            states.append(self.me)
         return states
 
     def _push_pulled(self, now: float, msg: PushPull) -> None:
@@ -181,7 +193,7 @@ class AntiEntropy(Table):
                 # What they lack: ours there but what they just sent (by hash), so an
                 # epoch both hold is not sent back whole.
                 got = set(entry_hashes(msg.states, self.digest.hashes))
-                back = epochs.select(self._states(), diff)
+                back = self._in_epochs(diff)
                 back = list(compress(back, map(not_, map(
                     got.__contains__, entry_hashes(back, self.digest.hashes)))))
                 self._push(to, False, back, b"")
@@ -191,7 +203,7 @@ class AntiEntropy(Table):
         diff = epochs.differing(self.digest.epochs, self.me, me_hash, theirs)
         if not diff:
             return
-        states = epochs.select(self._states(), diff)
+        states = self._in_epochs(diff)
         ours = epochs.pack(epochs.view(self.digest.epochs, self.me, me_hash, diff))
         held = sum(theirs[e][1] for e in diff if e in theirs)
         if _SUMMARY_FROM < len(states) <= self.cfg.page_bytes // 12 and held * 4 > len(states):
@@ -214,7 +226,7 @@ class AntiEntropy(Table):
             eps = epochs.unpack(msg.epochs)
             if eps is None:
                 return
-            ours = epochs.select(self._states(), set(eps))
+            ours = self._in_epochs(set(eps))
         else:
             theirs = unpack(msg.digest) if msg.digest else None
             if theirs is None:

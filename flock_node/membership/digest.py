@@ -17,7 +17,8 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable
-from itertools import compress, repeat
+from functools import reduce
+from itertools import compress, groupby, repeat
 from operator import and_, attrgetter, is_, rshift, xor
 
 from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
@@ -77,7 +78,7 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("fine", "_folded", "hashes", "epochs")
+    __slots__ = ("fine", "_folded", "hashes", "epochs", "members")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
         self.fine = [0] * FINE
@@ -86,6 +87,9 @@ class Digest:
         self.hashes = hashes or alive_hashes
         self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
         self.epochs: Epochs = {}  # the same hashes by start time (epochs.py): catch-ups
+        # The members in each epoch, so a catch-up selects what differs without a pass
+        # over the whole table.
+        self.members: dict[int, dict[str, None]] = {}
 
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
@@ -96,27 +100,41 @@ class Digest:
         v = self.epochs.get(ep)
         if v is None:
             v = self.epochs[ep] = [0, 0]
+            self.members[ep] = {}
         v[0] ^= h
         v[1] += count
+        if count > 0:
+            self.members[ep][e.node] = None
+        else:
+            self.members[ep].pop(e.node, None)
         if v[1] <= 0:
-            del self.epochs[ep]
+            del self.epochs[ep], self.members[ep]
 
     def add_alives(self, alives: list[Alive]) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
-        keys = map(_keys.__getitem__, map(_node_of, alives))
-        eps = map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))
-        fine, epochs = self.fine, self.epochs
-        last, v = None, [0, 0]
-        for k, h, ep in zip(keys, self.hashes(alives), eps, strict=True):
+        hashes = self.hashes(alives)
+        fine = self.fine
+        for k, h in zip(map(_keys.__getitem__, map(_node_of, alives)), hashes, strict=True):
             fine[k & _MASK] ^= h
-            if ep != last:  # a table arrives in start order: one lookup a run of an epoch
-                v = epochs.get(ep)  # type: ignore[assignment]
-                if v is None:
-                    v = epochs[ep] = [0, 0]
-                last = ep
-            v[0] ^= h
-            v[1] += 1
         self._folded = None
+        # A table arrives in start order: epochs come in runs, each reduced at C speed.
+        epochs, members = self.epochs, self.members
+        i = 0
+        for ep, run in groupby(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))):
+            k = sum(1 for _ in run)
+            v = epochs.get(ep)
+            if v is None:
+                v = epochs[ep] = [0, 0]
+                members[ep] = {}
+            v[0] ^= reduce(xor, hashes[i:i + k], 0)
+            v[1] += k
+            members[ep].update(dict.fromkeys(map(_node_of, alives[i:i + k])))
+            i += k
+
+    def in_epochs(self, wanted: set[int]) -> list[str]:
+        """The members whose entries fall in the `wanted` epochs."""
+        members = self.members
+        return [n for ep in wanted if ep in members for n in members[ep]]
 
     def folded(self, buckets: int, me: Entry) -> list[int]:
         """The digest at `buckets` buckets, with our own statement in it."""
