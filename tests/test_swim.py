@@ -320,6 +320,7 @@ def _pair(n: int) -> tuple[Swim, Swim]:
 def _request(a: Swim, now: float = 1.0, catch_up: bool = False) -> PushPull:
     if not catch_up:
         a._pp_learned = a.learned  # learned nothing lately: a periodic digest exchange
+        a._pp_quiet = 2
     a._periodic_push_pull(now)
     sends = [m for _, m in a._flush(now)[0] if isinstance(m, PushPull)]
     assert len(sends) == 1

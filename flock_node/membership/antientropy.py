@@ -83,10 +83,10 @@ class AntiEntropy(Table):
             addrs = self._random_addrs(1, None)
         if not addrs:
             return
-        if self._pp_delay == self.cfg.push_pull_first and len(
-                self.digest.epochs) < epochs.EPOCHS_SENT:
-            # Catching up: what we lack are those who started after us, so compare the
-            # latest epochs of start times only (epochs.py), not the whole table.
+        if self._pp_delay < longest and len(self.digest.epochs) < epochs.EPOCHS_SENT:
+            # Catching up (or the stragglers): what we lack are mostly those who started
+            # after us, so compare epochs of start times (epochs.py): the other side selects
+            # what differs without a pass over its table.
             eps = epochs.recent(self.digest.epochs, self.me, entry_hash(self.me))
             self._sends.append((addrs[0], PushPull(self.name, self.me.addr, False, False,
                                                    epochs=epochs.pack(eps))))

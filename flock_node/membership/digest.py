@@ -121,7 +121,7 @@ class Digest:
         epochs, members = self.epochs, self.members
         i = 0
         for ep, run in groupby(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))):
-            k = sum(1 for _ in run)
+            k = len(list(run))
             v = epochs.get(ep)
             if v is None:
                 v = epochs[ep] = [0, 0]
