@@ -8,7 +8,8 @@ every bucket) the answer is a summary instead, 12 bytes an entry; we send what i
 ask for what we lack, so an exchange moves what it teaches. Equal tables cost one small
 message; a member that missed one update gets a bucket, not the table. A joiner (nothing to compare yet) still sends itself and
 gets the whole table. Any list of entries goes out in pages of at most `page_bytes`, so a
-flock of any size stays under nng's 1 MiB frame limit.
+flock of any size stays under nng's 1 MiB frame limit. While a node catches up (a flock
+forming) the exchanges compare epochs of start times instead (epochs.py).
 """
 
 from __future__ import annotations
