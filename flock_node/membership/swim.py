@@ -214,8 +214,10 @@ class Swim(AntiEntropy):
             return
         self._seq += 1
         self._acks[self._seq] = ["reconnect", target, False, 0, 0]
+        # No gossip on it: a member held down is most likely gone, and every update it
+        # carried would count as sent, spending the news of its own death.
         self._sends.append((self._addr(target, e), Ping(self.name, self._seq, target,
-                                                        self.me.addr, self._gossip())))
+                                                        self.me.addr)))
         self._at(now + self.cfg.probe_interval, "forget", self._seq)
 
     def _indirect(self, now: float, seq: int) -> None:
