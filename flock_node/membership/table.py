@@ -166,10 +166,14 @@ class Table:
     def _add_many(self, names: list[str], alives: list[Alive], sender: str | None) -> None:
         self.table.update(zip(names, alives, strict=True))
         self.digest.add_alives(alives)
-        # Rotated by a random offset: nodes that learned the same list do not probe in step.
+        # Rotated by a random offset: nodes that learned the same list do not probe in step;
+        # and put at a random place among those not yet probed this round, not at the end:
+        # members learned late (a catch-up's, in start order) would otherwise wait a whole
+        # round everywhere, and a crash among them go unprobed by all.
         k = int(self.rng.random() * len(names))
-        self._order.extend(names[k:])
-        self._order.extend(names[:k])
+        order = self._order
+        at = self._pos + int(self.rng.random() * (len(order) - self._pos + 1))
+        order[at:at] = names[k:] + names[:k]
         self.learned += len(names)
         changes = list(zip(names, repeat(None), repeat(ALIVE)))
         self._changes.extend(changes)
