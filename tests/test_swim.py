@@ -158,6 +158,32 @@ def test_a_partition_heals_and_the_flock_converges_again():
     assert r["false_dead"] == 0  # declared down only across the cut
 
 
+def test_a_healed_partition_re_converges_within_a_bound():
+    # 150 nodes, 30 % cut off for 10 s: both sides suspect each other, so after the heal
+    # nearly every node must refute to every other (before: not re-converged 15 s after;
+    # now 11-13 s over seeds 1-3).
+    r = simulate(Scenario(nodes=150, seconds=45, loss=0.01, partition=0.3, fault_at=20,
+                          seed=2))
+    assert r["heal_s"] is not None and r["heal_s"] <= 13.5 and r["converged_now"], r
+    assert r["false_dead"] == 0
+
+
+def test_a_suspect_hears_of_it_from_its_prober_and_refutes():
+    sim = flock(8)
+    x, y = sim.names[3], sim.nodes[5]
+    inc = y.table[x].incarnation
+    y._suspect(sim.now, x, inc, y.name)
+    y._flush(sim.now)
+    y.queue = type(y.queue)(y.cfg.queue_max)  # the gossip about it was lost
+    y._order[y._pos:] = [x]  # y probes x next
+    y._probe(sim.now)
+    sends, _ = y._flush(sim.now)
+    pings = [m for _, m in sends if isinstance(m, Ping) and m.target == x]
+    assert pings and any(isinstance(u, Suspect) and u.node == x for u in pings[0].gossip)
+    sim.nodes[3].receive(sim.now, pings[0])
+    assert sim.nodes[3].me.incarnation > inc  # refuted
+
+
 def test_crashes_are_seen_by_all():
     r = simulate(Scenario(nodes=30, seconds=30, crash=3, loss=0.01, seed=2))
     assert r["detect_s"]["detected"] == 3 and r["detect_s"]["max"] is not None, r
@@ -292,7 +318,10 @@ def _pair(n: int) -> tuple[Swim, Swim]:
     return a, b
 
 
-def _request(a: Swim, now: float = 1.0) -> PushPull:
+def _request(a: Swim, now: float = 1.0, catch_up: bool = False) -> PushPull:
+    if not catch_up:
+        a._pp_learned = a.learned  # learned nothing lately: a periodic digest exchange
+        a._pp_quiet = 2
     a._periodic_push_pull(now)
     sends = [m for _, m in a._flush(now)[0] if isinstance(m, PushPull)]
     assert len(sends) == 1
@@ -351,10 +380,10 @@ def test_a_ten_thousand_member_table_goes_to_a_joiner_in_frames_under_the_limit(
     assert len(joiner.table) == 10_001  # every member and the seed
 
 
-def _exchange(a: Swim, b: Swim) -> list[PushPull]:
+def _exchange(a: Swim, b: Swim, catch_up: bool = False) -> list[PushPull]:
     """One push-pull from a to b, every leg delivered: the messages it took."""
     moved: list[PushPull] = []
-    todo = [(b, _request(a))]
+    todo = [(b, _request(a, catch_up=catch_up))]
     while todo:
         to, msg = todo.pop(0)
         moved.append(msg)
@@ -363,7 +392,8 @@ def _exchange(a: Swim, b: Swim) -> list[PushPull]:
     return moved
 
 
-def test_a_catch_up_exchange_moves_about_the_statements_it_teaches():
+@pytest.mark.parametrize("catch_up", [False, True])
+def test_a_catch_up_exchange_moves_about_the_statements_it_teaches(catch_up):
     a, b = _pair(2000)
     # a lacks 90 % of the table and knows 20 members b does not: every bucket differs.
     a, held = _member("a"), _statements(2000)
@@ -371,7 +401,7 @@ def test_a_catch_up_exchange_moves_about_the_statements_it_teaches():
     a._merge(0.0, [*held[::10], *extra, b.me], "x")
     a._flush(0.0)
     before_a, before_b = len(a.table), len(b.table)
-    moved = _exchange(a, b)
+    moved = _exchange(a, b, catch_up)
     taught = (len(a.table) - before_a) + (len(b.table) - before_b)
     assert taught == 1800 + 20
     statements = sum(len(m.states) for m in moved)
@@ -399,3 +429,46 @@ def test_a_summary_answer_refutes_and_takes_the_newer_statement_both_ways():
     assert b.state("a") == "alive" and a.me.incarnation > 1
     assert b.table.keys() >= {f"m{i:05d}" for i in range(100, 300)}
     assert _request(a, 2.0).digest == _request(b, 2.0).digest
+
+
+def _joiners(n: int, every_ms: int = 5) -> list[Alive]:
+    """Members that started `every_ms` apart (incarnations are start times in ms)."""
+    return [Alive(f"j{i:05d}", i * every_ms, f"{i:08x}", f"tcp://10.1.{i // 250}.{i % 250}:7946")
+            for i in range(n)]
+
+
+def test_a_catch_up_exchange_compares_only_the_epochs_started_after_the_joiner():
+    # b knows the whole forming flock; a joined half way and knows those who started before.
+    a, b = _member("a"), _member("b")
+    flock = _joiners(2000)
+    b._merge(0.0, [*flock, a.me], "x")
+    a._merge(0.0, [*flock[:1000], b.me], "x")
+    a._flush(0.0), b._flush(0.0)
+    moved = _exchange(a, b, catch_up=True)
+    assert len(moved[0].epochs) <= 64 * 20 and not moved[0].digest  # a small request
+    assert not any(m.summary for m in moved)
+    statements = sum(len(m.states) for m in moved)
+    assert 1000 <= statements <= 1000 + 60  # the 1,000 a lacked, and one epoch it half held
+    assert a.table.keys() >= {s.node for s in flock}
+    assert _request(a, 2.0).digest == _request(b, 2.0).digest  # the tables agree
+
+
+def test_epoch_digests_equal_a_fresh_count_after_bulk_and_single_writes():
+    from flock_node.membership.digest import Digest
+
+    a = _member("a")
+    flock = _joiners(600, every_ms=3)
+    a._merge(0.0, flock[:400], "x")  # in bulk
+    for s in flock[400:]:
+        a._merge(0.0, [s], s.node)  # one by one
+    a._suspect(1.0, "j00007", 21, "a")
+    a._dead(1.0, "j00300", 900, "a")
+    a._drop("j00301")
+    fresh = Digest()
+    for e in a.table.values():
+        fresh.toggle(e)
+    assert fresh.epochs == a.digest.epochs and fresh.fine == a.digest.fine
+    assert {k: set(v) for k, v in fresh.members.items()} == {
+        k: set(v) for k, v in a.digest.members.items()}
+    assert sorted(a.digest.in_epochs(set(a.digest.epochs))) == sorted(a.table)
+    assert sum(v[1] for v in a.digest.epochs.values()) == len(a.table)

@@ -8,7 +8,8 @@ every bucket) the answer is a summary instead, 12 bytes an entry; we send what i
 ask for what we lack, so an exchange moves what it teaches. Equal tables cost one small
 message; a member that missed one update gets a bucket, not the table. A joiner (nothing to compare yet) still sends itself and
 gets the whole table. Any list of entries goes out in pages of at most `page_bytes`, so a
-flock of any size stays under nng's 1 MiB frame limit.
+flock of any size stays under nng's 1 MiB frame limit. While a node catches up (a flock
+forming) the exchanges compare epochs of start times instead (epochs.py).
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from __future__ import annotations
 from itertools import compress, repeat
 from operator import and_, not_
 
+from flock_node.membership import epochs
 from flock_node.membership.digest import (
     buckets_for,
     differing,
+    entry_hash,
     entry_hashes,
     keys_of,
     pack,
@@ -42,6 +45,8 @@ class AntiEntropy(Table):
     _pp_delay = 2.0
     _pp_learned = 0
     _pp_due = 0.0
+    _pp_quiet = 0  # exchanges in a row that taught nothing
+
 
     def _periodic_push_pull(self, now: float) -> None:
         # While exchanges teach us many members (a flock forming, a partition healed) they
@@ -53,8 +58,11 @@ class AntiEntropy(Table):
         learned, longest = self.learned - self._pp_learned, self.cfg.push_pull_interval * scale
         if learned > max(8, n // 30):
             self._pp_delay = self.cfg.push_pull_first  # still learning many: keep at it
-        elif learned:
-            self._pp_delay = min(self.cfg.push_pull_first * 2, longest)  # the last stragglers
+        elif learned or self._pp_quiet < 2:
+            # The last stragglers; and two more after an exchange taught nothing, because
+            # that partner may have lacked the same straggler.
+            self._pp_quiet = 0 if learned else self._pp_quiet + 1
+            self._pp_delay = min(self.cfg.push_pull_first * 2, longest)
         else:
             self._pp_delay = longest
         self._pp_learned = self.learned
@@ -74,10 +82,23 @@ class AntiEntropy(Table):
             addrs = [self._addr(e.node, e)]
         else:
             addrs = self._random_addrs(1, None)
-        if addrs:
-            b = buckets_for(n)
-            self._sends.append((addrs[0], PushPull(self.name, self.me.addr, False, False, [],
-                                                   pack(self.digest.folded(b, self.me)))))
+        if not addrs:
+            return
+        if self._pp_delay < longest and len(self.digest.epochs) < epochs.EPOCHS_SENT:
+            # Catching up (or the stragglers): what we lack are mostly those who started
+            # after us, so compare epochs of start times (epochs.py): the other side selects
+            # what differs without a pass over its table.
+            eps = epochs.recent(self.digest.epochs, self.me, entry_hash(self.me))
+            self._sends.append((addrs[0], PushPull(self.name, self.me.addr, False, False,
+                                                   epochs=epochs.pack(eps))))
+            return
+        self._push_pull_with(addrs[0])
+
+    def _push_pull_with(self, addr: str) -> None:
+        """Start a digest exchange with `addr`."""
+        b = buckets_for(len(self.table) + 1)
+        self._sends.append((addr, PushPull(self.name, self.me.addr, False, False, [],
+                                           pack(self.digest.folded(b, self.me)))))
 
     def _pp_at(self, when: float) -> None:
         self._pp_due = when
@@ -88,7 +109,18 @@ class AntiEntropy(Table):
         states.append(self.me)
         return states
 
+    def _in_epochs(self, wanted: set[int]) -> list[Entry]:
+        """Our entries (our statement too) in the `wanted` epochs, without a table pass."""
+        table = self.table
+        states: list[Entry] = list(map(table.__getitem__, self.digest.in_epochs(wanted)))
+        if epochs.epoch_of(self.me) in wanted:
+            states.append(self.me)
+        return states
+
     def _push_pulled(self, now: float, msg: PushPull) -> None:
+        if msg.epochs and not msg.summary:
+            self._epochs_pulled(now, msg)
+            return
         theirs = unpack(msg.digest) if msg.digest else None
         if msg.digest and theirs is None:
             return  # not a digest we can read: nothing to compare with
@@ -143,19 +175,68 @@ class AntiEntropy(Table):
             # now rather than by gossip.
             self._push(to, False, [self.me], b"")
 
+    def _epochs_pulled(self, now: float, msg: PushPull) -> None:
+        """A catch-up exchange by epochs of start times: a request is answered with our
+        entries in the epochs that differ (or their summary when the asker holds many of
+        them already) and our epochs; the answer is merged and what still differs sent
+        back."""
+        theirs = epochs.unpack(msg.epochs)
+        if theirs is None:
+            return
+        to, me = msg.reply_to, self.me
+        if msg.states:
+            self._merge(now, msg.states, msg.sender)
+        me_hash = entry_hash(self.me)
+        if msg.reply:
+            diff = {e for e, (x, _) in epochs.view(self.digest.epochs, self.me, me_hash,
+                                                   set(theirs)).items() if x != theirs[e][0]}
+            if diff:
+                # What they lack: ours there but what they just sent (by hash), so an
+                # epoch both hold is not sent back whole.
+                got = set(entry_hashes(msg.states, self.digest.hashes))
+                back = self._in_epochs(diff)
+                back = list(compress(back, map(not_, map(
+                    got.__contains__, entry_hashes(back, self.digest.hashes)))))
+                self._push(to, False, back, b"")
+            elif self.me is not me:
+                self._push(to, False, [self.me], b"")
+            return
+        diff = epochs.differing(self.digest.epochs, self.me, me_hash, theirs)
+        if not diff:
+            return
+        states = self._in_epochs(diff)
+        ours = epochs.pack(epochs.view(self.digest.epochs, self.me, me_hash, diff))
+        held = sum(theirs[e][1] for e in diff if e in theirs)
+        if _SUMMARY_FROM < len(states) <= self.cfg.page_bytes // 12 and held * 4 > len(states):
+            # They hold many of these already: name ours (12 bytes each), they ask.
+            hashes = entry_hashes(states, self.digest.hashes)
+            self._sends.append((to, PushPull(self.name, self.me.addr, False, True, [], b"",
+                                             pack_summary(keys_of(states), hashes),
+                                             epochs=ours)))
+        else:
+            self._push(to, False, states, b"", epochs=ours)
+
     def _summarized(self, to: str, msg: PushPull) -> None:
         """The answer to our digest named the entries it holds where the tables differ:
         send the ones it lacks (or holds older), ask for the ones we lack."""
-        theirs = unpack(msg.digest) if msg.digest else None
         summary = unpack_summary(msg.summary)
-        if theirs is None or summary is None:
+        if summary is None:
             return
         keys, hashes = summary
-        b = len(theirs)
-        # The buckets they listed, and any that changed here since our request.
-        diff = differing(self.digest.folded(b, self.me), theirs)
-        diff.update(map(and_, keys, repeat(b - 1)))
-        ours = select(self._states(), b, diff)
+        if msg.epochs:
+            eps = epochs.unpack(msg.epochs)
+            if eps is None:
+                return
+            ours = self._in_epochs(set(eps))
+        else:
+            theirs = unpack(msg.digest) if msg.digest else None
+            if theirs is None:
+                return
+            b = len(theirs)
+            # The buckets they listed, and any that changed here since our request.
+            diff = differing(self.digest.folded(b, self.me), theirs)
+            diff.update(map(and_, keys, repeat(b - 1)))
+            ours = select(self._states(), b, diff)
         our_hashes = entry_hashes(ours, self.digest.hashes)
         have, held = set(our_hashes), set(hashes)
         lacking = list(compress(ours, map(not_, map(held.__contains__, our_hashes))))
@@ -164,14 +245,15 @@ class AntiEntropy(Table):
             self._push(to, False, lacking, b"", pack_keys(want))
 
     def _push(self, addr: str, join: bool, states: list[Entry], digest: bytes,
-              want: bytes = b"") -> None:
-        """Send `states` to `addr` as answer pages, the digest and `want` on the last one."""
+              want: bytes = b"", epochs: bytes = b"") -> None:
+        """Send `states` to `addr` as answer pages, the digests and `want` on the last one."""
         pages = self._pages(states)
         for k, page in enumerate(pages):
             last = k == len(pages) - 1
             self._sends.append((addr, PushPull(self.name, self.me.addr, join, True, page,
                                                digest if last else b"",
-                                               want=want if last else b"")))
+                                               want=want if last else b"",
+                                               epochs=epochs if last else b"")))
 
     def _pages(self, states: list[Entry]) -> list[list[Entry]]:
         if len(states) <= _SMALL:

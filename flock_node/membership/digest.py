@@ -16,15 +16,18 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable
-from itertools import compress, repeat
-from operator import and_, attrgetter, is_, xor
+from collections.abc import Callable, Iterable
+from functools import reduce
+from itertools import compress, groupby, repeat
+from operator import and_, attrgetter, is_, rshift, xor
 
+from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 
 FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
 _MASK = FINE - 1
 PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
+_LAZY_FROM = 256  # entries added at once that leave the buckets to be recomputed on demand
 _STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
 _node_of, _instance_of = attrgetter("node"), attrgetter("instance")
 _inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
@@ -76,27 +79,82 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("fine", "_folded", "hashes")
+    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "source", "_stale")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
-        self.fine = [0] * FINE
+        self._fine = [0] * FINE
+        # The table's entries: after a bulk add the buckets are recomputed from them when a
+        # digest is next asked for (a joiner learning thousands may never be asked).
+        self.source: Callable[[], Iterable[Entry]] | None = None
+        self._stale = False
         # Hashes of many statements at once: the simulator, whose statements are shared
         # objects, remembers them.
         self.hashes = hashes or alive_hashes
         self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
+        self.epochs: Epochs = {}  # the same hashes by start time (epochs.py): catch-ups
+        # The members in each epoch, so a catch-up selects what differs without a pass
+        # over the whole table.
+        self.members: dict[int, dict[str, None]] = {}
 
-    def toggle(self, e: Entry) -> None:
-        """Add an entry, or take it out again (XOR)."""
-        self.fine[_keys[e.node] & _MASK] ^= entry_hash(e)
+    def toggle(self, e: Entry, count: int = 1) -> None:
+        """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
+        h = entry_hash(e)
+        if not self._stale:
+            self._fine[_keys[e.node] & _MASK] ^= h
         self._folded = None
+        ep = e.incarnation >> EPOCH_SHIFT
+        v = self.epochs.get(ep)
+        if v is None:
+            v = self.epochs[ep] = [0, 0]
+            self.members[ep] = {}
+        v[0] ^= h
+        v[1] += count
+        if count > 0:
+            self.members[ep][e.node] = None
+        else:
+            self.members[ep].pop(e.node, None)
+        if v[1] <= 0:
+            del self.epochs[ep], self.members[ep]
 
     def add_alives(self, alives: list[Alive]) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
-        keys = map(_keys.__getitem__, map(_node_of, alives))
-        fine = self.fine
-        for k, h in zip(keys, self.hashes(alives), strict=True):
-            fine[k & _MASK] ^= h
+        hashes = self.hashes(alives)
+        if self.source is not None and len(alives) > _LAZY_FROM:
+            self._stale = True
+        elif not self._stale:
+            fine = self._fine
+            for k, h in zip(map(_keys.__getitem__, map(_node_of, alives)), hashes, strict=True):
+                fine[k & _MASK] ^= h
         self._folded = None
+        # A table arrives in start order: epochs come in runs, each reduced at C speed.
+        epochs, members = self.epochs, self.members
+        i = 0
+        for ep, run in groupby(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))):
+            k = len(list(run))
+            v = epochs.get(ep)
+            if v is None:
+                v = epochs[ep] = [0, 0]
+                members[ep] = {}
+            v[0] ^= reduce(xor, hashes[i:i + k], 0)
+            v[1] += k
+            members[ep].update(dict.fromkeys(map(_node_of, alives[i:i + k])))
+            i += k
+
+    @property
+    def fine(self) -> list[int]:
+        """The digest at `FINE` buckets, recomputed first if a bulk add left it stale."""
+        if self._stale and self.source is not None:
+            entries = list(self.source())
+            fine = [0] * FINE
+            for k, h in zip(keys_of(entries), entry_hashes(entries, self.hashes), strict=True):
+                fine[k & _MASK] ^= h
+            self._fine, self._stale = fine, False
+        return self._fine
+
+    def in_epochs(self, wanted: set[int]) -> list[str]:
+        """The members whose entries fall in the `wanted` epochs."""
+        members = self.members
+        return [n for ep in wanted if ep in members for n in members[ep]]
 
     def folded(self, buckets: int, me: Entry) -> list[int]:
         """The digest at `buckets` buckets, with our own statement in it."""

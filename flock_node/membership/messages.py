@@ -104,7 +104,8 @@ class PushPull(msgspec.Struct, frozen=True, array_like=True, tag="pp"):
     """Anti-entropy: entries of the sender's table (all of it, a page of it, or the buckets
     that differ) and/or its table's `digest`; `reply` is an answer; `summary` lists the
     sender's entries in the buckets that differ (name key and hash each), `want` the name
-    keys whose entries the sender asks for (see antientropy.py)."""
+    keys whose entries the sender asks for (see antientropy.py); `epochs` the digest per
+    range of start times of a catch-up exchange (epochs.py)."""
 
     sender: Name
     reply_to: str
@@ -114,6 +115,7 @@ class PushPull(msgspec.Struct, frozen=True, array_like=True, tag="pp"):
     digest: Annotated[bytes, msgspec.Meta(max_length=8192)] = b""
     summary: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] = b""
     want: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] = b""
+    epochs: Annotated[bytes, msgspec.Meta(max_length=1 << 20)] = b""
 
 
 Message = Ping | Ack | Nack | PingReq | Gossip | PushPull

@@ -32,6 +32,7 @@ from flock_node.membership.messages import (
     Ping,
     PingReq,
     PushPull,
+    Suspect,
     Update,
 )
 from flock_node.membership.table import Change, Config, Output, Send, state_of
@@ -56,6 +57,7 @@ class Swim(AntiEntropy):
         self._pp_learned = 0
         self._pp_due = 0.0
         self._seeds: list[str] = []
+        self._accused_at = -1e9
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self, now: float, seeds: list[str]) -> Output:
@@ -73,6 +75,7 @@ class Swim(AntiEntropy):
                 self._sends.append((s, Gossip(self.name, [self.me])))
             self._at(now + self.cfg.join_retry, "join", self.cfg.join_retry)
         self._at(now + self.rng.random() * self.cfg.probe_interval, "probe", None)
+        self._at(now + self.cfg.reconnect_interval * (1 + self.rng.random()), "reconnect", None)
         self._pp_at(now + self.cfg.push_pull_first * (1 + self.rng.random()))
         return self._flush(now)
 
@@ -141,6 +144,10 @@ class Swim(AntiEntropy):
                     self._sends.append((self._seeds[0], PushPull(self.name, self.me.addr, True,
                                                                  False, [self.me])))
                     self._at(now + arg, "join", min(arg * 2, 30.0))
+            elif kind == "reconnect":
+                self._reconnect(now)
+            elif kind == "forget":
+                self._acks.pop(arg, None)
             elif kind == "reap":
                 e = self.table.get(arg)
                 if e is not None and type(e) is Mark and e.state in (DOWN, LEFT):
@@ -166,8 +173,13 @@ class Swim(AntiEntropy):
         seq = self._seq
         self._acks[seq] = ["probe", target, False, 0, 0]
         self._probing = seq
+        gossip = self._gossip()
+        if type(e) is Mark:
+            # Lifeguard's buddy system: a suspect hears of it from whoever probes it, and
+            # refutes, even when the gossip about it was dropped.
+            gossip.append(Suspect(target, e.incarnation, e.by))
         self._sends.append((self._addr(target, e), Ping(self.name, seq, target, self.me.addr,
-                                                              self._gossip())))
+                                                        gossip)))
         self._at(now + self.awareness.scale(cfg.probe_timeout), "ptimeout", seq)
 
     def _next_target(self, only: set[str] | None = None) -> str | None:
@@ -189,6 +201,24 @@ class Swim(AntiEntropy):
             self.rng.shuffle(order)
             self._pos = 0
         return None
+
+    def _reconnect(self, now: float) -> None:
+        """Ping one member we hold down: an answer means the partition between us healed."""
+        self._at(now + self.cfg.reconnect_interval * (0.5 + self.rng.random()), "reconnect",
+                 None)
+        if not self.down:
+            return
+        target = sorted(self.down)[int(self.rng.random() * len(self.down))]
+        e = self.table.get(target)
+        if e is None:
+            return
+        self._seq += 1
+        self._acks[self._seq] = ["reconnect", target, False, 0, 0]
+        # No gossip on it: a member held down is most likely gone, and every update it
+        # carried would count as sent, spending the news of its own death.
+        self._sends.append((self._addr(target, e), Ping(self.name, self._seq, target,
+                                                        self.me.addr)))
+        self._at(now + self.cfg.probe_interval, "forget", self._seq)
 
     def _indirect(self, now: float, seq: int) -> None:
         w = self._acks.get(seq)
@@ -224,7 +254,12 @@ class Swim(AntiEntropy):
         if w is None or w[2]:
             return
         w[2] = True
-        if w[0] == "relay":
+        if w[0] == "reconnect":
+            del self._acks[msg.seq]
+            e = self.table.get(w[1])
+            if e is not None:  # the other side of a healed partition: compare tables now
+                self._push_pull_with(self._addr(w[1], e))
+        elif w[0] == "relay":
             del self._acks[msg.seq]
             self._sends.append((w[3], Ack(self.name, w[4], self._gossip())))
 
@@ -242,11 +277,22 @@ class Swim(AntiEntropy):
 
     def _flush(self, now: float) -> Output:
         # News of members we did not know hints that our table has gaps (a lost join, a
-        # healed partition): the next push-pull comes within 4 s, not at the long interval.
+        # healed partition): the next push-pull comes within a period, not at the long
+        # interval.
         if self.learned != self._pp_learned and not self.left:
-            soon = now + self.cfg.push_pull_first * 2
+            soon = now + self.cfg.probe_interval
             if self._pp_due > soon:
                 self._pp_at(soon)
+        if self.accuser is not None:
+            # We refuted a suspicion: whoever held it likely sat across a partition that
+            # healed. A push-pull with it now teaches each side the other's refutations in
+            # bulk (gossip carries a dozen updates a message), once a period at most.
+            e = self.table.get(self.accuser)
+            self.accuser = None
+            if e is not None and now >= self._accused_at + self.cfg.probe_interval and (
+                    not self.left):
+                self._accused_at = now
+                self._push_pull_with(self._addr(e.node, e))
         out = (self._sends, self._changes)
         self._sends, self._changes = [], []
         return out

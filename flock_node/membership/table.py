@@ -62,6 +62,9 @@ class Config:
     push_pull_interval: float = 30.0
     push_pull_first: float = 2.0  # a joiner's catch-up exchanges start here and double
     join_retry: float = 1.0
+    # While we hold members down, one of them is pinged this often (serf's reconnect, which
+    # waits 30 s): one that answers is a healed partition, and gets a push-pull at once.
+    reconnect_interval: float = 2.0
     reap_after: float = 120.0  # a down or left member stays listed this long
     page_bytes: int = 512 * 1024  # entries in one push-pull message: well under nng's 1 MiB
 
@@ -91,10 +94,12 @@ class Table:
         self.name = me.node
         self.table: dict[str, Entry] = {}  # written through _put and _drop (the digest)
         self.digest = Digest()
+        self.digest.source = self.table.values
         # Bytes of many entries (a push-pull's pages): the simulator sums cached sizes.
         self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
+        self.accuser: str | None = None  # who last held us suspect or down (we refuted)
         self.awareness = Awareness(self.cfg.awareness_max)
         self.queue = Broadcasts(self.cfg.queue_max)
         self.listeners: list[Callable[[Change], None]] = []
@@ -161,10 +166,14 @@ class Table:
     def _add_many(self, names: list[str], alives: list[Alive], sender: str | None) -> None:
         self.table.update(zip(names, alives, strict=True))
         self.digest.add_alives(alives)
-        # Rotated by a random offset: nodes that learned the same list do not probe in step.
+        # Rotated by a random offset: nodes that learned the same list do not probe in step;
+        # and put at a random place among those not yet probed this round, not at the end:
+        # members learned late (a catch-up's, in start order) would otherwise wait a whole
+        # round everywhere, and a crash among them go unprobed by all.
         k = int(self.rng.random() * len(names))
-        self._order.extend(names[k:])
-        self._order.extend(names[:k])
+        order = self._order
+        at = self._pos + int(self.rng.random() * (len(order) - self._pos + 1))
+        order[at:at] = names[k:] + names[:k]
         self.learned += len(names)
         changes = list(zip(names, repeat(None), repeat(ALIVE)))
         self._changes.extend(changes)
@@ -235,6 +244,7 @@ class Table:
             if inc >= self.me.incarnation:
                 self.awareness.apply(1)  # being suspected hints that we are the slow one
                 self._refute(inc)
+                self.accuser = by
             return
         cur = self.table.get(node)
         if cur is None or inc < cur.incarnation:
@@ -271,6 +281,7 @@ class Table:
         if node == self.name:
             if inc >= self.me.incarnation:
                 self._refute(inc)
+                self.accuser = by
             return
         cur = self.table.get(node)
         if cur is None or inc < cur.incarnation:
@@ -323,14 +334,14 @@ class Table:
     def _put(self, node: str, e: Entry) -> None:
         old = self.table.get(node)
         if old is not None:
-            self.digest.toggle(old)
+            self.digest.toggle(old, -1)
         self.table[node] = e
         self.digest.toggle(e)
 
     def _drop(self, node: str) -> None:
         e = self.table.pop(node, None)
         if e is not None:
-            self.digest.toggle(e)
+            self.digest.toggle(e, -1)
 
     def _at(self, when: float, kind: str, arg: Any) -> None:
         self._tseq += 1
