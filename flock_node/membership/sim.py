@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import heapq
 import json
-import math
 import random
 import statistics
 import time
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from operator import is_, itemgetter
 from typing import Any
 
+from flock_node.argtypes import parsed, positive_seconds, whole_number
 from flock_node.membership.digest import Digest
 from flock_node.membership.messages import (
     ALIVE,
@@ -387,54 +387,25 @@ def simulate(sc: Scenario) -> dict[str, Any]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m flock_node.membership.sim",
                                 description="Simulate SWIM membership on a virtual network.")
-    p.add_argument("--nodes", type=_count(2), required=True, help="members in the flock")
-    p.add_argument("--seconds", type=_positive, required=True, help="virtual seconds to run")
+    p.add_argument("--nodes", type=whole_number(2), required=True, help="members in the flock")
+    p.add_argument("--seconds", type=positive_seconds, required=True, help="virtual seconds to run")
     p.add_argument("--loss", type=_fraction, default=0.0, help="message loss, 0..1")
-    p.add_argument("--crash", type=_count(0), default=0, help="nodes that crash (silent forever)")
-    p.add_argument("--freeze", type=_count(0), default=0,
+    p.add_argument("--crash", type=whole_number(0), default=0, help="nodes that crash (silent forever)")
+    p.add_argument("--freeze", type=whole_number(0), default=0,
                    help="nodes frozen for --freeze-for seconds, then resumed")
-    p.add_argument("--freeze-for", type=_positive, default=5.0)
+    p.add_argument("--freeze-for", type=positive_seconds, default=5.0)
     p.add_argument("--partition", type=_fraction, default=0.0,
                    help="fraction of nodes cut off for --partition-for seconds, then healed")
-    p.add_argument("--partition-for", type=_positive, default=10.0)
-    p.add_argument("--fault-at", type=_positive, default=None,
+    p.add_argument("--partition-for", type=positive_seconds, default=10.0)
+    p.add_argument("--fault-at", type=positive_seconds, default=None,
                    help="when faults start (default: 40%% into the run)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p
 
 
-def _count(least: int) -> Any:
-    def parse(s: str) -> int:
-        try:
-            v = int(s)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {s!r}") from None
-        if v < least:
-            raise argparse.ArgumentTypeError(f"must be at least {least}: {s}")
-        return v
-    return parse
-
-
-def _number(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"not a finite number: {s}")
-    return v
-
-
-def _positive(s: str) -> float:
-    v = _number(s)
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0: {s}")
-    return v
-
-
 def _fraction(s: str) -> float:
-    v = _number(s)
+    v = parsed(s, float, "a number")
     if not 0 <= v < 1:
         raise argparse.ArgumentTypeError(f"must be from 0 up to (not including) 1: {s}")
     return v
