@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -13,23 +12,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from flock_node.transport.base import free_bus_port
 
-def free_port() -> int:
-    """A port P such that P, P+1 and P+2 are free on loopback (bus, RPC and SWIM)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        if p >= 65533:
-            continue
-        try:
-            with socket.socket() as s1, socket.socket() as s2:
-                s1.bind(("127.0.0.1", p + 1))
-                s2.bind(("127.0.0.1", p + 2))
-        except OSError:
-            continue
-        return p
-    raise RuntimeError("no free ports")
+free_port = free_bus_port  # P, P+1, P+2 free on loopback: bus, RPC and SWIM
 
 
 def wait_for(

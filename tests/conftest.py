@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from flock_node.client import Flock
+from flock_node.transport.base import free_bus_port
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float = 0.05,
@@ -35,22 +35,7 @@ def wait_for(cond: Callable[[], object], timeout: float = 10.0, interval: float 
                          + (f" (last error: {last_exc!r})" if last_exc else ""))
 
 
-def free_port() -> int:
-    """A port P such that P, P+1 and P+2 are free on loopback (bus, RPC, SWIM)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = s.getsockname()[1]
-        if p >= 65533:
-            continue
-        try:
-            with socket.socket() as s1, socket.socket() as s2:
-                s1.bind(("127.0.0.1", p + 1))
-                s2.bind(("127.0.0.1", p + 2))
-        except OSError:
-            continue
-        return p
-    raise RuntimeError("no free port pair")
+free_port = free_bus_port  # P, P+1, P+2 free on loopback: bus, RPC and SWIM
 
 
 class NodeProc:

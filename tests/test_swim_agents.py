@@ -301,7 +301,7 @@ def test_a_node_restarted_at_another_address_is_redialed_and_the_old_connection_
         mine = _inodes(a)
         return any(ino in mine and rp == port for _, rp, ino in _tcp_sockets())
 
-    assert a_holds(old_swim)  # c is a's ring neighbour
+    wait_for(lambda: a_holds(old_swim), 10, what="a to hold c open (its ring neighbour)")
     # The old process freezes with its connections open (a stalled VM) and c comes back on
     # another port, from another state dir.
     old.proc.send_signal(signal.SIGSTOP)
@@ -311,7 +311,7 @@ def test_a_node_restarted_at_another_address_is_redialed_and_the_old_connection_
         with keyed.flock() as f:
             wait_for(lambda: members(f, "a")["c"]["rpc"].endswith(f":{keyed.ports['c'] + 1}")
                      and states(f, "a")["c"] == "alive", 15, what="a to know the new c")
-        wait_for(lambda: a_holds(keyed.ports["c"] + 2) and not a_holds(old_swim), 5,
+        wait_for(lambda: a_holds(keyed.ports["c"] + 2) and not a_holds(old_swim), 10,
                  what="a connected to the new c only")
     finally:
         old.proc.kill()

@@ -89,6 +89,25 @@ def _beside(bus: str, suffix: str, offset: int, what: str) -> str:
     raise ValueError(f"cannot tell the {what} address for {bus!r}")
 
 
+def free_bus_port(host: str = "127.0.0.1") -> int:
+    """A port P free on `host` with the RPC and SWIM ports beside it (P+1, P+2) free too: for
+    `--listen tcp://HOST:P` in tests, benchmarks and throw-away flocks."""
+    for _ in range(100):
+        with _socket.socket() as s:
+            s.bind((host, 0))
+            p = int(s.getsockname()[1])
+        if p >= 65533:
+            continue
+        try:
+            with _socket.socket() as s1, _socket.socket() as s2:
+                s1.bind((host, p + 1))
+                s2.bind((host, p + 2))
+        except OSError:
+            continue
+        return p
+    raise RuntimeError(f"no three free ports in a row on {host}")
+
+
 def ipc_path(addr: str) -> str | None:
     return addr[len("ipc://") :] if addr.startswith("ipc://") else None
 
