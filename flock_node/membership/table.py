@@ -239,15 +239,24 @@ class Table:
             self._enlist(node)
         self._broadcast(node, a)
 
-    def _suspect(self, now: float, node: str, inc: int, by: str) -> None:
+    def _accused(self, node: str, inc: int, by: str) -> Entry | None:
+        """The entry a suspicion or death of `node` at `inc` is about, or None when it changes
+        nothing here: about us (refuted when it is current), unknown, or older than ours."""
         if node == self.name:
             if inc >= self.me.incarnation:
-                self.awareness.apply(1)  # being suspected hints that we are the slow one
                 self._refute(inc)
                 self.accuser = by
-            return
+            return None
         cur = self.table.get(node)
         if cur is None or inc < cur.incarnation:
+            return None
+        return cur
+
+    def _suspect(self, now: float, node: str, inc: int, by: str) -> None:
+        if node == self.name and inc >= self.me.incarnation:
+            self.awareness.apply(1)  # being suspected hints that we are the slow one
+        cur = self._accused(node, inc, by)
+        if cur is None:
             return
         if type(cur) is Mark:
             if cur.state != SUSPECT:
@@ -278,13 +287,8 @@ class Table:
         self._dead(now, node, s.incarnation, self.name)
 
     def _dead(self, now: float, node: str, inc: int, by: str) -> None:
-        if node == self.name:
-            if inc >= self.me.incarnation:
-                self._refute(inc)
-                self.accuser = by
-            return
-        cur = self.table.get(node)
-        if cur is None or inc < cur.incarnation:
+        cur = self._accused(node, inc, by)
+        if cur is None:
             return
         new = LEFT if by == node else DOWN
         old = state_of(cur)
