@@ -144,3 +144,16 @@ def test_paged_answers_are_typed_and_keep_their_maps():
     assert _in_a_page(small) is small
     one = RunPage(small, run.resources, None)
     assert list(msgspec.to_builtins(one)) == ["run", "items", "next_offset"]
+
+
+def test_every_commit_reaches_the_disk_before_it_is_acted_on(tmp_path):
+    """Exactly once across a power cut: an inbox row acknowledged to the sender, or an outbox
+    row about to be sent, must be on the disk, not only in the OS's cache. WAL with
+    synchronous=NORMAL (what the store used before) syncs only at checkpoints: a commit
+    survives a kill -9 but not the machine going down, and the sender would then hold a
+    notification delivered that the receiver never recorded."""
+    store = Store(tmp_path / "flock.db", node="a")
+    with store.db.lock:
+        journal = store.db.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        sync = store.db.conn.execute("PRAGMA synchronous").fetchone()[0]
+    assert journal == "wal" and sync == 2  # 2 = FULL: the WAL is synced at every commit

@@ -178,7 +178,10 @@ class Db:
             self.conn.execute("PRAGMA schema_version").fetchone()
             self.conn.row_factory = sqlite3.Row
             self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
+            # FULL: the WAL is synced at every commit, so what we acknowledged or are about
+            # to send survives the machine going down, not only our process (NORMAL syncs at
+            # checkpoints). About 60 µs a commit on this disk.
+            self.conn.execute("PRAGMA synchronous=FULL")
             self.conn.execute("PRAGMA busy_timeout=5000")
             with self.lock:
                 self.conn.executescript(_SCHEMA)
