@@ -184,11 +184,14 @@ class _Discovery:
                 continue
             if self.whole(addr):
                 self.answered = addr
-                # A local agent it does not know yet (SWIM finds those every few seconds):
-                # ask it too, so a flock just started on this machine shows whole at once.
+                # A local agent it does not know yet (SWIM finds those every few seconds),
+                # or a seed the operator named that is not among its members (not joined
+                # yet, or another flock): ask them too, so what was named shows at once.
                 known = {r.get("name") for r in rows}
-                return tried, answers, [a for n, a in self.local.items()
-                                        if n not in known and a not in tried]
+                reached = {r.get("rpc") for r in rows}
+                return tried, answers, (
+                    [a for n, a in self.local.items() if n not in known and a not in tried]
+                    + [a for a in self.seed_rpcs() if a not in reached and a not in tried])
             break  # a mesh agent: ask every entry point
         return tried, answers, [a for a in addrs if a not in tried]
 
@@ -224,7 +227,11 @@ class _Discovery:
     def entry_points(self) -> list[str]:
         """RPC addresses to ask for the member list: local nodes first, then seeds."""
         self.local = {n: rpc for n, (_, rpc) in sorted(scan_runtime_dir(self.runtime_dir).items())}
-        return list(self.local.values()) + [rpc_for_bus(s) for s in self.seeds]
+        return list(self.local.values()) + self.seed_rpcs()
+
+    def seed_rpcs(self) -> list[str]:
+        """The RPC addresses of the seeds (named by their bus addresses)."""
+        return [rpc_for_bus(s) for s in self.seeds]
 
     @staticmethod
     def _merge(into: dict[str, dict[str, Any]], rows: list[dict[str, Any]]) -> None:

@@ -81,3 +81,20 @@ def test_a_trail_kept_before_via_still_opens_and_reads(tmp_path):
     assert caller_label({"caller": before.caller, "verified": before.verified,
                          "via": before.via}) == "client-9 (unverified)"
     store.close()
+
+
+def test_a_seed_the_operator_names_is_asked_even_when_a_local_member_answered(flock_env):
+    """A local SWIM member speaks for its flock, but a `--seed` the operator names that is
+    not among its members (another flock, or one not joined yet) is asked too: its node
+    shows in `nodes` and takes calls by name."""
+    env = flock_env
+    port = free_port()
+    env.start("loc")
+    env.start("far", "--listen", f"tcp://127.0.0.1:{port}", "--insecure",
+              "--runtime-dir", str(env.root / "elsewhere"))
+    flags = ("--seed", f"tcp://127.0.0.1:{port}", "--insecure")
+    r = env.cli(*flags, "--json", "nodes")
+    assert r.returncode == 0, r.stderr
+    assert {"loc", "far"} <= {n["name"] for n in json.loads(r.stdout)}, r.stdout
+    r = env.cli(*flags, "run-chef", "far")
+    assert r.returncode == 0, r.stderr
