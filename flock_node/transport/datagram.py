@@ -25,7 +25,7 @@ import pynng
 from flock_node.protocol import MAX_FRAME, Codec, FrameError, SwimFrame
 from flock_node.transport.base import _listen
 from flock_node.transport.tls import (
-    Callers,
+    VerifiedListener,
     close_revoked,
     count_drop,
     dial,
@@ -52,20 +52,17 @@ class _Out:
         self.pipes = 0
 
 
-class Datagrams:
+class Datagrams(VerifiedListener):
     """`on_frame(sender, data)` gets each authenticated SWIM frame; `on_lost(addr)` is told
     when an open connection to `addr` closes without us closing it."""
 
     def __init__(self, codec: Codec, on_frame: Callable[[str, bytes], None],
                  on_lost: Callable[[str], None] | None = None,
                  tls: TlsIdentity | None = None, pool: int = POOL) -> None:
-        self.codec = codec
-        self.tls = tls
+        super().__init__(codec, tls, pynng.Pull0(recv_max_size=MAX_FRAME))
         self.on_frame = on_frame
         self.on_lost = on_lost
         self.pool = pool
-        self._callers = Callers(tls)
-        self.sock = pynng.Pull0(recv_max_size=MAX_FRAME)
         self.sock.recv_buffer_size = 1024
         self._out: OrderedDict[str, _Out] = OrderedDict()
         self._pinned: set[str] = set()
@@ -84,9 +81,7 @@ class Datagrams:
     def start(self) -> None:
         """Start receiving (on the running loop)."""
         self._loop = asyncio.get_running_loop()
-        if self.tls is not None:
-            self.sock.add_post_pipe_remove_cb(lambda p: self._to_loop(self._callers.forget,
-                                                                       p.id))
+        self.forget_closed_pipes(self._loop)
         self._fd = self.sock.recv_fd
         self._loop.add_reader(self._fd, self._drain)
 

@@ -18,7 +18,7 @@ from flock_node import trace
 from flock_node.protocol import MAX_FRAME, Codec, Error, FrameError, Request, Response
 from flock_node.transport.base import RPC_CONTEXTS, Handler, _listen, cancel_and_wait, receive
 from flock_node.transport.tls import (
-    Callers,
+    VerifiedListener,
     close_revoked,
     count_drop,
     guard_pipes,
@@ -127,14 +127,11 @@ class AnswerCache:
             self.count_drop(k)
 
 
-class RpcServer:
+class RpcServer(VerifiedListener):
     def __init__(self, codec: Codec, handler: Handler, contexts: int = RPC_CONTEXTS,
                  tls: TlsIdentity | None = None):
-        self.codec = codec
+        super().__init__(codec, tls, pynng.Rep0(recv_max_size=MAX_FRAME))
         self.handler = handler
-        self.tls = tls
-        self._callers = Callers(tls)
-        self.sock = pynng.Rep0(recv_max_size=MAX_FRAME)
         self.sock.send_timeout = 5000
         self.n = contexts
         self._tasks: list[asyncio.Task[Any]] = []
@@ -152,14 +149,7 @@ class RpcServer:
 
     def start(self) -> None:
         guard_pipes(self.sock, self.tls)
-        if self.tls is not None:
-            loop = asyncio.get_running_loop()
-
-            def removed(pipe: pynng.Pipe) -> None:  # an nng thread: hand it to the loop
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._callers.forget, pipe.id)
-
-            self.sock.add_post_pipe_remove_cb(removed)
+        self.forget_closed_pipes(asyncio.get_running_loop())
         for i in range(self.n):
             ctx = self.sock.new_context()
             self._ctxs.append(ctx)

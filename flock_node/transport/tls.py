@@ -7,6 +7,7 @@ once from its certificate's common name (all nng exposes of it).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -135,6 +136,29 @@ class Callers:
 
     def forget(self, pipe_id: int) -> None:
         self._by_pipe.pop(pipe_id, None)
+
+
+class VerifiedListener:
+    """A listening socket whose frames `codec` decodes and whose callers are read from their
+    certificates once per pipe (the RPC server and the SWIM datagrams)."""
+
+    def __init__(self, codec: Codec, tls: TlsIdentity | None, sock: pynng.Socket) -> None:
+        self.codec = codec
+        self.tls = tls
+        self.sock = sock
+        self._callers = Callers(tls)
+
+    def forget_closed_pipes(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drop a pipe's caller when nng removes the pipe (on TLS only: else none is kept)."""
+        if self.tls is None:
+            return
+
+        def removed(pipe: pynng.Pipe) -> None:  # an nng thread: never touch sockets here
+            if not loop.is_closed():
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._callers.forget, pipe.id)
+
+        self.sock.add_post_pipe_remove_cb(removed)
 
 
 def count_drop(codec: Codec, reason: str) -> None:
