@@ -28,7 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from flock_node.engine.limits import Interrupted, current_kill
 
@@ -227,12 +227,20 @@ def current_kill_check() -> None:
         kill.check()
 
 
+class Where(TypedDict, total=False):
+    """Where and how long a shell command runs: its directory, its environment (None: ours)
+    and its timeout in seconds (None: none)."""
+
+    cwd: str | None
+    env: dict[str, str] | None
+    timeout: float | None
+
+
 @contextlib.contextmanager
-def _supervised(command: str, cwd: str | None, env: dict[str, str] | None, capture: bool
-                ) -> Iterator[subprocess.Popen[bytes]]:
+def _supervised(command: str, where: Where, capture: bool) -> Iterator[subprocess.Popen[bytes]]:
     """`command` running under the watchdog while the block runs; when it ends, the
     watchdog is sent home and the group forgotten."""
-    proc, w = _spawn(command, cwd, env, capture)
+    proc, w = _spawn(command, where.get("cwd"), where.get("env"), capture)
     try:
         yield proc
     finally:
@@ -269,18 +277,13 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float | None) -> bool:
     return False
 
 
-def run_command(
-    command: str,
-    cwd: str | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-) -> CommandResult:
+def run_command(command: str, **where: Unpack[Where]) -> CommandResult:
     """Run `/bin/sh -c command` in a new session; on timeout kill its whole process group.
 
     Raises Interrupted (with the output so far) if the run's Kill fires meanwhile."""
     tail = _Tail()
     interrupted: Interrupted | None = None
-    with _supervised(command, cwd, env, capture=True) as proc:
+    with _supervised(command, where, capture=True) as proc:
         readers = [
             threading.Thread(target=_pump, args=(proc.stdout, tail, False), daemon=True),
             threading.Thread(target=_pump, args=(proc.stderr, tail, True), daemon=True),
@@ -288,7 +291,7 @@ def run_command(
         for t in readers:
             t.start()
         try:
-            timed_out = _wait(proc, timeout)
+            timed_out = _wait(proc, where.get("timeout"))
         except Interrupted as e:
             interrupted, timed_out = e, False
     # A background child may keep the pipes open after the shell exits: do not wait forever.
@@ -308,15 +311,11 @@ def run_command(
     )
 
 
-def run_guard(
-    command: str,
-    cwd: str | None = None,
-    env: dict[str, str] | None = None,
-    timeout: float | None = None,
-) -> bool:
+def run_guard(command: str, **where: Unpack[Where]) -> bool:
     """A string guard is true when `/bin/sh -c command` exits 0; CommandTimedOut after
     `timeout` seconds, Interrupted if the run's Kill fires (its group is killed either way)."""
-    with _supervised(command, cwd, env, capture=False) as proc:
+    timeout = where.get("timeout")
+    with _supervised(command, where, capture=False) as proc:
         if _wait(proc, timeout):
             raise CommandTimedOut(timeout or 0.0)
     return proc.returncode == 0
