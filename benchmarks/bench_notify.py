@@ -35,6 +35,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pynng
 from common import free_port
@@ -42,7 +43,23 @@ from common import free_port
 from flock_node.client import Flock
 from flock_tui.demo import stop_agents
 
-RAW_SERVER = """
+# A row synced as the agents' store syncs it (WAL, synchronous=FULL): the durable floor's
+# server commits one before it answers, its client one before it sends.
+DURABLE = """
+import sqlite3
+def durable(path):
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS rows (id INTEGER PRIMARY KEY, body BLOB)")
+    def commit(body):
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("INSERT INTO rows (body) VALUES (?)", (body,))
+        db.execute("COMMIT")
+    return commit
+"""
+
+RAW_SERVER = DURABLE + """
 import asyncio, sys, pynng
 from pathlib import Path
 with pynng.Rep0(recv_timeout=30000) as s:
@@ -53,11 +70,15 @@ with pynng.Rep0(recv_timeout=30000) as s:
     else:
         s.listen(sys.argv[1])
     print("ready", flush=True)
-    if sys.argv[3] == "async":  # as the agents serve: asyncio, a context per call
+    if sys.argv[3] in ("async", "durable"):  # as the agents serve: asyncio, a context a call
+        commit = durable(sys.argv[1].split("://")[-1] + ".db") if sys.argv[3] == "durable" \
+            else None
         async def main():
             ctx = s.new_context()
             while True:
                 m = await ctx.arecv()
+                if commit is not None:
+                    commit(m)
                 await ctx.asend(m)
         asyncio.run(main())
     while True:
@@ -134,11 +155,16 @@ def raw_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None) -> 
     return out
 
 
-def asyncio_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None
-                       ) -> list[float]:
+def asyncio_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None,
+                       durable: bool = False) -> list[float]:
     """The floor under the agents' own calls: Req0/Rep0 with asyncio on both ends (each
-    send and receive completes on an nng thread and is handed to the loop), same frames."""
-    addr, srv = raw_server(root, "async", tls)
+    send and receive completes on an nng thread and is handed to the loop), same frames.
+    `durable`: each end also syncs a row to disk as the store does (the sender before it
+    sends, the receiver before it answers): the least any design with the same promise does."""
+    addr, srv = raw_server(root, "durable" if durable else "async", tls)
+    scope: dict[str, Any] = {}
+    exec(DURABLE, scope)
+    commit = scope["durable"](str(root / "durable-client.db")) if durable else None
 
     async def main() -> list[float]:
         out = []
@@ -147,6 +173,8 @@ def asyncio_round_trip(root: Path, n: int, tls: tuple[Path, Path] | None = None
             for _ in range(200 + n):
                 ctx = s.new_context()
                 t0 = time.perf_counter()
+                if commit is not None:
+                    commit(msg)
                 await ctx.asend(msg)
                 await ctx.arecv()
                 out.append(time.perf_counter() - t0)
@@ -448,6 +476,7 @@ def main() -> int:
     certs = (agents.certs["raw"], agents.certs["bench"]) if args.tls else None
     raw = raw_round_trip(root, args.n, certs)
     floor = asyncio_round_trip(root, args.n, certs)
+    durable = asyncio_round_trip(root, args.n, certs, durable=True)
     ok = True
     t0 = t1 = 0.0
     try:
@@ -471,8 +500,10 @@ def main() -> int:
         # would flatter the ratio; the quieter of the two is the baseline.
         raw2 = raw_round_trip(root, args.n, certs)
         floor2 = asyncio_round_trip(root, args.n, certs)
+        durable2 = asyncio_round_trip(root, args.n, certs, durable=True)
         raw = min(raw, raw2, key=statistics.median)
         floor = min(floor, floor2, key=statistics.median)
+        durable = min(durable, durable2, key=statistics.median)
         raw_p50, lat_p50 = statistics.median(raw), statistics.median(lat)
         print(f"raw pynng Req0/Rep0 round trip, {wire} ({args.n}, the quieter of before and "
               f"after): p50 {raw_p50 * 1e6:8.0f} µs  p99 {pct(raw, 0.99) * 1e6:8.0f} µs")
@@ -486,6 +517,10 @@ def main() -> int:
         print(f"  floor: Req0/Rep0 with asyncio on both ends, as the agents, {wire}: p50 "
               f"{fl * 1e6:.0f} µs ({fl / raw_p50:.1f}x raw); the notification is "
               f"{lat_p50 / fl:.1f}x that")
+        du = statistics.median(durable)
+        print(f"  durable floor: the same with a row synced to disk on each end (WAL, "
+              f"synchronous=FULL, as the store): p50 {du * 1e6:.0f} µs ({du / raw_p50:.1f}x "
+              f"raw); the notification is {lat_p50 / du:.1f}x that")
         s = sustained(f, root, args.rate, args.seconds, count_lines(root / "b.times"),
                       50 + args.n, args.source, agents.connect)
         print(f"sustained {args.rate:.0f}/s for {args.seconds:g} s: {s['total']} sent in "
