@@ -284,7 +284,6 @@ def latency(f: Flock, root: Path, n: int) -> list[float]:
 # agents' traces (flock_node/trace.py); "hit" is B's block's own stamp.
 STAGES = [
     ("A  block returned to the worker", "A", "worker_back"),
-    ("A  result + outbox row committed", "A", "outbox_committed"),
     ("A  sender chosen (worker's fast path)", "A", "delivery_started"),
     ("A  notify call encoded, sending", "A", "call_sending"),
     ("   wire: B's RPC server has it", "B", "rpc_received"),
@@ -298,7 +297,8 @@ ASIDE = [  # not on the path, shown for the record
      "call_answered"),
     ("A's asend completed after", "A", "call_sending", "call_sent"),
     ("B's answer sent after its inbox commit", "B", "inbox_committed", "answer_sent"),
-    ("A: block returned → result committed (worker)", "A", "worker_back", "outbox_committed"),
+    ("A: its result and outbox row committed, while the call travels", "A", "call_sending",
+     "outbox_committed"),
 ]
 
 

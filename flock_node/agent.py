@@ -29,6 +29,7 @@ from flock_node.directory import Directory
 from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Me, MembershipDriver
 from flock_node.engine import Engine
 from flock_node.facts import node_record
+from flock_node.fastpath import Launched
 from flock_node.member_events import MemberEvents
 from flock_node.membership.driver import SwimDriver
 from flock_node.paths import ensure_private_dir
@@ -188,7 +189,18 @@ class Agent:
         """Outbox rows changed in a way only a query sees (delayed ones released...)."""
         self.deliverer.changed()
 
-    def outbox_added(self, items: list[OutboxItem]) -> None:
+    def outbox_early(self, items: list[OutboxItem]) -> Launched | None:
+        """A reaction's rows, before their commit: sent now if the fast path can (see
+        engine.context.Hooks for why that is safe)."""
+        job = self.work.current
+        if job is None or job.kind != "reaction" or not self.deliverer.fast_ok():
+            return None
+        return self.deliverer.fast.launch(outgoing(items))
+
+    def outbox_abandoned(self, early: Launched) -> None:
+        self.deliverer.fast.abandon(early)
+
+    def outbox_added(self, items: list[OutboxItem], early: Launched | None = None) -> None:
         """Rows just committed by the worker: immediate ones are pending now. Handing them to
         the delivery loop in memory lets it send them without reading the outbox back."""
         rows = outgoing(items)
@@ -196,7 +208,7 @@ class Agent:
         # for the send. A converge's rows are better left to pile up into batches.
         job = self.work.current
         self.deliverer.added(rows, hand_off=job is not None and job.kind == "reaction",
-                             alone=not self.work.queue)
+                             alone=not self.work.queue, early=early)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self) -> None:

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import msgspec
 
 from flock_node import trace
-from flock_node.fastpath import Claims, FastPath
+from flock_node.fastpath import Claims, FastPath, Launched
 from flock_node.store import Outgoing, Store
 from flock_node.transport import AsyncRpc, RpcError
 
@@ -110,16 +110,18 @@ class Deliverer:
 
     # -- called from any thread ----------------------------------------------------------------
     def added(self, rows: list[Outgoing], hand_off: bool = False,
-              alone: bool = False) -> None:
+              alone: bool = False, early: Launched | None = None) -> None:
         """Rows the worker just committed, pending now. `hand_off` (from another thread, a
         reaction's rows): when nothing else is pending, the worker hands them to nng itself
         (the fast path; `alone`, no other job waits for the worker: it waits for their
         answers too, else the loop does); what it does not take goes to the loop, which it
-        waits (at most HANDOFF_WAIT) to see handed to nng when the loop is idle."""
+        waits (at most HANDOFF_WAIT) to see handed to nng when the loop is idle. `early`: rows
+        `fast.launch` sent before their commit, settled the same way."""
         if not rows:
             return
-        if hand_off and self._clean and self._idle and not self._fresh and not self._on_loop():
-            rows = self.fast.send(rows, wait=alone)
+        if early is not None or (hand_off and self.fast_ok()):
+            rows = (self.fast.finish(early, wait=alone) if early is not None
+                    else self.fast.send(rows, wait=alone))
             if not rows:
                 return
         handoff = (threading.Event() if hand_off and self._idle and not self._on_loop()
@@ -135,6 +137,10 @@ class Deliverer:
 
     def has_loop(self) -> bool:
         return self._loop is not None and not self._loop.is_closed()
+
+    def fast_ok(self) -> bool:
+        """The worker may send itself: nothing pending, the loop idle, not on the loop."""
+        return self._clean and self._idle and not self._fresh and not self._on_loop()
 
     def _on_loop(self) -> bool:
         try:

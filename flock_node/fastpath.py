@@ -1,14 +1,18 @@
-"""The worker's fast path for a reaction's remote notifications: once the outbox row is
-committed, the worker thread sends it itself with a blocking nng call on a socket of its own,
-instead of waking the delivery loop and waiting for the loop to send it (issue 9: each hop
-between threads cost 0.1-0.4 ms here, the loop's asyncio send more). A worker with nothing
+"""The worker's fast path for a reaction's remote notifications: the worker thread sends them
+itself with a blocking nng call on a socket of its own, instead of waking the delivery loop
+and waiting for the loop to send them (issue 9: each hop between threads cost 0.1-0.4 ms
+here, the loop's asyncio send more). A worker with nothing
 else queued waits for the answer itself; one with jobs waiting leaves the answer to the loop
 and goes on at once.
 
-Exactly once is unchanged: the row is committed before the send and settled after the answer;
-whatever the fast path does not finish (no connection yet, a timeout, the receiver not ready)
-goes to the delivery loop as before, which stays the retry path. `Claims` makes sure the
-worker and the loop never both send one row: whoever holds a target sends to it.
+A reaction's rows, whose ids derive from the notification that caused it, go out *before*
+their commit (`launch`), so they travel while the commit syncs to disk: a crash before the
+commit runs the reaction again, which sends the same ids, and the receiver's inbox keeps one;
+a commit that fails (a full disk) has its launched rows `abandon`ed. A converge's rows (fresh
+ids) are sent only once committed. Every row is settled after its answer; whatever the fast
+path does not finish (no connection yet, a timeout, the receiver not ready) goes to the
+delivery loop as before, which stays the retry path. `Claims` makes sure the worker and the
+loop never both send one row: whoever holds a target sends to it.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from flock_node import trace
 from flock_node.store import Outgoing
@@ -104,6 +108,17 @@ class DeliveryLoop(Protocol):
         """Whether a loop runs to await answers."""
 
 
+_NOT_LAUNCHED = object()
+
+
+class Launched(NamedTuple):
+    """Rows handed to nng by `FastPath.launch` (each with its call), and those after the
+    first that could not go, left to the loop."""
+
+    sent: list[tuple[Outgoing, Any]]
+    rest: list[Outgoing]
+
+
 class FastPath:
     """Sends a reaction's fresh rows from the worker thread; their answers are awaited there
     or on the loop (`start_answers`, at each of its passes), which also retries what did not
@@ -136,34 +151,66 @@ class FastPath:
         FAST_TIMEOUT each): the receiver has the machine to itself meanwhile, where a worker
         going on with its bookkeeping (commits, events to the receiver's loop) slowed the
         receiver by 0.3-0.4 ms when both ran on one machine."""
+        launched = self.launch(rows)
+        return rows if launched is None else self.finish(launched, wait)
+
+    def launch(self, rows: list[Outgoing]) -> Launched | None:
+        """Hand the rows to nng in order, one per target, until one cannot go (the loop
+        sends it and those after it); None when none went."""
         targets = [r.target for r in rows]
         if len(set(targets)) != len(targets):
-            return rows
+            return None
+        sent: list[tuple[Outgoing, Any]] = []
         for i, row in enumerate(rows):
-            if not self._one(row, wait):
-                return rows[i:]  # in order: the loop sends this one and those after it
-        return []
+            handle = self._launch(row)
+            if handle is _NOT_LAUNCHED:
+                return Launched(sent, rows[i:]) if sent else None
+            sent.append((row, handle))
+        return Launched(sent, []) if sent else None
 
-    def _one(self, row: Outgoing, wait: bool) -> bool:
-        """True when the row is on the wire (settled, or its answer awaited on the loop)."""
+    def finish(self, launched: Launched, wait: bool) -> list[Outgoing]:
+        """Settle the launched rows by their answers (here when `wait`, else on the loop);
+        return the rows that were not launched."""
+        for row, handle in launched.sent:
+            self._finish(row, handle, wait)
+        return launched.rest
+
+    def abandon(self, launched: Launched) -> None:
+        """The rows were sent before a commit that failed: there is no row to settle. The
+        answers are read and dropped; the reaction runs again and sends the same ids."""
+        for row, handle in launched.sent:
+            try:
+                self.rpc.answer_now(handle, expect=row.target)
+            except RpcError as e:
+                log.debug("notification %s to %s (its commit failed): %s", row.id,
+                          row.target, e)
+            finally:
+                self._release(row.target)
+
+    def _launch(self, row: Outgoing) -> Any:
+        """The row handed to nng (its call, to await), or _NOT_LAUNCHED when it cannot go
+        now."""
         target = row.target
         where = self.locate(target)
         if where.addr is None or where.state != "alive":
-            return False
+            return _NOT_LAUNCHED
         if not self.claims.take([target]):
-            return False  # a call to it is in flight: the loop sends this one after it
+            return _NOT_LAUNCHED  # a call to it is in flight: the loop sends this one after it
         try:
             trace.stamp("delivery_started")
-            sent = self.rpc.send_now(where.addr, "resource_manager", "notify",
+            return self.rpc.send_now(where.addr, "resource_manager", "notify",
                                      self.loop.wire(row), timeout=FAST_TIMEOUT)
         except RpcError as e:
             if e.code != NOT_SENT:
                 log.debug("notification %s to %s: %s", row.id, target, e)
             self._release(target)
-            return False
+            return _NOT_LAUNCHED
         except BaseException:
             self._release(target)
             raise
+
+    def _finish(self, row: Outgoing, sent: Any, wait: bool) -> None:
+        target = row.target
         if wait:
             try:
                 self.rpc.answer_now(sent, expect=target)
@@ -179,7 +226,6 @@ class FastPath:
             # No loop to take the answer (stopping): the row stays pending, sent again
             # after the restart and de-duplicated by the receiver.
             self._release(target)
-        return True
 
     async def _answered(self, row: Outgoing, sent: Any) -> None:
         """On the loop: settle the row by its answer, or leave it to the loop's retries."""

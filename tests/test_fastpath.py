@@ -306,3 +306,56 @@ def test_the_fast_path_leaves_batches_and_unknown_or_gone_targets_to_the_loop():
     assert fast.send([_row("n-4", "d")], wait=True) == [_row("n-4", "d")]
     assert fast.send([_row("n-5", "b"), _row("n-6", "c")], wait=True) == [_row("n-6", "c")]
     assert rpc.sent == [("worker", "n-5")]
+
+
+def test_a_reactions_row_goes_out_before_its_commit_and_is_settled_after():
+    """A reaction's row (its id derived from its cause) is handed to nng before its commit,
+    so it travels while the commit syncs; once committed, `added(early=)` settles it by
+    its answer, and the loop never sends it again."""
+    rpc, store = _Rpc(), _Store()
+    seen: list[Any] = []
+
+    def worker(d: Deliverer) -> None:
+        assert d.fast_ok()
+        early = d.fast.launch([_row("n-1")])
+        seen.append((list(rpc.sent), dict(store.outbox.rows)))  # sent, not committed yet
+        store.outbox.rows["n-1"] = _row("n-1")  # the commit
+        d.added([_row("n-1")], hand_off=True, alone=True, early=early)
+        seen.append(list(store.outbox.delivered))
+
+    _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
+    assert seen == [([("worker", "n-1")], {}), ["n-1"]]
+    assert rpc.sent == [("worker", "n-1")]
+
+
+def test_rows_sent_before_a_commit_that_failed_free_their_target():
+    """The commit after an early send failed (a full disk): nothing to settle, but the target
+    must not stay held, or every later notification to it would wait on the loop."""
+    rpc, store = _Rpc(), _Store()
+
+    def worker(d: Deliverer) -> None:
+        early = d.fast.launch([_row("n-1")])
+        assert early is not None and "b" in d.claims
+        d.fast.abandon(early)
+        assert "b" not in d.claims
+        store.outbox.rows["n-2"] = _row("n-2")
+        d.added([_row("n-2")], hand_off=True, alone=True)
+
+    _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
+    assert rpc.sent == [("worker", "n-1"), ("worker", "n-2")]
+    assert store.outbox.delivered == ["n-2"]
+
+
+def test_an_early_send_that_cannot_go_leaves_the_row_to_the_loop_after_its_commit():
+    def no_pipe(args: dict[str, Any]) -> Any:
+        raise RpcError(NOT_SENT, "no connection to ipc:///nowhere yet")
+
+    rpc, store = _Rpc(no_pipe), _Store()
+
+    def worker(d: Deliverer) -> None:
+        assert d.fast.launch([_row("n-1")]) is None
+        store.outbox.rows["n-1"] = _row("n-1")
+        d.added([_row("n-1")], hand_off=True, alone=True, early=None)
+
+    _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
+    assert rpc.sent == [("loop", "n-1")]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import wait_for
@@ -81,6 +82,79 @@ def test_a_converge_sends_fresh_ids_each_run(tmp_path, store):
     assert len(ids) == 2
     # A notification caused by a converge starts a chain: its own id is the origin downstream.
     assert all("origin" not in r.cause for r in store.outbox.rows())
+
+
+class _EarlyHooks(_Hooks):
+    """Hooks that take a reaction's rows before their commit, as the agent does."""
+
+    def __init__(self, store: Store):
+        super().__init__({"b": ["b"]})
+        self.store = store
+        self.calls: list[tuple[str, Any, Any]] = []
+
+    def outbox_early(self, items):
+        committed = [r.id for r in self.store.outbox.rows()]
+        self.calls.append(("early", [i.id for i in items], committed))
+        return "launched"
+
+    def outbox_added(self, items, early=None):
+        self.calls.append(("added", [i.id for i in items], early))
+
+    def outbox_abandoned(self, early):
+        self.calls.append(("abandoned", early, None))
+
+
+def _relay(tmp_path: Path, store: Store) -> tuple[Engine, _EarlyHooks]:
+    recipe = tmp_path / "recipe.py"
+    recipe.write_text("from flock_node.dsl import *\n"
+                      "execute('relay', command='true', action='nothing')"
+                      ".remote_notifies('run', 'execute[sink]', node='b')\n")
+    hooks = _EarlyHooks(store)
+    eng = Engine("a", [recipe], store, hooks=hooks)
+    eng.compile()
+    return eng, hooks
+
+
+def _react(eng: Engine, run_id: str) -> None:
+    eng.run_action("execute[relay]", "run", RunContext(
+        run_id, "reaction", cause={"node": "src", "notification": "n-root", "hops": 1}, hops=1))
+
+
+def test_a_reactions_notification_may_leave_before_its_commit_a_converges_not(tmp_path, store):
+    """Sending while the commit syncs is safe only for ids derived from the cause: a crash
+    before the commit runs the reaction again, with the same ids, and the receiver keeps one.
+    A converge's ids are fresh each run, so its rows go only once committed."""
+    eng, hooks = _relay(tmp_path, store)
+    _react(eng, "r-1")
+    (rid,) = [r.id for r in store.outbox.rows()]
+    assert hooks.calls == [("early", [rid], []), ("added", [rid], "launched")]
+    hooks.calls.clear()
+    store.db.conn.execute("DELETE FROM outbox")
+    eng.converge(RunContext("c-1"))
+    eng.run_action("execute[relay]", "run", RunContext("c-2"))
+    assert [c[0] for c in hooks.calls] == ["added"]
+    assert hooks.calls[0][2] is None
+
+
+def test_rows_sent_before_a_failed_commit_are_abandoned_and_the_rerun_sends_the_same_id(
+        tmp_path, store, monkeypatch):
+    import sqlite3
+
+    eng, hooks = _relay(tmp_path, store)
+    real = store.runs.record_result
+
+    def full(*a, **k):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(store.runs, "record_result", full)
+    _react(eng, "r-1")
+    assert [c[0] for c in hooks.calls] == ["early", "abandoned"]
+    first_id = hooks.calls[0][1]
+    assert store.outbox.rows() == []
+    monkeypatch.setattr(store.runs, "record_result", real)
+    hooks.calls.clear()
+    _react(eng, "r-2")  # the reaction run again once the disk has room
+    assert hooks.calls[0][1] == first_id == [r.id for r in store.outbox.rows()]
 
 
 # -- with real agents ---------------------------------------------------------------------------

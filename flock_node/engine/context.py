@@ -20,9 +20,14 @@ class Hooks(Protocol):
 
     def outbox_changed(self) -> None: ...
 
-    # Optional: `outbox_added(items)` is told the rows just committed (immediate ones become
-    # pending at once), so the agent can send them without reading them back; hooks without
-    # it get `outbox_changed()`.
+    # Optional: `outbox_added(items[, early])` is told the rows just committed (immediate
+    # ones become pending at once), so the agent can send them without reading them back;
+    # hooks without it get `outbox_changed()`.
+    # Optional: `outbox_early(items)` is given a reaction's rows whose ids derive from the
+    # notification that caused it, before their commit: the agent may send them while the
+    # commit syncs (a crash before it runs the reaction again, which sends the same ids, and
+    # the receiver keeps one); what it returns comes back in `outbox_added(items, early)`, or
+    # in `outbox_abandoned(early)` when the commit failed.
 
 
 @dataclass

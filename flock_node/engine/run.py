@@ -82,14 +82,20 @@ class Run:
             if notes and not self.why_run:  # a plan lists them with its remote notifications
                 output = (output + "\n" if output else "") + "\n".join(notes)
         self.seq += 1
-        self.rec.record(
-            self.seq, res.id, action, result, time.perf_counter() - t0, error, output or None,
-            items, [n for n in res.notifications if res.fires(n.on)] if result == "updated" else [],
-        )
+        early = self.engine._outbox_early(items) if items and self._derived_ids() else None
+        try:
+            self.rec.record(
+                self.seq, res.id, action, result, time.perf_counter() - t0, error,
+                output or None, items,
+                [n for n in res.notifications if res.fires(n.on)] if result == "updated" else [],
+            )
+        except BaseException:
+            self.engine._outbox_abandoned(early)
+            raise
         if items and not self.why_run:
             trace.stamp("outbox_committed")
             self.held_remote |= any(i.timing == "delayed" for i in items)
-            self.engine._outbox_changed(items)
+            self.engine._outbox_changed(items, early)
         if result == "failed":
             log.warning("%s %s%s failed: %s", res.id, action,
                         " would have" if self.why_run else "", error)
@@ -219,11 +225,24 @@ class Run:
             )
         return items, notes
 
+    def _parent(self) -> str | None:
+        """The notification a reaction runs for (None for a converge)."""
+        if self.ctx.kind != "reaction":
+            return None
+        parent = (self.ctx.cause or {}).get("notification")
+        return str(parent) if parent else None
+
+    def _derived_ids(self) -> bool:
+        """This run's remote notifications have ids derived from its cause: sending one twice
+        (once before a crash, again when the reaction runs again) is kept once by the
+        receiver."""
+        return not self.why_run and self._parent() is not None
+
     def _item_id(self, *parts: str) -> dict[str, str]:
         """A reaction's downstream notification gets an id derived from the notification that
         caused it, so the same reaction run again after a crash sends the same ids and the next
         hop de-duplicates them. A converge's get fresh ones (each converge is a new cause)."""
-        parent = (self.ctx.cause or {}).get("notification") if self.ctx.kind == "reaction" else None
+        parent = self._parent()
         if not parent:
             return {}
         key = "\x1f".join((str(parent), *parts))

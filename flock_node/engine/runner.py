@@ -72,17 +72,35 @@ class Engine:
             return [node] if node else []
         return list(self.hooks.resolve_targets(node, tag))
 
-    def _outbox_changed(self, items: list[OutboxItem] | None = None) -> None:
+    def _outbox_changed(self, items: list[OutboxItem] | None = None, early: Any = None) -> None:
         if self.hooks is None:
             return
         try:
             added = getattr(self.hooks, "outbox_added", None)
             if items is not None and added is not None:
-                added(items)
+                added(items, early) if early is not None else added(items)
             else:
                 self.hooks.outbox_changed()
         except Exception:
             log.exception("outbox_changed hook failed")
+
+    def _outbox_early(self, items: list[OutboxItem]) -> Any:
+        """Hand a reaction's rows to the agent before their commit (see Hooks); None: not."""
+        early = getattr(self.hooks, "outbox_early", None)
+        if early is None:
+            return None
+        try:
+            return early(items)
+        except Exception:
+            log.exception("outbox_early hook failed")
+            return None
+
+    def _outbox_abandoned(self, early: Any) -> None:
+        if early is not None and self.hooks is not None:
+            try:
+                self.hooks.outbox_abandoned(early)  # type: ignore[attr-defined]
+            except Exception:
+                log.exception("outbox_abandoned hook failed")
 
     # -- compile ---------------------------------------------------------------------------------
     def compile(self) -> list[ResourceRow]:
