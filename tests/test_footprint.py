@@ -68,3 +68,17 @@ def test_cryptography_is_imported_at_module_level_only_by_the_ca():
                 offenders.append(f"{path.relative_to(root.parent)}:{node.lineno}")
     assert not offenders, ("cryptography imported as the module loads (an agent on a flock "
                            "key would carry its 11 MB): " + ", ".join(offenders))
+
+
+def test_flockctl_and_the_console_start_without_cryptography():
+    """Only `flockctl ca ...` needs the CA's library (~35 ms and ~11 MB to load): every other
+    command, run once per call from operators' scripts, and the console start without it."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, flock_tui.main, flock_tui.app; "
+             "from flock_node.cli import parse; parse(['nodes']); "
+             "print('cryptography' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False", "flockctl or the console loaded cryptography"
