@@ -31,8 +31,10 @@ lint: $(STAMP)
 
 cov: $(STAMP)
 	rm -f .coverage .coverage.*
-	# Reported even if a test fails under tracing (one runs an agent as `nobody`, who cannot
-	# write the coverage data file): `make test` is the pass/fail check, this is the figure.
+	# Reported even if a test fails under tracing (under coverage's tracer a thread's timed
+	# wait does not end while an exception raised into a thread stuck in a C call is pending,
+	# so a python_block that ignores its stop holds the run): `make test` is the pass/fail
+	# check, this is the figure.
 	-$(BIN)/python -m coverage run -m pytest -q -p no:cacheprovider
 	$(BIN)/python -m coverage combine -q
 	$(BIN)/python -m coverage report --include='flock_node/*' | grep TOTAL
