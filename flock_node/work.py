@@ -91,7 +91,6 @@ class WorkQueue:
         self.queue: deque[Job] = deque()
         self.current: Job | None = None
         self.progress: RunProgress | None = None
-        self.compile_error: str | None = None
         self.stopping = threading.Event()
         self.kill = Kill()  # fired when the stop timeout runs out
         self.abandoned = False  # the worker never came back from a stop: exit without it
@@ -106,6 +105,11 @@ class WorkQueue:
         # A converge accepted but inside its start delay counts: `run_chef()` then
         # `active()` is true, as a script waiting for the run to end expects.
         return self.current is not None or bool(self.queue)
+
+    @property
+    def compile_error(self) -> str | None:
+        """Why the recipe does not compile now (None: it does)."""
+        return self.engine.compile_error
 
     def idle(self) -> bool:
         """Would a job queued now start at once?"""
@@ -130,9 +134,7 @@ class WorkQueue:
                     self.abandoned = True
                     return
             fut.result()
-            self.compile_error = None
         except Exception as e:  # RecipeError: keep serving the persisted resources
-            self.compile_error = str(e)
             log.error("recipe does not compile: %s", e)
         finally:
             stop.cancel()
@@ -229,9 +231,7 @@ class WorkQueue:
         if job.kind == "converge":
             ctx = RunContext(job.run_id, "converge", cause=job.cause, progress=progress,
                              stop=self.stopping, kill=self.kill)
-            result = self.engine.converge(ctx)
-            self.compile_error = None
-            return result
+            return self.engine.converge(ctx)
         n = job.notification
         assert n is not None  # a reaction's job carries its notification
         ctx = RunContext(job.run_id, "reaction", cause=cause_of(n), hops=n.hops,

@@ -17,6 +17,7 @@ import pytest
 from conftest import FlockEnv, wait_for, write_recipe
 
 from flock_node.client import Flock
+from flock_node.transport import RpcError
 
 HB = 0.2  # short heartbeats: discovery and liveness in a fraction of a second
 
@@ -508,6 +509,23 @@ def test_cli_resources_notify_subscribe_unsubscribe(flock_env):
     assert f["sub"].resource_manager.subscriptions()["outgoing"] == []
     cli = env.cli("unsubscribe", "sub", s["id"])
     assert cli.returncode != 0
+
+
+def test_a_failed_converge_keeps_saying_the_recipe_does_not_compile(flock_env):
+    """A node whose recipe does not compile answers `not_ready` (retryable) for a resource it
+    does not know. A converge that fails to compile must not clear that: a notification sent
+    after it was answered `unknown_resource`, final, and lost."""
+    env = flock_env
+    start(env, "bad", "this is not python(\n")
+    f = env.flock()
+    with pytest.raises(RpcError) as before:
+        f["bad"].resource_manager.notify("execute[x]", "run", sender="t")
+    assert before.value.code == "not_ready"
+    assert converge(f, "bad")["status"] == "failed"
+    assert f["bad"].flock_api.status()["compile_error"]
+    with pytest.raises(RpcError) as after:
+        f["bad"].resource_manager.notify("execute[x]", "run", sender="t")
+    assert after.value.code == "not_ready", after.value
 
 
 def test_persisted_resources_answer_notify_when_the_recipe_no_longer_compiles(flock_env):

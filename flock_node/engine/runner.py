@@ -62,6 +62,9 @@ class Engine:
         self.hooks = hooks
         self._compiled: Compiled | None = None
         self._saved_rows: list[ResourceRow] | None = None
+        # Why the last compile failed (None: it did): the node then answers `not_ready` for
+        # a resource it does not know, since the recipe that may declare it is broken.
+        self.compile_error: str | None = None
         self._lock = threading.Lock()  # one run at a time
         # One why-run at a time, beside a converge: it changes nothing, so it need not wait.
         self._why_lock = threading.Lock()
@@ -105,7 +108,14 @@ class Engine:
     # -- compile ---------------------------------------------------------------------------------
     def compile(self) -> list[ResourceRow]:
         """Compile all recipes in order and persist the resources; RecipeError on failure."""
-        compiled = compile_recipes(self.recipes)
+        try:
+            compiled = compile_recipes(self.recipes)
+        except RecipeError as e:
+            self.compile_error = str(e)
+            raise
+        except Exception as e:
+            self.compile_error = f"compile failed: {type(e).__name__}: {e}"
+            raise
         rows = [
             ResourceRow(
                 id=r.id,
@@ -128,6 +138,7 @@ class Engine:
         # removed by hand comes back at the next converge, as it would after a restart.
         self.store.wanted.set_recipe(compiled.wanted)
         self._compiled = compiled
+        self.compile_error = None
         return rows
 
     def resource_ids(self) -> list[str]:
