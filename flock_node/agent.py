@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -44,6 +45,7 @@ from flock_node.schedule import Schedule
 from flock_node.store import (
     OutboxItem,
     Store,
+    lock_state,
     outgoing,
 )
 from flock_node.subscriptions import SubscriptionSync
@@ -97,12 +99,14 @@ class Agent:
         self.cfg = cfg
         self.name = cfg.name
         ensure_private_dir(cfg.runtime_dir)
+        self._name_lock: int | None = None
         if not cfg.listen:
             # Our name in the runtime dir, taken before anything else: refuses a second
             # agent of the same name, and tells others scanning the dir that our sockets
             # are not stale even while we are still starting.
             self._name_lock = lock_name(cfg.runtime_dir, cfg.name)
         ensure_private_dir(cfg.state_dir)
+        self._state_lock = lock_state(cfg.state_dir, cfg.name)
         self.store = Store(cfg.state_dir / "flock.db", node=cfg.name, ttl=cfg.ttl)
         self.incarnation = self.store.next_incarnation()
         # Per process: peers tell a restart from a late heartbeat even if the incarnation
@@ -278,6 +282,9 @@ class Agent:
         self._recipe_rpc.close()
         self.work.shutdown()
         self.store.close()
+        for fd in (self._state_lock, self._name_lock):  # an agent in a test may start again
+            if fd is not None:
+                os.close(fd)
         log.info("node %s stopped", self.name)
 
     def _bind_recipe_flock(self) -> None:

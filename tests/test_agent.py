@@ -498,6 +498,23 @@ def test_duplicate_call_id_runs_the_handler_once(tcp):
         assert len(api.history(100)) == runs_before + 1
 
 
+def test_two_agents_never_share_one_state_database(flock_env):
+    """Two agents on one database would each deliver the other's outbox and run the other's
+    inbox: exactly once gone. Another name, or the same name in another runtime dir (where
+    the name lock does not see it), given the same state dir is refused, naming it."""
+    env = flock_env
+    first = env.start("one")
+    other = env.start("two", "--state-dir", str(first.state_dir), wait=False)
+    assert other.proc.wait(20) == 2
+    assert f"{first.state_dir}" in other.output() and "in use" in other.output()
+    elsewhere = env.root / "run2"
+    twin = env.start("one", "--runtime-dir", str(elsewhere), wait=False)
+    assert twin.proc.wait(20) == 2
+    assert "in use" in twin.output()
+    with env.flock() as f:
+        assert f["one"].flock_api.active() is False  # the first is untouched
+
+
 def test_a_second_agent_with_the_same_name_is_refused_and_stale_sockets_are_reused(flock_env):
     env = flock_env
     first = env.start("twin")

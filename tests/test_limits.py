@@ -197,7 +197,8 @@ def test_corrupt_state_database_is_one_clear_line(flock_env):
     r = _node_run(env, "bad", "--state-dir", str(state))
     _one_line_error(r, str(db), "not a database", "move it away")
     assert db.read_bytes() == junk
-    assert sorted(p.name for p in state.iterdir()) == ["flock.db"]
+    # Nothing written beside it but the agent's lock (no -wal, no -shm)
+    assert sorted(p.name for p in state.iterdir()) == ["agent.lock", "flock.db"]
 
 
 def test_unreadable_state_database_is_one_clear_line(flock_env):
@@ -211,7 +212,7 @@ def test_unreadable_state_database_is_one_clear_line(flock_env):
     try:
         os.chmod(top, 0o755)
         state, run = top / "state", top / "run"
-        shutil.copytree(node.state_dir, state)
+        shutil.copytree(node.state_dir, state, ignore=shutil.ignore_patterns("agent.lock"))
         run.mkdir(mode=0o700)
         os.chown(run, 65534, 65534)
         os.chown(state, 65534, 65534)

@@ -26,6 +26,7 @@ from flock_node.store.db import (
     STOPPED_BEFORE_ACTION,
     Db,
     StoreError,
+    lock_state,
     store_error,
 )
 from flock_node.store.inbox import Inbox, InboxRow, Received
@@ -42,7 +43,7 @@ from flock_node.store.subscriptions import (
 )
 
 __all__ = ["DEFAULT_TTL", "HISTORY_LIMIT", "HISTORY_SLACK", "INTERRUPTED", "SCHEMA_VERSION",
-           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "OutboxRow", "Outgoing", "PagedRun", "Received", "ResourceRow", "ResultTuple", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "SubscriptionRow", "WantedRow", "WantedSpec",
+           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "OutboxRow", "Outgoing", "PagedRun", "Received", "ResourceRow", "ResultTuple", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "lock_state", "SubscriptionRow", "WantedRow", "WantedSpec",
            "outgoing", "store_error", "subscription_id"]
 
 

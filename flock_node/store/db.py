@@ -7,6 +7,8 @@ rows included, so a crash never separates "updated" from "notification queued".
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import sqlite3
@@ -147,6 +149,34 @@ def _open_error(path: Path, e: Exception) -> str:
                 "afresh, or restore it from a backup")
     return (f"cannot open the state database {path} ({why}); check that this user may read "
             "and write it and its directory, or choose another --state-dir")
+
+
+STATE_LOCK = "agent.lock"
+
+
+def lock_state(directory: Path, node: str) -> int:
+    """Hold the state directory for this agent's lifetime (the kernel drops the lock when the
+    process dies, even by kill -9). Two agents on one database would each deliver the other's
+    outbox and run the other's inbox, so a second one is refused (OSError EADDRINUSE), naming
+    the holder; a lock file we may not open is a StoreError."""
+    path = directory / STATE_LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as e:
+        raise StoreError(f"cannot open {path} ({e.strerror or e}); check that this user may "
+                         "read and write the state directory, or choose another --state-dir"
+                         ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 200).decode("utf-8", "replace").split()
+        os.close(fd)
+        who = f" (node {holder[1]}, pid {holder[0]})" if len(holder) == 2 else ""
+        raise OSError(errno.EADDRINUSE, f"the state directory {directory} is in use by another "
+                      f"running agent{who}: give each node its own --state-dir") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()} {node}\n".encode())
+    return fd
 
 
 def _json(obj: Any) -> str:
