@@ -29,6 +29,11 @@ def public_id(wanted_id: str) -> str:
     return wanted_id.rsplit("@", 1)[0]
 
 
+def not_known(node: str) -> str:
+    """Why a subscription to `node` waits: no address for it yet."""
+    return f"node {node!r} not known yet"
+
+
 class SubscriptionSync:
     def __init__(self, store: Store, rpc: AsyncRpc, name: str,
                  resolve: Callable[[str], str | None], emit: Callable[..., None]):
@@ -38,6 +43,12 @@ class SubscriptionSync:
         self.resolve = resolve
         self.emit = emit
         self._wake = asyncio.Event()
+
+    @staticmethod
+    def never_sent(w: WantedRow) -> bool:
+        """A subscription whose publisher we never reached (it was never known): removing it
+        needs no call, the publisher holds nothing of it."""
+        return w.state == "pending" and w.last_error == not_known(w.node)
 
     def wake(self) -> None:
         """Something changed (a converge ended, a publisher came back): sync now. Loop only."""
@@ -59,7 +70,7 @@ class SubscriptionSync:
         addr = self.resolve(w.node)
         sid = public_id(w.id)
         if addr is None:
-            self.store.wanted.set_state(w.id, w.state, f"node {w.node!r} not known yet")
+            self.store.wanted.set_state(w.id, w.state, not_known(w.node))
             return False
         try:
             if w.state == "removing":

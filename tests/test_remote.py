@@ -511,6 +511,22 @@ def test_cli_resources_notify_subscribe_unsubscribe(flock_env):
     assert cli.returncode != 0
 
 
+def test_a_subscription_to_a_node_never_reached_is_removed_at_once(flock_env):
+    """Unsubscribing one that waits for a publisher never known (nothing was ever sent to it)
+    needs no call: it used to stay `removing` for good, retried every few seconds."""
+    env = flock_env
+    start(env, "sub", f"""
+        from flock_node.dsl import execute
+        execute("hit", command="true", action="nothing")
+    """)
+    f = env.flock()
+    r = f["sub"].resource_manager.subscribe_to("execute[hit]", "run", "ghost", "execute[x]")
+    assert r["state"] == "pending"
+    out = f["sub"].resource_manager.unsubscribe(r["id"])
+    assert out["removed"] == "outgoing" and out["remote_done"]
+    assert f["sub"].resource_manager.subscriptions()["outgoing"] == []
+
+
 def test_a_failed_converge_keeps_saying_the_recipe_does_not_compile(flock_env):
     """A node whose recipe does not compile answers `not_ready` (retryable) for a resource it
     does not know. A converge that fails to compile must not clear that: a notification sent

@@ -183,8 +183,12 @@ class ResourceManager:
                             "next converge registers it again"}
         for w in self.store.wanted.all():
             if w.id == id or w.id.rsplit("@", 1)[0] == id:
-                self.store.wanted.set_state(w.id, "removing")
-                ok = await self.sync.sync(msgspec.structs.replace(w, state="removing"))
+                if self.sync.never_sent(w):
+                    self.store.wanted.set_state(w.id, "removed")
+                    ok = True
+                else:
+                    self.store.wanted.set_state(w.id, "removing")
+                    ok = await self.sync.sync(msgspec.structs.replace(w, state="removing"))
                 out = {"id": id, "removed": "outgoing", "remote_done": ok}
                 if w.origin == "recipe":
                     out["note"] = (f"{w.resource} declares it in the recipe "
