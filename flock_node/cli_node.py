@@ -6,16 +6,14 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
 
 from flock_node import __version__, logs, paths, sdnotify
 from flock_node.argtypes import positive_seconds, seconds_or_zero, seed_url
+from flock_node.names import is_name
 from flock_node.protocol import load_key
-
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -92,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.splay and not args.interval:
         return _fail("--splay needs --interval: it spreads scheduled converges")
-    if not NAME_RE.match(args.name):
+    if not is_name(args.name):
         return _fail(f"invalid node name {args.name!r}: use letters, digits, '.', '_', '-' "
                      "(at most 63, starting with a letter or digit)")
     recipes = []

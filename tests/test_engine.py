@@ -346,6 +346,16 @@ def test_subscribes(env):
             "file[{d}/x]: bad timing 'later'",
         ),
         ('file(D + "/x", mode="rw")', 3, "file[{d}/x]: property 'mode' must be an octal mode"),
+        (
+            'file(D + "/x").remote_notifies("touch", "file[/y]", node="bad name!")',
+            3,
+            "file[{d}/x]: node='bad name!' is not a node name or glob",
+        ),
+        (
+            'file(D + "/x").remote_subscribes("touch", "file[/y]")',
+            3,
+            "file[{d}/x]: remote_subscribes needs node=NAME",
+        ),
     ],
 )
 def test_compile_errors_name_file_and_line(env, body, line, message):

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 from flock_node.engine import collector
 from flock_node.engine.errors import RecipeError, ResourceFailure
 from flock_node.engine.resources.props import COMMON, _seconds
+from flock_node.names import is_name, is_pattern
 
 ID_RE = re.compile(r"^([a-z_][a-z0-9_]*)\[(.+)\]$", re.S)
 LOCAL_TIMINGS = ("immediately", "delayed")
@@ -272,17 +273,21 @@ class Resource:
         for what, v in (("node", node), ("tag", tag)):
             if v is not None and (not isinstance(v, str) or not v):
                 raise RecipeError(f"{src}: {self.id}: {what}= must be a non-empty string")
+        if node is not None and not is_pattern(node):
+            raise RecipeError(f"{src}: {self.id}: node={node!r} is not a node name or glob "
+                              "(letters, digits, '.', '_', '-', and * ? [ ])")
         self.remote_notifications.append(RemoteNotify(action, target, node, tag, timing, src))
         return self
 
-    def remote_subscribes(self, action: str, target: str, node: str) -> Resource:
+    def remote_subscribes(self, action: str, target: str, node: str | None = None) -> Resource:
         """Whenever `target` on node `node` is updated, run `action` on this resource."""
         collector.current()
         src = collector.caller_source()
         self._check_action_name(action, src)
         self._check_target(target, src)
-        if not isinstance(node, str) or not node:
-            raise RecipeError(f"{src}: {self.id}: remote_subscribes needs node=NAME")
+        if not isinstance(node, str) or not is_name(node):
+            raise RecipeError(f"{src}: {self.id}: remote_subscribes needs node=NAME (one node's "
+                              f"name; got {node!r})")
         if action not in self.actions:
             raise RecipeError(
                 f"{src}: {self.id}: unknown action {action!r} (allowed: {', '.join(self.actions)})"
