@@ -136,3 +136,24 @@ def test_why_run_with_max_parallel_is_a_usage_error(flock_env):
     assert r.returncode == 2, r.stderr
     assert "--why-run" in r.stderr and "--max-parallel" in r.stderr, r.stderr
 
+
+
+def test_message_helpers():
+    from flock_node.cli.context import key_mismatch
+    from flock_node.cli.probe import tls_address
+    from flock_node.cli.runs import start_line, start_state
+
+    assert [start_state(r) for r in ({"queued": False, "joined": False},
+                                     {"queued": True, "joined": False},
+                                     {"queued": True, "joined": True}, {})] == [
+        "started", "queued", "joined", "started"]
+    assert start_line("a", "r1", "joined") == "a: joined (run r1, already queued)"
+    msg = ("the node and this client do not share the same flock key (check --key-file / "
+           "FLOCK_KEY_FILE / --insecure): d refused our call: d: unauthorized: no key here")
+    assert key_mismatch("a", msg) == (
+        "a: the flock key does not match (d refused our call: no key here); check --key-file "
+        "/ FLOCK_KEY_FILE / --insecure")
+    assert tls_address("cannot connect to tls+tcp://h:7601 within 2s (on TLS also: x)") \
+        == "tls+tcp://h:7601"
+    assert tls_address("no answer from tls+tcp://[::1]:7601 within 2s") == "tls+tcp://[::1]:7601"
+    assert tls_address("no agent listening at ipc:///x.rpc") is None

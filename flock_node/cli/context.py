@@ -95,7 +95,7 @@ class Ctx:
                 return None
         if tls is None or not certificate_refused(addr, tls):
             return None
-        return (f"{addr} refused our certificate ({tls.me.role}:{tls.me.name}, {tls.dir}): the "
+        return (f"{addr} refused our certificate ({tls.me.cn}, {tls.dir}): the "
                 "node is reachable but closes the TLS connection; the certificate is revoked, "
                 "expired or from another CA (check --tls-dir)")
 
