@@ -14,6 +14,7 @@ from flock_node import __version__, logs, paths, sdnotify
 from flock_node.argtypes import positive_seconds, seconds_or_zero, seed_url
 from flock_node.names import is_name
 from flock_node.protocol import load_key
+from flock_node.transport import tcp_addresses
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,6 +89,12 @@ def _fail(msg: str, code: int = 2) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.listen:
+        # The address's shape first: a wrong scheme is the real mistake, not a missing key.
+        try:
+            tcp_addresses(args.listen)
+        except ValueError as e:
+            return _fail(str(e))
     if args.splay and not args.interval:
         return _fail("--splay needs --interval: it spreads scheduled converges")
     if not is_name(args.name):
@@ -152,13 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     from flock_node.agent import AgentConfig
     from flock_node.process import run_agent
     from flock_node.store import StoreError
-    from flock_node.transport import AddressInUse, tcp_addresses
+    from flock_node.transport import AddressInUse
 
-    if args.listen:
-        try:
-            tcp_addresses(args.listen)
-        except ValueError as e:
-            return _fail(str(e))
     cfg = AgentConfig(
         name=args.name, recipes=recipes, listen=args.listen, seeds=args.seed, tags=args.tag,
         state_dir=paths.state_dir(args.name, args.state_dir),

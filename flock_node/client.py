@@ -55,6 +55,14 @@ def _args(method: str, args: tuple[Any, ...], kwargs: dict[str, Any],
     return out
 
 
+class SetupError(RpcError):
+    """The client's own setup is wrong (a key file, a TLS directory): nothing was sent. The
+    code stays `bad_request` for callers that catch RpcError by code."""
+
+    def __init__(self, message: str):
+        super().__init__("bad_request", message)
+
+
 def resolve_key(key_file: str | None = None, insecure: bool = False) -> bytes | None:
     """The flock key for a client: --key-file, FLOCK_KEY_FILE, or the default key file."""
     if insecure:
@@ -65,9 +73,10 @@ def resolve_key(key_file: str | None = None, insecure: bool = False) -> bytes | 
     try:
         return load_key(p)
     except OSError as e:
-        raise RpcError("bad_request", f"cannot read key file {p}: {e.strerror}") from None
+        raise SetupError(f"cannot read key file {p} ({e.strerror}): pass --key-file FILE "
+                         "(or set FLOCK_KEY_FILE) naming the flock key, or --insecure") from None
     except ValueError as e:
-        raise RpcError("bad_request", str(e)) from None
+        raise SetupError(f"{e} (--key-file / FLOCK_KEY_FILE)") from None
 
 
 def resolve_tls(tls_dir: str | Path | None, seeds: Iterable[str]) -> TlsIdentity | None:
@@ -78,7 +87,7 @@ def resolve_tls(tls_dir: str | Path | None, seeds: Iterable[str]) -> TlsIdentity
     try:
         return load_identity(default_tls_dir(str(tls_dir) if tls_dir else None))
     except TlsError as e:
-        raise RpcError("bad_request", str(e)) from None
+        raise SetupError(str(e)) from None
 
 
 def _codec(key: bytes | None, tls: TlsIdentity | None) -> Codec:
@@ -320,7 +329,7 @@ class Flock(_Client):
         `tls+tcp://` seed) speaks mutual TLS with that certificate. At most
         `max_connections` (FLOCK_RPC_CONNECTIONS, 64) nodes' connections are held, the
         least recently called closed first."""
-        seeds = list(seeds) or _env_seeds()
+        seeds = list(seeds) or env_seeds()
         tls = resolve_tls(tls_dir, seeds)
         key = None if tls is not None else resolve_key(key_file, insecure)
         rpc = SyncRpc(_codec(key, tls), timeout=timeout, tls=tls, max_connections=max_connections)
@@ -402,7 +411,7 @@ class AsyncFlock(_Client):
                       timeout: float = 5.0, tls_dir: str | Path | None = None,
                       max_connections: int | None = None) -> AsyncFlock:
         """Like `Flock.connect`, for asyncio."""
-        seeds = list(seeds) or _env_seeds()
+        seeds = list(seeds) or env_seeds()
         tls = resolve_tls(tls_dir, seeds)
         key = None if tls is not None else resolve_key(key_file, insecure)
         self = cls(AsyncRpc(_codec(key, tls), timeout=timeout, tls=tls,
@@ -448,6 +457,6 @@ class AsyncFlock(_Client):
         self.close()
 
 
-def _env_seeds() -> list[str]:
+def env_seeds() -> list[str]:
     raw = os.environ.get("FLOCK_SEEDS", "")
     return [s for s in raw.replace(",", " ").split() if s]

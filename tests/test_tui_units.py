@@ -126,7 +126,7 @@ def test_the_console_needs_a_terminal(capsys):
     assert run_console(offline_args()) == 2  # pytest's stdin is not a terminal
     assert "needs a terminal" in capsys.readouterr().err
     assert main(["demo", "--nodes", "0"]) == 2
-    assert "at least 1" in capsys.readouterr().err
+    assert "from 1 to 100" in capsys.readouterr().err
 
 
 def test_run_target_names_a_tag_or_everything():

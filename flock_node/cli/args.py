@@ -6,11 +6,13 @@ import argparse
 import json
 import re
 import sys
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from flock_node import __version__
 
 # The checks flock-node shares (flock_node.cli re-exports them from here).
+from flock_node.argtypes import parsed
 from flock_node.argtypes import positive_int as positive_int
 from flock_node.argtypes import positive_seconds as positive_seconds
 from flock_node.argtypes import seconds_or_zero as seconds_or_zero
@@ -20,6 +22,7 @@ OK, FAILED, USAGE, UNREACHABLE, REFUSED = 0, 1, 2, 3, 4
 
 
 STATES = ("active", "idle", "alive", "down")
+DEMO_MAX_NODES = 100  # flock_tui.demo starts them all on this machine
 
 
 class CliError(Exception):
@@ -39,6 +42,26 @@ def resource_id(text: str) -> str:
             f"{text!r} is not a resource: write it type[name], e.g. 'execute[restart app]' "
             "or 'file[/etc/app.conf]'")
     return text
+
+
+def count_between(least: int, most: int) -> Callable[[str], int]:
+    """A checker of counts with an upper bound (`demo --nodes`): one usage error, JSON too."""
+
+    def parse(text: str) -> int:
+        v = parsed(text, int, "a whole number")
+        if not least <= v <= most:
+            raise argparse.ArgumentTypeError(f"{text!r}: give a number from {least} to {most}")
+        return v
+
+    return parse
+
+
+def positive_days(text: str) -> float:
+    """A certificate's lifetime in days, above 0 (fractions allowed)."""
+    v = parsed(text, float, "a number of days")
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of days")
+    return v
 
 
 def _global_flags(p: argparse.ArgumentParser, suppress: bool | None) -> None:
@@ -156,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--limit", type=positive_int, default=50, metavar="N")
     _ca_parsers(sub.add_parser("ca", help="the flock CA: init, issue, list, revoke"))
     s = sub.add_parser("demo", help="start a local demo flock and open the console on it")
-    s.add_argument("--nodes", type=positive_int, default=3, metavar="N")
+    s.add_argument("--nodes", type=count_between(1, DEMO_MAX_NODES), default=3, metavar="N",
+                   help=f"how many demo nodes, 1 to {DEMO_MAX_NODES} (default 3)")
     s.add_argument("--no-console", action="store_true",
                    help="keep the demo flock running without opening the console")
     return p
@@ -171,7 +195,8 @@ def _ca_parsers(p: argparse.ArgumentParser) -> None:
     s.add_argument("name")
     s.add_argument("--role", required=True, choices=["node", "operator", "observer"])
     s.add_argument("--out", metavar="DIR", help="default ./NAME")
-    s.add_argument("--days", type=positive_seconds, default=365.0, metavar="N")
+    s.add_argument("--days", type=positive_days, default=365.0, metavar="N",
+                   help="how long the certificate is valid, in days (default 365)")
     ca.add_parser("list", help="what was issued and revoked")
     s = ca.add_parser("revoke", help="revoke NAME and push the signed list to reachable nodes")
     s.add_argument("name")

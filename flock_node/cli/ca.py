@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from flock_node import paths
-from flock_node.cli.args import FAILED, OK, CliError
+from flock_node.cli.args import FAILED, OK, USAGE, CliError
 from flock_node.cli.context import Ctx, gone
 from flock_node.cli.text import table
 from flock_node.store.audit import caller_label
@@ -47,7 +47,12 @@ def _init(c: Ctx) -> int:
 
 def _issue(c: Ctx) -> int:
     from flock_node.trust import ca
+    from flock_node.trust.identity import common_name
 
+    try:  # a name no certificate can carry is the command line's mistake
+        common_name(c.args.role, c.args.name)
+    except ValueError as e:
+        raise CliError(f"ca issue: {e}", USAGE) from None
     out = Path(c.args.out) if c.args.out else Path.cwd() / c.args.name
     ca.issue(_ca_dir(c), c.args.name, c.args.role, out, days=c.args.days)
     if c.args.json:

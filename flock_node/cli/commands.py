@@ -12,7 +12,7 @@ from typing import Any
 from flock_node import paths
 from flock_node.api import State
 from flock_node.cli.args import FAILED, OK, USAGE, CliError, resource_id
-from flock_node.cli.context import Ctx, as_members
+from flock_node.cli.context import Ctx, as_members, node_line
 from flock_node.cli.runs import _worst
 from flock_node.cli.text import (
     _outbox_text,
@@ -249,7 +249,7 @@ def cmd_subscriptions(c: Ctx) -> int:
     else:
         c.print("no subscriptions")
     for n, err in errors.items():
-        c.print(f"{n}: {err}")
+        c.print(node_line(n, err))
     return _worst(errors, OK)
 
 

@@ -15,6 +15,7 @@ from flock_node.cli.context import (
     _cli_error,
     gone,
     is_group,
+    node_line,
     select,
 )
 from flock_node.cli.rolling import cmd_rolling
@@ -24,6 +25,10 @@ from flock_node.transport import RpcError
 
 def cmd_run_chef(c: Ctx) -> int:
     """Start a converge on every target node; --why-run only plans, --max-parallel rolls."""
+    if c.args.why_run and c.args.max_parallel is not None:
+        # A plan changes nothing, so there is nothing to roll out one batch at a time.
+        raise CliError("--why-run and --max-parallel do not go together: a why-run plans "
+                       "every target at once and changes nothing; drop one of them", USAGE)
     if c.args.why_run:
         return cmd_why_run(c)
     if c.args.max_parallel is not None:
@@ -32,11 +37,13 @@ def cmd_run_chef(c: Ctx) -> int:
         raise CliError("--max-fail goes with --max-parallel N (a rolling run)", USAGE)
     names = c.targets(c.args.target)
     started: dict[str, str] = {}
+    states: dict[str, str] = {}
     errors: dict[str, CliError] = {}
 
     def start(n: str) -> None:
         try:
-            started[n] = c.call(n, "flock_api", "run_chef")["run_id"]
+            r = c.call(n, "flock_api", "run_chef")
+            started[n], states[n] = r["run_id"], start_state(r)
         except CliError as e:
             errors[n] = e
 
@@ -44,10 +51,12 @@ def cmd_run_chef(c: Ctx) -> int:
         list(ex.map(start, names))
     if not c.args.wait:
         if c.args.json:
-            c.emit_json({"runs": started, "errors": {n: str(e) for n, e in errors.items()}})
+            c.emit_json({"runs": started, "states": states,
+                         "errors": {n: str(e) for n, e in errors.items()}})
         else:
             for n in names:
-                c.print(f"{n}: run {started[n]} started" if n in started else f"{n}: {errors[n]}")
+                c.print(start_line(n, started[n], states[n]) if n in started
+                        else node_line(n, errors[n]))
         return _worst(errors, OK)
     results = _wait_runs(c, started, errors)
     if c.args.json:
@@ -60,9 +69,26 @@ def cmd_run_chef(c: Ctx) -> int:
         for n in failed:
             c.print(f"  {n}: {results[n].get('error') or results[n].get('status')}")
         for n, e in errors.items():
-            c.print(f"  {n}: {e}")
+            c.print(f"  {node_line(n, e)}")
     code = FAILED if failed else OK
     return _worst(errors, code)
+
+
+def start_state(answer: dict[str, Any]) -> str:
+    """What a node did with a run_chef: `started` it, `queued` it behind the run in
+    progress, or `joined` the one already waiting (agents that predate the flags: started)."""
+    if answer.get("joined"):
+        return "joined"
+    return "queued" if answer.get("queued") else "started"
+
+
+def start_line(node: str, run: str, state: str) -> str:
+    """One node's answer to run-chef, for a person."""
+    if state == "joined":
+        return f"{node}: joined (run {run}, already queued)"
+    if state == "queued":
+        return f"{node}: run {run} queued (starts when the run in progress ends)"
+    return f"{node}: run {run} started"
 
 
 def _worst(errors: dict[str, CliError], code: int) -> int:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from flock_node.cli.args import FAILED, OK, CliError
-from flock_node.cli.context import Ctx, _cli_error
+from flock_node.cli.context import Ctx, _cli_error, node_line
 from flock_node.transport import RpcError
 
 _MARK = {"would_update": "~", "up_to_date": "=", "skipped": "-", "failed": "!"}
@@ -62,7 +62,7 @@ def cmd_why_run(c: Ctx) -> int:
             if n in plans:
                 c.print("\n".join(plan_lines(n, plans[n])))
             else:
-                c.print(f"{n}: {errors[n]}")
+                c.print(node_line(n, errors[n]))
         c.print("why-run: nothing was changed, nothing was sent")
     code = FAILED if any(p.get("status") != "ok" for p in plans.values()) else OK
     if errors:
