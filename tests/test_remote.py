@@ -515,7 +515,7 @@ def test_a_subscription_to_a_node_never_reached_is_removed_at_once(flock_env):
     """Unsubscribing one that waits for a publisher never known (nothing was ever sent to it)
     needs no call: it used to stay `removing` for good, retried every few seconds."""
     env = flock_env
-    start(env, "sub", f"""
+    start(env, "sub", """
         from flock_node.dsl import execute
         execute("hit", command="true", action="nothing")
     """)
