@@ -470,8 +470,10 @@ def test_two_agents_claiming_one_name_both_show_the_clash(flock_env, membership)
     p1, p2 = free_port(), free_port()
     first = env.start("dup", "--listen", f"tcp://127.0.0.1:{p1}", "--key-file", key,
                       heartbeat=HB)
+    # Another machine: its own state directory (one agent per state directory).
     env.start("dup", "--listen", f"tcp://127.0.0.1:{p2}", "--key-file", key,
-              "--seed", f"tcp://127.0.0.1:{p1}", heartbeat=HB)
+              "--seed", f"tcp://127.0.0.1:{p1}",
+              "--state-dir", str(env.root / "state" / "dup-elsewhere"), heartbeat=HB)
     second = env.nodes["dup"]  # the fixture stops only this one: the first one is ours
     try:
         for port in (p1, p2):
