@@ -97,6 +97,8 @@ def test_the_console_in_an_80x24_terminal(demo, tmp_path):
         text = tmux.wait(lambda s: "bender2" in s and "OUTBOX" in s, 20, "the flock table")
         assert "filter" not in text.splitlines()[0], text
         assert "no node matches" not in text
+        head = next(ln for ln in text.splitlines() if "OUTBOX" in ln)
+        assert head.rstrip().endswith("TAGS") and "ADDRESS" not in head, text
         footer = text.rstrip("\n").splitlines()[-1]
         assert "? Help" in footer and "q Quit" in footer, text
         tmux.keys("?")
