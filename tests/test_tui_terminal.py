@@ -106,7 +106,8 @@ def test_the_console_in_an_80x24_terminal(demo, tmp_path):
         tmux.keys("Escape")
         tmux.wait(lambda s: "BINDING ID" not in s, 5, "help closed")
         tmux.keys("Enter")  # the node screen of the cursor node (bender0)
-        tmux.wait(lambda s: "Resources" in s and "file[" in s, 10, "the node screen")
+        text = tmux.wait(lambda s: "Resources" in s and "file[" in s, 10, "the node screen")
+        assert "bender0.rpc" in text, text  # the address the table has no room for
         tmux.keys("Escape")
         tmux.wait(lambda s: "OUTBOX" in s, 5, "back on the table")
         # The rolling form, keys sent in one burst as a terminal read gives them: a refused 0,
