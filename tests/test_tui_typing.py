@@ -35,3 +35,21 @@ async def test_a_corrected_rolling_form_starts_when_keys_come_together():
         burst(app, "backspace", "2", "enter")
         await until(pilot, lambda: got, 3, "the roll to start")
         assert got == [(2, 1)]
+
+
+@aio
+async def test_the_filter_takes_a_burst_of_keys_in_order():
+    from tui_support import members
+
+    now = 1_700_000_000.0
+    app = FlockApp(offline_args(), clock=lambda: now, config=ConsoleConfig(), connect=False)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await until(pilot, lambda: app.ready, 3, "mounted")
+        app.apply_members(members(now))
+        app.flush()
+        await pilot.press("slash")
+        box = app.main.query_one("#filter")
+        await until(pilot, lambda: box.has_focus, 3, "the filter")
+        burst(app, "w", "x", "backspace", "e", "b", "1", "enter")
+        await until(pilot, lambda: set(app.shown) == {"web1"}, 3, "web1 alone")
+        assert box.value == "web1"

@@ -45,8 +45,8 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
-        yield OrderedInput(placeholder="filter: words match name, state, tags, address (enter keeps, "
-                                "esc clears)", id="filter", disabled=True)
+        yield OrderedInput(placeholder="filter: words match name, state, tags, address "
+                           "(enter keeps, esc clears)", id="filter", disabled=True)
         yield FlockTable(id="flock-table")
         yield Static(id="empty")
         yield MacroBar()
