@@ -288,9 +288,25 @@ def change_text(c: Change, st: Styles) -> Text:
     return t
 
 
+# Senders that are people, not nodes: `flockctl notify` and the console.
+OPERATORS = {"flockctl": "flockctl", "flock-cli": "flockctl", "flock-console": "console"}
+
+
+def is_operator(cause: dict[str, Any]) -> bool:
+    """A notification sent by a person (console, flockctl): no resource, no run behind it."""
+    return not cause.get("resource") and not cause.get("run")
+
+
+def operator_text(sender: str) -> str:
+    """Who sent an out-of-band notification, as the README says it: `operator (console)`."""
+    return f"operator ({OPERATORS.get(sender, sender or '?')})"
+
+
 def _cause_text(cause: dict[str, Any] | None) -> str:
     if not cause:
         return ""
+    if is_operator(cause):
+        return f" ← {operator_text(str(cause.get('node') or ''))}"
     return (f" caused by {cause.get('node', '?')}:{cause.get('resource', '?')}"
             f" (hop {cause.get('hops', '?')})")
 
@@ -317,7 +333,9 @@ def event_text(ev: Event, st: Styles) -> tuple[Text, str] | None:
         return t, "ok" if ok else "error"
     what = f"{d.get('action', '?')} {d.get('resource', '?')}"
     if k == "notification_received":
-        t.append(f" received {what} from {d.get('sender') or '?'}")
+        sender = str(d.get("sender") or "?")
+        t.append(f" received {what} from "
+                 f"{operator_text(sender) if sender in OPERATORS else sender}")
         return t, "info"
     if k == "notification_delivered":
         t.append(f" → {d.get('target', '?')}: {what} delivered", style=st.success)

@@ -129,8 +129,8 @@ async def shoot_plans(pilot, app: FlockApp, demo: DemoFlock) -> None:
 
 
 async def shoot_small(demo: DemoFlock) -> None:
-    """An 80x24 terminal (ssh on a laptop): the table keeps OUTBOX, the node screen shows
-    one pane at a time."""
+    """An 80x24 terminal (ssh on a laptop): the table keeps OUTBOX and TAGS, the node screen
+    shows one pane at a time (the audit pane too)."""
     args = build_parser().parse_args(["--runtime-dir", str(demo.runtime_dir), "--insecure"])
     app = FlockApp(args, config=MACROS)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -146,6 +146,11 @@ async def shoot_small(demo: DemoFlock) -> None:
         await until(pilot, lambda: scr.query_one("#node-resources").row_count >= 3)
         await pilot.pause(0.5)
         app.save_screenshot(str(OUT / "node-screen-80x24.svg"))
+        while scr.pane != "audit":
+            await pilot.press("tab")
+        await until(pilot, lambda: scr.query_one("#node-audit").row_count >= 2)
+        await pilot.pause(0.5)
+        app.save_screenshot(str(OUT / "node-audit-80x24.svg"))
 
 
 def main() -> int:
@@ -157,7 +162,7 @@ def main() -> int:
         asyncio.run(shoot_small(demo))
     for name in ("flock-table", "node-screen", "subscription-wizard", "why-run",
                  "rolling-form", "rolling-run", "macro-running", "console-80x24",
-                 "node-screen-80x24"):
+                 "node-screen-80x24", "node-audit-80x24"):
         print(f"wrote {OUT / name}.svg")
     return 0
 

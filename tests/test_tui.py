@@ -336,6 +336,19 @@ def test_log_lines_from_events():
         "target": "b1", "resource": "execute[x]", "action": "run", "error": "[red]boom"}), st)
     assert level == "error" and "[red]boom" in text.plain and "dead-lettered" in text.plain
     assert event_text(Event("b0", "run_progress", 0.0, {}), st) is None
+    # An operator's notification reads as the README says (`caused by flock-console:?` once).
+    for sender, who in (("flock-console", "console"), ("flockctl", "flockctl")):
+        cause = {"node": sender, "notification": "n-1", "hops": 1}
+        text, _ = event_text(Event("b0", "run_started", 0.0, {
+            "kind": "reaction", "run": "r-1", "cause": cause}), st)
+        assert text.plain == f"b0 reaction r-1 started ← operator ({who})", text.plain
+        text, _ = event_text(Event("b0", "notification_received", 0.0, {
+            "sender": sender, "resource": "file[/a]", "action": "touch"}), st)
+        assert text.plain == f"b0 received touch file[/a] from operator ({who})", text.plain
+    cause = {"node": "b1", "resource": "file[/s]", "run": "r-0", "hops": 2}
+    text, _ = event_text(Event("b0", "run_started", 0.0, {
+        "kind": "reaction", "run": "r-2", "cause": cause}), st)
+    assert text.plain == "b0 reaction r-2 started caused by b1:file[/s] (hop 2)", text.plain
 
 
 

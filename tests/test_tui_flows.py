@@ -83,6 +83,11 @@ async def test_a_notification_from_the_console_reads_as_the_operator_s(demo):
 
         row = await until(pilot, reaction_row, 15, "the reaction in the runs pane")
         assert "?" not in row[-1]
+        # The event log says it in the same words (it said `caused by flock-console:?`).
+        await until(pilot, lambda: f"{row[0]} started" in log_of(app), 5, "its start")
+        log = " ".join(log_of(app).split())  # long lines wrap
+        assert f"{row[0]} started ← operator (console) " in log, log
+        assert "flock-console" not in log, log
         # Health keeps the converge; the reaction is beside it (the agent here may not send
         # last_converge: the console keeps what it saw or asks the history).
         title = scr.query_one("#node-title")

@@ -97,6 +97,8 @@ def test_the_console_in_an_80x24_terminal(demo, tmp_path):
         text = tmux.wait(lambda s: "bender2" in s and "OUTBOX" in s, 20, "the flock table")
         assert "filter" not in text.splitlines()[0], text
         assert "no node matches" not in text
+        head = next(ln for ln in text.splitlines() if "OUTBOX" in ln)
+        assert head.rstrip().endswith("TAGS") and "ADDRESS" not in head, text
         footer = text.rstrip("\n").splitlines()[-1]
         assert "? Help" in footer and "q Quit" in footer, text
         tmux.keys("?")
@@ -104,9 +106,21 @@ def test_the_console_in_an_80x24_terminal(demo, tmp_path):
         tmux.keys("Escape")
         tmux.wait(lambda s: "BINDING ID" not in s, 5, "help closed")
         tmux.keys("Enter")  # the node screen of the cursor node (bender0)
-        tmux.wait(lambda s: "Resources" in s and "file[" in s, 10, "the node screen")
+        text = tmux.wait(lambda s: "Resources" in s and "file[" in s, 10, "the node screen")
+        assert "bender0.rpc" in text, text  # the address the table has no room for
         tmux.keys("Escape")
         tmux.wait(lambda s: "OUTBOX" in s, 5, "back on the table")
+        # The rolling form, keys sent in one burst as a terminal read gives them: a refused 0,
+        # then a corrected 2 starts the roll (once, a late backspace ate the 2).
+        tmux.keys("a", "l")
+        tmux.wait(lambda s: "Rolling run on 3 node(s)" in s, 5, "the rolling form")
+        tmux.keys("BSpace", "0", "Enter")
+        tmux.wait(lambda s: "max parallel: at least 1 (got 0)" in s, 5, "the form's error")
+        tmux.keys("BSpace", "2", "Enter")
+        tmux.wait(lambda s: "at most 2 at once" in s, 5, "the roll")
+        tmux.wait(lambda s: "3 ok, 0 failed" in s, 30, "the roll's end")
+        tmux.keys("Escape")
+        tmux.wait(lambda s: "OUTBOX" in s and "Rolling" not in s, 5, "back on the table")
         tmux.keys("q")
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

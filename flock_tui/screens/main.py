@@ -24,6 +24,7 @@ from flock_tui.screens.node import NodeScreen
 from flock_tui.widgets.flock_table import FlockTable
 from flock_tui.widgets.footer import FlockFooter
 from flock_tui.widgets.macro_bar import MacroBar
+from flock_tui.widgets.ordered_input import OrderedInput
 
 if TYPE_CHECKING:
     from flock_tui.app import FlockApp
@@ -44,8 +45,8 @@ class MainScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="title")
-        yield Input(placeholder="filter: words match name, state, tags, address (enter keeps, "
-                                "esc clears)", id="filter", disabled=True)
+        yield OrderedInput(placeholder="filter: words match name, state, tags, address "
+                           "(enter keeps, esc clears)", id="filter", disabled=True)
         yield FlockTable(id="flock-table")
         yield Static(id="empty")
         yield MacroBar()

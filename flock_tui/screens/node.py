@@ -129,7 +129,9 @@ class NodeScreen(NodeChanges, Screen[None]):
         elif first:
             self.query_one("#node-runs", DataTable).focus()
         self.refill()
-        self.query_one(AuditPane).refill()
+        # A pane just shown has no width until the next layout: the audit pane sizes its
+        # columns from it (CALLER and CALL give way on a narrow one), so it refits after.
+        self.call_after_refresh(self.query_one(AuditPane).refill)
 
     def _focus_pane(self) -> None:
         target = "#node-detail-scroll" if self.pane == "detail" else f"#node-{self.pane}"

@@ -9,10 +9,14 @@ from typing import Any
 from rich.text import Text
 
 from flock_node.cli import ago
-from flock_tui.model import Styles, duration, short_resource, short_run_id
-
-# Senders that are people, not nodes: `flockctl notify` and the console.
-OPERATORS = {"flock-cli": "flockctl", "flock-console": "console"}
+from flock_tui.model import (
+    Styles,
+    duration,
+    is_operator,
+    operator_text,
+    short_resource,
+    short_run_id,
+)
 
 Row = tuple[str, list[Text]]
 
@@ -28,11 +32,6 @@ def problems_text(status: dict[str, Any]) -> str:
     return "  ".join(out)
 
 
-def is_operator(cause: dict[str, Any]) -> bool:
-    """A notification sent by a person (console, flockctl): no resource, no run behind it."""
-    return not cause.get("resource") and not cause.get("run")
-
-
 def cause_text(cause: dict[str, Any] | None, kind: str, width: int, st: Styles) -> Text:
     """The CAUSE cell: `← bender0 schema.sql`, `← operator (console)`, `scheduled`."""
     if cause and cause.get("scheduled"):
@@ -41,8 +40,7 @@ def cause_text(cause: dict[str, Any] | None, kind: str, width: int, st: Styles) 
         return Text(kind, style=st.muted)
     sender = str(cause.get("node") or "")
     if is_operator(cause):
-        who = OPERATORS.get(sender, sender or "?")
-        return Text(f"← operator ({who})", style=st.accent)
+        return Text(f"← {operator_text(sender)}", style=st.accent)
     return Text(short_resource(str(cause.get("resource", "?")), width, f"← {sender or '?'} "))
 
 
@@ -158,7 +156,7 @@ def cause_step(t: Text, cause: dict[str, Any], depth: int, width: int, st: Style
     indent = "  " * (depth + 1)
     node = str(cause.get("node", "?"))
     if is_operator(cause):
-        t.append(f"{indent}← operator ({OPERATORS.get(node, node)})\n", style="bold")
+        t.append(f"{indent}← {operator_text(node)}\n", style="bold")
         return
     t.append(f"{indent}← {node} ", style="bold")
     t.append(short_resource(str(cause.get("resource", "?")),

@@ -18,6 +18,7 @@ from flock_node.cli.rolling import Outcome, Roll
 from flock_tui.context import console_of
 from flock_tui.model import Styles, duration
 from flock_tui.roll import RollDriver, equivalent_command, parse_limits, stop_the_rest
+from flock_tui.widgets.ordered_input import OrderedInput
 
 
 def outcome_style(outcome: str, st: Styles) -> str:
@@ -71,10 +72,10 @@ class RollForm(ModalScreen[tuple[int, int] | None]):
                               "starts (the rest are skipped)."), id="roll-nodes")
             with Horizontal(classes="roll-field"):
                 yield Label("max parallel ")
-                yield Input("1", id="roll-parallel", type="integer")
+                yield OrderedInput("1", id="roll-parallel", type="integer")
             with Horizontal(classes="roll-field"):
                 yield Label("max fail     ")
-                yield Input("1", id="roll-fail", type="integer")
+                yield OrderedInput("1", id="roll-fail", type="integer")
             yield Static(id="roll-command")
             yield Static(id="roll-error")
             yield Label(Text.assemble(("enter", "bold"), " start   ", ("tab", "bold"),
@@ -105,8 +106,10 @@ class RollForm(ModalScreen[tuple[int, int] | None]):
     def start(self) -> None:
         try:
             self.dismiss(self.limits())
-        except ValueError:
-            self.query_one("#roll-error").focus()  # the message is already shown
+        except ValueError as e:
+            # The message is shown already; the cursor stays on (or goes to) the wrong field.
+            wrong = "#roll-fail" if str(e).startswith("max fail") else "#roll-parallel"
+            self.query_one(wrong, Input).focus()
 
     def action_cancel(self) -> None:
         self.dismiss(None)

@@ -19,6 +19,7 @@ from textual.widgets import Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
 from flock_tui.context import Console, console_of, err_text
+from flock_tui.widgets.ordered_input import OrderedInput
 
 
 @dataclass
@@ -63,7 +64,7 @@ class Wizard(ModalScreen[dict[str, Any] | None]):
             yield Label(Text(self.title_text, style="bold"), classes="dialog-title")
             yield Static(id="wizard-crumbs")
             yield Label(id="wizard-prompt")
-            yield Input(placeholder="type to filter", id="wizard-filter")
+            yield OrderedInput(placeholder="type to filter", id="wizard-filter")
             yield OptionList(id="wizard-options")
             yield Static(id="wizard-confirm")
             yield Static(id="wizard-error")

@@ -19,12 +19,21 @@ from flock_tui.widgets.tables import cursor_key
 WIDE = {"mark": 1, "state": 7, "activity": 32, "last": 28}
 NARROW = {"mark": 1, "state": 7, "activity": 14, "last": 24}
 NARROW_BELOW = 120
+# Below this, no ADDRESS column: at 80 columns it was cut to `ipc:…/ru` and pushed TAGS off
+# screen. TAGS says what a node is for (and what `tag:` targets); the address stays in the
+# filter and on the node screen.
+ADDRESS_BELOW = 100
 ROWS_PER_FLUSH = 40  # rows redrawn by one flush (2 a second), those on screen first
 
 
 def column_widths(width: int) -> dict[str, int]:
     """Fixed column widths for a terminal `width` wide (the others size to their content)."""
     return NARROW if width < NARROW_BELOW else WIDE
+
+
+def shown_columns(width: int) -> list[tuple[str, str]]:
+    """The columns (key, label) a terminal `width` wide shows."""
+    return [c for c in COLUMNS if c[0] != "address" or width >= ADDRESS_BELOW]
 
 
 def short_address(t: Text) -> Text:
@@ -70,6 +79,7 @@ class FlockTable(DataTable[Any]):
         self.filter = ""
         self.sort_column = "name"
         self.widths: dict[str, int] = {}
+        self.columns_shown: list[tuple[str, str]] = []
         self.force_all = False
         self.resort_needed = False
         self._last_ago = 0.0
@@ -81,14 +91,14 @@ class FlockTable(DataTable[Any]):
     def setup_columns(self, width: int) -> None:
         """(Re)build the columns for a terminal `width` wide; rows are added back by the
         next refresh."""
-        widths = column_widths(width)
-        if widths == self.widths:
+        widths, columns = column_widths(width), shown_columns(width)
+        if widths == self.widths and columns == self.columns_shown:
             return
         key = self.cursor_node()
-        self.widths = widths
+        self.widths, self.columns_shown = widths, columns
         self.clear(columns=True)
         self.shown.clear()
-        for k, label in COLUMNS:
+        for k, label in columns:
             self.add_column(label, key=k, width=widths.get(k))
         self.force_all = True
         self._anchor = key
@@ -164,10 +174,11 @@ class FlockTable(DataTable[Any]):
                     self.reanchor(key)
                     changed = True
                 continue
-            cells = row_cells(m, now, name in marks, st, self.widths == NARROW)
-            cells["address"] = short_address(cells["address"])
+            every = row_cells(m, now, name in marks, st, self.widths == NARROW)
+            every["address"] = short_address(every["address"])
+            cells = {c: every[c] for c, _ in self.columns_shown}
             if not present:
-                self.add_row(*(cells[c] for c, _ in COLUMNS), key=name)
+                self.add_row(*cells.values(), key=name)
                 added = True
             else:
                 old = self.shown[name]
