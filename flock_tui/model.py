@@ -11,6 +11,7 @@ import msgspec
 from rich.text import Text
 
 from flock_node.cli import ago
+from flock_node.cli.text import OPERATORS, operator_text
 from flock_node.protocol import Event, Heartbeat
 
 COLUMNS: list[tuple[str, str]] = [
@@ -289,17 +290,9 @@ def change_text(c: Change, st: Styles) -> Text:
 
 
 # Senders that are people, not nodes: `flockctl notify` and the console.
-OPERATORS = {"flockctl": "flockctl", "flock-cli": "flockctl", "flock-console": "console"}
-
-
 def is_operator(cause: dict[str, Any]) -> bool:
     """A notification sent by a person (console, flockctl): no resource, no run behind it."""
     return not cause.get("resource") and not cause.get("run")
-
-
-def operator_text(sender: str) -> str:
-    """Who sent an out-of-band notification, as the README says it: `operator (console)`."""
-    return f"operator ({OPERATORS.get(sender, sender or '?')})"
 
 
 def _cause_text(cause: dict[str, Any] | None) -> str:

@@ -257,7 +257,9 @@ def test_history_says_who_caused_a_run_in_words():
     """An out-of-band notification (flockctl notify, the console) reads as such, not as
     `caused by flockctl:? (run ?, ...)`."""
     assert text.cause_text({"node": "flockctl", "notification": "n-1", "hops": 1}) == (
-        "caused by flockctl, out of band (notification n-1)")
+        "caused by operator (flockctl), out of band (notification n-1)")
+    assert text.cause_text({"node": "flock-console", "notification": "n-3", "hops": 1}) == (
+        "caused by operator (console), out of band (notification n-3)")
     assert text.cause_text({"node": "db", "resource": "file[/s]", "run": "r-1",
                             "notification": "n-2", "hops": 2}) == (
         "caused by db:file[/s] (run r-1, notification n-2, hop 2)")

@@ -111,6 +111,15 @@ def output_excerpt(output: str | None, failed: bool, width: int = 160) -> list[s
     return [ln if len(ln) <= width else ln[:width - 1] + "…" for ln in out]
 
 
+# The sender names the operator tools put on an out-of-band notification.
+OPERATORS = {"flockctl": "flockctl", "flock-cli": "flockctl", "flock-console": "console"}
+
+
+def operator_text(sender: str) -> str:
+    """Who sent an out-of-band notification, as the README says it: `operator (console)`."""
+    return f"operator ({OPERATORS.get(sender, sender or '?')})"
+
+
 def cause_text(cause: dict[str, Any] | None) -> str | None:
     """Why a run ran, for a person: a schedule, another node's update, or an out-of-band
     notification (`flockctl notify`, the console, a script) naming who sent it."""
@@ -124,5 +133,6 @@ def cause_text(cause: dict[str, Any] | None) -> str | None:
         return (f"caused by {who}:{cause['resource']} (run {cause.get('run', '?')}, "
                 f"notification {n}, hop {cause.get('hops', '?')})")
     if n:
-        return f"caused by {who}, out of band (notification {n})"
+        sent_by = operator_text(who) if who in OPERATORS else who
+        return f"caused by {sent_by}, out of band (notification {n})"
     return f"requested by {who}"

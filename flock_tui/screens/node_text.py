@@ -9,11 +9,11 @@ from typing import Any
 from rich.text import Text
 
 from flock_node.cli import ago
+from flock_node.cli.text import operator_text
 from flock_tui.model import (
     Styles,
     duration,
     is_operator,
-    operator_text,
     short_resource,
     short_run_id,
 )
