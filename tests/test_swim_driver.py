@@ -76,6 +76,16 @@ def test_tls_statements_need_the_nodes_own_certificate(tmp_path):
     assert not a.vouch(Notary(tls=load_identity(tmp_path / "b2")).sign(_alive("b")))
     assert not a.vouch(Alive(by_b.node, by_b.incarnation, by_b.instance, by_b.addr,
                              by_b.version, by_b.record, b"garbage"))
+    # A verdict is remembered for the whole statement: b's real signature on another address
+    # or record (a dead node revived at an attacker's address) is not vouched by the cache.
+    moved = Alive(by_b.node, by_b.incarnation, by_b.instance, "tls+tcp://127.0.0.1:6/evil",
+                  by_b.version, {"tags": ["pwned"]}, by_b.sig)
+    assert not a.vouch(moved)
+    mine = Notary(b"k" * 32)
+    keyed = mine.sign(_alive("b"))
+    assert mine.vouch(keyed)
+    assert not mine.vouch(Alive(keyed.node, keyed.incarnation, keyed.instance, "tcp://evil:1",
+                                keyed.version, keyed.record, keyed.sig))
 
 
 def test_facts_travel_without_run_progress_and_bad_records_give_a_bare_member():

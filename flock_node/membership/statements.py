@@ -52,7 +52,7 @@ class Notary:
         self.key = key
         self.tls = tls
         self.clock = clock
-        self._seen: dict[tuple[str, int, str, int, bytes], bool] = {}
+        self._seen: dict[bytes, bool] = {}  # hash of (statement, signature) → verdict
         self._certs: dict[bytes, tuple[str, float, ec.EllipticCurvePublicKey] | None] = {}
         self._own: _Sig | None = None
         self._priv: ec.EllipticCurvePrivateKey | None = None
@@ -86,10 +86,13 @@ class Notary:
         """Does `a` carry its node's valid signature?"""
         if self.tls is None and not self.key:
             return True
-        k = (a.node, a.incarnation, a.instance, a.version, a.sig)
+        # The whole statement is the key: a signature is good only for what it signed
+        # (the same node, incarnation and version at another address is a forgery).
+        data = statement_bytes(a)
+        k = hashlib.blake2b(data + a.sig, digest_size=16).digest()
         got = self._seen.get(k)
         if got is None:
-            got = self._check(a)
+            got = self._check(a, data)
             if len(self._seen) >= _CACHE:
                 self._seen.clear()
             self._seen[k] = got
@@ -99,8 +102,7 @@ class Notary:
         """`vouch` for each."""
         return [self.vouch(a) for a in alives]
 
-    def _check(self, a: Alive) -> bool:
-        data = statement_bytes(a)
+    def _check(self, a: Alive, data: bytes) -> bool:
         if self.tls is None:
             assert self.key
             good = hmac.new(self.key, data, hashlib.sha256).digest()[:16]
