@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -106,9 +106,11 @@ class Event(msgspec.Struct, tag="event", omit_defaults=True):
 
 
 class Request(msgspec.Struct, tag="req", omit_defaults=True):
-    call_id: str
-    actor: str  # flock_api | resource_manager
-    method: str
+    # Bounded: the server keeps answers by call id (AnswerCache), so a megabyte of id per
+    # call would be a megabyte kept (the client's ids are ~30 characters).
+    call_id: Annotated[str, msgspec.Meta(max_length=128)]
+    actor: Annotated[str, msgspec.Meta(max_length=64)]  # flock_api | resource_manager | ...
+    method: Annotated[str, msgspec.Meta(max_length=64)]
     args: dict[str, Any] = {}
 
 
@@ -147,7 +149,9 @@ _body_dec = msgspec.msgpack.Decoder(Message)
 _env_enc = msgspec.msgpack.Encoder()
 _env_dec = msgspec.msgpack.Decoder(Envelope)
 # msgspec raises UnicodeDecodeError (not DecodeError) for invalid UTF-8 in a str field.
-_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError)
+# RecursionError: a frame nesting arrays tens of thousands deep (msgspec decodes recursively).
+_DECODE_ERRORS = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError,
+                  RecursionError)
 
 
 def _mac(key: bytes, v: int, sender: str, ts: float, nonce: bytes, body: bytes) -> bytes:

@@ -305,6 +305,27 @@ def test_invalid_utf8_is_malformed_not_a_crash():
     assert ei.value.reason == "malformed"
 
 
+def test_a_signed_request_with_a_huge_call_id_or_deep_nesting_is_malformed():
+    """A key holder's frame must not make the server keep a megabyte per call (answers are
+    kept by call id), nor log a traceback (msgspec recurses into nested arrays)."""
+    tx = Codec(KEY, "a")
+    big = tx.encode(Request("x" * 900_000, "flock_api", "active"))
+    body = msgspec.msgpack.encode({"type": "req", "call_id": "c-1", "actor": "flock_api",
+                                   "method": "active",
+                                   "args": {"x": msgspec.Raw(b"\x91" * 50_000 + b"\x90")}})
+    ts, nonce = time.time(), os.urandom(12)
+    deep = msgspec.msgpack.encode(Envelope(
+        1, "a", ts, nonce, body, protocol._mac(KEY, 1, "a", ts, nonce, body)))
+    for frame in (big, deep):
+        rx = Codec(KEY, "b")
+        with pytest.raises(FrameError) as ei:
+            rx.decode(frame)
+        assert ei.value.reason == "malformed"
+        assert rx.dropped == {"malformed": 1}
+    ok = Codec(KEY, "b").decode(tx.encode(Request("c-1" * 40, "flock_api", "active")))[1]
+    assert isinstance(ok, Request)  # 120 characters: well above the client's ids
+
+
 # --- clocks and nonces (issue 8, item 6) ------------------------------------------------------
 
 
