@@ -527,6 +527,21 @@ def test_a_subscription_to_a_node_never_reached_is_removed_at_once(flock_env):
     assert f["sub"].resource_manager.subscriptions()["outgoing"] == []
 
 
+def test_bad_arguments_and_unknown_resources_answer_once_and_briefly(flock_env):
+    """The method is named once (it read `history: history: limit: ...`), and a resource
+    name a megabyte long is not echoed back whole."""
+    env = flock_env
+    start(env, "n")
+    f = env.flock()
+    with pytest.raises(RpcError) as e:
+        f["n"].flock_api.history(limit=-1)
+    assert e.value.code == "bad_request"
+    assert e.value.message.startswith("history: limit: expected `int` >= 0"), e.value.message
+    with pytest.raises(RpcError) as e:
+        f["n"].resource_manager.notify("execute[" + "x" * 100_000 + "]", "run", sender="t")
+    assert e.value.code == "unknown_resource" and len(e.value.message) < 1000
+
+
 def test_a_failed_converge_keeps_saying_the_recipe_does_not_compile(flock_env):
     """A node whose recipe does not compile answers `not_ready` (retryable) for a resource it
     does not know. A converge that fails to compile must not clear that: a notification sent
