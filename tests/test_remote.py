@@ -542,6 +542,30 @@ def test_bad_arguments_and_unknown_resources_answer_once_and_briefly(flock_env):
     assert e.value.code == "unknown_resource" and len(e.value.message) < 1000
 
 
+def test_an_id_another_sender_used_is_refused_not_taken_for_a_duplicate(flock_env):
+    """De-duplication is per sender: a node that used (or guessed: derived ids are uuid5 of
+    known fields) another node's notification id first must not make the real one answer
+    "duplicate" and never run. The real sender is refused, for good, naming the holder."""
+    env = flock_env
+    out = env.root / "hits"
+    start(env, "rcv", f"""
+        from flock_node.dsl import execute
+        execute("hit", command="echo $FLOCK_SENDER >> {out}", action="nothing")
+    """)
+    f = env.flock()
+    rm = f["rcv"].resource_manager
+    assert rm.notify("execute[hit]", "run", id="victim-7", sender="tm")["duplicate"] is False
+    with pytest.raises(RpcError) as e:
+        rm.notify("execute[hit]", "run", id="victim-7", sender="tb")
+    assert e.value.code == "bad_request" and "already received from tm" in e.value.message
+    batch = rm.notify_batch([{"id": "victim-7", "resource": "execute[hit]", "action": "run",
+                              "sender": "tb"}])
+    assert batch[0]["error"]["code"] == "bad_request"
+    again = rm.notify("execute[hit]", "run", id="victim-7", sender="tm")
+    assert again["duplicate"] is True  # the holder's own re-send is a duplicate, as before
+    wait_for(lambda: out.exists() and lines(out) == ["tm"], 10, what="tm's one run")
+
+
 def test_a_failed_converge_keeps_saying_the_recipe_does_not_compile(flock_env):
     """A node whose recipe does not compile answers `not_ready` (retryable) for a resource it
     does not know. A converge that fails to compile must not clear that: a notification sent

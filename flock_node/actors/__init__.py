@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import msgspec
 
-from flock_node.api import CALLS, decode_args
+from flock_node.api import CALLS, BadArgs, decode_args
 from flock_node.protocol import Envelope, Error, Request, Response
 from flock_node.store import store_error
 from flock_node.transport import RpcError
@@ -111,6 +111,8 @@ class Dispatcher:
             code, msg = store_error(e)
             log.error("%s.%s: %s", req.actor, req.method, msg)
             return Response(req.call_id, False, error=Error(code, f"{self.node}: {msg}"))
+        except BadArgs as e:  # names the method itself
+            return Response(req.call_id, False, error=Error("bad_request", str(e)))
         except (TypeError, ValueError, OverflowError) as e:
             # Arguments of the wrong shape: the caller's mistake, answered, not a crash.
             return Response(req.call_id, False, error=Error("bad_request", f"{req.method}: {e}"))

@@ -14,7 +14,7 @@ from flock_node import delivery, trace
 from flock_node.actors import BadRequest, NodeFacts, as_map, as_maps
 from flock_node.actors import int_arg as _int
 from flock_node.paging import Page, count_arg, fill_page
-from flock_node.store import Received, ResourceRow, Store
+from flock_node.store import IdTaken, Received, ResourceRow, Store
 from flock_node.subscriptions import SubscriptionSync
 from flock_node.transport import RpcError
 from flock_node.work import WorkQueue, cause_of
@@ -55,6 +55,8 @@ class ResourceManager:
         self._check_ready()
         actions = self.store.resources.actions(resource)
         if actions is None:
+            if len(resource) > 200:  # named back in the answer: not a megabyte of it
+                resource = resource[:200] + "…"
             if self.work.compile_error is not None:
                 # The recipe that may declare it does not compile now: not final.
                 raise RpcError("not_ready", f"{self.node.name} has no resource {resource} and its "
@@ -85,8 +87,11 @@ class ResourceManager:
         # The worker is idle: the reaction starts now, so its run row goes in the inbox
         # row's commit, one commit fewer before the action starts.
         run_id = new_run_id() if self.work.idle() else None
-        fresh = self.store.inbox.accept(nid, sender or "?", resource, action, hops, cause,
-                                        run=(run_id, cause_of(n)) if run_id else None)
+        try:
+            fresh = self.store.inbox.accept(nid, sender or "?", resource, action, hops, cause,
+                                            run=(run_id, cause_of(n)) if run_id else None)
+        except IdTaken as e:
+            raise RpcError("bad_request", str(e)) from None
         trace.stamp("inbox_committed")
         if fresh:
             self.work.enqueue_reaction(n, run_id)
@@ -143,6 +148,9 @@ class ResourceManager:
                 continue
             nid, sender, resource, action, hops, cause = next(accepted)
             new = next(fresh)
+            if isinstance(new, IdTaken):
+                out[i] = {"id": nid, "error": {"code": "bad_request", "message": str(new)}}
+                continue
             if new:
                 self.work.enqueue_reaction(Received(nid, sender, resource, action, hops, cause))
                 self.emit("notification_received", id=nid, sender=sender, resource=resource,

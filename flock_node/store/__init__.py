@@ -29,7 +29,7 @@ from flock_node.store.db import (
     lock_state,
     store_error,
 )
-from flock_node.store.inbox import Inbox, InboxRow, Received
+from flock_node.store.inbox import IdTaken, Inbox, InboxRow, Received
 from flock_node.store.outbox import Outbox, OutboxItem, OutboxRow, Outgoing, outgoing
 from flock_node.store.resources import ResourceRow, Resources
 from flock_node.store.runs import PagedRun, ResultTuple, RunNotification, RunResult, RunRow, Runs
@@ -43,7 +43,7 @@ from flock_node.store.subscriptions import (
 )
 
 __all__ = ["DEFAULT_TTL", "HISTORY_LIMIT", "HISTORY_SLACK", "INTERRUPTED", "SCHEMA_VERSION",
-           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "InboxRow", "OutboxItem", "OutboxRow", "Outgoing", "PagedRun", "Received", "ResourceRow", "ResultTuple", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "lock_state", "SubscriptionRow", "WantedRow", "WantedSpec",
+           "STOPPED_BEFORE_ACTION", "AuditEntry", "AuditLog", "Db", "IdTaken", "InboxRow", "OutboxItem", "OutboxRow", "Outgoing", "PagedRun", "Received", "ResourceRow", "ResultTuple", "RunNotification", "RunResult", "RunRow", "Store", "StoreError", "lock_state", "SubscriptionRow", "WantedRow", "WantedSpec",
            "outgoing", "store_error", "subscription_id"]
 
 

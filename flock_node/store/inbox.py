@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from typing import Any
 
@@ -26,6 +27,22 @@ class Received(msgspec.Struct):
     hops: int
     cause: dict[str, Any] = msgspec.field(default_factory=dict)
     attempt: int = 1  # > 1: run again after a stop or crash cut the last attempt
+
+
+class IdTaken(Exception):
+    """A notification id already received from another sender: not a duplicate of this one
+    (answering "duplicate" would drop it unrun), and not run again either."""
+
+    def __init__(self, nid: str, holder: str):
+        super().__init__(f"notification id {nid} was already received from {holder}; "
+                         "ids are unique per sender")
+        self.holder = holder
+
+
+def _check_sender(db: sqlite3.Connection, nid: str, sender: str) -> None:
+    row = db.execute("SELECT sender FROM inbox WHERE id=?", (nid,)).fetchone()
+    if row is not None and row[0] != sender:
+        raise IdTaken(nid, row[0])
 
 
 class InboxRow(Received, kw_only=True):
@@ -54,7 +71,8 @@ class Inbox:
         self, nid: str, sender: str, resource: str, action: str, hops: int, cause: dict[str, Any],
         run: tuple[str, dict[str, Any] | None] | None = None,
     ) -> bool:
-        """Record a received notification. False if this id was already received.
+        """Record a received notification. False if this id was already received from this
+        sender; IdTaken if another sender used it.
 
         `run` (run id, cause): when fresh, also start the reaction's run in the same commit
         (what Runs.start does), for a reaction that starts at once."""
@@ -66,6 +84,8 @@ class Inbox:
                 (nid, sender, resource, action, hops, dump(cause), "pending", now),
             )
             fresh = cur.rowcount == 1
+            if not fresh:
+                _check_sender(db, nid, sender)
             if fresh and run is not None:
                 run_id, run_cause = run
                 db.execute(
@@ -76,10 +96,11 @@ class Inbox:
             return fresh
 
     def accept_many(self, rows: list[tuple[str, str, str, str, int, dict[str, Any]]]
-                    ) -> list[bool]:
-        """accept for many (nid, sender, resource, action, hops, cause) in one commit."""
+                    ) -> list[bool | IdTaken]:
+        """accept for many (nid, sender, resource, action, hops, cause) in one commit; an id
+        another sender used is answered by its IdTaken, the others still go in."""
         now = time.time()
-        fresh = []
+        fresh: list[bool | IdTaken] = []
         with self.db.tx() as db:
             for nid, sender, resource, action, hops, cause in rows:
                 cur = db.execute(
@@ -87,7 +108,14 @@ class Inbox:
                     " status, received) VALUES (?,?,?,?,?,?,?,?)",
                     (nid, sender, resource, action, hops, dump(cause), "pending", now),
                 )
-                fresh.append(cur.rowcount == 1)
+                if cur.rowcount == 1:
+                    fresh.append(True)
+                    continue
+                try:
+                    _check_sender(db, nid, sender)
+                    fresh.append(False)
+                except IdTaken as e:
+                    fresh.append(e)
         return fresh
 
     def pending(self) -> list[InboxRow]:
