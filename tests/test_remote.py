@@ -367,7 +367,8 @@ def test_notification_arriving_during_a_converge_runs_after_it(flock_env):
     assert re["started"] >= conv["finished"]
     assert re["cause"]["notification"] == "n-during"
     # The same id again is a duplicate: no second run.
-    assert f["rcv"].resource_manager.notify("execute[hit]", "run", id="n-during")["duplicate"]
+    assert f["rcv"].resource_manager.notify("execute[hit]", "run", id="n-during",
+                                                sender="t")["duplicate"]
     wait_for(lambda: quiet(f, "rcv"), 5)
     assert len(lines(out)) == 1
 
