@@ -24,6 +24,7 @@ from flock_node.membership.digest import (
     entry_hash,
     entry_hashes,
     keys_of,
+    names_of,
     pack,
     pack_keys,
     pack_summary,
@@ -164,9 +165,7 @@ class AntiEntropy(Table):
         if wanted:
             # The asker's last leg: the entries it lacks, and a refutation if it held us
             # suspect or down.
-            want = set(wanted)
-            states = self._states()
-            states = list(compress(states, map(want.__contains__, keys_of(states))))
+            states = self._wanted(wanted)
             if self.me is not me and self.me not in states:
                 states.append(self.me)
             self._push(to, False, states, b"")
@@ -174,6 +173,19 @@ class AntiEntropy(Table):
             # The last leg told us someone holds us suspect or down: they hear the refutation
             # now rather than by gossip.
             self._push(to, False, [self.me], b"")
+
+    def _wanted(self, keys: list[int]) -> list[Entry]:
+        """Our entries (our statement too) whose name keys are `keys`."""
+        names = names_of(keys)
+        if names is None:
+            want = set(keys)
+            states = self._states()
+            return list(compress(states, map(want.__contains__, keys_of(states))))
+        names = list(dict.fromkeys(names))
+        out: list[Entry] = list(filter(None, map(self.table.get, names)))
+        if self.name in names:
+            out.append(self.me)
+        return out
 
     def _epochs_pulled(self, now: float, msg: PushPull) -> None:
         """A catch-up exchange by epochs of start times: a request is answered with our

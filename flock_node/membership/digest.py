@@ -34,17 +34,41 @@ _inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
 
 
 class _Keys(dict[str, int]):
-    """Stable integer keys of names and instances (CRC-32), computed once per string."""
+    """Stable integer keys of names and instances (CRC-32), computed once per string, and
+    the way back: a `want` (name keys) is answered without a pass over the table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # key -> the one string seen with it; None when two strings share it. Every member
+        # of every table was keyed when it went in (its digest hash), so a key missing
+        # here names no member we hold.
+        self.names: dict[int, str | None] = {}
+        self.whole = True  # no clear yet: `names` still knows every member ever keyed
 
     def __missing__(self, s: str) -> int:
         if len(self) > 1 << 20:
             self.clear()  # bounded: a long-lived agent meets many instances over time
+            self.names.clear()
+            self.whole = False
         k = zlib.crc32(s.encode())
         self[s] = k
+        names = self.names
+        if names.setdefault(k, s) != s:
+            names[k] = None
         return k
 
 
 _keys = _Keys()
+
+
+def names_of(keys: list[int]) -> list[str] | None:
+    """The member names behind name keys (unknown keys dropped); None when a key is shared
+    by two strings or the map was cleared: then only a pass over the table is exact."""
+    if not _keys.whole:
+        return None
+    get = _keys.names.get
+    out = [n for n in map(get, keys, repeat("")) if n != ""]
+    return None if None in out else out  # type: ignore[return-value]
 
 
 def bucket_of(node: str) -> int:
