@@ -114,6 +114,7 @@ class Sim:
         self.crash_set = set(faulted[:sc.crash])
         self.freeze_set = set(faulted[sc.crash:])
         self.faulty_idx = self.crash_set | self.freeze_set
+        self.faulty_names = {self.names[j] for j in self.faulty_idx}
         self.healthy = [i not in self.crash_set and i not in self.freeze_set for i in range(n)]
         self.h = sum(self.healthy)
         self.alive_views = [0] * n  # healthy observers seeing node i alive
@@ -293,12 +294,15 @@ class Sim:
         if len(changes) > 8 and set(map(_old, changes)) == {None} and set(
                 map(_new, changes)) == {ALIVE}:
             if self.healthy[i]:
-                js = list(map(self.index.__getitem__, map(_node, changes)))
-                self.good += sum(map(self.healthy.__getitem__, js))
+                names = list(map(_node, changes))
+                hit = self.faulty_names.intersection(names)
+                self.good += len(names) - len(hit)
                 av = self.alive_views
-                for j in self.faulty_idx.intersection(js):
+                for name in hit:
+                    j = self.index[name]
                     av[j] += 1
-                self._milestones(js[0])
+                    self._milestones(j)
+                self._milestones(self.index[names[0]])
             return
         index, healthy = self.index, self.healthy
         observer_ok = healthy[i]
