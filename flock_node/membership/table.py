@@ -168,7 +168,7 @@ class Table:
         table = self.table
         before = len(table)
         joiner = sender not in table
-        table.update(zip(names, alives))
+        table.update(zip(names, alives, strict=True))
         if len(table) - before != len(names) or self.name in table:
             for n in names:
                 table.pop(n, None)

@@ -78,7 +78,7 @@ class Hashes:
         """The hashes of `alives`, in order."""
         cache = self._by_id
         hs = list(map(cache.get, map(id, alives)))
-        if None in hs:
+        if not all(hs):  # some never hashed (or a hash of 0: hashed again, the same)
             new = list(compress(alives, map(is_, hs, repeat(None))))
             self._keep.extend(new)
             cache.update(zip(map(id, new), alive_hashes(new), strict=True))
