@@ -27,7 +27,7 @@ from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
 _MASK = FINE - 1
 PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
-_LAZY_FROM = 256  # entries added at once that leave the buckets to be recomputed on demand
+_LAZY_FROM = 64  # entries added at once that leave the buckets to be recomputed on demand
 _STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
 _node_of, _instance_of = attrgetter("node"), attrgetter("instance")
 _inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
@@ -140,14 +140,19 @@ class Digest:
         if v[1] <= 0:
             del self.epochs[ep], self.members[ep]
 
-    def add_alives(self, alives: list[Alive]) -> None:
-        """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
+    def add_alives(self, alives: list[Alive], names: list[str] | None = None) -> None:
+        """Add many plain `Alive` entries (a joiner learning the flock; `names`: theirs, in
+        order, when the caller has them): hashed at C speed."""
         hashes = self.hashes(alives)
-        if self.source is not None and len(alives) > _LAZY_FROM:
+        if names is None:
+            names = list(map(_node_of, alives))
+        if self._stale:
+            pass  # recomputed from the table when next asked for
+        elif self.source is not None and len(alives) > _LAZY_FROM:
             self._stale = True
-        elif not self._stale:
+        else:
             fine = self._fine
-            for k, h in zip(map(_keys.__getitem__, map(_node_of, alives)), hashes, strict=True):
+            for k, h in zip(map(_keys.__getitem__, names), hashes, strict=True):
                 fine[k & _MASK] ^= h
         self._folded = None
         # A table arrives in start order: epochs come in runs, each reduced at C speed.
@@ -157,11 +162,12 @@ class Digest:
             k = len(list(run))
             v = epochs.get(ep)
             if v is None:
-                v = epochs[ep] = [0, 0]
-                members[ep] = {}
-            v[0] ^= reduce(xor, hashes[i:i + k], 0)
-            v[1] += k
-            members[ep].update(dict.fromkeys(map(_node_of, alives[i:i + k])))
+                epochs[ep] = [reduce(xor, hashes[i:i + k], 0), k]
+                members[ep] = dict.fromkeys(names[i:i + k])
+            else:
+                v[0] ^= reduce(xor, hashes[i:i + k], 0)
+                v[1] += k
+                members[ep].update(dict.fromkeys(names[i:i + k]))
             i += k
 
     @property

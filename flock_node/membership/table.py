@@ -173,7 +173,7 @@ class Table:
             for n in names:
                 table.pop(n, None)
             return False
-        self.digest.add_alives(alives)
+        self.digest.add_alives(alives, names)
         # Rotated by a random offset: nodes that learned the same list do not probe in step;
         # and put at a random place among those not yet probed this round, not at the end:
         # members learned late (a catch-up's, in start order) would otherwise wait a whole
