@@ -98,3 +98,33 @@ def test_a_big_bulk_merge_equals_merging_one_by_one(seed):
     _one_by_one(single, batch, "m40")
     assert _seen(bulk) == _seen(single)
     assert sorted(bulk._flush(0.0)[1], key=repr) == sorted(single._flush(0.0)[1], key=repr)
+
+
+def test_a_want_is_answered_by_name_keys_and_a_shared_key_falls_back_to_the_table():
+    import zlib
+
+    from flock_node.membership.digest import _keys, keys_of, names_of
+
+    m = _machine()
+    rng = random.Random(7)
+    _one_by_one(m, [_alive(rng, k) for k in range(1, 40)], "m300")
+    held = [e for e in m.table.values()][:10] + [m.me]
+    keys = keys_of(held) + [zlib.crc32(b"nobody we know")]
+    assert {e.node for e in m._wanted(keys)} == {e.node for e in held}
+    # Two strings with one CRC-32 (found by the birthday bound): the key names no one member,
+    # so the answer comes from a pass over the table, still exact.
+    seen: dict[int, str] = {}
+    k = 0
+    while True:
+        s = f"twin{k}"
+        c = zlib.crc32(s.encode())
+        if c in seen:
+            a, b = seen[c], s
+            break
+        seen[c] = s
+        k += 1
+    _keys[a], _keys[b]  # noqa: B018  # both keyed, as two members would be
+    assert names_of([_keys[a]]) is None
+    m._alive(0.0, Alive(a, 1, "x", a), a, False)
+    got = m._wanted([_keys[a]])
+    assert [e.node for e in got] == [a]

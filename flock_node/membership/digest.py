@@ -18,7 +18,7 @@ import struct
 import zlib
 from collections.abc import Callable, Iterable
 from functools import reduce
-from itertools import compress, groupby, repeat
+from itertools import chain, compress, groupby, repeat
 from operator import and_, attrgetter, is_, rshift, xor
 
 from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
@@ -39,10 +39,10 @@ class _Keys(dict[str, int]):
 
     def __init__(self) -> None:
         super().__init__()
-        # key -> the one string seen with it; None when two strings share it. Every member
-        # of every table was keyed when it went in (its digest hash), so a key missing
-        # here names no member we hold.
-        self.names: dict[int, str | None] = {}
+        # key -> the one string seen with it. Every member of every table was keyed when it
+        # went in (its digest hash), so a key missing here names no member we hold.
+        self.names: dict[int, str] = {}
+        self.shared: set[int] = set()  # keys of two strings or more
         self.whole = True  # no clear yet: `names` still knows every member ever keyed
 
     def __missing__(self, s: str) -> int:
@@ -52,9 +52,8 @@ class _Keys(dict[str, int]):
             self.whole = False
         k = zlib.crc32(s.encode())
         self[s] = k
-        names = self.names
-        if names.setdefault(k, s) != s:
-            names[k] = None
+        if self.names.setdefault(k, s) != s:
+            self.shared.add(k)
         return k
 
 
@@ -64,11 +63,9 @@ _keys = _Keys()
 def names_of(keys: list[int]) -> list[str] | None:
     """The member names behind name keys (unknown keys dropped); None when a key is shared
     by two strings or the map was cleared: then only a pass over the table is exact."""
-    if not _keys.whole:
+    if not _keys.whole or not _keys.shared.isdisjoint(keys):
         return None
-    get = _keys.names.get
-    out = [n for n in map(get, keys, repeat("")) if n != ""]
-    return None if None in out else out  # type: ignore[return-value]
+    return list(filter(None, map(_keys.names.get, keys)))
 
 
 def bucket_of(node: str) -> int:
@@ -184,7 +181,7 @@ class Digest:
     def in_epochs(self, wanted: set[int]) -> list[str]:
         """The members whose entries fall in the `wanted` epochs."""
         members = self.members
-        return [n for ep in wanted if ep in members for n in members[ep]]
+        return list(chain.from_iterable([members[ep] for ep in wanted if ep in members]))
 
     def folded(self, buckets: int, me: Entry) -> list[int]:
         """The digest at `buckets` buckets, with our own statement in it."""
