@@ -251,8 +251,12 @@ class AntiEntropy(Table):
             ours = select(self._states(), b, diff)
         our_hashes = entry_hashes(ours, self.digest.hashes)
         have, held = set(our_hashes), set(hashes)
-        lacking = list(compress(ours, map(not_, map(held.__contains__, our_hashes))))
-        want = list(compress(keys, map(not_, map(have.__contains__, hashes))))
+        # The differences are few next to what both hold: found as sets, then picked out.
+        ours_only, theirs_only = have - held, held - have
+        lacking = list(compress(ours, map(ours_only.__contains__, our_hashes))) if (
+            ours_only) else []
+        want = list(compress(keys, map(theirs_only.__contains__, hashes))) if (
+            theirs_only) else []
         if lacking or want:
             self._push(to, False, lacking, b"", pack_keys(want))
 
