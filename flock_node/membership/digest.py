@@ -100,7 +100,8 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "source", "_stale")
+    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty", "source",
+                 "_stale")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
         self._fine = [0] * FINE
@@ -114,8 +115,11 @@ class Digest:
         self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
         self.epochs: Epochs = {}  # the same hashes by start time (epochs.py): catch-ups
         # The members in each epoch, so a catch-up selects what differs without a pass
-        # over the whole table.
-        self.members: dict[int, dict[str, None]] = {}
+        # over the whole table: a list (a tenth of a dict's memory, which matters for the
+        # simulator's 10,000 tables); an entry taken out leaves its name behind, and the
+        # list is cleaned when it is next read (`_dirty`).
+        self.members: dict[int, list[str]] = {}
+        self._dirty: set[int] = set()
 
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
@@ -127,15 +131,16 @@ class Digest:
         v = self.epochs.get(ep)
         if v is None:
             v = self.epochs[ep] = [0, 0]
-            self.members[ep] = {}
+            self.members[ep] = []
         v[0] ^= h
         v[1] += count
         if count > 0:
-            self.members[ep][e.node] = None
+            self.members[ep].append(e.node)
         else:
-            self.members[ep].pop(e.node, None)
+            self._dirty.add(ep)
         if v[1] <= 0:
             del self.epochs[ep], self.members[ep]
+            self._dirty.discard(ep)
 
     def add_alives(self, alives: list[Alive], names: list[str] | None = None) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock; `names`: theirs, in
@@ -160,11 +165,11 @@ class Digest:
             v = epochs.get(ep)
             if v is None:
                 epochs[ep] = [reduce(xor, hashes[i:i + k], 0), k]
-                members[ep] = dict.fromkeys(names[i:i + k])
+                members[ep] = names[i:i + k]
             else:
                 v[0] ^= reduce(xor, hashes[i:i + k], 0)
                 v[1] += k
-                members[ep].update(dict.fromkeys(names[i:i + k]))
+                members[ep] += names[i:i + k]
             i += k
 
     @property
@@ -178,9 +183,15 @@ class Digest:
             self._fine, self._stale = fine, False
         return self._fine
 
-    def in_epochs(self, wanted: set[int]) -> list[str]:
-        """The members whose entries fall in the `wanted` epochs."""
-        members = self.members
+    def in_epochs(self, wanted: set[int], get: Callable[[str], Entry | None]) -> list[str]:
+        """The members whose entries fall in the `wanted` epochs (`get`: the table's)."""
+        members, dirty = self.members, self._dirty
+        for ep in dirty.intersection(wanted):
+            # Names of entries since taken out, or put back (twice): kept once, if still here.
+            m = members[ep]
+            m[:] = [n for n in dict.fromkeys(m)
+                    if (e := get(n)) is not None and e.incarnation >> EPOCH_SHIFT == ep]
+            dirty.discard(ep)
         return list(chain.from_iterable([members[ep] for ep in wanted if ep in members]))
 
     def folded(self, buckets: int, me: Entry) -> list[int]:
