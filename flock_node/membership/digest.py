@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import reduce
 from itertools import chain, compress, groupby, repeat
-from operator import and_, attrgetter, is_, rshift, xor
+from operator import and_, attrgetter, is_not, rshift, xor
 
 from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
@@ -27,7 +27,6 @@ from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
 _MASK = FINE - 1
 PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
-_LAZY_FROM = 64  # entries added at once that leave the buckets to be recomputed on demand
 _STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
 _node_of, _instance_of = attrgetter("node"), attrgetter("instance")
 _inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
@@ -100,15 +99,13 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty", "source",
-                 "_stale")
+    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
+        # Kept up to date entry by entry, bulk adds too: recomputing it from the table when
+        # next asked for cost a pass over the whole table each time a bulk add came between
+        # two exchanges (every node's first digest exchange after the join storm at least).
         self._fine = [0] * FINE
-        # The table's entries: after a bulk add the buckets are recomputed from them when a
-        # digest is next asked for (a joiner learning thousands may never be asked).
-        self.source: Callable[[], Iterable[Entry]] | None = None
-        self._stale = False
         # Hashes of many statements at once: the simulator, whose statements are shared
         # objects, remembers them.
         self.hashes = hashes or alive_hashes
@@ -124,8 +121,7 @@ class Digest:
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
         h = entry_hash(e)
-        if not self._stale:
-            self._fine[_keys[e.node] & _MASK] ^= h
+        self._fine[_keys[e.node] & _MASK] ^= h
         self._folded = None
         ep = e.incarnation >> EPOCH_SHIFT
         v = self.epochs.get(ep)
@@ -148,14 +144,9 @@ class Digest:
         hashes = self.hashes(alives)
         if names is None:
             names = list(map(_node_of, alives))
-        if self._stale:
-            pass  # recomputed from the table when next asked for
-        elif self.source is not None and len(alives) > _LAZY_FROM:
-            self._stale = True
-        else:
-            fine = self._fine
-            for k, h in zip(map(_keys.__getitem__, names), hashes, strict=True):
-                fine[k & _MASK] ^= h
+        fine = self._fine
+        for k, h in zip(map(_keys.__getitem__, names), hashes, strict=True):
+            fine[k & _MASK] ^= h
         self._folded = None
         # A table arrives in start order: epochs come in runs, each reduced at C speed.
         epochs, members = self.epochs, self.members
@@ -174,13 +165,7 @@ class Digest:
 
     @property
     def fine(self) -> list[int]:
-        """The digest at `FINE` buckets, recomputed first if a bulk add left it stale."""
-        if self._stale and self.source is not None:
-            entries = list(self.source())
-            fine = [0] * FINE
-            for k, h in zip(keys_of(entries), entry_hashes(entries, self.hashes), strict=True):
-                fine[k & _MASK] ^= h
-            self._fine, self._stale = fine, False
+        """The digest at `FINE` buckets."""
         return self._fine
 
     def in_epochs(self, wanted: set[int], get: Callable[[str], Entry | None]) -> list[str]:
@@ -245,11 +230,17 @@ def keys_of(entries: list[Entry]) -> list[int]:
 
 def entry_hashes(entries: list[Entry], many: Callable[[list[Alive]], list[int]]) -> list[int]:
     """`entry_hash` of each entry, the plain statements through `many` (at C speed)."""
-    plain = list(map(is_, map(type, entries), repeat(Alive)))
-    if all(plain):
+    marked = list(compress(range(len(entries)), map(is_not, map(type, entries), repeat(Alive))))
+    if not marked:
         return many(entries)  # type: ignore[arg-type]
-    hs = iter(many(list(compress(entries, plain))))  # type: ignore[arg-type]
-    return [next(hs) if p else entry_hash(e) for e, p in zip(entries, plain, strict=True)]
+    # The few marked entries hashed one by one, in place; the plain ones at C speed.
+    alives = list(entries)
+    for i in marked:
+        alives[i] = entries[i].alive  # type: ignore[union-attr]
+    hs = many(alives)  # type: ignore[arg-type]
+    for i in marked:
+        hs[i] = entry_hash(entries[i])
+    return hs
 
 
 def pack_summary(keys: list[int], hashes: list[int]) -> bytes:

@@ -143,7 +143,6 @@ class Sim:
         m = Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
                  sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
         m.digest = Digest(self.hashes)
-        m.digest.source = m.table.values
         m.measure = self.sizes.entries
         return m
 

@@ -94,7 +94,6 @@ class Table:
         self.name = me.node
         self.table: dict[str, Entry] = {}  # written through _put and _drop (the digest)
         self.digest = Digest()
-        self.digest.source = self.table.values
         # Bytes of many entries (a push-pull's pages): the simulator sums cached sizes.
         self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
