@@ -120,3 +120,18 @@ def test_a_want_is_answered_by_name_keys_and_a_shared_key_falls_back_to_the_tabl
     m._alive(0.0, Alive(a, 1, "x", a), a, False)
     got = m._wanted([_keys[a]])
     assert [e.node for e in got] == [a]
+
+
+def test_a_catch_up_answer_holding_our_own_statement_is_still_merged_in_bulk():
+    m = _machine()
+    rng = random.Random(3)
+    batch: list[Entry] = [Alive(f"m{k}", rng.randrange(0, 9000), "a", f"m{k}")
+                          for k in range(1, 300)]
+    batch.insert(150, Alive(ME, 9999, "other", ME))  # someone's claim to our name
+    one_by_one = []
+    single = m._alive
+    m._alive = lambda now, a, sender, gossip: (one_by_one.append(a.node),  # type: ignore[method-assign]
+                                               single(now, a, sender, gossip))
+    m._merge(0.0, batch, "m1")
+    assert one_by_one == [ME]  # the others in bulk
+    assert len(m.table) == 299 and m.me.incarnation == 10000  # and the claim refuted

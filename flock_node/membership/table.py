@@ -143,8 +143,9 @@ class Table:
             if not all(oks):
                 fresh = list(compress(fresh, oks))
                 names = list(map(_node_of, fresh))
-            if fresh and self._add_many(names, fresh, sender):  # type: ignore[arg-type]
-                if len(changed) == len(fresh):
+            added = self._add_many(names, fresh, sender) if fresh else 0  # type: ignore[arg-type]
+            if added:
+                if len(changed) == added:
                     return
                 get = table.get
                 changed = list(compress(changed, map(is_not, map(get, map(_node_of, changed)),
@@ -161,17 +162,24 @@ class Table:
                 else:
                     self._dead(now, node, s.incarnation, s.by)  # type: ignore[union-attr]
 
-    def _add_many(self, names: list[str], alives: list[Alive], sender: str) -> bool:
-        """Add members we never heard of in bulk; False (nothing done) when the list names
-        one twice or names us: those go one by one."""
+    def _add_many(self, names: list[str], alives: list[Alive], sender: str) -> int:
+        """Add members we never heard of in bulk, but our own statement (left to the rules
+        one by one: it may need refuting); how many were added: 0 when the list names one
+        twice (then all go one by one)."""
         table = self.table
         before = len(table)
         joiner = sender not in table
         table.update(zip(names, alives, strict=True))
-        if len(table) - before != len(names) or self.name in table:
+        if self.name in table:  # a catch-up's answer often holds our own statement
+            del table[self.name]
+            k = names.index(self.name)
+            names, alives = names[:k] + names[k + 1:], alives[:k] + alives[k + 1:]
+        if len(table) - before != len(names):
             for n in names:
                 table.pop(n, None)
-            return False
+            return 0
+        if not names:
+            return 0
         self.digest.add_alives(alives, names)
         # Rotated by a random offset: nodes that learned the same list do not probe in step;
         # and put at a random place among those not yet probed this round, not at the end:
@@ -190,7 +198,7 @@ class Table:
         if joiner and sender in table:
             a = table[sender]
             self._broadcast(sender, a)  # type: ignore[arg-type]  # a joiner's arrival is news
-        return True
+        return len(names)
 
     # -- updates --------------------------------------------------------------------------
     def _apply_updates(self, now: float, updates: list[Update], sender: str) -> None:
