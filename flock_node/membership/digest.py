@@ -67,9 +67,22 @@ def names_of(keys: list[int]) -> list[str] | None:
     return list(filter(None, map(_keys.names.get, keys)))
 
 
+class _Buckets(dict[str, int]):
+    """The fine bucket of each name, computed once (bulk adds update a bucket per entry)."""
+
+    def __missing__(self, s: str) -> int:
+        if len(self) > 1 << 20:
+            self.clear()
+        b = self[s] = _keys[s] & _MASK
+        return b
+
+
+_buckets = _Buckets()
+
+
 def bucket_of(node: str) -> int:
     """The fine bucket of a member."""
-    return _keys[node] & _MASK
+    return _buckets[node]
 
 
 def entry_hash(e: Entry) -> int:
@@ -121,7 +134,7 @@ class Digest:
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
         h = entry_hash(e)
-        self._fine[_keys[e.node] & _MASK] ^= h
+        self._fine[_buckets[e.node]] ^= h
         self._folded = None
         ep = e.incarnation >> EPOCH_SHIFT
         v = self.epochs.get(ep)
@@ -145,8 +158,8 @@ class Digest:
         if names is None:
             names = list(map(_node_of, alives))
         fine = self._fine
-        for k, h in zip(map(_keys.__getitem__, names), hashes, strict=True):
-            fine[k & _MASK] ^= h
+        for b, h in zip(map(_buckets.__getitem__, names), hashes, strict=True):
+            fine[b] ^= h
         self._folded = None
         # A table arrives in start order: epochs come in runs, each reduced at C speed.
         epochs, members = self.epochs, self.members
