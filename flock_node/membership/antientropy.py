@@ -24,6 +24,7 @@ from flock_node.membership.digest import (
     entry_hash,
     entry_hashes,
     keys_of,
+    names_of,
     pack,
     pack_keys,
     pack_summary,
@@ -112,7 +113,7 @@ class AntiEntropy(Table):
     def _in_epochs(self, wanted: set[int]) -> list[Entry]:
         """Our entries (our statement too) in the `wanted` epochs, without a table pass."""
         table = self.table
-        states: list[Entry] = list(map(table.__getitem__, self.digest.in_epochs(wanted)))
+        states: list[Entry] = list(map(table.__getitem__, self.digest.in_epochs(wanted, table.get)))
         if epochs.epoch_of(self.me) in wanted:
             states.append(self.me)
         return states
@@ -164,9 +165,7 @@ class AntiEntropy(Table):
         if wanted:
             # The asker's last leg: the entries it lacks, and a refutation if it held us
             # suspect or down.
-            want = set(wanted)
-            states = self._states()
-            states = list(compress(states, map(want.__contains__, keys_of(states))))
+            states = self._wanted(wanted)
             if self.me is not me and self.me not in states:
                 states.append(self.me)
             self._push(to, False, states, b"")
@@ -174,6 +173,19 @@ class AntiEntropy(Table):
             # The last leg told us someone holds us suspect or down: they hear the refutation
             # now rather than by gossip.
             self._push(to, False, [self.me], b"")
+
+    def _wanted(self, keys: list[int]) -> list[Entry]:
+        """Our entries (our statement too) whose name keys are `keys`."""
+        names = names_of(keys)
+        if names is None:
+            want = set(keys)
+            states = self._states()
+            return list(compress(states, map(want.__contains__, keys_of(states))))
+        names = list(dict.fromkeys(names))
+        out: list[Entry] = list(filter(None, map(self.table.get, names)))
+        if self.name in names:
+            out.append(self.me)
+        return out
 
     def _epochs_pulled(self, now: float, msg: PushPull) -> None:
         """A catch-up exchange by epochs of start times: a request is answered with our
@@ -239,8 +251,12 @@ class AntiEntropy(Table):
             ours = select(self._states(), b, diff)
         our_hashes = entry_hashes(ours, self.digest.hashes)
         have, held = set(our_hashes), set(hashes)
-        lacking = list(compress(ours, map(not_, map(held.__contains__, our_hashes))))
-        want = list(compress(keys, map(not_, map(have.__contains__, hashes))))
+        # The differences are few next to what both hold: found as sets, then picked out.
+        ours_only, theirs_only = have - held, held - have
+        lacking = list(compress(ours, map(ours_only.__contains__, our_hashes))) if (
+            ours_only) else []
+        want = list(compress(keys, map(theirs_only.__contains__, hashes))) if (
+            theirs_only) else []
         if lacking or want:
             self._push(to, False, lacking, b"", pack_keys(want))
 

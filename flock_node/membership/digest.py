@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import reduce
-from itertools import compress, groupby, repeat
-from operator import and_, attrgetter, is_, rshift, xor
+from itertools import chain, compress, groupby, repeat
+from operator import and_, attrgetter, is_not, rshift, xor
 
 from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
@@ -27,29 +27,62 @@ from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
 _MASK = FINE - 1
 PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
-_LAZY_FROM = 256  # entries added at once that leave the buckets to be recomputed on demand
 _STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
 _node_of, _instance_of = attrgetter("node"), attrgetter("instance")
 _inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
 
 
 class _Keys(dict[str, int]):
-    """Stable integer keys of names and instances (CRC-32), computed once per string."""
+    """Stable integer keys of names and instances (CRC-32), computed once per string, and
+    the way back: a `want` (name keys) is answered without a pass over the table."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # key -> the one string seen with it. Every member of every table was keyed when it
+        # went in (its digest hash), so a key missing here names no member we hold.
+        self.names: dict[int, str] = {}
+        self.shared: set[int] = set()  # keys of two strings or more
+        self.whole = True  # no clear yet: `names` still knows every member ever keyed
 
     def __missing__(self, s: str) -> int:
         if len(self) > 1 << 20:
             self.clear()  # bounded: a long-lived agent meets many instances over time
+            self.names.clear()
+            self.whole = False
         k = zlib.crc32(s.encode())
         self[s] = k
+        if self.names.setdefault(k, s) != s:
+            self.shared.add(k)
         return k
 
 
 _keys = _Keys()
 
 
+def names_of(keys: list[int]) -> list[str] | None:
+    """The member names behind name keys (unknown keys dropped); None when a key is shared
+    by two strings or the map was cleared: then only a pass over the table is exact."""
+    if not _keys.whole or not _keys.shared.isdisjoint(keys):
+        return None
+    return list(filter(None, map(_keys.names.get, keys)))
+
+
+class _Buckets(dict[str, int]):
+    """The fine bucket of each name, computed once (bulk adds update a bucket per entry)."""
+
+    def __missing__(self, s: str) -> int:
+        if len(self) > 1 << 20:
+            self.clear()
+        b = self[s] = _keys[s] & _MASK
+        return b
+
+
+_buckets = _Buckets()
+
+
 def bucket_of(node: str) -> int:
     """The fine bucket of a member."""
-    return _keys[node] & _MASK
+    return _buckets[node]
 
 
 def entry_hash(e: Entry) -> int:
@@ -79,52 +112,54 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "source", "_stale")
+    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
+        # Kept up to date entry by entry, bulk adds too: recomputing it from the table when
+        # next asked for cost a pass over the whole table each time a bulk add came between
+        # two exchanges (every node's first digest exchange after the join storm at least).
         self._fine = [0] * FINE
-        # The table's entries: after a bulk add the buckets are recomputed from them when a
-        # digest is next asked for (a joiner learning thousands may never be asked).
-        self.source: Callable[[], Iterable[Entry]] | None = None
-        self._stale = False
         # Hashes of many statements at once: the simulator, whose statements are shared
         # objects, remembers them.
         self.hashes = hashes or alive_hashes
         self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
         self.epochs: Epochs = {}  # the same hashes by start time (epochs.py): catch-ups
         # The members in each epoch, so a catch-up selects what differs without a pass
-        # over the whole table.
-        self.members: dict[int, dict[str, None]] = {}
+        # over the whole table: a list (a tenth of a dict's memory, which matters for the
+        # simulator's 10,000 tables); an entry taken out leaves its name behind, and the
+        # list is cleaned when it is next read (`_dirty`).
+        self.members: dict[int, list[str]] = {}
+        self._dirty: set[int] = set()
 
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
         h = entry_hash(e)
-        if not self._stale:
-            self._fine[_keys[e.node] & _MASK] ^= h
+        self._fine[_buckets[e.node]] ^= h
         self._folded = None
         ep = e.incarnation >> EPOCH_SHIFT
         v = self.epochs.get(ep)
         if v is None:
             v = self.epochs[ep] = [0, 0]
-            self.members[ep] = {}
+            self.members[ep] = []
         v[0] ^= h
         v[1] += count
         if count > 0:
-            self.members[ep][e.node] = None
+            self.members[ep].append(e.node)
         else:
-            self.members[ep].pop(e.node, None)
+            self._dirty.add(ep)
         if v[1] <= 0:
             del self.epochs[ep], self.members[ep]
+            self._dirty.discard(ep)
 
-    def add_alives(self, alives: list[Alive]) -> None:
-        """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
+    def add_alives(self, alives: list[Alive], names: list[str] | None = None) -> None:
+        """Add many plain `Alive` entries (a joiner learning the flock; `names`: theirs, in
+        order, when the caller has them): hashed at C speed."""
         hashes = self.hashes(alives)
-        if self.source is not None and len(alives) > _LAZY_FROM:
-            self._stale = True
-        elif not self._stale:
-            fine = self._fine
-            for k, h in zip(map(_keys.__getitem__, map(_node_of, alives)), hashes, strict=True):
-                fine[k & _MASK] ^= h
+        if names is None:
+            names = list(map(_node_of, alives))
+        fine = self._fine
+        for b, h in zip(map(_buckets.__getitem__, names), hashes, strict=True):
+            fine[b] ^= h
         self._folded = None
         # A table arrives in start order: epochs come in runs, each reduced at C speed.
         epochs, members = self.epochs, self.members
@@ -133,28 +168,29 @@ class Digest:
             k = len(list(run))
             v = epochs.get(ep)
             if v is None:
-                v = epochs[ep] = [0, 0]
-                members[ep] = {}
-            v[0] ^= reduce(xor, hashes[i:i + k], 0)
-            v[1] += k
-            members[ep].update(dict.fromkeys(map(_node_of, alives[i:i + k])))
+                epochs[ep] = [reduce(xor, hashes[i:i + k], 0), k]
+                members[ep] = names[i:i + k]
+            else:
+                v[0] ^= reduce(xor, hashes[i:i + k], 0)
+                v[1] += k
+                members[ep] += names[i:i + k]
             i += k
 
     @property
     def fine(self) -> list[int]:
-        """The digest at `FINE` buckets, recomputed first if a bulk add left it stale."""
-        if self._stale and self.source is not None:
-            entries = list(self.source())
-            fine = [0] * FINE
-            for k, h in zip(keys_of(entries), entry_hashes(entries, self.hashes), strict=True):
-                fine[k & _MASK] ^= h
-            self._fine, self._stale = fine, False
+        """The digest at `FINE` buckets."""
         return self._fine
 
-    def in_epochs(self, wanted: set[int]) -> list[str]:
-        """The members whose entries fall in the `wanted` epochs."""
-        members = self.members
-        return [n for ep in wanted if ep in members for n in members[ep]]
+    def in_epochs(self, wanted: set[int], get: Callable[[str], Entry | None]) -> list[str]:
+        """The members whose entries fall in the `wanted` epochs (`get`: the table's)."""
+        members, dirty = self.members, self._dirty
+        for ep in dirty.intersection(wanted):
+            # Names of entries since taken out, or put back (twice): kept once, if still here.
+            m = members[ep]
+            m[:] = [n for n in dict.fromkeys(m)
+                    if (e := get(n)) is not None and e.incarnation >> EPOCH_SHIFT == ep]
+            dirty.discard(ep)
+        return list(chain.from_iterable([members[ep] for ep in wanted if ep in members]))
 
     def folded(self, buckets: int, me: Entry) -> list[int]:
         """The digest at `buckets` buckets, with our own statement in it."""
@@ -207,11 +243,17 @@ def keys_of(entries: list[Entry]) -> list[int]:
 
 def entry_hashes(entries: list[Entry], many: Callable[[list[Alive]], list[int]]) -> list[int]:
     """`entry_hash` of each entry, the plain statements through `many` (at C speed)."""
-    plain = list(map(is_, map(type, entries), repeat(Alive)))
-    if all(plain):
+    marked = list(compress(range(len(entries)), map(is_not, map(type, entries), repeat(Alive))))
+    if not marked:
         return many(entries)  # type: ignore[arg-type]
-    hs = iter(many(list(compress(entries, plain))))  # type: ignore[arg-type]
-    return [next(hs) if p else entry_hash(e) for e, p in zip(entries, plain, strict=True)]
+    # The few marked entries hashed one by one, in place; the plain ones at C speed.
+    alives = list(entries)
+    for i in marked:
+        alives[i] = entries[i].alive  # type: ignore[union-attr]
+    hs = many(alives)  # type: ignore[arg-type]
+    for i in marked:
+        hs[i] = entry_hash(entries[i])
+    return hs
 
 
 def pack_summary(keys: list[int], hashes: list[int]) -> bytes:

@@ -13,14 +13,16 @@ each measured once per entry object (identical to encoding the whole message).
 from __future__ import annotations
 
 import argparse
+import gc
 import heapq
 import json
 import random
 import statistics
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import is_, itemgetter
+from operator import itemgetter
 from typing import Any
 
 from flock_node.argtypes import parsed, positive_seconds, whole_number
@@ -91,6 +93,7 @@ class Sim:
         self.index = {name: i for i, name in enumerate(self.names)}
         self._secret = self.rng.getrandbits(64)
         self._signed: dict[int, Alive] = {}
+        self._signed_ids: set[int] = set()
         self.hashes = Hashes()
         self.nodes: list[Swim] = []
         window = sc.start_window if sc.start_window is not None else min(5.0, 0.005 * n)
@@ -114,6 +117,7 @@ class Sim:
         self.crash_set = set(faulted[:sc.crash])
         self.freeze_set = set(faulted[sc.crash:])
         self.faulty_idx = self.crash_set | self.freeze_set
+        self.faulty_names = {self.names[j] for j in self.faulty_idx}
         self.healthy = [i not in self.crash_set and i not in self.freeze_set for i in range(n)]
         self.h = sum(self.healthy)
         self.alive_views = [0] * n  # healthy observers seeing node i alive
@@ -141,7 +145,6 @@ class Sim:
         m = Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
                  sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
         m.digest = Digest(self.hashes)
-        m.digest.source = m.table.values
         m.measure = self.sizes.entries
         return m
 
@@ -154,16 +157,16 @@ class Sim:
         signed = Alive(a.node, a.incarnation, a.instance, a.addr, a.version, a.record,
                        self._tag(a))
         self._signed[id(signed)] = signed  # kept: a statement checked once stays checked
+        self._signed_ids.add(id(signed))  # kept alive above, so its id names it alone
         return signed
 
     def _vouch(self, a: Alive) -> bool:
         return self._signed.get(id(a)) is a or a.sig == self._tag(a)
 
     def _vouch_many(self, alives: list[Alive]) -> list[bool]:
-        ok = list(map(is_, map(self._signed.get, map(id, alives)), alives))
-        if not all(ok):
-            ok = list(map(self._vouch, alives))
-        return ok
+        if self._signed_ids.issuperset(map(id, alives)):
+            return [True] * len(alives)
+        return list(map(self._vouch, alives))
 
     # -- events ---------------------------------------------------------------------------
     def _push(self, t: float, kind: int, i: int, arg: Any) -> None:
@@ -211,7 +214,7 @@ class Sim:
     def run(self) -> dict[str, Any]:
         """Run the scenario to its end; the figures."""
         wall = time.perf_counter()
-        self.advance(self.sc.seconds)
+        _uncollected(lambda: self.advance(self.sc.seconds))
         return self.report(time.perf_counter() - wall)
 
     def advance(self, until: float) -> None:
@@ -293,12 +296,13 @@ class Sim:
         if len(changes) > 8 and set(map(_old, changes)) == {None} and set(
                 map(_new, changes)) == {ALIVE}:
             if self.healthy[i]:
-                js = list(map(self.index.__getitem__, map(_node, changes)))
-                self.good += sum(map(self.healthy.__getitem__, js))
-                av = self.alive_views
-                for j in self.faulty_idx.intersection(js):
-                    av[j] += 1
-                self._milestones(js[0])
+                names = list(map(_node, changes))
+                hit = self.faulty_names.intersection(names)
+                self.good += len(names) - len(hit)
+                for j in map(self.index.__getitem__, hit):
+                    self.alive_views[j] += 1
+                    self._milestones(j)
+                self._milestones(self.index[names[0]])
             return
         index, healthy = self.index, self.healthy
         observer_ok = healthy[i]
@@ -373,6 +377,19 @@ class Sim:
             "bytes_per_node_s": round(self.bytes / sc.nodes / sc.seconds, 1),
             "wall_s": round(wall, 2),
         }
+
+
+def _uncollected(run: Callable[[], None]) -> None:
+    """Call `run` without cycle collection: the protocol makes no reference cycles (a run of
+    1,000 nodes leaves none), and at 10,000 nodes each full collection would walk 10,000
+    tables of 10,000 entries."""
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        run()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _r(x: float | None) -> float | None:

@@ -94,7 +94,6 @@ class Table:
         self.name = me.node
         self.table: dict[str, Entry] = {}  # written through _put and _drop (the digest)
         self.digest = Digest()
-        self.digest.source = self.table.values
         # Bytes of many entries (a push-pull's pages): the simulator sums cached sizes.
         self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
@@ -127,28 +126,28 @@ class Table:
     def _merge(self, now: float, states: list[Entry], sender: str) -> None:
         # Every step over the whole state runs at C speed (map, compress): a table of
         # thousands is compared in a millisecond. Shared, unchanged entries are skipped.
+        table = self.table
         names = list(map(_node_of, states))
-        curs = list(map(self.table.get, names))
-        changed = list(compress(states, map(is_not, curs, states)))
-        if not changed:
-            return
-        # Members we never heard of, plainly alive and vouched for, are added in bulk (a
-        # joiner learns the whole flock at once).
-        fresh = list(compress(states, map(is_, curs, repeat(None))))
-        if fresh:
-            alives: list[Alive] = list(compress(fresh, map(is_, map(type, fresh), repeat(Alive))))  # type: ignore[arg-type]
-            new = list(compress(alives, self.vouch_many(alives))) if alives else []
-            fresh_names = list(map(_node_of, new))
-            unique = set(fresh_names)
-            if self.name in unique:  # our own entry is never a member
-                k = fresh_names.index(self.name)
-                del fresh_names[k], new[k]
-                unique.discard(self.name)
-            if fresh_names and len(unique) == len(fresh_names):
-                self._add_many(fresh_names, new, sender if sender in unique else None)
-                if len(changed) == len(new):
+        curs = list(map(table.get, names))
+        if any(curs):
+            changed = list(compress(states, map(is_not, curs, states)))
+            if not changed:
+                return
+            fresh = list(compress(states, map(is_, curs, repeat(None))))
+            names = list(map(_node_of, fresh))
+        else:
+            changed = fresh = states  # all new: a joiner learning the flock, a catch-up
+        # Members we never heard of, plainly alive and vouched for, are added in bulk.
+        if fresh and Mark not in set(map(type, fresh)):
+            oks = self.vouch_many(fresh)  # type: ignore[arg-type]
+            if not all(oks):
+                fresh = list(compress(fresh, oks))
+                names = list(map(_node_of, fresh))
+            added = self._add_many(names, fresh, sender) if fresh else 0  # type: ignore[arg-type]
+            if added:
+                if len(changed) == added:
                     return
-                get = self.table.get
+                get = table.get
                 changed = list(compress(changed, map(is_not, map(get, map(_node_of, changed)),
                                                      changed)))
         for s in changed:
@@ -163,9 +162,25 @@ class Table:
                 else:
                     self._dead(now, node, s.incarnation, s.by)  # type: ignore[union-attr]
 
-    def _add_many(self, names: list[str], alives: list[Alive], sender: str | None) -> None:
-        self.table.update(zip(names, alives, strict=True))
-        self.digest.add_alives(alives)
+    def _add_many(self, names: list[str], alives: list[Alive], sender: str) -> int:
+        """Add members we never heard of in bulk, but our own statement (left to the rules
+        one by one: it may need refuting); how many were added: 0 when the list names one
+        twice (then all go one by one)."""
+        table = self.table
+        before = len(table)
+        joiner = sender not in table
+        table.update(zip(names, alives, strict=True))
+        if self.name in table:  # a catch-up's answer often holds our own statement
+            del table[self.name]
+            k = names.index(self.name)
+            names, alives = names[:k] + names[k + 1:], alives[:k] + alives[k + 1:]
+        if len(table) - before != len(names):
+            for n in names:
+                table.pop(n, None)
+            return 0
+        if not names:
+            return 0
+        self.digest.add_alives(alives, names)
         # Rotated by a random offset: nodes that learned the same list do not probe in step;
         # and put at a random place among those not yet probed this round, not at the end:
         # members learned late (a catch-up's, in start order) would otherwise wait a whole
@@ -180,9 +195,10 @@ class Table:
         for fn in self.listeners:
             for c in changes:
                 fn(c)
-        if sender is not None:
-            a = self.table[sender]
+        if joiner and sender in table:
+            a = table[sender]
             self._broadcast(sender, a)  # type: ignore[arg-type]  # a joiner's arrival is news
+        return len(names)
 
     # -- updates --------------------------------------------------------------------------
     def _apply_updates(self, now: float, updates: list[Update], sender: str) -> None:

@@ -24,7 +24,9 @@ class Sizes:
     def __init__(self) -> None:
         self._by_id: dict[int, int] = {}
         self._keep: list[Any] = []
-        self._last: tuple[list[Entry] | None, int, int] = (None, 0, 0)
+        # Lists measured lately (kept, so an id is not reused while listed): a push-pull's
+        # pages are measured by their sender, then counted as sent.
+        self._lists: dict[int, tuple[list[Entry], int, int]] = {}
 
     def of(self, obj: Any) -> int:
         """Bytes of one update or table entry."""
@@ -37,12 +39,13 @@ class Sizes:
 
     def entries(self, states: list[Entry]) -> int:
         """Bytes of a list of entries, as msgspec encodes it."""
-        # A page is measured by its sender, then counted as sent: the same list, summed once.
-        last = self._last
-        if last[0] is states and last[1] == len(states):
-            return last[2]
+        seen = self._lists.get(id(states))
+        if seen is not None and seen[0] is states and seen[1] == len(states):
+            return seen[2]
         n = self._entries(states)
-        self._last = (states, len(states), n)
+        if len(self._lists) >= 64:
+            self._lists.clear()
+        self._lists[id(states)] = (states, len(states), n)
         return n
 
     def _entries(self, states: list[Entry]) -> int:
@@ -75,7 +78,7 @@ class Hashes:
         """The hashes of `alives`, in order."""
         cache = self._by_id
         hs = list(map(cache.get, map(id, alives)))
-        if None in hs:
+        if not all(hs):  # some never hashed (or a hash of 0: hashed again, the same)
             new = list(compress(alives, map(is_, hs, repeat(None))))
             self._keep.extend(new)
             cache.update(zip(map(id, new), alive_hashes(new), strict=True))
