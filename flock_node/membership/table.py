@@ -40,6 +40,16 @@ from flock_node.membership.messages import (
     encode,
 )
 
+TOP_INCARNATION = 2**63 - 1  # the largest a message carries (messages.Count)
+REFUTE_JUMP = 10**9  # incarnations are start times in ms: about 11 days
+
+
+def refutable(mine: int, inc: int) -> bool:
+    """A claim about us at `inc` we answer with a higher incarnation: at ours or above, by
+    at most REFUTE_JUMP (a past life after a wiped state and a clock set back); a claim
+    beyond is a forgery, answered by nothing."""
+    return mine <= inc <= mine + REFUTE_JUMP
+
 Change = tuple[str, str | None, str]  # (node, old state or None when new, new state)
 Send = tuple[str, Message]  # (address, message)
 Output = tuple[list[Send], list[Change]]
@@ -217,7 +227,7 @@ class Table:
         node = a.node
         if node == self.name:
             me = self.me
-            if a is not me and a.incarnation >= me.incarnation and (
+            if a is not me and refutable(me.incarnation, a.incarnation) and (
                     a.instance != me.instance or a.incarnation > me.incarnation):
                 self._refute(a.incarnation)  # someone else's (or our past's) claim to our name
             return
@@ -257,19 +267,21 @@ class Table:
 
     def _accused(self, node: str, inc: int, by: str) -> Entry | None:
         """The entry a suspicion or death of `node` at `inc` is about, or None when it changes
-        nothing here: about us (refuted when it is current), unknown, or older than ours."""
+        nothing here: about us (refuted when it is current), unknown, older than ours, or
+        about an incarnation newer than any we hold (nobody can have seen it: a forgery that
+        would push the accused to incarnations it cannot refute)."""
         if node == self.name:
-            if inc >= self.me.incarnation:
+            if refutable(self.me.incarnation, inc):
                 self._refute(inc)
                 self.accuser = by
             return None
         cur = self.table.get(node)
-        if cur is None or inc < cur.incarnation:
+        if cur is None or inc != cur.incarnation:
             return None
         return cur
 
     def _suspect(self, now: float, node: str, inc: int, by: str) -> None:
-        if node == self.name and inc >= self.me.incarnation:
+        if node == self.name and refutable(self.me.incarnation, inc):
             self.awareness.apply(1)  # being suspected hints that we are the slow one
         cur = self._accused(node, inc, by)
         if cur is None:
@@ -319,7 +331,8 @@ class Table:
 
     def _refute(self, inc: int) -> None:
         m = self.me
-        self.me = self.sign(Alive(m.node, inc + 1, m.instance, m.addr, m.version, m.record))
+        new = min(inc + 1, TOP_INCARNATION)  # never past what a message can carry
+        self.me = self.sign(Alive(m.node, new, m.instance, m.addr, m.version, m.record))
         self._broadcast(self.name, self.me)
 
     # -- plumbing -------------------------------------------------------------------------
