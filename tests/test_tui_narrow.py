@@ -13,6 +13,17 @@ from flock_tui.macros import ConsoleConfig
 NOW = 1_700_000_000.0
 
 
+def _offline() -> FlockApp:
+    return FlockApp(offline_args(), clock=lambda: NOW, config=ConsoleConfig(), connect=False)
+
+
+async def _with_members(pilot, app: FlockApp) -> None:
+    """Mounted, showing the test flock."""
+    await until(pilot, lambda: app.ready, 3, "mounted")
+    app.apply_members(members(NOW))
+    app.flush()
+
+
 def table_lines(app: FlockApp) -> list[str]:
     """The header and the rows of db1 and web1, as the terminal shows them."""
     lines = screen_text(app).splitlines()
@@ -22,11 +33,9 @@ def table_lines(app: FlockApp) -> list[str]:
 @pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 45)])
 @aio
 async def test_the_flock_table_keeps_tags_on_screen(size):
-    app = FlockApp(offline_args(), clock=lambda: NOW, config=ConsoleConfig(), connect=False)
+    app = _offline()
     async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: app.ready, 3, "mounted")
-        app.apply_members(members(NOW))
-        app.flush()
+        await _with_members(pilot, app)
         await pilot.pause(0.1)
         head, db1, web1 = table_lines(app)
         assert "OUTBOX" in head and "TAGS" in head, head
@@ -53,11 +62,9 @@ async def test_the_audit_pane_keeps_outcome_whole(size):
     from flock_tui.screens.node import NodeScreen
     from flock_tui.widgets.audit import AuditPane
 
-    app = FlockApp(offline_args(), clock=lambda: NOW, config=ConsoleConfig(), connect=False)
+    app = _offline()
     async with app.run_test(size=size) as pilot:
-        await until(pilot, lambda: app.ready, 3, "mounted")
-        app.apply_members(members(NOW))
-        app.flush()
+        await _with_members(pilot, app)
         scr = NodeScreen("db1")
         app.push_screen(scr)
         await until(pilot, lambda: scr.ready, 3, "the node screen")
