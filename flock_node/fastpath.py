@@ -79,7 +79,7 @@ class Where(Protocol):
 
 class NowRpc(Protocol):
     def send_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
-                 timeout: float) -> Any: ...
+                 timeout: float, to: str | None = None) -> Any: ...
 
     def answer_now(self, sent: Any, expect: str | None = None) -> Any: ...
 
@@ -199,7 +199,7 @@ class FastPath:
         try:
             trace.stamp("delivery_started")
             return self.rpc.send_now(where.addr, "resource_manager", "notify",
-                                     self.loop.wire(row), timeout=FAST_TIMEOUT)
+                                     self.loop.wire(row), timeout=FAST_TIMEOUT, to=target)
         except RpcError as e:
             if e.code != NOT_SENT:
                 log.debug("notification %s to %s: %s", row.id, target, e)

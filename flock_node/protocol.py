@@ -112,6 +112,11 @@ class Request(msgspec.Struct, tag="req", omit_defaults=True):
     actor: Annotated[str, msgspec.Meta(max_length=64)]  # flock_api | resource_manager | ...
     method: Annotated[str, msgspec.Meta(max_length=64)]
     args: dict[str, Any] = {}
+    # The node the call is for, inside the signed body: a frame captured on its way to one
+    # node is refused by the others (key mode; `RpcServer`). "" when the caller does not
+    # know it yet (discovery at a seed address) and from callers that predate it; an older
+    # agent ignores the field, so both versions still talk.
+    to: str = ""
 
 
 class Error(msgspec.Struct):

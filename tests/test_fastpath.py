@@ -66,13 +66,15 @@ class _Rpc:
     def __init__(self, now: Callable[[dict[str, Any]], Any] = lambda args: None) -> None:
         self.now = now
         self.sent: list[tuple[str, str]] = []  # (by, id)
+        self.to: list[str | None] = []  # the node each call names (signed: no replay elsewhere)
         self.threads: set[str] = set()
         self.hold: threading.Event | None = None
         self.answering = threading.Event()
 
     def send_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
-                 timeout: float) -> Any:
+                 timeout: float, to: str | None = None) -> Any:
         self.threads.add(threading.current_thread().name)
+        self.to.append(to)
         outcome = self.now(args)  # raises NOT_SENT: nothing sent
         self.sent.append(("worker", args["id"]))
         return outcome
@@ -95,6 +97,7 @@ class _Rpc:
                    timeout: float | None = None, expect: str | None = None,
                    sent: Any = None) -> Any:
         await asyncio.sleep(0.05)
+        self.to.append(expect)
         if sent is not None:
             sent()
         items = args["items"] if method == "notify_batch" else [args]
@@ -141,6 +144,7 @@ def test_a_reactions_notification_is_sent_and_settled_by_an_idle_worker_itself()
     _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
     assert settled_on_return == [["n-1"]]
     assert rpc.sent == [("worker", "n-1")]
+    assert rpc.to == ["b"]
     assert rpc.threads == {"converge_0"}
 
 
@@ -227,6 +231,7 @@ def test_what_the_worker_could_not_send_goes_to_the_loop_once():
 
     _run(rpc, store, worker, lambda: bool(store.outbox.delivered))
     assert rpc.sent == [("worker", "n-1"), ("loop", "n-1")]
+    assert rpc.to == ["b", "b"]
     assert store.outbox.delivered == ["n-1"]
 
 

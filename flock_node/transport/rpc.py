@@ -54,9 +54,11 @@ def call_id() -> str:
     return f"{_CALL_PREFIX}{next(_CALL_IDS):x}"
 
 
-def _request(codec: Codec, actor: str, method: str, args: dict[str, Any]) -> tuple[str, bytes]:
+def _request(codec: Codec, actor: str, method: str, args: dict[str, Any],
+             to: str | None = None) -> tuple[str, bytes]:
+    """A fresh call id and the signed frame of the call, naming the node `to` when known."""
     call_id_ = call_id()
-    frame = codec.encode(Request(call_id_, actor, method, args))
+    frame = codec.encode(Request(call_id_, actor, method, args, to=to or ""))
     if len(frame) > MAX_FRAME:  # the node would drop it unanswered: say why, send nothing
         raise RpcError("too_large", f"{actor}.{method}: request of {len(frame)} bytes exceeds "
                                     f"{_frame_limit()}; send less at once")
@@ -180,13 +182,14 @@ class SyncRpc:
 
     def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
              timeout: float | None = None, expect: str | None = None) -> Any:
-        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer."""
+        """Call `actor.method` at `addr`; `expect` is the node meant: the call names it, and
+        on TLS it must be the node that answers."""
         timeout = self.timeout if timeout is None else timeout
         _check_reachable(addr)
         sock = self._sock(addr, timeout)
         ctx = None
         try:
-            call_id, frame = _request(self.codec, actor, method, args or {})
+            call_id, frame = _request(self.codec, actor, method, args or {}, expect)
             ctx = sock.new_context()
             ctx.send(frame)
             answer = ctx.recv_msg()
@@ -280,15 +283,16 @@ class AsyncRpc:
     async def call(self, addr: str, actor: str, method: str, args: dict[str, Any] | None = None,
                    timeout: float | None = None, expect: str | None = None,
                    sent: Callable[[], None] | None = None) -> Any:
-        """Call `actor.method` at `addr`; on TLS, `expect` is the node that must answer;
-        `sent()` is called once the request is handed to nng."""
+        """Call `actor.method` at `addr`; `expect` is the node meant: the call names it, and
+        on TLS it must be the node that answers; `sent()` is called once the request is
+        handed to nng."""
         timeout = self.timeout if timeout is None else timeout
         _check_reachable(addr)
         try:
             sock = self._sock(addr)
         except pynng.NNGException as e:
             raise RpcError("unreachable", f"{addr}: {e}") from None
-        call_id, frame = _request(self.codec, actor, method, args or {})
+        call_id, frame = _request(self.codec, actor, method, args or {}, expect)
         self._socks.use(sock)
         ctx = None
         try:
@@ -319,11 +323,12 @@ class AsyncRpc:
         return _reply(self.codec, call_id, reply, self.tls is not None)
 
     def send_now(self, addr: str, actor: str, method: str, args: dict[str, Any],
-                 timeout: float) -> Sent:
+                 timeout: float, to: str | None = None) -> Sent:
         """Hand a call to nng from a thread that is not the loop's (the worker's fast path),
         on a socket kept for it, without waiting for the answer: `answer(sent)` awaits that
         on the loop. Raises RpcError NOT_SENT, with nothing sent, while that socket has no
-        connection yet (it dials in the background), or when nng does not take the call."""
+        connection yet (it dials in the background), or when nng does not take the call.
+        `to`: the node the call is for (named in the signed request)."""
         with self._now_lock:
             s = self._now.get(addr)
             if s is None:
@@ -343,7 +348,7 @@ class AsyncRpc:
         try:
             if not s.pipes:
                 raise RpcError(NOT_SENT, f"no connection to {addr} yet")
-            call_id_, frame = _request(self.codec, actor, method, args)
+            call_id_, frame = _request(self.codec, actor, method, args, to)
             ctx = s.new_context()
             trace.stamp("call_sending")
             ctx.send(frame)

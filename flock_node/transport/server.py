@@ -207,6 +207,12 @@ class RpcServer(VerifiedListener):
             count_drop(self.codec, "sender_mismatch")
             log.warning("a call from %s in the name of %s dropped", caller.name, env.sender)
             return None
+        if msg.to and msg.to != self.codec.sender and self.codec.key is not None:
+            # Signed for another node: a frame captured on its way there and replayed here
+            # (key mode; on TLS the connection names the caller and nothing can be replayed).
+            count_drop(self.codec, "misdirected")
+            log.debug("a call from %s for node %s dropped", env.sender, msg.to)
+            return None
         replayed = self.codec.key is not None and self.codec.seen(env.nonce)
         known = self._answers.get(msg.call_id)
         if isinstance(known, asyncio.Future):  # a re-send of a call still running
