@@ -116,7 +116,7 @@ class Request(msgspec.Struct, tag="req", omit_defaults=True):
     # node is refused by the others (key mode; `RpcServer`). "" when the caller does not
     # know it yet (discovery at a seed address) and from callers that predate it; an older
     # agent ignores the field, so both versions still talk.
-    to: str = ""
+    to: Annotated[str, msgspec.Meta(max_length=64)] = ""
 
 
 class Error(msgspec.Struct):
