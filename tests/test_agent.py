@@ -509,6 +509,7 @@ def test_two_agents_never_share_one_state_database(flock_env):
     assert f"{first.state_dir}" in other.output() and "in use" in other.output()
     elsewhere = env.root / "run2"
     twin = env.start("one", "--runtime-dir", str(elsewhere), wait=False)
+    env.nodes["one"] = first  # the fixture stops the nodes it holds: the live one
     assert twin.proc.wait(20) == 2
     assert "in use" in twin.output()
     with env.flock() as f:
