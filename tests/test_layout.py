@@ -74,7 +74,9 @@ def test_an_installed_flock_starts_its_demo(tmp_path):
         assert where is not None and str(target) not in where  # the test itself: checkout
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(90)  # a deadline: traced by `make cov`, the agents take over 30 s to stop
+        # Read what it says while it stops (a full pipe would hold it forever); a deadline:
+        # traced by `make cov`, on a loaded machine, the agents took over 30 s to stop.
+        proc.communicate(timeout=90)
 
 
 def _imports(path: Path, module: str, modules: set[str]) -> set[str]:
