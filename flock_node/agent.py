@@ -207,7 +207,8 @@ class Agent:
     def outbox_added(self, items: list[OutboxItem], early: Launched | None = None) -> None:
         """Rows just committed by the worker: immediate ones are pending now. Handing them to
         the delivery loop in memory lets it send them without reading the outbox back."""
-        rows = outgoing(items)
+        # Rows sent early were made from the same items: only those not launched are left.
+        rows = early.rest if early is not None else outgoing(items)
         # A reaction is a link of a chain, where each hop's latency adds up: its worker waits
         # for the send. A converge's rows are better left to pile up into batches.
         job = self.work.current

@@ -116,14 +116,14 @@ class Deliverer:
         (the fast path; `alone`, no other job waits for the worker: it waits for their
         answers too, else the loop does); what it does not take goes to the loop, which it
         waits (at most HANDOFF_WAIT) to see handed to nng when the loop is idle. `early`: rows
-        `fast.launch` sent before their commit, settled the same way."""
+        `fast.launch` sent before their commit, settled the same way (`rows` are then those
+        it did not launch)."""
+        if early is not None:
+            rows = self.fast.finish(early, wait=alone)
+        elif rows and hand_off and self.fast_ok():
+            rows = self.fast.send(rows, wait=alone)
         if not rows:
             return
-        if early is not None or (hand_off and self.fast_ok()):
-            rows = (self.fast.finish(early, wait=alone) if early is not None
-                    else self.fast.send(rows, wait=alone))
-            if not rows:
-                return
         handoff = (threading.Event() if hand_off and self._idle and not self._on_loop()
                    else None)
         if handoff is not None:

@@ -38,12 +38,18 @@ __all__ = ["Engine", "Hooks", "RunContext"]
 log = logging.getLogger("flock.engine")
 
 
-def compile_failure(e: Exception) -> str:
-    """A failed compile as the run's error: the recipe's own message, or the crash."""
+def failure_text(e: Exception) -> str:
+    """Why a compile failed, in words: the recipe's own message, or the crash."""
     if isinstance(e, RecipeError):
         return str(e)
-    log.error("compile crashed", exc_info=e)
     return f"compile failed: {type(e).__name__}: {e}"
+
+
+def compile_failure(e: Exception) -> str:
+    """A failed compile as the run's error (a crash is logged with its traceback)."""
+    if not isinstance(e, RecipeError):
+        log.error("compile crashed", exc_info=e)
+    return failure_text(e)
 
 
 class Engine:
@@ -110,11 +116,8 @@ class Engine:
         """Compile all recipes in order and persist the resources; RecipeError on failure."""
         try:
             compiled = compile_recipes(self.recipes)
-        except RecipeError as e:
-            self.compile_error = str(e)
-            raise
         except Exception as e:
-            self.compile_error = f"compile failed: {type(e).__name__}: {e}"
+            self.compile_error = failure_text(e)
             raise
         rows = [
             ResourceRow(
