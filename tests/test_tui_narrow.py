@@ -98,3 +98,23 @@ def test_audit_widths_give_way_in_caller_and_call_first():
     assert short_call("flock_api.run_chef", 14) == "floc….run_chef"
     assert short_call("flock_api.run_chef", 18) == "flock_api.run_chef"
     assert short_call("a.very_long_method_name", 10) == "a.ver…name"  # no room: the middle
+
+
+@pytest.mark.parametrize("size", [(80, 24), (160, 45)])
+@aio
+async def test_sorting_cycles_through_the_columns_on_screen_only(size):
+    from flock_tui.model import SORTABLE
+
+    app = _offline()
+    async with app.run_test(size=size) as pilot:
+        await _with_members(pilot, app)
+        seen = []
+        for _ in range(len(SORTABLE)):
+            await pilot.press("S")
+            seen.append(app.sort_column)
+            if app.sort_column == "name":
+                break
+        # Back to NAME after each column shown was used once; ADDRESS only when it is shown.
+        assert seen[-1] == "name" and len(seen) == len(set(seen)), seen
+        assert ("address" in seen) == (size[0] >= 100), seen
+        assert set(seen) == set(SORTABLE) - ({"address"} if size[0] < 100 else set()), seen

@@ -21,7 +21,7 @@ from flock_tui.messages import MembersUpdated
 from flock_tui.model import COLUMNS, SORTABLE
 from flock_tui.screens.confirm import ConfirmScreen
 from flock_tui.screens.node import NodeScreen
-from flock_tui.widgets.flock_table import FlockTable
+from flock_tui.widgets.flock_table import FlockTable, shown_columns
 from flock_tui.widgets.footer import FlockFooter
 from flock_tui.widgets.macro_bar import MacroBar
 from flock_tui.widgets.ordered_input import OrderedInput
@@ -233,7 +233,12 @@ class MainScreen(Screen[None]):
 
     def action_sort(self) -> None:
         t = self.table
-        t.sort_column = SORTABLE[(SORTABLE.index(t.sort_column) + 1) % len(SORTABLE)]
+        # Only the columns on screen: below 100 columns ADDRESS is hidden, and sorting by a
+        # column nobody sees looks like a sort that did nothing.
+        shown = {key for key, _ in shown_columns(self.app.size.width)}
+        keys = [k for k in SORTABLE if k in shown]
+        at = keys.index(t.sort_column) if t.sort_column in keys else -1
+        t.sort_column = keys[(at + 1) % len(keys)]
         t.resort_needed = True
         t.force_all = True
         self.flush()
