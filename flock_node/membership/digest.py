@@ -67,22 +67,9 @@ def names_of(keys: list[int]) -> list[str] | None:
     return list(filter(None, map(_keys.names.get, keys)))
 
 
-class _Buckets(dict[str, int]):
-    """The fine bucket of each name, computed once (bulk adds update a bucket per entry)."""
-
-    def __missing__(self, s: str) -> int:
-        if len(self) > 1 << 20:
-            self.clear()
-        b = self[s] = _keys[s] & _MASK
-        return b
-
-
-_buckets = _Buckets()
-
-
-def bucket_of(node: str) -> int:
-    """The fine bucket of a member."""
-    return _buckets[node]
+def bucket_of(e: Entry) -> int:
+    """The fine bucket of an entry: its epoch (start time, epochs.py) modulo `FINE`."""
+    return (e.incarnation >> EPOCH_SHIFT) & _MASK
 
 
 def entry_hash(e: Entry) -> int:
@@ -134,9 +121,9 @@ class Digest:
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
         h = entry_hash(e)
-        self._fine[_buckets[e.node]] ^= h
-        self._folded = None
         ep = e.incarnation >> EPOCH_SHIFT
+        self._fine[ep & _MASK] ^= h
+        self._folded = None
         v = self.epochs.get(ep)
         if v is None:
             v = self.epochs[ep] = [0, 0]
@@ -158,20 +145,21 @@ class Digest:
         if names is None:
             names = list(map(_node_of, alives))
         fine = self._fine
-        for b, h in zip(map(_buckets.__getitem__, names), hashes, strict=True):
-            fine[b] ^= h
         self._folded = None
-        # A table arrives in start order: epochs come in runs, each reduced at C speed.
+        # A table arrives in start order: epochs come in runs, each reduced at C speed, and
+        # a run's epoch names its bucket too.
         epochs, members = self.epochs, self.members
         i = 0
         for ep, run in groupby(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))):
             k = len(list(run))
+            x = reduce(xor, hashes[i:i + k], 0)
+            fine[ep & _MASK] ^= x
             v = epochs.get(ep)
             if v is None:
-                epochs[ep] = [reduce(xor, hashes[i:i + k], 0), k]
+                epochs[ep] = [x, k]
                 members[ep] = names[i:i + k]
             else:
-                v[0] ^= reduce(xor, hashes[i:i + k], 0)
+                v[0] ^= x
                 v[1] += k
                 members[ep] += names[i:i + k]
             i += k
@@ -204,7 +192,7 @@ class Digest:
         while n > buckets:
             n //= 2
             out = list(map(xor, out[:n], out[n:]))
-        out[_keys[me.node] & (buckets - 1)] ^= entry_hash(me)
+        out[bucket_of(me) & (buckets - 1)] ^= entry_hash(me)
         self._folded = (buckets, me, out)
         return out
 
@@ -231,9 +219,8 @@ def select(entries: list[Entry], buckets: int, wanted: set[int]) -> list[Entry]:
     """The entries that fall in the `wanted` buckets of a `buckets`-bucket digest."""
     if len(wanted) == buckets:
         return entries
-    keys = map(_keys.__getitem__, map(_node_of, entries))
-    return list(compress(entries, map(wanted.__contains__, map(and_, keys,
-                                                                repeat(buckets - 1)))))
+    return list(compress(entries, map(wanted.__contains__, map(
+        and_, map(rshift, map(_inc_of, entries), repeat(EPOCH_SHIFT)), repeat(buckets - 1)))))
 
 
 def keys_of(entries: list[Entry]) -> list[int]:

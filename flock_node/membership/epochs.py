@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import heapq
 import struct
+from collections.abc import Iterable
 from itertools import compress, repeat
-from operator import attrgetter, rshift
+from operator import attrgetter, itemgetter, ne, rshift
+from typing import Any
 
 from flock_node.membership.messages import Entry
 
-EPOCH_SHIFT = 8  # 256 ms of start time an epoch
-EPOCHS_SENT = 128  # a catch-up compares by epochs while the table spans fewer (32 s of starts)
+EPOCH_SHIFT = 5  # 32 ms of start time an epoch
+EPOCHS_SENT = 1024  # a catch-up compares by epochs while the table spans fewer (32 s of starts)
 _inc_of = attrgetter("incarnation")
+_first, _second = itemgetter(0), itemgetter(1)
 
 Epochs = dict[int, list[int]]  # epoch -> [XOR of hashes, entries]
 
@@ -32,15 +35,10 @@ def epoch_of(e: Entry) -> int:
 
 def recent(epochs: Epochs, me: Entry, me_hash: int, k: int = EPOCHS_SENT) -> dict[int, tuple[int, int]]:
     """The latest `k` epochs, our own statement counted in."""
-    out = {e: (v[0], v[1]) for e, v in _latest(epochs, k)}
+    keys = list(epochs) if len(epochs) <= k else heapq.nlargest(k, epochs)
+    out = dict(zip(keys, map(tuple, map(epochs.__getitem__, keys)), strict=True))
     _add(out, epoch_of(me), me_hash)
-    return out
-
-
-def _latest(epochs: Epochs, k: int) -> list[tuple[int, list[int]]]:
-    if len(epochs) <= k:
-        return list(epochs.items())
-    return [(e, epochs[e]) for e in heapq.nlargest(k, epochs)]
+    return out  # type: ignore[return-value]
 
 
 def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
@@ -48,26 +46,52 @@ def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
     out[ep] = (x ^ h, n + 1)
 
 
+def _xors(epochs: dict[int, Any]) -> dict[int, int]:
+    """Each epoch's XOR alone (values `[x, n]` or `(x, n)`)."""
+    return dict(zip(epochs, map(_first, epochs.values()), strict=True))
+
+
+def _unequal(a: dict[int, int], b: dict[int, int], keys: Iterable[int]) -> set[int]:
+    """The `keys` whose XORs differ between `a` and `b` (a missing epoch is zero)."""
+    keys = list(keys)
+    return set(compress(keys, map(ne, map(a.get, keys, repeat(0)),
+                                  map(b.get, keys, repeat(0)))))
+
+
 def differing(mine: Epochs, me: Entry, me_hash: int,
               theirs: dict[int, tuple[int, int]]) -> set[int]:
     """Epochs where our table (with our statement) and their request differ, within the range
     they sent: all epochs when they sent fewer than `EPOCHS_SENT`, else from their oldest."""
     floor = min(theirs) if len(theirs) >= EPOCHS_SENT else None
-    ours = {e: (v[0], v[1]) for e, v in mine.items() if floor is None or e >= floor}
+    ours = _xors(mine)
+    if floor is not None:
+        ours = {e: x for e, x in ours.items() if e >= floor}
     me_ep = epoch_of(me)
     if floor is None or me_ep >= floor:
-        _add(ours, me_ep, me_hash)
-    return {e for e in ours.keys() | theirs.keys()
-            if ours.get(e, (0, 0))[0] != theirs.get(e, (0, 0))[0]}
+        ours[me_ep] = ours.get(me_ep, 0) ^ me_hash
+    return _unequal(ours, _xors(theirs), ours.keys() | theirs.keys())
+
+
+def unequal_in(mine: Epochs, me: Entry, me_hash: int,
+               theirs: dict[int, tuple[int, int]]) -> set[int]:
+    """The epochs they sent whose XOR differs from ours (with our statement)."""
+    ours = _xors(view(mine, me, me_hash, set(theirs)))
+    return _unequal(ours, _xors(theirs), theirs)
 
 
 def view(mine: Epochs, me: Entry, me_hash: int, wanted: set[int]) -> dict[int, tuple[int, int]]:
     """Our epochs among `wanted` (with our statement; an empty one as zero)."""
-    out = {e: (mine[e][0], mine[e][1]) if e in mine else (0, 0) for e in wanted}
+    keys = list(wanted)
+    out = dict(zip(keys, map(tuple, map(mine.get, keys, repeat((0, 0)))), strict=True))
     me_ep = epoch_of(me)
     if me_ep in wanted:
         _add(out, me_ep, me_hash)
-    return out
+    return out  # type: ignore[return-value]
+
+
+def held(theirs: dict[int, tuple[int, int]], eps: set[int]) -> int:
+    """How many entries they hold in the epochs `eps`."""
+    return sum(map(_second, map(theirs.get, eps, repeat((0, 0)))))
 
 
 def select(entries: list[Entry], wanted: set[int]) -> list[Entry]:
@@ -79,10 +103,10 @@ def select(entries: list[Entry], wanted: set[int]) -> list[Entry]:
 def pack(epochs: dict[int, tuple[int, int]]) -> bytes:
     """Wire bytes: each epoch, then each XOR, then each count (20 bytes an epoch)."""
     keys = sorted(epochs)
-    vals = [epochs[e] for e in keys]
+    vals = list(map(epochs.__getitem__, keys))
     n = len(keys)
-    return struct.pack(f"<{n}q{n}q{n}I", *keys, *(v[0] for v in vals),
-                       *(min(v[1], 0xFFFFFFFF) for v in vals))
+    return struct.pack(f"<{n}q{n}q{n}I", *keys, *map(_first, vals),
+                       *map(min, map(_second, vals), repeat(0xFFFFFFFF)))
 
 
 def unpack(data: bytes) -> dict[int, tuple[int, int]] | None:
@@ -91,4 +115,4 @@ def unpack(data: bytes) -> dict[int, tuple[int, int]] | None:
     if rest or not n:
         return None
     both = struct.unpack(f"<{n}q{n}q{n}I", data)
-    return {both[i]: (both[n + i], both[2 * n + i]) for i in range(n)}
+    return dict(zip(both[:n], zip(both[n:2 * n], both[2 * n:], strict=True), strict=True))
