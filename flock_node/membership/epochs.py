@@ -36,9 +36,10 @@ def epoch_of(e: Entry) -> int:
 def recent(epochs: Epochs, me: Entry, me_hash: int, k: int = EPOCHS_SENT) -> dict[int, tuple[int, int]]:
     """The latest `k` epochs, our own statement counted in."""
     keys = list(epochs) if len(epochs) <= k else heapq.nlargest(k, epochs)
-    out = dict(zip(keys, map(tuple, map(epochs.__getitem__, keys)), strict=True))
+    out: dict[int, tuple[int, int]] = dict(zip(keys, map(
+        tuple, map(epochs.__getitem__, keys)), strict=True))  # type: ignore[arg-type]
     _add(out, epoch_of(me), me_hash)
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
@@ -82,11 +83,12 @@ def unequal_in(mine: Epochs, me: Entry, me_hash: int,
 def view(mine: Epochs, me: Entry, me_hash: int, wanted: set[int]) -> dict[int, tuple[int, int]]:
     """Our epochs among `wanted` (with our statement; an empty one as zero)."""
     keys = list(wanted)
-    out = dict(zip(keys, map(tuple, map(mine.get, keys, repeat((0, 0)))), strict=True))
+    out: dict[int, tuple[int, int]] = dict(zip(keys, map(
+        tuple, map(mine.get, keys, repeat((0, 0)))), strict=True))  # type: ignore[arg-type]
     me_ep = epoch_of(me)
     if me_ep in wanted:
         _add(out, me_ep, me_hash)
-    return out  # type: ignore[return-value]
+    return out
 
 
 def held(theirs: dict[int, tuple[int, int]], eps: set[int]) -> int:
