@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import heapq
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter, ne, rshift
 from typing import Any
@@ -24,6 +24,7 @@ EPOCH_SHIFT = 5  # 32 ms of start time an epoch
 EPOCHS_SENT = 1024  # a catch-up compares by epochs while the table spans fewer (32 s of starts)
 _inc_of = attrgetter("incarnation")
 _first, _second = itemgetter(0), itemgetter(1)
+_NONE = (0, 0)  # an epoch not held: no entries, XOR zero
 
 Epochs = dict[int, list[int]]  # epoch -> [XOR of hashes, entries]
 
@@ -47,16 +48,18 @@ def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
     out[ep] = (x ^ h, n + 1)
 
 
-def _xors(epochs: dict[int, Any]) -> dict[int, int]:
-    """Each epoch's XOR alone (values `[x, n]` or `(x, n)`)."""
-    return dict(zip(epochs, map(_first, epochs.values()), strict=True))
+def _xors_at(epochs: dict[int, Any], keys: Iterable[int]) -> Iterator[int]:
+    """The XOR of each of `keys` (zero for an epoch not there)."""
+    return map(_first, map(epochs.get, keys, repeat(_NONE)))
 
 
-def _unequal(a: dict[int, int], b: dict[int, int], keys: Iterable[int]) -> set[int]:
-    """The `keys` whose XORs differ between `a` and `b` (a missing epoch is zero)."""
-    keys = list(keys)
-    return set(compress(keys, map(ne, map(a.get, keys, repeat(0)),
-                                  map(b.get, keys, repeat(0)))))
+def _fix_me(diff: set[int], mine: Epochs, theirs: dict[int, tuple[int, int]], me_ep: int,
+            me_hash: int) -> None:
+    """Compare our own statement's epoch again, our statement counted in."""
+    if mine.get(me_ep, _NONE)[0] ^ me_hash != theirs.get(me_ep, _NONE)[0]:
+        diff.add(me_ep)
+    else:
+        diff.discard(me_ep)
 
 
 def differing(mine: Epochs, me: Entry, me_hash: int,
@@ -64,20 +67,26 @@ def differing(mine: Epochs, me: Entry, me_hash: int,
     """Epochs where our table (with our statement) and their request differ, within the range
     they sent: all epochs when they sent fewer than `EPOCHS_SENT`, else from their oldest."""
     floor = min(theirs) if len(theirs) >= EPOCHS_SENT else None
-    ours = _xors(mine)
-    if floor is not None:
-        ours = {e: x for e, x in ours.items() if e >= floor}
+    keys = list(theirs)
+    diff = set(compress(keys, map(ne, _xors_at(mine, keys), map(_first, theirs.values()))))
+    # Ours alone (they hold none there), unless empty after all (a XOR of zero).
+    diff.update(e for e in mine.keys() - theirs.keys()
+                if mine[e][0] and (floor is None or e >= floor))
     me_ep = epoch_of(me)
     if floor is None or me_ep >= floor:
-        ours[me_ep] = ours.get(me_ep, 0) ^ me_hash
-    return _unequal(ours, _xors(theirs), ours.keys() | theirs.keys())
+        _fix_me(diff, mine, theirs, me_ep, me_hash)
+    return diff
 
 
 def unequal_in(mine: Epochs, me: Entry, me_hash: int,
                theirs: dict[int, tuple[int, int]]) -> set[int]:
     """The epochs they sent whose XOR differs from ours (with our statement)."""
-    ours = _xors(view(mine, me, me_hash, set(theirs)))
-    return _unequal(ours, _xors(theirs), theirs)
+    keys = list(theirs)
+    diff = set(compress(keys, map(ne, _xors_at(mine, keys), map(_first, theirs.values()))))
+    me_ep = epoch_of(me)
+    if me_ep in theirs:
+        _fix_me(diff, mine, theirs, me_ep, me_hash)
+    return diff
 
 
 def view(mine: Epochs, me: Entry, me_hash: int, wanted: set[int]) -> dict[int, tuple[int, int]]:
