@@ -18,8 +18,8 @@ import struct
 import zlib
 from collections.abc import Callable
 from functools import reduce
-from itertools import chain, compress, groupby, repeat
-from operator import and_, attrgetter, is_not, rshift, xor
+from itertools import chain, compress, islice, repeat
+from operator import and_, attrgetter, is_not, ne, rshift, xor
 
 from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
@@ -141,28 +141,34 @@ class Digest:
     def add_alives(self, alives: list[Alive], names: list[str] | None = None) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock; `names`: theirs, in
         order, when the caller has them): hashed at C speed."""
+        if not alives:
+            return
         hashes = self.hashes(alives)
         if names is None:
             names = list(map(_node_of, alives))
         fine = self._fine
         self._folded = None
-        # A table arrives in start order: epochs come in runs, each reduced at C speed, and
-        # a run's epoch names its bucket too.
+        # A table arrives in start order: epochs come in runs (found at C speed), each
+        # reduced at C speed; a run's epoch names its bucket too.
+        eps = list(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT)))
+        n = len(eps)
+        ends = list(compress(range(1, n), map(ne, islice(eps, 1, None), eps)))
+        ends.append(n)
         epochs, members = self.epochs, self.members
         i = 0
-        for ep, run in groupby(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))):
-            k = len(list(run))
-            x = reduce(xor, hashes[i:i + k], 0)
+        for j in ends:
+            ep = eps[i]
+            x = reduce(xor, hashes[i:j], 0)
             fine[ep & _MASK] ^= x
             v = epochs.get(ep)
             if v is None:
-                epochs[ep] = [x, k]
-                members[ep] = names[i:i + k]
+                epochs[ep] = [x, j - i]
+                members[ep] = names[i:j]
             else:
                 v[0] ^= x
-                v[1] += k
-                members[ep] += names[i:i + k]
-            i += k
+                v[1] += j - i
+                members[ep] += names[i:j]
+            i = j
 
     @property
     def fine(self) -> list[int]:
