@@ -1,9 +1,12 @@
 """Table digests: a push-pull between equal tables costs a few bytes per bucket, a differing
 one carries only the buckets that differ.
 
-Members are spread over `FINE` buckets by a stable hash of their name; a bucket's digest is
-the XOR of its entries' hashes (name, instance, incarnation, record version, state), kept up
-to date on every write, so a digest costs nothing to produce. A push-pull sends the digest
+Members are spread over `FINE` buckets by their start time: a bucket is every epoch
+(`epochs.py`, 32 ms of starts) equal to it modulo `FINE`, so start times spread over more
+than 16 s fill every bucket, and a table learned in start order (a joiner's, a catch-up's) is
+added a run of members at a time at C speed, where a bucket by name cost a Python step per
+member. A bucket's digest is the XOR of its entries' hashes (name, instance, incarnation,
+record version, state), kept up to date on every write, so a digest costs nothing to produce. A push-pull sends the digest
 folded to about 16 members a bucket; the other side answers with its entries in the buckets
 that differ and its own digest, and the first side sends back what the other still lacks.
 Hashes are built from integers only (names through CRC-32), so two processes agree on them

@@ -215,8 +215,15 @@ class Sim:
     def run(self) -> dict[str, Any]:
         """Run the scenario to its end; the figures."""
         wall = time.perf_counter()
-        _uncollected(lambda: self.advance(self.sc.seconds))
-        return self.report(time.perf_counter() - wall)
+        figures: dict[str, Any] = {}
+
+        def run_and_report() -> None:
+            self.advance(self.sc.seconds)
+            figures.update(self.report(time.perf_counter() - wall))
+
+        # The figures too: a collection as soon as one is allowed would walk every table.
+        _uncollected(run_and_report)
+        return figures
 
     def advance(self, until: float) -> None:
         """Run every event up to virtual time `until`."""
