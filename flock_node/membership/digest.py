@@ -102,7 +102,7 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty")
+    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty", "writes")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
         # Kept up to date entry by entry, bulk adds too: recomputing it from the table when
@@ -120,10 +120,12 @@ class Digest:
         # list is cleaned when it is next read (`_dirty`).
         self.members: dict[int, list[str]] = {}
         self._dirty: set[int] = set()
+        self.writes = 0  # a count of changes: what was computed from the digest is still good
 
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
         h = entry_hash(e)
+        self.writes += 1
         ep = e.incarnation >> EPOCH_SHIFT
         self._fine[ep & _MASK] ^= h
         self._folded = None
@@ -146,6 +148,7 @@ class Digest:
         order, when the caller has them): hashed at C speed."""
         if not alives:
             return
+        self.writes += 1
         hashes = self.hashes(alives)
         if names is None:
             names = list(map(_node_of, alives))
