@@ -303,15 +303,18 @@ def _member(name: str) -> Swim:
                 vouch=lambda a: True)
 
 
-def _statements(n: int, record: dict | None = None, sig: bytes = b"") -> list[Alive]:
-    return [Alive(f"m{i:05d}", 1, f"{i:08x}", f"tcp://10.0.{i // 250}.{i % 250}:7946", 1,
-                  record, sig) for i in range(n)]
+def _statements(n: int, record: dict | None = None, sig: bytes = b"",
+                every_ms: int = 0) -> list[Alive]:
+    """`n` members; started `every_ms` apart (incarnations are start times in ms), or all
+    at once."""
+    return [Alive(f"m{i:05d}", 1 + i * every_ms, f"{i:08x}",
+                  f"tcp://10.0.{i // 250}.{i % 250}:7946", 1, record, sig) for i in range(n)]
 
 
-def _pair(n: int) -> tuple[Swim, Swim]:
+def _pair(n: int, every_ms: int = 0) -> tuple[Swim, Swim]:
     """Two members holding the same table of `n` others."""
     a, b = _member("a"), _member("b")
-    states = _statements(n)
+    states = _statements(n, every_ms=every_ms)
     a._merge(0.0, [*states, b.me], "x")
     b._merge(0.0, [*states, a.me], "x")
     a._flush(0.0), b._flush(0.0)
@@ -338,9 +341,12 @@ def test_a_push_pull_between_equal_tables_is_one_small_message():
 
 
 def test_a_push_pull_between_differing_tables_carries_only_the_delta():
-    a, b = _pair(2000)
-    newer_b = Alive("m00007", 1, f"{7:08x}", "tcp://10.0.0.7:7946", 2, {"tags": ["b"]})
-    newer_a = Alive("m01234", 1, f"{1234:08x}", "tcp://10.0.4.234:7946", 2, {"tags": ["a"]})
+    # Buckets are ranges of start times: members that started over 80 s fill all of them.
+    a, b = _pair(2000, every_ms=40)
+    newer_b = Alive("m00007", 1 + 7 * 40, f"{7:08x}", "tcp://10.0.0.7:7946", 2,
+                    {"tags": ["b"]})
+    newer_a = Alive("m01234", 1 + 1234 * 40, f"{1234:08x}", "tcp://10.0.4.234:7946", 2,
+                    {"tags": ["a"]})
     b._merge(0.0, [newer_b], "m00007")
     a._merge(0.0, [newer_a], "m01234")
     req = _request(a)
@@ -445,7 +451,9 @@ def test_a_catch_up_exchange_compares_only_the_epochs_started_after_the_joiner()
     a._merge(0.0, [*flock[:1000], b.me], "x")
     a._flush(0.0), b._flush(0.0)
     moved = _exchange(a, b, catch_up=True)
-    assert len(moved[0].epochs) <= 64 * 20 and not moved[0].digest  # a small request
+    # A small request: 20 bytes an epoch of 32 ms that a holds (5 s of starts), where the
+    # table is over 100 KB.
+    assert len(moved[0].epochs) <= 20 * (5000 // 32 + 3) and not moved[0].digest
     assert not any(m.summary for m in moved)
     statements = sum(len(m.states) for m in moved)
     assert 1000 <= statements <= 1000 + 60  # the 1,000 a lacked, and one epoch it half held

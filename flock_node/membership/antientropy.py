@@ -14,8 +14,8 @@ forming) the exchanges compare epochs of start times instead (epochs.py).
 
 from __future__ import annotations
 
-from itertools import compress, repeat
-from operator import and_, not_
+from itertools import compress
+from operator import not_
 
 from flock_node.membership import epochs
 from flock_node.membership.digest import (
@@ -200,8 +200,7 @@ class AntiEntropy(Table):
             self._merge(now, msg.states, msg.sender)
         me_hash = entry_hash(self.me)
         if msg.reply:
-            diff = {e for e, (x, _) in epochs.view(self.digest.epochs, self.me, me_hash,
-                                                   set(theirs)).items() if x != theirs[e][0]}
+            diff = epochs.unequal_in(self.digest.epochs, self.me, me_hash, theirs)
             if diff:
                 # What they lack: ours there but what they just sent (by hash), so an
                 # epoch both hold is not sent back whole.
@@ -218,7 +217,7 @@ class AntiEntropy(Table):
             return
         states = self._in_epochs(diff)
         ours = epochs.pack(epochs.view(self.digest.epochs, self.me, me_hash, diff))
-        held = sum(theirs[e][1] for e in diff if e in theirs)
+        held = epochs.held(theirs, diff)
         if _SUMMARY_FROM < len(states) <= self.cfg.page_bytes // 12 and held * 4 > len(states):
             # They hold many of these already: name ours (12 bytes each), they ask.
             hashes = entry_hashes(states, self.digest.hashes)
@@ -245,10 +244,9 @@ class AntiEntropy(Table):
             if theirs is None:
                 return
             b = len(theirs)
-            # The buckets they listed, and any that changed here since our request.
-            diff = differing(self.digest.folded(b, self.me), theirs)
-            diff.update(map(and_, keys, repeat(b - 1)))
-            ours = select(self._states(), b, diff)
+            # The buckets that still differ (one that became equal since our request holds
+            # what they listed there: asked for again, merged as no change).
+            ours = select(self._states(), b, differing(self.digest.folded(b, self.me), theirs))
         our_hashes = entry_hashes(ours, self.digest.hashes)
         have, held = set(our_hashes), set(hashes)
         # The differences are few next to what both hold: found as sets, then picked out.

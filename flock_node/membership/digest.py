@@ -1,9 +1,12 @@
 """Table digests: a push-pull between equal tables costs a few bytes per bucket, a differing
 one carries only the buckets that differ.
 
-Members are spread over `FINE` buckets by a stable hash of their name; a bucket's digest is
-the XOR of its entries' hashes (name, instance, incarnation, record version, state), kept up
-to date on every write, so a digest costs nothing to produce. A push-pull sends the digest
+Members are spread over `FINE` buckets by their start time: a bucket is every epoch
+(`epochs.py`, 32 ms of starts) equal to it modulo `FINE`, so start times spread over more
+than 16 s fill every bucket, and a table learned in start order (a joiner's, a catch-up's) is
+added a run of members at a time at C speed, where a bucket by name cost a Python step per
+member. A bucket's digest is the XOR of its entries' hashes (name, instance, incarnation,
+record version, state), kept up to date on every write, so a digest costs nothing to produce. A push-pull sends the digest
 folded to about 16 members a bucket; the other side answers with its entries in the buckets
 that differ and its own digest, and the first side sends back what the other still lacks.
 Hashes are built from integers only (names through CRC-32), so two processes agree on them
@@ -18,8 +21,8 @@ import struct
 import zlib
 from collections.abc import Callable
 from functools import reduce
-from itertools import chain, compress, groupby, repeat
-from operator import and_, attrgetter, is_not, rshift, xor
+from itertools import chain, compress, islice, repeat
+from operator import and_, attrgetter, is_not, ne, rshift, xor
 
 from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
@@ -67,22 +70,9 @@ def names_of(keys: list[int]) -> list[str] | None:
     return list(filter(None, map(_keys.names.get, keys)))
 
 
-class _Buckets(dict[str, int]):
-    """The fine bucket of each name, computed once (bulk adds update a bucket per entry)."""
-
-    def __missing__(self, s: str) -> int:
-        if len(self) > 1 << 20:
-            self.clear()
-        b = self[s] = _keys[s] & _MASK
-        return b
-
-
-_buckets = _Buckets()
-
-
-def bucket_of(node: str) -> int:
-    """The fine bucket of a member."""
-    return _buckets[node]
+def bucket_of(e: Entry) -> int:
+    """The fine bucket of an entry: its epoch (start time, epochs.py) modulo `FINE`."""
+    return (e.incarnation >> EPOCH_SHIFT) & _MASK
 
 
 def entry_hash(e: Entry) -> int:
@@ -112,7 +102,7 @@ def buckets_for(members: int) -> int:
 class Digest:
     """The XOR digest of one table, bucket by bucket."""
 
-    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty")
+    __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty", "writes")
 
     def __init__(self, hashes: Callable[[list[Alive]], list[int]] | None = None) -> None:
         # Kept up to date entry by entry, bulk adds too: recomputing it from the table when
@@ -130,13 +120,15 @@ class Digest:
         # list is cleaned when it is next read (`_dirty`).
         self.members: dict[int, list[str]] = {}
         self._dirty: set[int] = set()
+        self.writes = 0  # a count of changes: what was computed from the digest is still good
 
     def toggle(self, e: Entry, count: int = 1) -> None:
         """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
         h = entry_hash(e)
-        self._fine[_buckets[e.node]] ^= h
-        self._folded = None
+        self.writes += 1
         ep = e.incarnation >> EPOCH_SHIFT
+        self._fine[ep & _MASK] ^= h
+        self._folded = None
         v = self.epochs.get(ep)
         if v is None:
             v = self.epochs[ep] = [0, 0]
@@ -154,27 +146,35 @@ class Digest:
     def add_alives(self, alives: list[Alive], names: list[str] | None = None) -> None:
         """Add many plain `Alive` entries (a joiner learning the flock; `names`: theirs, in
         order, when the caller has them): hashed at C speed."""
+        if not alives:
+            return
+        self.writes += 1
         hashes = self.hashes(alives)
         if names is None:
             names = list(map(_node_of, alives))
         fine = self._fine
-        for b, h in zip(map(_buckets.__getitem__, names), hashes, strict=True):
-            fine[b] ^= h
         self._folded = None
-        # A table arrives in start order: epochs come in runs, each reduced at C speed.
+        # A table arrives in start order: epochs come in runs (found at C speed), each
+        # reduced at C speed; a run's epoch names its bucket too.
+        eps = list(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT)))
+        n = len(eps)
+        ends = list(compress(range(1, n), map(ne, islice(eps, 1, None), eps)))
+        ends.append(n)
         epochs, members = self.epochs, self.members
         i = 0
-        for ep, run in groupby(map(rshift, map(_inc_of, alives), repeat(EPOCH_SHIFT))):
-            k = len(list(run))
+        for j in ends:
+            ep = eps[i]
+            x = reduce(xor, hashes[i:j], 0)
+            fine[ep & _MASK] ^= x
             v = epochs.get(ep)
             if v is None:
-                epochs[ep] = [reduce(xor, hashes[i:i + k], 0), k]
-                members[ep] = names[i:i + k]
+                epochs[ep] = [x, j - i]
+                members[ep] = names[i:j]
             else:
-                v[0] ^= reduce(xor, hashes[i:i + k], 0)
-                v[1] += k
-                members[ep] += names[i:i + k]
-            i += k
+                v[0] ^= x
+                v[1] += j - i
+                members[ep] += names[i:j]
+            i = j
 
     @property
     def fine(self) -> list[int]:
@@ -204,7 +204,7 @@ class Digest:
         while n > buckets:
             n //= 2
             out = list(map(xor, out[:n], out[n:]))
-        out[_keys[me.node] & (buckets - 1)] ^= entry_hash(me)
+        out[bucket_of(me) & (buckets - 1)] ^= entry_hash(me)
         self._folded = (buckets, me, out)
         return out
 
@@ -231,9 +231,8 @@ def select(entries: list[Entry], buckets: int, wanted: set[int]) -> list[Entry]:
     """The entries that fall in the `wanted` buckets of a `buckets`-bucket digest."""
     if len(wanted) == buckets:
         return entries
-    keys = map(_keys.__getitem__, map(_node_of, entries))
-    return list(compress(entries, map(wanted.__contains__, map(and_, keys,
-                                                                repeat(buckets - 1)))))
+    return list(compress(entries, map(wanted.__contains__, map(
+        and_, map(rshift, map(_inc_of, entries), repeat(EPOCH_SHIFT)), repeat(buckets - 1)))))
 
 
 def keys_of(entries: list[Entry]) -> list[int]:

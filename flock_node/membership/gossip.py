@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 from flock_node.membership.messages import Update
 
@@ -23,9 +24,10 @@ class Broadcasts:
 
     def __init__(self, max_items: int = 256) -> None:
         self.max_items = max_items
-        # _buckets[t]: items sent t times, newest on the right; an item is [update, size, t, key]
-        self._buckets: list[deque[list[object]]] = [deque()]
-        self._live: dict[str, list[object]] = {}
+        # _buckets[t]: items sent t times, newest on the right; an item is [update, size, key]
+        # (key None: replaced or dropped since, skipped when met)
+        self._buckets: list[deque[list[Any]]] = [deque()]
+        self._live: dict[str, list[Any]] = {}
 
     def __len__(self) -> int:
         return len(self._live)
@@ -34,8 +36,8 @@ class Broadcasts:
         """Queue `update` (about node `key`), replacing an older one about the same node."""
         old = self._live.get(key)
         if old is not None:
-            old[3] = None  # dead: skipped when met
-        item: list[object] = [update, size, 0, key]
+            old[2] = None
+        item = [update, size, key]
         self._live[key] = item
         self._buckets[0].append(item)
         if len(self._live) > self.max_items:
@@ -45,46 +47,51 @@ class Broadcasts:
         for bucket in reversed(self._buckets):
             while bucket:
                 item = bucket.popleft()
-                key = item[3]
+                key = item[2]
                 if key is not None:
-                    del self._live[key]  # type: ignore[arg-type]
+                    del self._live[key]
                     return
 
     def take(self, budget: int, limit: int) -> list[Update]:
         """Updates for one message, at most `budget` encoded bytes; each counts as sent once."""
-        if not self._live:
+        live = self._live
+        if not live:
             return []
         out: list[Update] = []
+        take = out.append
         buckets = self._buckets
-        sent: list[tuple[int, list[list[object]]]] = []
-        for t in range(len(buckets)):
-            if budget <= 0:
-                break
-            bucket = buckets[t]
-            moved = []
+        sent: list[tuple[int, list[list[Any]]]] = []
+        for t, bucket in enumerate(buckets):
+            if not bucket:
+                continue
+            moved: list[list[Any]] = []
+            keep = t + 1 < limit
+            pop = bucket.pop
             while bucket:
-                item = bucket.pop()
-                key = item[3]
+                item = pop()
+                key = item[2]
                 if key is None:
                     continue
-                size: int = item[1]  # type: ignore[assignment]
+                size = item[1]
                 if size > budget:
                     bucket.append(item)
                     budget = 0
                     break
                 budget -= size
-                out.append(item[0])  # type: ignore[arg-type]
-                item[2] = t + 1
-                if t + 1 >= limit:
-                    item[3] = None
-                    del self._live[key]  # type: ignore[arg-type]
-                else:
+                take(item[0])
+                if keep:
                     moved.append(item)
+                else:
+                    item[2] = None
+                    del live[key]
             if moved:
                 sent.append((t + 1, moved))
+            if budget <= 0:
+                break
         # Moved once the message is full, so one message never carries an update twice.
         for t, moved in sent:
             if t == len(buckets):
                 buckets.append(deque())
-            buckets[t].extend(reversed(moved))
+            moved.reverse()
+            buckets[t].extend(moved)
         return out

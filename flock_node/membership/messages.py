@@ -18,8 +18,12 @@ Name = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
 
 
-class Alive(msgspec.Struct, frozen=True, array_like=True, tag="a"):
-    """`node` lives at `incarnation`; `record` (the console's facts) at `version`."""
+class Alive(msgspec.Struct, frozen=True, array_like=True, tag="a", dict=True):
+    """`node` lives at `incarnation`; `record` (the console's facts) at `version`.
+
+    An instance may hold facts computed from its fields in `__dict__` (the simulator keeps
+    its digest hash and encoded size there): never encoded, and a frozen Struct's fields
+    never change under them."""
 
     node: Name
     incarnation: Count
@@ -49,8 +53,9 @@ class Dead(msgspec.Struct, frozen=True, array_like=True, tag="d"):
 Update = Alive | Suspect | Dead
 
 
-class Mark(msgspec.Struct, frozen=True, array_like=True, tag="m"):
-    """A member table entry that is not plainly alive: suspect, down or left."""
+class Mark(msgspec.Struct, frozen=True, array_like=True, tag="m", dict=True):
+    """A member table entry that is not plainly alive: suspect, down or left (computed facts
+    in `__dict__`, as for `Alive`)."""
 
     node: Name
     state: str

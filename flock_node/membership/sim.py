@@ -22,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from flock_node.argtypes import parsed, positive_seconds, whole_number
@@ -41,6 +41,7 @@ from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _node, _old, _new = itemgetter(0), itemgetter(1), itemgetter(2)
+_checked = attrgetter("_v")  # set on the statements the simulator signed
 _BAD = (SUSPECT, DOWN, LEFT)
 INF = float("inf")
 
@@ -92,8 +93,6 @@ class Sim:
         self.names = [f"n{i:05d}" for i in range(n)]
         self.index = {name: i for i, name in enumerate(self.names)}
         self._secret = self.rng.getrandbits(64)
-        self._signed: dict[int, Alive] = {}
-        self._signed_ids: set[int] = set()
         self.hashes = Hashes()
         self.nodes: list[Swim] = []
         window = sc.start_window if sc.start_window is not None else min(5.0, 0.005 * n)
@@ -156,16 +155,18 @@ class Sim:
     def _sign(self, a: Alive) -> Alive:
         signed = Alive(a.node, a.incarnation, a.instance, a.addr, a.version, a.record,
                        self._tag(a))
-        self._signed[id(signed)] = signed  # kept: a statement checked once stays checked
-        self._signed_ids.add(id(signed))  # kept alive above, so its id names it alone
+        signed.__dict__["_v"] = True  # a statement checked once stays checked
         return signed
 
     def _vouch(self, a: Alive) -> bool:
-        return self._signed.get(id(a)) is a or a.sig == self._tag(a)
+        return a.__dict__.get("_v", False) or a.sig == self._tag(a)
 
     def _vouch_many(self, alives: list[Alive]) -> list[bool]:
-        if self._signed_ids.issuperset(map(id, alives)):
-            return [True] * len(alives)
+        try:
+            if all(map(_checked, alives)):
+                return [True] * len(alives)
+        except AttributeError:  # not all signed here: checked one by one
+            pass
         return list(map(self._vouch, alives))
 
     # -- events ---------------------------------------------------------------------------
@@ -214,8 +215,15 @@ class Sim:
     def run(self) -> dict[str, Any]:
         """Run the scenario to its end; the figures."""
         wall = time.perf_counter()
-        _uncollected(lambda: self.advance(self.sc.seconds))
-        return self.report(time.perf_counter() - wall)
+        figures: dict[str, Any] = {}
+
+        def run_and_report() -> None:
+            self.advance(self.sc.seconds)
+            figures.update(self.report(time.perf_counter() - wall))
+
+        # The figures too: a collection as soon as one is allowed would walk every table.
+        _uncollected(run_and_report)
+        return figures
 
     def advance(self, until: float) -> None:
         """Run every event up to virtual time `until`."""

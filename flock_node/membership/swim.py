@@ -58,6 +58,7 @@ class Swim(AntiEntropy):
         self._pp_due = 0.0
         self._seeds: list[str] = []
         self._accused_at = -1e9
+        self._limit_for = self._limit = 0  # the retransmit limit, for a table of that size
 
     # -- inputs ---------------------------------------------------------------------------
     def start(self, now: float, seeds: list[str]) -> Output:
@@ -272,8 +273,10 @@ class Swim(AntiEntropy):
 
     # -- plumbing -------------------------------------------------------------------------
     def _gossip(self) -> list[Update]:
-        limit = retransmit_limit(self.cfg.retransmit_mult, len(self.table) + 1)
-        return self.queue.take(self.cfg.gossip_budget, limit)
+        n = len(self.table) + 1
+        if n != self._limit_for:  # log10 once per change in the table's size
+            self._limit_for, self._limit = n, retransmit_limit(self.cfg.retransmit_mult, n)
+        return self.queue.take(self.cfg.gossip_budget, self._limit)
 
     def _flush(self, now: float) -> Output:
         # News of members we did not know hints that our table has gaps (a lost join, a

@@ -8,18 +8,23 @@ what encoding the whole message gives).
 
 from __future__ import annotations
 
-from itertools import compress, repeat
-from operator import is_
+from operator import attrgetter
 from typing import Any
 
 from msgspec.structs import replace
 
 from flock_node.membership.digest import alive_hashes
-from flock_node.membership.messages import Alive, Entry, Message, PushPull, encode
+from flock_node.membership.messages import Alive, Entry, Mark, Message, PushPull, encode
+
+_ENTRIES = (Alive, Mark)
+
+
+_size_of, _hash_of = attrgetter("_s"), attrgetter("_h")
 
 
 class Sizes:
-    """Encoded sizes, measured once per object (kept alive, so an id is never reused)."""
+    """Encoded sizes, measured once per object: a table entry (`Alive`, `Mark`) keeps its own
+    in `__dict__`; other objects by id (kept alive, so an id is never reused)."""
 
     def __init__(self) -> None:
         self._by_id: dict[int, int] = {}
@@ -30,6 +35,12 @@ class Sizes:
 
     def of(self, obj: Any) -> int:
         """Bytes of one update or table entry."""
+        if type(obj) in _ENTRIES:
+            d = obj.__dict__
+            n = d.get("_s")
+            if n is None:
+                n = d["_s"] = len(encode(obj))
+            return n  # type: ignore[no-any-return]
         n = self._by_id.get(id(obj))
         if n is None:
             n = len(encode(obj))
@@ -49,12 +60,10 @@ class Sizes:
         return n
 
     def _entries(self, states: list[Entry]) -> int:
-        sizes = list(map(self._by_id.get, map(id, states)))
         try:
-            total = sum(sizes)  # type: ignore[arg-type]
-        except TypeError:  # a few entries never measured (new suspicions): measure those
-            total = sum(filter(None, sizes)) + sum(map(self.of, compress(
-                states, map(is_, sizes, repeat(None)))))
+            total: int = sum(map(_size_of, states))
+        except AttributeError:  # a few entries never measured (new suspicions): measure them
+            total = sum(map(self.of, states))
         n = len(states)
         return total + (1 if n < 16 else 3 if n < 65536 else 5)  # msgpack array header
 
@@ -67,20 +76,15 @@ class Sizes:
 
 
 class Hashes:
-    """`digest.alive_hashes` of statements shared by every table: hashed once each (and
-    kept, so an id is not reused)."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, int] = {}
-        self._keep: list[Alive] = []
+    """`digest.alive_hashes` of statements shared by every table: hashed once each, the hash
+    kept in the statement's `__dict__`."""
 
     def __call__(self, alives: list[Alive]) -> list[int]:
         """The hashes of `alives`, in order."""
-        cache = self._by_id
-        hs = list(map(cache.get, map(id, alives)))
-        if not all(hs):  # some never hashed (or a hash of 0: hashed again, the same)
-            new = list(compress(alives, map(is_, hs, repeat(None))))
-            self._keep.extend(new)
-            cache.update(zip(map(id, new), alive_hashes(new), strict=True))
-            hs = list(map(cache.__getitem__, map(id, alives)))
-        return hs  # type: ignore[return-value]
+        try:
+            return list(map(_hash_of, alives))
+        except AttributeError:  # some never hashed
+            new = [a for a in alives if "_h" not in a.__dict__]
+            for a, h in zip(new, alive_hashes(new), strict=True):
+                a.__dict__["_h"] = h
+            return list(map(_hash_of, alives))
