@@ -4,11 +4,16 @@ whole, shortening CALLER and CALL instead."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
 import pytest
 from tui_support import aio, members, offline_args, screen_text, until
 
 from flock_tui.app import FlockApp
 from flock_tui.macros import ConsoleConfig
+from flock_tui.model import SORTABLE
 
 NOW = 1_700_000_000.0
 
@@ -24,6 +29,15 @@ async def _with_members(pilot, app: FlockApp) -> None:
     app.flush()
 
 
+@contextlib.asynccontextmanager
+async def _showing(size: tuple[int, int]) -> AsyncIterator[tuple[FlockApp, Any]]:
+    """The console offline at `size`, mounted and showing the test flock."""
+    app = _offline()
+    async with app.run_test(size=size) as pilot:
+        await _with_members(pilot, app)
+        yield app, pilot
+
+
 def table_lines(app: FlockApp) -> list[str]:
     """The header and the rows of db1 and web1, as the terminal shows them."""
     lines = screen_text(app).splitlines()
@@ -33,9 +47,7 @@ def table_lines(app: FlockApp) -> list[str]:
 @pytest.mark.parametrize("size", [(80, 24), (100, 30), (160, 45)])
 @aio
 async def test_the_flock_table_keeps_tags_on_screen(size):
-    app = _offline()
-    async with app.run_test(size=size) as pilot:
-        await _with_members(pilot, app)
+    async with _showing(size) as (app, pilot):
         await pilot.pause(0.1)
         head, db1, web1 = table_lines(app)
         assert "OUTBOX" in head and "TAGS" in head, head
@@ -62,9 +74,7 @@ async def test_the_audit_pane_keeps_outcome_whole(size):
     from flock_tui.screens.node import NodeScreen
     from flock_tui.widgets.audit import AuditPane
 
-    app = _offline()
-    async with app.run_test(size=size) as pilot:
-        await _with_members(pilot, app)
+    async with _showing(size) as (app, pilot):
         scr = NodeScreen("db1")
         app.push_screen(scr)
         await until(pilot, lambda: scr.ready, 3, "the node screen")
@@ -103,11 +113,7 @@ def test_audit_widths_give_way_in_caller_and_call_first():
 @pytest.mark.parametrize("size", [(80, 24), (160, 45)])
 @aio
 async def test_sorting_cycles_through_the_columns_on_screen_only(size):
-    from flock_tui.model import SORTABLE
-
-    app = _offline()
-    async with app.run_test(size=size) as pilot:
-        await _with_members(pilot, app)
+    async with _showing(size) as (app, pilot):
         seen = []
         for _ in range(len(SORTABLE)):
             await pilot.press("S")
