@@ -18,10 +18,10 @@ from flock_tui import macros as macros_mod
 from flock_tui.macro_run import run_steps
 from flock_tui.macros import Macro, StepError
 from flock_tui.messages import MembersUpdated
-from flock_tui.model import COLUMNS, SORTABLE
+from flock_tui.model import COLUMNS
 from flock_tui.screens.confirm import ConfirmScreen
 from flock_tui.screens.node import NodeScreen
-from flock_tui.widgets.flock_table import FlockTable, shown_columns
+from flock_tui.widgets.flock_table import FlockTable, next_sort_column
 from flock_tui.widgets.footer import FlockFooter
 from flock_tui.widgets.macro_bar import MacroBar
 from flock_tui.widgets.ordered_input import OrderedInput
@@ -233,12 +233,7 @@ class MainScreen(Screen[None]):
 
     def action_sort(self) -> None:
         t = self.table
-        # Only the columns on screen: below 100 columns ADDRESS is hidden, and sorting by a
-        # column nobody sees looks like a sort that did nothing.
-        shown = {key for key, _ in shown_columns(self.app.size.width)}
-        keys = [k for k in SORTABLE if k in shown]
-        at = keys.index(t.sort_column) if t.sort_column in keys else -1
-        t.sort_column = keys[(at + 1) % len(keys)]
+        t.sort_column = next_sort_column(t.sort_column, self.app.size.width)
         t.resort_needed = True
         t.force_all = True
         self.flush()

@@ -13,7 +13,15 @@ from textual.binding import Binding
 from textual.coordinate import Coordinate
 from textual.widgets import DataTable
 
-from flock_tui.model import COLUMNS, FlockView, Styles, matches, row_cells, sort_key
+from flock_tui.model import (
+    COLUMNS,
+    SORTABLE,
+    FlockView,
+    Styles,
+    matches,
+    row_cells,
+    sort_key,
+)
 from flock_tui.widgets.tables import cursor_key
 
 WIDE = {"mark": 1, "state": 7, "activity": 32, "last": 28}
@@ -34,6 +42,15 @@ def column_widths(width: int) -> dict[str, int]:
 def shown_columns(width: int) -> list[tuple[str, str]]:
     """The columns (key, label) a terminal `width` wide shows."""
     return [c for c in COLUMNS if c[0] != "address" or width >= ADDRESS_BELOW]
+
+
+def next_sort_column(current: str, width: int) -> str:
+    """The column `S` sorts by after `current`: only columns on screen (below 100 columns
+    ADDRESS is hidden, and sorting by a column nobody sees looks like a sort doing nothing)."""
+    shown = {key for key, _ in shown_columns(width)}
+    keys = [k for k in SORTABLE if k in shown]
+    at = keys.index(current) if current in keys else -1
+    return keys[(at + 1) % len(keys)]
 
 
 def short_address(t: Text) -> Text:
