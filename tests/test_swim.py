@@ -481,3 +481,17 @@ def test_epoch_digests_equal_a_fresh_count_after_bulk_and_single_writes():
         k: sorted(a.digest.in_epochs({k}, get)) for k in a.digest.members}
     assert sorted(a.digest.in_epochs(set(a.digest.epochs), get)) == sorted(a.table)
     assert sum(v[1] for v in a.digest.epochs.values()) == len(a.table)
+
+
+def test_a_relayed_probe_goes_where_we_know_the_member_listens():
+    # b still holds c at the address of its old process (frozen: c restarted elsewhere); a
+    # knows the new c. a pings the new address, and dials no connection to the old one.
+    a = _member("a")
+    new_c = Alive("c", 5, "i-c2", "tcp://c:8001")
+    a._merge(0.0, [new_c], "c")
+    a._flush(0.0)
+    sends, _ = a.receive(1.0, PingReq("b", 7, "c", "tcp://c:7946", "tcp://b:7946"))
+    assert [(addr, type(m)) for addr, m in sends] == [("tcp://c:8001", Ping)]
+    # A member we do not know is pinged where the asker says.
+    sends, _ = a.receive(1.1, PingReq("b", 8, "x", "tcp://x:7946", "tcp://b:7946"))
+    assert [addr for addr, _ in sends] == ["tcp://x:7946"]

@@ -267,8 +267,13 @@ class Swim(AntiEntropy):
     def _relay(self, now: float, msg: PingReq) -> None:
         self._seq += 1
         self._acks[self._seq] = ["relay", msg.target, False, msg.reply_to, msg.seq]
-        self._sends.append((msg.addr, Ping(self.name, self._seq, msg.target, self.me.addr,
-                                           self._gossip())))
+        # Where we know the target listens, if we know it: an asker still holding a member
+        # that restarted elsewhere would have us dial its old address (and a connection to a
+        # frozen old process would stay open, the ring having closed it already).
+        e = self.table.get(msg.target)
+        addr = msg.addr if e is None else self._addr(msg.target, e)
+        self._sends.append((addr, Ping(self.name, self._seq, msg.target, self.me.addr,
+                                       self._gossip())))
         self._at(now + self.cfg.probe_timeout * 0.8, "relay", self._seq)
 
     # -- plumbing -------------------------------------------------------------------------
