@@ -69,13 +69,12 @@ def differing(mine: Epochs, me: Entry, me_hash: int,
     """Epochs where our table (with our statement) and their request differ, within the range
     they sent: all epochs when they sent fewer than `EPOCHS_SENT`, else from their oldest."""
     floor = min(theirs) if len(theirs) >= EPOCHS_SENT else None
-    keys = list(theirs)
-    diff = set(compress(keys, map(ne, _xors_at(mine, keys), map(_first, theirs.values()))))
+    diff = unequal_in(mine, me, me_hash, theirs)
     # Ours alone (they hold none there), unless empty after all (a XOR of zero).
     diff.update(e for e in mine.keys() - theirs.keys()
                 if mine[e][0] and (floor is None or e >= floor))
     me_ep = epoch_of(me)
-    if floor is None or me_ep >= floor:
+    if me_ep not in theirs and (floor is None or me_ep >= floor):
         _fix_me(diff, mine, theirs, me_ep, me_hash)
     return diff
 
