@@ -26,7 +26,8 @@ from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 from flock_node.argtypes import parsed, positive_seconds, whole_number
-from flock_node.membership.digest import Digest
+from flock_node.membership.digest import Digest, alive_hashes
+from flock_node.membership.messages import encode
 from flock_node.membership.messages import (
     ALIVE,
     DOWN,
@@ -156,7 +157,10 @@ class Sim:
     def _sign(self, a: Alive) -> Alive:
         signed = Alive(a.node, a.incarnation, a.instance, a.addr, a.version, a.record,
                        self._tag(a))
-        signed.__dict__["_v"] = True  # a statement checked once stays checked
+        d = signed.__dict__
+        d["_v"] = True  # a statement checked once stays checked
+        d["_h"] = alive_hashes([signed])[0]
+        d["_s"] = len(encode(signed))
         return signed
 
     def _vouch(self, a: Alive) -> bool:

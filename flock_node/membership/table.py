@@ -138,13 +138,14 @@ class Table:
         # thousands is compared in a millisecond. Shared, unchanged entries are skipped.
         table = self.table
         names = list(map(_node_of, states))
-        curs = list(map(table.get, names))
-        if any(curs):
+        curs = list(map(table.get, names)) if table else None  # a joiner's table is empty
+        if curs is not None and any(curs):
             changed = list(compress(states, map(is_not, curs, states)))
             if not changed:
                 return
-            fresh = list(compress(states, map(is_, curs, repeat(None))))
-            names = list(map(_node_of, fresh))
+            new = list(map(is_, curs, repeat(None)))
+            fresh = list(compress(states, new))
+            names = list(compress(names, new))
         else:
             changed = fresh = states  # all new: a joiner learning the flock, a catch-up
         # Members we never heard of, plainly alive and vouched for, are added in bulk.
