@@ -20,17 +20,17 @@ from __future__ import annotations
 import struct
 import zlib
 from collections.abc import Callable
-from functools import reduce
 from itertools import chain, compress, islice, repeat
-from operator import and_, attrgetter, is_not, ne, rshift, xor
+from operator import add, and_, attrgetter, is_not, ne, rshift
 
-from flock_node.membership.epochs import EPOCH_SHIFT, Epochs
+from flock_node.membership.epochs import EPOCH_SHIFT, HASH_BITS, M64, Epochs
 from flock_node.membership.messages import DOWN, LEFT, SUSPECT, Alive, Entry
 
 FINE = 512  # buckets kept up to date: a digest is at most 4 KiB
 _MASK = FINE - 1
 PER_BUCKET = 16  # members a bucket holds in the folded digest (on average)
 _STATE = {SUSPECT: 1, DOWN: 2, LEFT: 3}
+_H = (1 << HASH_BITS) - 1
 _node_of, _instance_of = attrgetter("node"), attrgetter("instance")
 _inc_of, _version_of = attrgetter("incarnation"), attrgetter("version")
 
@@ -78,17 +78,18 @@ def bucket_of(e: Entry) -> int:
 def entry_hash(e: Entry) -> int:
     """What a digest knows of one entry: equal for two equivalent beliefs, anywhere."""
     if type(e) is Alive:
-        return hash((_keys[e.node], _keys[e.instance], e.incarnation, e.version, 0))
+        return hash((_keys[e.node], _keys[e.instance], e.incarnation, e.version, 0)) & _H
     a = e.alive  # type: ignore[union-attr]
     return hash((_keys[e.node], _keys[a.instance], e.incarnation, a.version,
-                 _STATE[e.state]))  # type: ignore[union-attr]
+                 _STATE[e.state])) & _H  # type: ignore[union-attr]
 
 
 def alive_hashes(alives: list[Alive]) -> list[int]:
     """`entry_hash` of many plain statements, at C speed."""
-    return list(map(hash, zip(map(_keys.__getitem__, map(_node_of, alives)),
-                              map(_keys.__getitem__, map(_instance_of, alives)),
-                              map(_inc_of, alives), map(_version_of, alives), repeat(0))))
+    return list(map(and_, map(hash, zip(map(_keys.__getitem__, map(_node_of, alives)),
+                                        map(_keys.__getitem__, map(_instance_of, alives)),
+                                        map(_inc_of, alives), map(_version_of, alives),
+                                        repeat(0))), repeat(_H)))
 
 
 def buckets_for(members: int) -> int:
@@ -127,13 +128,14 @@ class Digest:
         h = entry_hash(e)
         self.writes += 1
         ep = e.incarnation >> EPOCH_SHIFT
-        self._fine[ep & _MASK] ^= h
+        fine, b, h = self._fine, ep & _MASK, h * count
+        fine[b] = (fine[b] + h) & M64
         self._folded = None
         v = self.epochs.get(ep)
         if v is None:
             v = self.epochs[ep] = [0, 0]
             self.members[ep] = []
-        v[0] ^= h
+        v[0] = (v[0] + h) & M64
         v[1] += count
         if count > 0:
             self.members[ep].append(e.node)
@@ -164,14 +166,15 @@ class Digest:
         i = 0
         for j in ends:
             ep = eps[i]
-            x = reduce(xor, hashes[i:j], 0)
-            fine[ep & _MASK] ^= x
+            x = sum(hashes[i:j])  # hashes of 48 bits: summed in C longs
+            b = ep & _MASK
+            fine[b] = (fine[b] + x) & M64
             v = epochs.get(ep)
             if v is None:
-                epochs[ep] = [x, j - i]
+                epochs[ep] = [x & M64, j - i]
                 members[ep] = names[i:j]
             else:
-                v[0] ^= x
+                v[0] = (v[0] + x) & M64
                 v[1] += j - i
                 members[ep] += names[i:j]
             i = j
@@ -203,15 +206,16 @@ class Digest:
         n = FINE
         while n > buckets:
             n //= 2
-            out = list(map(xor, out[:n], out[n:]))
-        out[bucket_of(me) & (buckets - 1)] ^= entry_hash(me)
+            out = list(map(and_, map(add, out[:n], out[n:]), repeat(M64)))
+        b = bucket_of(me) & (buckets - 1)
+        out[b] = (out[b] + entry_hash(me)) & M64
         self._folded = (buckets, me, out)
         return out
 
 
 def pack(digest: list[int]) -> bytes:
     """Wire bytes of a folded digest."""
-    return struct.pack(f"<{len(digest)}q", *digest)
+    return struct.pack(f"<{len(digest)}Q", *digest)
 
 
 def unpack(data: bytes) -> list[int] | None:
@@ -219,7 +223,7 @@ def unpack(data: bytes) -> list[int] | None:
     n, rest = divmod(len(data), 8)
     if rest or n < 1 or n > FINE or n & (n - 1):
         return None
-    return list(struct.unpack(f"<{n}q", data))
+    return list(struct.unpack(f"<{n}Q", data))
 
 
 def differing(ours: list[int], theirs: list[int]) -> set[int]:

@@ -23,6 +23,8 @@ from typing import Any
 from flock_node.membership.messages import Entry
 
 EPOCH_SHIFT = 5  # 32 ms of start time an epoch
+HASH_BITS = 48  # an entry's hash: sums of up to 2^15 stay in a C long (sum() at C speed)
+M64 = (1 << 64) - 1  # digests are sums of hashes modulo 2^64
 EPOCHS_SENT = 1024  # a catch-up compares by epochs while the table spans fewer (32 s of starts)
 _inc_of = attrgetter("incarnation")
 _first, _second = itemgetter(0), itemgetter(1)
@@ -47,7 +49,7 @@ def recent(epochs: Epochs, me: Entry, me_hash: int, k: int = EPOCHS_SENT) -> dic
 
 def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
     x, n = out.get(ep, (0, 0))
-    out[ep] = (x ^ h, n + 1)
+    out[ep] = ((x + h) & M64, n + 1)
 
 
 def _xors_at(epochs: dict[int, Any], keys: Iterable[int]) -> Iterator[int]:
@@ -58,7 +60,7 @@ def _xors_at(epochs: dict[int, Any], keys: Iterable[int]) -> Iterator[int]:
 def _fix_me(diff: set[int], mine: Epochs, theirs: dict[int, tuple[int, int]], me_ep: int,
             me_hash: int) -> None:
     """Compare our own statement's epoch again, our statement counted in."""
-    if mine.get(me_ep, _NONE)[0] ^ me_hash != theirs.get(me_ep, _NONE)[0]:
+    if (mine.get(me_ep, _NONE)[0] + me_hash) & M64 != theirs.get(me_ep, _NONE)[0]:
         diff.add(me_ep)
     else:
         diff.discard(me_ep)
@@ -117,7 +119,7 @@ def pack(epochs: dict[int, tuple[int, int]]) -> bytes:
     keys = sorted(epochs)
     vals = list(map(epochs.__getitem__, keys))
     n = len(keys)
-    return struct.pack(f"<{n}q{n}q{n}I", *keys, *map(_first, vals),
+    return struct.pack(f"<{n}q{n}Q{n}I", *keys, *map(_first, vals),
                        *map(min, map(_second, vals), repeat(0xFFFFFFFF)))
 
 
@@ -126,5 +128,5 @@ def unpack(data: bytes) -> dict[int, tuple[int, int]] | None:
     n, rest = divmod(len(data), 20)
     if rest or not n:
         return None
-    both = struct.unpack(f"<{n}q{n}q{n}I", data)
+    both = struct.unpack(f"<{n}q{n}Q{n}I", data)
     return dict(zip(both[:n], zip(both[n:2 * n], both[2 * n:], strict=True), strict=True))
