@@ -55,7 +55,7 @@ def _one_by_one(m: Swim, states: list[Entry], sender: str) -> None:
 def _seen(m: Swim) -> tuple:
     d = m.digest
     return (dict(m.table), list(d.fine), {e: list(v) for e, v in d.epochs.items()},
-            {e: sorted(d.in_epochs({e}, m.table.get)) for e in d.members}, sorted(m._order) == sorted(m.table),
+            {e: sorted(x.node for x in d.in_epochs({e}, m.table.get)) for e in d.members}, sorted(m._order) == sorted(m.table),
             m.learned, m.me, m.down)
 
 

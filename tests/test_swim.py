@@ -477,9 +477,13 @@ def test_epoch_digests_equal_a_fresh_count_after_bulk_and_single_writes():
         fresh.toggle(e)
     assert fresh.epochs == a.digest.epochs and fresh.fine == a.digest.fine
     get = a.table.get
-    assert {k: sorted(fresh.in_epochs({k}, get)) for k in fresh.members} == {
-        k: sorted(a.digest.in_epochs({k}, get)) for k in a.digest.members}
-    assert sorted(a.digest.in_epochs(set(a.digest.epochs), get)) == sorted(a.table)
+    def names(d: Digest, eps: set[int]) -> list[str]:
+        return sorted(e.node for e in d.in_epochs(eps, get))
+
+    assert {k: names(fresh, {k}) for k in fresh.members} == {
+        k: names(a.digest, {k}) for k in a.digest.members}
+    assert names(a.digest, set(a.digest.epochs)) == sorted(a.table)
+    assert all(e is get(e.node) for e in a.digest.in_epochs(set(a.digest.epochs), get))
     assert sum(v[1] for v in a.digest.epochs.values()) == len(a.table)
 
 

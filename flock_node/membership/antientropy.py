@@ -112,8 +112,7 @@ class AntiEntropy(Table):
 
     def _in_epochs(self, wanted: set[int]) -> list[Entry]:
         """Our entries (our statement too) in the `wanted` epochs, without a table pass."""
-        table = self.table
-        states: list[Entry] = list(map(table.__getitem__, self.digest.in_epochs(wanted, table.get)))
+        states = self.digest.in_epochs(wanted, self.table.get)
         if epochs.epoch_of(self.me) in wanted:
             states.append(self.me)
         return states

@@ -119,7 +119,7 @@ class Digest:
         # over the whole table: a list (a tenth of a dict's memory, which matters for the
         # simulator's 10,000 tables); an entry taken out leaves its name behind, and the
         # list is cleaned when it is next read (`_dirty`).
-        self.members: dict[int, list[str]] = {}
+        self.members: dict[int, list[Entry]] = {}
         self._dirty: set[int] = set()
         self.writes = 0  # a count of changes: what was computed from the digest is still good
 
@@ -138,22 +138,19 @@ class Digest:
         v[0] = (v[0] + h) & M64
         v[1] += count
         if count > 0:
-            self.members[ep].append(e.node)
+            self.members[ep].append(e)
         else:
             self._dirty.add(ep)
         if v[1] <= 0:
             del self.epochs[ep], self.members[ep]
             self._dirty.discard(ep)
 
-    def add_alives(self, alives: list[Alive], names: list[str] | None = None) -> None:
-        """Add many plain `Alive` entries (a joiner learning the flock; `names`: theirs, in
-        order, when the caller has them): hashed at C speed."""
+    def add_alives(self, alives: list[Alive]) -> None:
+        """Add many plain `Alive` entries (a joiner learning the flock): hashed at C speed."""
         if not alives:
             return
         self.writes += 1
         hashes = self.hashes(alives)
-        if names is None:
-            names = list(map(_node_of, alives))
         fine = self._fine
         self._folded = None
         # A table arrives in start order: epochs come in runs (found at C speed), each
@@ -172,11 +169,11 @@ class Digest:
             v = epochs.get(ep)
             if v is None:
                 epochs[ep] = [x & M64, j - i]
-                members[ep] = names[i:j]
+                members[ep] = alives[i:j]  # type: ignore[assignment]
             else:
                 v[0] = (v[0] + x) & M64
                 v[1] += j - i
-                members[ep] += names[i:j]
+                members[ep] += alives[i:j]
             i = j
 
     @property
@@ -184,14 +181,13 @@ class Digest:
         """The digest at `FINE` buckets."""
         return self._fine
 
-    def in_epochs(self, wanted: set[int], get: Callable[[str], Entry | None]) -> list[str]:
-        """The members whose entries fall in the `wanted` epochs (`get`: the table's)."""
+    def in_epochs(self, wanted: set[int], get: Callable[[str], Entry | None]) -> list[Entry]:
+        """The entries in the `wanted` epochs (`get`: the table's), read without the table."""
         members, dirty = self.members, self._dirty
         for ep in dirty.intersection(wanted):
-            # Names of entries since taken out, or put back (twice): kept once, if still here.
+            # Entries since taken out, or put back (twice): kept once, if still the table's.
             m = members[ep]
-            m[:] = [n for n in dict.fromkeys(m)
-                    if (e := get(n)) is not None and e.incarnation >> EPOCH_SHIFT == ep]
+            m[:] = [e for e in {id(e): e for e in m}.values() if get(e.node) is e]
             dirty.discard(ep)
         return list(chain.from_iterable([members[ep] for ep in wanted if ep in members]))
 

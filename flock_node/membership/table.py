@@ -191,7 +191,7 @@ class Table:
             return 0
         if not names:
             return 0
-        self.digest.add_alives(alives, names)
+        self.digest.add_alives(alives)
         # Rotated by a random offset: nodes that learned the same list do not probe in step;
         # and put at a random place among those not yet probed this round, not at the end:
         # members learned late (a catch-up's, in start order) would otherwise wait a whole
