@@ -26,7 +26,7 @@ from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 from flock_node.argtypes import parsed, positive_seconds, whole_number
-from flock_node.membership.digest import Digest, alive_hashes
+from flock_node.membership.digest import Digest
 from flock_node.membership.messages import encode
 from flock_node.membership.messages import (
     ALIVE,
@@ -42,7 +42,6 @@ from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _node, _old, _new = itemgetter(0), itemgetter(1), itemgetter(2)
-_checked = attrgetter("_v")  # set on the statements the simulator signed
 _BAD = (SUSPECT, DOWN, LEFT)
 INF = float("inf")
 T = TypeVar("T")
@@ -157,22 +156,16 @@ class Sim:
     def _sign(self, a: Alive) -> Alive:
         signed = Alive(a.node, a.incarnation, a.instance, a.addr, a.version, a.record,
                        self._tag(a))
-        d = signed.__dict__
-        d["_v"] = True  # a statement checked once stays checked
-        d["_h"] = alive_hashes([signed])[0]
-        d["_s"] = len(encode(signed))
+        self.hashes.stamp(signed, len(encode(signed)))  # checked once, stays checked
         return signed
 
     def _vouch(self, a: Alive) -> bool:
-        return a.__dict__.get("_v", False) or a.sig == self._tag(a)
+        return self.hashes.signed(a) or a.sig == self._tag(a)
 
     def _vouch_many(self, alives: list[Alive]) -> list[bool]:
-        try:
-            if all(map(_checked, alives)):
-                return [True] * len(alives)
-        except AttributeError:  # not all signed here: checked one by one
-            pass
-        return list(map(self._vouch, alives))
+        if self.hashes.all_signed(alives):
+            return [True] * len(alives)
+        return list(map(self._vouch, alives))  # not all signed here: checked one by one
 
     # -- events ---------------------------------------------------------------------------
     def _push(self, t: float, kind: int, i: int, arg: Any) -> None:

@@ -76,15 +76,39 @@ class Sizes:
 
 
 class Hashes:
-    """`digest.alive_hashes` of statements shared by every table: hashed once each, the hash
-    kept in the statement's `__dict__`."""
+    """`digest.alive_hashes` of the statements the simulator signed, shared by every table:
+    hashed when signed, the hash (and the size) kept in the statement's `__dict__`, allocated
+    together (read for every statement a table learns: kept close, they are read faster).
+    A statement holding a hash is one the simulator signed: the signature check and the
+    hashes of a batch are one pass (the batch checked is the batch added next)."""
+
+    def __init__(self) -> None:
+        self._last: tuple[list[Alive], int, list[int]] | None = None
+
+    def stamp(self, a: Alive, size: int) -> None:
+        """Mark `a` as signed here, with its hash and encoded size."""
+        a.__dict__.update(_h=alive_hashes([a])[0], _s=size)
+
+    def signed(self, a: Alive) -> bool:
+        """Whether the simulator signed `a`."""
+        return "_h" in a.__dict__
+
+    def all_signed(self, alives: list[Alive]) -> bool:
+        """Whether the simulator signed every one of `alives` (their hashes kept for the
+        digest's next call, which adds these same statements)."""
+        try:
+            hashes = list(map(_hash_of, alives))
+        except AttributeError:
+            return False
+        self._last = (alives, len(alives), hashes)
+        return True
 
     def __call__(self, alives: list[Alive]) -> list[int]:
         """The hashes of `alives`, in order."""
+        last, self._last = self._last, None
+        if last is not None and last[0] is alives and last[1] == len(alives):
+            return last[2]
         try:
             return list(map(_hash_of, alives))
-        except AttributeError:  # some never hashed
-            new = [a for a in alives if "_h" not in a.__dict__]
-            for a, h in zip(new, alive_hashes(new), strict=True):
-                a.__dict__["_h"] = h
-            return list(map(_hash_of, alives))
+        except AttributeError:  # some not signed here: hashed each time, never kept
+            return alive_hashes(alives)
