@@ -5,14 +5,16 @@ Members are spread over `FINE` buckets by their start time: a bucket is every ep
 (`epochs.py`, 32 ms of starts) equal to it modulo `FINE`, so start times spread over more
 than 16 s fill every bucket, and a table learned in start order (a joiner's, a catch-up's) is
 added a run of members at a time at C speed, where a bucket by name cost a Python step per
-member. A bucket's digest is the XOR of its entries' hashes (name, instance, incarnation,
-record version, state), kept up to date on every write, so a digest costs nothing to produce. A push-pull sends the digest
-folded to about 16 members a bucket; the other side answers with its entries in the buckets
-that differ and its own digest, and the first side sends back what the other still lacks.
-Hashes are built from integers only (names through CRC-32), so two processes agree on them
-(Python randomizes `hash` of strings, not of ints and tuples of ints). Two Pythons that hash
-tuples differently only cost needless exchanges of whole buckets; a collision (one in 2^64)
-would hide one difference from the exchanges between two members, not from gossip.
+member. A bucket's digest is the sum modulo 2^64 of its entries' hashes (name, instance,
+incarnation, record version, state; 48 bits, so `sum` adds a run of them in a C long, ten
+times faster than XOR-ing Python ints one by one), kept up to date on every write, so a
+digest costs nothing to produce. A push-pull sends the digest folded to about 16 members a
+bucket; the other side answers with its entries in the buckets that differ and its own
+digest, and the first side sends back what the other still lacks. Hashes are built from
+integers only (names through CRC-32), so two processes agree on them (Python randomizes
+`hash` of strings, not of ints and tuples of ints). Two Pythons that hash tuples differently
+only cost needless exchanges of whole buckets; a collision (one in 2^48) would hide one
+difference from the exchanges between two members, not from gossip.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def buckets_for(members: int) -> int:
 
 
 class Digest:
-    """The XOR digest of one table, bucket by bucket."""
+    """The digest of one table, bucket by bucket: sums of entry hashes modulo 2^64."""
 
     __slots__ = ("_fine", "_folded", "hashes", "epochs", "members", "_dirty", "writes")
 
@@ -115,16 +117,16 @@ class Digest:
         self.hashes = hashes or alive_hashes
         self._folded: tuple[int, Entry, list[int]] | None = None  # the last fold, while valid
         self.epochs: Epochs = {}  # the same hashes by start time (epochs.py): catch-ups
-        # The members in each epoch, so a catch-up selects what differs without a pass
-        # over the whole table: a list (a tenth of a dict's memory, which matters for the
-        # simulator's 10,000 tables); an entry taken out leaves its name behind, and the
-        # list is cleaned when it is next read (`_dirty`).
+        # The entries in each epoch, so a catch-up selects what differs without a pass
+        # over the whole table, nor a lookup per entry: a list (a tenth of a dict's memory,
+        # which matters for the simulator's 10,000 tables); an entry taken out stays listed
+        # until the list is next read and cleaned (`_dirty`).
         self.members: dict[int, list[Entry]] = {}
         self._dirty: set[int] = set()
         self.writes = 0  # a count of changes: what was computed from the digest is still good
 
     def toggle(self, e: Entry, count: int = 1) -> None:
-        """Add an entry (`count` 1), or take it out again (-1): XOR, so the same hash."""
+        """Add an entry (`count` 1), or take it out again (-1): its hash added or subtracted."""
         h = entry_hash(e)
         self.writes += 1
         ep = e.incarnation >> EPOCH_SHIFT
@@ -197,7 +199,7 @@ class Digest:
         if last is not None and last[0] == buckets and last[1] is me:
             return last[2]  # no change since: both ends of an exchange fold once
         # Bucket i of `buckets` holds the fine buckets i, i + buckets, ...: halving the
-        # array with one XOR pass at a time folds it.
+        # array with one pass of sums at a time folds it.
         out = list(self.fine)
         n = FINE
         while n > buckets:

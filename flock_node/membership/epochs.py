@@ -4,7 +4,7 @@ Incarnations are start times in milliseconds, so members that joined in the same
 an epoch (`incarnation >> EPOCH_SHIFT`: fine enough that a node lacking a few members of an
 epoch is not sent the names of hundreds it holds, 64 at 2,000 starts a second). A node that joined a forming flock got
 the whole table from its seed and lacks only those who started after it: a catch-up push-pull
-sends its latest epochs (XOR of entry hashes and a count each, 20 bytes an epoch) and the other
+sends its latest epochs (sum of entry hashes and a count each, 20 bytes an epoch) and the other
 side answers with its entries in the epochs that differ, so an exchange costs what it teaches
 plus an epoch or two, not a pass over both tables. Older differences are left to the periodic
 digest exchanges (`digest.py`), whose buckets are epochs too. Every step over the epochs
@@ -28,9 +28,9 @@ M64 = (1 << 64) - 1  # digests are sums of hashes modulo 2^64
 EPOCHS_SENT = 1024  # a catch-up compares by epochs while the table spans fewer (32 s of starts)
 _inc_of = attrgetter("incarnation")
 _first, _second = itemgetter(0), itemgetter(1)
-_NONE = (0, 0)  # an epoch not held: no entries, XOR zero
+_NONE = (0, 0)  # an epoch not held: no entries, sum zero
 
-Epochs = dict[int, list[int]]  # epoch -> [XOR of hashes, entries]
+Epochs = dict[int, list[int]]  # epoch -> [sum of hashes modulo 2^64, entries]
 
 
 def epoch_of(e: Entry) -> int:
@@ -52,8 +52,8 @@ def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
     out[ep] = ((x + h) & M64, n + 1)
 
 
-def _xors_at(epochs: dict[int, Any], keys: Iterable[int]) -> Iterator[int]:
-    """The XOR of each of `keys` (zero for an epoch not there)."""
+def _sums_at(epochs: dict[int, Any], keys: Iterable[int]) -> Iterator[int]:
+    """The sum of each of `keys` (zero for an epoch not there)."""
     return map(_first, map(epochs.get, keys, repeat(_NONE)))
 
 
@@ -72,7 +72,7 @@ def differing(mine: Epochs, me: Entry, me_hash: int,
     they sent: all epochs when they sent fewer than `EPOCHS_SENT`, else from their oldest."""
     floor = min(theirs) if len(theirs) >= EPOCHS_SENT else None
     diff = unequal_in(mine, me, me_hash, theirs)
-    # Ours alone (they hold none there), unless empty after all (a XOR of zero).
+    # Ours alone (they hold none there), unless empty after all (a sum of zero).
     diff.update(e for e in mine.keys() - theirs.keys()
                 if mine[e][0] and (floor is None or e >= floor))
     me_ep = epoch_of(me)
@@ -83,9 +83,9 @@ def differing(mine: Epochs, me: Entry, me_hash: int,
 
 def unequal_in(mine: Epochs, me: Entry, me_hash: int,
                theirs: dict[int, tuple[int, int]]) -> set[int]:
-    """The epochs they sent whose XOR differs from ours (with our statement)."""
+    """The epochs they sent whose sum differs from ours (with our statement)."""
     keys = list(theirs)
-    diff = set(compress(keys, map(ne, _xors_at(mine, keys), map(_first, theirs.values()))))
+    diff = set(compress(keys, map(ne, _sums_at(mine, keys), map(_first, theirs.values()))))
     me_ep = epoch_of(me)
     if me_ep in theirs:
         _fix_me(diff, mine, theirs, me_ep, me_hash)
@@ -115,7 +115,7 @@ def select(entries: list[Entry], wanted: set[int]) -> list[Entry]:
 
 
 def pack(epochs: dict[int, tuple[int, int]]) -> bytes:
-    """Wire bytes: each epoch, then each XOR, then each count (20 bytes an epoch)."""
+    """Wire bytes: each epoch, then each sum, then each count (20 bytes an epoch)."""
     keys = sorted(epochs)
     vals = list(map(epochs.__getitem__, keys))
     n = len(keys)

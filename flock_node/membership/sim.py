@@ -22,12 +22,10 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import attrgetter, itemgetter
 from typing import Any, TypeVar
 
 from flock_node.argtypes import parsed, positive_seconds, whole_number
 from flock_node.membership.digest import Digest
-from flock_node.membership.messages import encode
 from flock_node.membership.messages import (
     ALIVE,
     DOWN,
@@ -35,13 +33,13 @@ from flock_node.membership.messages import (
     SUSPECT,
     Alive,
     Message,
+    encode,
 )
 from flock_node.membership.ports import dispatch
 from flock_node.membership.swim import Change, Config, Send, Swim
 from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
-_node, _old, _new = itemgetter(0), itemgetter(1), itemgetter(2)
 _BAD = (SUSPECT, DOWN, LEFT)
 INF = float("inf")
 T = TypeVar("T")
@@ -120,6 +118,7 @@ class Sim:
         self.faulty_names = {self.names[j] for j in self.faulty_idx}
         self.healthy = [i not in self.crash_set and i not in self.freeze_set for i in range(n)]
         self.h = sum(self.healthy)
+        self.added = [0] * n  # members each node added in bulk, counted so far
         self.alive_views = [0] * n  # healthy observers seeing node i alive
         self.bad_views = [0] * n  # healthy observers seeing node i suspect/down/left
         self.good = 0  # sum of alive_views over healthy nodes
@@ -290,18 +289,19 @@ class Sim:
         self._push(self.now + lo + self.rng.random() * (hi - lo), _DELIVER, j, msg)
 
     def _changes(self, i: int, changes: list[Change]) -> None:
-        # A joiner learns thousands of members in one push-pull: those (None -> alive)
-        # changes are counted in bulk at C speed, the rest one by one.
-        if len(changes) > 8 and set(map(_old, changes)) == {None} and set(
-                map(_new, changes)) == {ALIVE}:
+        # A joiner learns thousands of members in one push-pull (at most one bulk add a
+        # message): when they are all the changes, they are counted at C speed.
+        m = self.nodes[i]
+        bulk, self.added[i], names = m.added - self.added[i], m.added, m.added_names
+        m.added_names = []
+        if bulk == len(changes):
             if self.healthy[i]:
-                names = list(map(_node, changes))
                 hit = self.faulty_names.intersection(names)
                 self.good += len(names) - len(hit)
                 for j in map(self.index.__getitem__, hit):
                     self.alive_views[j] += 1
                     self._milestones(j)
-                self._milestones(self.index[names[0]])
+                self._milestones(i)
             return
         index, healthy = self.index, self.healthy
         observer_ok = healthy[i]

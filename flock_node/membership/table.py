@@ -107,6 +107,8 @@ class Table:
         # Bytes of many entries (a push-pull's pages): the simulator sums cached sizes.
         self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
+        self.added = 0  # of them, members we never heard of added in bulk (_add_many)
+        self.added_names: list[str] = []  # the last ones
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
         self.accuser: str | None = None  # who last held us suspect or down (we refuted)
         self.awareness = Awareness(self.cfg.awareness_max)
@@ -201,6 +203,8 @@ class Table:
         at = self._pos + int(self.rng.random() * (len(order) - self._pos + 1))
         order[at:at] = names[k:] + names[:k]
         self.learned += len(names)
+        self.added += len(names)
+        self.added_names = names  # read (and cleared) by whoever counts changes in bulk
         changes = list(zip(names, repeat(None), repeat(ALIVE)))
         self._changes.extend(changes)
         for fn in self.listeners:
