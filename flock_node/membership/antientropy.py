@@ -47,7 +47,7 @@ class AntiEntropy(Table):
     _pp_learned = 0
     _pp_due = 0.0
     _pp_quiet = 0  # exchanges in a row that taught nothing
-
+    _packed: tuple[int, Entry | None, bytes] = (-1, None, b"")  # _recent_epochs
 
     def _periodic_push_pull(self, now: float) -> None:
         # While exchanges teach us many members (a flock forming, a partition healed) they
@@ -89,11 +89,18 @@ class AntiEntropy(Table):
             # Catching up (or the stragglers): what we lack are mostly those who started
             # after us, so compare epochs of start times (epochs.py): the other side selects
             # what differs without a pass over its table.
-            eps = epochs.recent(self.digest.epochs, self.me, entry_hash(self.me))
             self._sends.append((addrs[0], PushPull(self.name, self.me.addr, False, False,
-                                                   epochs=epochs.pack(eps))))
+                                                   epochs=self._recent_epochs())))
             return
         self._push_pull_with(addrs[0])
+
+    def _recent_epochs(self) -> bytes:
+        """Our latest epochs, packed (epochs.py): kept until the table or we change."""
+        writes, me, packed = self._packed
+        if writes != self.digest.writes or me is not self.me:
+            eps = epochs.recent(self.digest.epochs, self.me, entry_hash(self.me))
+            self._packed = (self.digest.writes, self.me, packed := epochs.pack(eps))
+        return packed
 
     def _push_pull_with(self, addr: str) -> None:
         """Start a digest exchange with `addr`."""
@@ -191,6 +198,10 @@ class AntiEntropy(Table):
         entries in the epochs that differ (or their summary when the asker holds many of
         them already) and our epochs; the answer is merged and what still differs sent
         back."""
+        writes, me, packed = self._packed
+        if not msg.reply and msg.epochs == packed and writes == self.digest.writes and (
+                me is self.me):
+            return  # a request equal to our last one, our table unchanged since: equal tables
         theirs = epochs.unpack(msg.epochs)
         if theirs is None:
             return

@@ -13,7 +13,7 @@ import heapq
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from itertools import compress, repeat
+from itertools import chain, compress, islice, repeat
 from operator import attrgetter, is_, is_not
 from typing import Any
 
@@ -201,7 +201,7 @@ class Table:
         k = int(self.rng.random() * len(names))
         order = self._order
         at = self._pos + int(self.rng.random() * (len(order) - self._pos + 1))
-        order[at:at] = names[k:] + names[:k]
+        order[at:at] = chain(islice(names, k, None), islice(names, k))  # one copy
         self.learned += len(names)
         self.added += len(names)
         self.added_names = names  # read (and cleared) by whoever counts changes in bulk
