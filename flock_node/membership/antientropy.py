@@ -33,14 +33,14 @@ from flock_node.membership.digest import (
     unpack_keys,
     unpack_summary,
 )
+from flock_node.membership.merge import Merging
 from flock_node.membership.messages import DOWN, LEFT, Alive, Entry, Mark, PushPull
-from flock_node.membership.table import Table
 
 _SUMMARY_FROM = 64  # entries to answer a digest with: more are named first, sent if lacking
 _SMALL = 32  # entries that always fit in one page (a record is far below page_bytes / 32)
 
 
-class AntiEntropy(Table):
+class AntiEntropy(Merging):
     """The push-pull side of a member: when to exchange, with whom, and what to send."""
 
     _pp_delay = 2.0
