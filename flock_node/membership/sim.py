@@ -36,11 +36,12 @@ from flock_node.membership.messages import (
     encode,
 )
 from flock_node.membership.ports import dispatch
-from flock_node.membership.swim import Change, Config, Send, Swim
+from flock_node.membership.swim import Change, Config, Send, Swim, state_of
 from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _BAD = (SUSPECT, DOWN, LEFT)
+_GONE = "gone"  # a member no longer in a table: neither alive nor bad
 INF = float("inf")
 T = TypeVar("T")
 
@@ -78,7 +79,105 @@ class SimPort:
         self.sim._send(self.i, addr, msg)
 
 
-class Sim:
+class Views:
+    """Who sees whom: the counts behind convergence, detection and false alarms, kept as
+    the machines report their changes (the simulator's bookkeeping, apart from its network)."""
+
+    sc: Scenario
+    now: float
+    nodes: list[Swim]
+    names: list[str]
+    index: dict[str, int]
+    healthy: list[bool]
+    h: int
+    fault_at: float
+    freeze_set: set[int]
+    faulty_names: set[str]
+    added: list[int]  # members each node added in bulk, counted so far
+    alive_views: list[int]  # healthy observers seeing node i alive
+    bad_views: list[int]  # healthy observers seeing node i suspect/down/left
+    good: int  # sum of alive_views over healthy nodes
+    converged_at: float | None
+    detected: dict[int, float]
+    recovered: dict[int, float]
+    false_dead: set[int]
+    false_suspect: set[int]
+    partition_dead: set[int]
+    cut_window: bool  # from a partition until the flock re-converged after it
+    healed_at: float | None
+    heal_time: float | None
+
+    def _forget(self, i: int) -> None:
+        """Node `i` lost its table (a restart): what it saw is seen no more."""
+        m = self.nodes[i]
+        self._changes(i, [(n, state_of(e), _GONE) for n, e in m.table.items()])
+        self.added[i] = 0  # the new machine's count starts again
+
+    def _changes(self, i: int, changes: list[Change]) -> None:
+        # A joiner learns thousands of members in one push-pull (at most one bulk add a
+        # message): when they are all the changes, they are counted at C speed.
+        m = self.nodes[i]
+        bulk, self.added[i], names = m.added - self.added[i], m.added, m.added_names
+        m.added_names = []
+        if bulk == len(changes):
+            if self.healthy[i]:
+                hit = self.faulty_names.intersection(names)
+                self.good += len(names) - len(hit)
+                for j in map(self.index.__getitem__, hit):
+                    self.alive_views[j] += 1
+                    self._milestones(j)
+                self._milestones(i)
+            return
+        index, healthy = self.index, self.healthy
+        observer_ok = healthy[i]
+        for node, old, new in changes:
+            k = index.get(node)
+            if k is None:
+                continue
+            j = k
+            if healthy[j] and new in (DOWN, SUSPECT):
+                # A partition's verdicts keep arriving until the flock has re-converged:
+                # counted apart, they are the protocol working, not a false alarm.
+                if self.cut_window:
+                    if new == DOWN:
+                        self.partition_dead.add(j)
+                elif new == DOWN:
+                    self.false_dead.add(j)
+                else:
+                    self.false_suspect.add(j)
+            if not observer_ok:
+                continue
+            if old == ALIVE:
+                self.alive_views[j] -= 1
+                if healthy[j]:
+                    self.good -= 1
+            elif old in _BAD:
+                self.bad_views[j] -= 1
+            if new == ALIVE:
+                self.alive_views[j] += 1
+                if healthy[j]:
+                    self.good += 1
+            elif new in _BAD:
+                self.bad_views[j] += 1
+            self._milestones(j)
+
+    def _milestones(self, j: int) -> None:
+        now = self.now
+        if self.good == self.h * (self.h - 1):
+            if self.converged_at is None:
+                self.converged_at = now
+            if self.healed_at is not None and self.heal_time is None:
+                self.heal_time, self.cut_window = now - self.healed_at, False
+        if self.healthy[j] or now < self.fault_at:
+            return
+        if j not in self.detected and self.bad_views[j] >= self.h:
+            self.detected[j] = now - self.fault_at
+        if (j in self.freeze_set and j in self.detected and j not in self.recovered
+                and self.alive_views[j] >= self.h):
+            self.recovered[j] = now - self.fault_at - self.sc.freeze_for
+
+
+class Sim(Views):
     """The network, the clock and the bookkeeping of one scenario."""
 
     def __init__(self, sc: Scenario) -> None:
@@ -118,17 +217,17 @@ class Sim:
         self.faulty_names = {self.names[j] for j in self.faulty_idx}
         self.healthy = [i not in self.crash_set and i not in self.freeze_set for i in range(n)]
         self.h = sum(self.healthy)
-        self.added = [0] * n  # members each node added in bulk, counted so far
-        self.alive_views = [0] * n  # healthy observers seeing node i alive
-        self.bad_views = [0] * n  # healthy observers seeing node i suspect/down/left
-        self.good = 0  # sum of alive_views over healthy nodes
+        self.added = [0] * n
+        self.alive_views = [0] * n
+        self.bad_views = [0] * n
+        self.good = 0
         self.converged_at: float | None = None
         self.detected: dict[int, float] = {}
         self.recovered: dict[int, float] = {}
         self.false_dead: set[int] = set()
         self.false_suspect: set[int] = set()
         self.partition_dead: set[int] = set()
-        self.cut_window = False  # from a partition until the flock re-converged after it
+        self.cut_window = False
         self.healed_at: float | None = None
         self.heal_time: float | None = None
         self.msgs = 0
@@ -247,6 +346,7 @@ class Sim:
         """Node `i` comes back as a new process with its state wiped (same name)."""
         name = self.names[i]
         me = Alive(name, incarnation, f"{self.rng.getrandbits(32):08x}", name, 0, None)
+        self._forget(i)
         self.nodes[i] = self._machine(me)
         self.silent[i] = self.crashed[i] = False
         self.tick_at[i] = INF
@@ -287,69 +387,6 @@ class Sim:
             return
         lo, hi = self.sc.delay
         self._push(self.now + lo + self.rng.random() * (hi - lo), _DELIVER, j, msg)
-
-    def _changes(self, i: int, changes: list[Change]) -> None:
-        # A joiner learns thousands of members in one push-pull (at most one bulk add a
-        # message): when they are all the changes, they are counted at C speed.
-        m = self.nodes[i]
-        bulk, self.added[i], names = m.added - self.added[i], m.added, m.added_names
-        m.added_names = []
-        if bulk == len(changes):
-            if self.healthy[i]:
-                hit = self.faulty_names.intersection(names)
-                self.good += len(names) - len(hit)
-                for j in map(self.index.__getitem__, hit):
-                    self.alive_views[j] += 1
-                    self._milestones(j)
-                self._milestones(i)
-            return
-        index, healthy = self.index, self.healthy
-        observer_ok = healthy[i]
-        for node, old, new in changes:
-            k = index.get(node)
-            if k is None:
-                continue
-            j = k
-            if healthy[j] and new in (DOWN, SUSPECT):
-                # A partition's verdicts keep arriving until the flock has re-converged:
-                # counted apart, they are the protocol working, not a false alarm.
-                if self.cut_window:
-                    if new == DOWN:
-                        self.partition_dead.add(j)
-                elif new == DOWN:
-                    self.false_dead.add(j)
-                else:
-                    self.false_suspect.add(j)
-            if not observer_ok:
-                continue
-            if old == ALIVE:
-                self.alive_views[j] -= 1
-                if healthy[j]:
-                    self.good -= 1
-            elif old in _BAD:
-                self.bad_views[j] -= 1
-            if new == ALIVE:
-                self.alive_views[j] += 1
-                if healthy[j]:
-                    self.good += 1
-            elif new in _BAD:
-                self.bad_views[j] += 1
-            self._milestones(j)
-
-    def _milestones(self, j: int) -> None:
-        now = self.now
-        if self.good == self.h * (self.h - 1):
-            if self.converged_at is None:
-                self.converged_at = now
-            if self.healed_at is not None and self.heal_time is None:
-                self.heal_time, self.cut_window = now - self.healed_at, False
-        if self.healthy[j] or now < self.fault_at:
-            return
-        if j not in self.detected and self.bad_views[j] >= self.h:
-            self.detected[j] = now - self.fault_at
-        if (j in self.freeze_set and j in self.detected and j not in self.recovered
-                and self.alive_views[j] >= self.h):
-            self.recovered[j] = now - self.fault_at - self.sc.freeze_for
 
     def report(self, wall: float) -> dict[str, Any]:
         """The figures of the run, JSON-ready."""
