@@ -244,9 +244,11 @@ def keys_of(entries: list[Entry]) -> list[int]:
 
 def entry_hashes(entries: list[Entry], many: Callable[[list[Alive]], list[int]]) -> list[int]:
     """`entry_hash` of each entry, the plain statements through `many` (at C speed)."""
+    try:
+        return many(entries)  # type: ignore[arg-type]  # plain statements only (most often)
+    except AttributeError:  # a marked entry (suspect, down, left) among them
+        pass
     marked = list(compress(range(len(entries)), map(is_not, map(type, entries), repeat(Alive))))
-    if not marked:
-        return many(entries)  # type: ignore[arg-type]
     # The few marked entries hashed one by one, in place; the plain ones at C speed.
     alives = list(entries)
     for i in marked:
