@@ -499,3 +499,24 @@ def test_a_relayed_probe_goes_where_we_know_the_member_listens():
     # A member we do not know is pinged where the asker says.
     sends, _ = a.receive(1.1, PingReq("b", 8, "x", "tcp://x:7946", "tcp://b:7946"))
     assert [addr for addr, _ in sends] == ["tcp://x:7946"]
+
+
+def test_members_that_swapped_states_make_the_digests_differ():
+    # Two tables alike but for pairs of members whose states are swapped (one suspect, the
+    # other alive, and the other way round): every such pair must show in the digests.
+    # Summed tuple hashes missed most of them (a suspicion moves CPython's tuple hash by
+    # nearly the same amount for every member).
+    from flock_node.membership.digest import Digest
+
+    flock = _joiners(200, every_ms=3)
+    for k in range(0, 200, 2):
+        a, b = Digest(), Digest()
+        x, y = flock[k], flock[k + 1]
+        for e in flock:
+            if e is x:
+                a.toggle(Mark(x.node, SUSPECT, x.incarnation, "z", x)), b.toggle(x)
+            elif e is y:
+                a.toggle(y), b.toggle(Mark(y.node, SUSPECT, y.incarnation, "z", y))
+            else:
+                a.toggle(e), b.toggle(e)
+        assert a.fine != b.fine and a.epochs != b.epochs, (x.node, y.node)
