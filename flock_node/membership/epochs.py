@@ -4,7 +4,7 @@ Incarnations are start times in milliseconds, so members that joined in the same
 an epoch (`incarnation >> EPOCH_SHIFT`: fine enough that a node lacking a few members of an
 epoch is not sent the names of hundreds it holds, 64 at 2,000 starts a second). A node that joined a forming flock got
 the whole table from its seed and lacks only those who started after it: a catch-up push-pull
-sends its latest epochs (XOR of entry hashes and a count each, 20 bytes an epoch) and the other
+sends its latest epochs (sum of entry hashes and a count each, 20 bytes an epoch) and the other
 side answers with its entries in the epochs that differ, so an exchange costs what it teaches
 plus an epoch or two, not a pass over both tables. Older differences are left to the periodic
 digest exchanges (`digest.py`), whose buckets are epochs too. Every step over the epochs
@@ -23,12 +23,14 @@ from typing import Any
 from flock_node.membership.messages import Entry
 
 EPOCH_SHIFT = 5  # 32 ms of start time an epoch
+HASH_BITS = 48  # an entry's hash: sums of up to 2^15 stay in a C long (sum() at C speed)
+M64 = (1 << 64) - 1  # digests are sums of hashes modulo 2^64
 EPOCHS_SENT = 1024  # a catch-up compares by epochs while the table spans fewer (32 s of starts)
 _inc_of = attrgetter("incarnation")
 _first, _second = itemgetter(0), itemgetter(1)
-_NONE = (0, 0)  # an epoch not held: no entries, XOR zero
+_NONE = (0, 0)  # an epoch not held: no entries, sum zero
 
-Epochs = dict[int, list[int]]  # epoch -> [XOR of hashes, entries]
+Epochs = dict[int, list[int]]  # epoch -> [sum of hashes modulo 2^64, entries]
 
 
 def epoch_of(e: Entry) -> int:
@@ -47,18 +49,18 @@ def recent(epochs: Epochs, me: Entry, me_hash: int, k: int = EPOCHS_SENT) -> dic
 
 def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
     x, n = out.get(ep, (0, 0))
-    out[ep] = (x ^ h, n + 1)
+    out[ep] = ((x + h) & M64, n + 1)
 
 
-def _xors_at(epochs: dict[int, Any], keys: Iterable[int]) -> Iterator[int]:
-    """The XOR of each of `keys` (zero for an epoch not there)."""
+def _sums_at(epochs: dict[int, Any], keys: Iterable[int]) -> Iterator[int]:
+    """The sum of each of `keys` (zero for an epoch not there)."""
     return map(_first, map(epochs.get, keys, repeat(_NONE)))
 
 
 def _fix_me(diff: set[int], mine: Epochs, theirs: dict[int, tuple[int, int]], me_ep: int,
             me_hash: int) -> None:
     """Compare our own statement's epoch again, our statement counted in."""
-    if mine.get(me_ep, _NONE)[0] ^ me_hash != theirs.get(me_ep, _NONE)[0]:
+    if (mine.get(me_ep, _NONE)[0] + me_hash) & M64 != theirs.get(me_ep, _NONE)[0]:
         diff.add(me_ep)
     else:
         diff.discard(me_ep)
@@ -70,7 +72,7 @@ def differing(mine: Epochs, me: Entry, me_hash: int,
     they sent: all epochs when they sent fewer than `EPOCHS_SENT`, else from their oldest."""
     floor = min(theirs) if len(theirs) >= EPOCHS_SENT else None
     diff = unequal_in(mine, me, me_hash, theirs)
-    # Ours alone (they hold none there), unless empty after all (a XOR of zero).
+    # Ours alone (they hold none there), unless empty after all (a sum of zero).
     diff.update(e for e in mine.keys() - theirs.keys()
                 if mine[e][0] and (floor is None or e >= floor))
     me_ep = epoch_of(me)
@@ -81,9 +83,9 @@ def differing(mine: Epochs, me: Entry, me_hash: int,
 
 def unequal_in(mine: Epochs, me: Entry, me_hash: int,
                theirs: dict[int, tuple[int, int]]) -> set[int]:
-    """The epochs they sent whose XOR differs from ours (with our statement)."""
+    """The epochs they sent whose sum differs from ours (with our statement)."""
     keys = list(theirs)
-    diff = set(compress(keys, map(ne, _xors_at(mine, keys), map(_first, theirs.values()))))
+    diff = set(compress(keys, map(ne, _sums_at(mine, keys), map(_first, theirs.values()))))
     me_ep = epoch_of(me)
     if me_ep in theirs:
         _fix_me(diff, mine, theirs, me_ep, me_hash)
@@ -113,11 +115,11 @@ def select(entries: list[Entry], wanted: set[int]) -> list[Entry]:
 
 
 def pack(epochs: dict[int, tuple[int, int]]) -> bytes:
-    """Wire bytes: each epoch, then each XOR, then each count (20 bytes an epoch)."""
+    """Wire bytes: each epoch, then each sum, then each count (20 bytes an epoch)."""
     keys = sorted(epochs)
     vals = list(map(epochs.__getitem__, keys))
     n = len(keys)
-    return struct.pack(f"<{n}q{n}q{n}I", *keys, *map(_first, vals),
+    return struct.pack(f"<{n}q{n}Q{n}I", *keys, *map(_first, vals),
                        *map(min, map(_second, vals), repeat(0xFFFFFFFF)))
 
 
@@ -126,5 +128,5 @@ def unpack(data: bytes) -> dict[int, tuple[int, int]] | None:
     n, rest = divmod(len(data), 20)
     if rest or not n:
         return None
-    both = struct.unpack(f"<{n}q{n}q{n}I", data)
+    both = struct.unpack(f"<{n}q{n}Q{n}I", data)
     return dict(zip(both[:n], zip(both[n:2 * n], both[2 * n:], strict=True), strict=True))
