@@ -96,11 +96,16 @@ class AntiEntropy(Merging):
 
     def _recent_epochs(self) -> bytes:
         """Our latest epochs, packed (epochs.py): kept until the table or we change."""
-        writes, me, packed = self._packed
-        if writes != self.digest.writes or me is not self.me:
+        packed = self._packed_still()
+        if packed is None:
             eps = epochs.recent(self.digest.epochs, self.me, entry_hash(self.me))
             self._packed = (self.digest.writes, self.me, packed := epochs.pack(eps))
         return packed
+
+    def _packed_still(self) -> bytes | None:
+        """The epochs we last packed, if neither our table nor our statement changed since."""
+        writes, me, packed = self._packed
+        return packed if writes == self.digest.writes and me is self.me else None
 
     def _push_pull_with(self, addr: str) -> None:
         """Start a digest exchange with `addr`."""
@@ -198,9 +203,7 @@ class AntiEntropy(Merging):
         entries in the epochs that differ (or their summary when the asker holds many of
         them already) and our epochs; the answer is merged and what still differs sent
         back."""
-        writes, me, packed = self._packed
-        if not msg.reply and msg.epochs == packed and writes == self.digest.writes and (
-                me is self.me):
+        if not msg.reply and msg.epochs == self._packed_still():
             return  # a request equal to our last one, our table unchanged since: equal tables
         theirs = epochs.unpack(msg.epochs)
         if theirs is None:

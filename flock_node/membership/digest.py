@@ -9,9 +9,9 @@ member. A bucket's digest is the sum modulo 2^64 of its entries' hashes (name, i
 incarnation, record version, state; 48 bits, so `sum` adds a run of them in a C long, ten
 times faster than XOR-ing Python ints one by one; mixed by splitmix64's finalizer, see
 `_mix`: raw tuple hashes summed let swapped states cancel out), kept up to date on every
-write, so a digest costs nothing to produce. A push-pull sends the digest folded to about 16 members a
-bucket; the other side answers with its entries in the buckets that differ and its own
-digest, and the first side sends back what the other still lacks. Hashes are built from
+write, so a digest costs nothing to produce. A push-pull sends the digest folded to about
+16 members a bucket; the other side answers with its entries in the buckets that differ and
+its own digest, and the first side sends back what the other still lacks. Hashes are built from
 integers only (names through CRC-32), so two processes agree on them (Python randomizes
 `hash` of strings, not of ints and tuples of ints). Two Pythons that hash tuples differently
 only cost needless exchanges of whole buckets; a collision (one in 2^48) would hide one
@@ -98,7 +98,9 @@ def entry_hash(e: Entry) -> int:
 
 
 def alive_hashes(alives: list[Alive]) -> list[int]:
-    """`entry_hash` of many plain statements, at C speed."""
+    """`entry_hash` of many plain statements: the tuples built and hashed at C speed, then a
+    Python call per statement to mix each (`_mix`; under 1 µs: 7 ms for a joiner's table of
+    10,000, and the simulator hashes each statement once, when it signs it)."""
     return list(map(_mix, map(hash, zip(map(_keys.__getitem__, map(_node_of, alives)),
                                         map(_keys.__getitem__, map(_instance_of, alives)),
                                         map(_inc_of, alives), map(_version_of, alives),

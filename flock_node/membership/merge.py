@@ -40,7 +40,7 @@ class Merging(Table):
             oks = self.vouch_many(fresh)  # type: ignore[arg-type]
             if not all(oks):
                 fresh = list(compress(fresh, oks))
-                names = list(map(_node_of, fresh))
+                names = list(compress(names, oks))
             added = self._add_many(names, fresh, sender) if fresh else 0  # type: ignore[arg-type]
             if added:
                 if len(changed) == added:
@@ -91,7 +91,6 @@ class Merging(Table):
         order[at:at] = chain(islice(names, k, None), islice(names, k))  # one copy
         self.learned += len(names)
         self.added += len(names)
-        self.added_names = names  # read (and cleared) by whoever counts changes in bulk
         changes = list(zip(names, repeat(None), repeat(ALIVE)))
         self._changes.extend(changes)
         for fn in self.listeners:

@@ -22,6 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, TypeVar
 
 from flock_node.argtypes import parsed, positive_seconds, whole_number
@@ -41,6 +42,7 @@ from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _BAD = (SUSPECT, DOWN, LEFT)
+_node = itemgetter(0)
 _GONE = "gone"  # a member no longer in a table: neither alive nor bad
 INF = float("inf")
 T = TypeVar("T")
@@ -117,12 +119,11 @@ class Views:
         # A joiner learns thousands of members in one push-pull (at most one bulk add a
         # message): when they are all the changes, they are counted at C speed.
         m = self.nodes[i]
-        bulk, self.added[i], names = m.added - self.added[i], m.added, m.added_names
-        m.added_names = []
+        bulk, self.added[i] = m.added - self.added[i], m.added
         if bulk == len(changes):
             if self.healthy[i]:
-                hit = self.faulty_names.intersection(names)
-                self.good += len(names) - len(hit)
+                hit = self.faulty_names.intersection(map(_node, changes))
+                self.good += bulk - len(hit)
                 for j in map(self.index.__getitem__, hit):
                     self.alive_views[j] += 1
                     self._milestones(j)

@@ -105,7 +105,6 @@ class Table:
         self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
         self.added = 0  # of them, members we never heard of added in bulk (_add_many)
-        self.added_names: list[str] = []  # the last ones
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
         self.accuser: str | None = None  # who last held us suspect or down (we refuted)
         self.awareness = Awareness(self.cfg.awareness_max)

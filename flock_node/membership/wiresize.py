@@ -13,7 +13,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from flock_node.membership.digest import alive_hashes
+from flock_node.membership.digest import alive_hashes, entry_hash
 from flock_node.membership.messages import Alive, Entry, Mark, Message, PushPull, encode
 
 _ENTRIES = (Alive, Mark)
@@ -87,7 +87,7 @@ class Hashes:
 
     def stamp(self, a: Alive, size: int) -> None:
         """Mark `a` as signed here, with its hash and encoded size."""
-        a.__dict__.update(_h=alive_hashes([a])[0], _s=size)
+        a.__dict__.update(_h=entry_hash(a), _s=size)
 
     def signed(self, a: Alive) -> bool:
         """Whether the simulator signed `a`."""
