@@ -1,6 +1,6 @@
 """The shortcuts that make the simulator fast must not change what it counts or believes.
 
-- the simulator counts a bulk learn by the table's own count of members added in bulk, not
+- the simulator counts a bulk learn from the lists of names the table keeps for it, not
   change by change: its counts must equal a recount from every table;
 - it checks a batch's signatures and reads its hashes in one pass: a forged statement in a
   batch of signed ones is still refused;

@@ -90,12 +90,14 @@ class Merging(Table):
         at = self._pos + int(self.rng.random() * (len(order) - self._pos + 1))
         order[at:at] = chain(islice(names, k, None), islice(names, k))  # one copy
         self.learned += len(names)
-        self.added += len(names)
-        changes = list(zip(names, repeat(None), repeat(ALIVE)))
-        self._changes.extend(changes)
-        for fn in self.listeners:
-            for c in changes:
-                fn(c)
+        if self.bulk is not None:
+            self.bulk.append(names)  # counted by the caller, without a change each
+        else:
+            changes = list(zip(names, repeat(None), repeat(ALIVE)))
+            self._changes.extend(changes)
+            for fn in self.listeners:
+                for c in changes:
+                    fn(c)
         if joiner and sender in table:
             a = table[sender]
             self._broadcast(sender, a)  # type: ignore[arg-type]  # a joiner's arrival is news

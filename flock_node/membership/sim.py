@@ -97,7 +97,6 @@ class Views:
     fault_at: float
     freeze_set: set[int]
     faulty_names: set[str]
-    added: list[int]  # members each node added in bulk, counted so far
     alive_views: list[int]  # healthy observers seeing node i alive
     bad_views: list[int]  # healthy observers seeing node i suspect/down/left
     good: int  # sum of alive_views over healthy nodes
@@ -115,22 +114,22 @@ class Views:
         """Node `i` lost its table (a restart): what it saw is seen no more."""
         m = self.nodes[i]
         self._changes(i, [(n, state_of(e), _GONE) for n, e in m.table.items()])
-        self.added[i] = 0  # the new machine's count starts again
 
-    def _changes(self, i: int, changes: list[Change]) -> None:
-        # A joiner learns thousands of members in one push-pull (at most one bulk add a
-        # message): when they are all the changes, they are counted at C speed.
-        m = self.nodes[i]
-        bulk, self.added[i] = m.added - self.added[i], m.added
-        if bulk == len(changes):
-            if self.healthy[i]:
-                hit = self.faulty_names.intersection(map(_node, changes))
-                self.good += bulk - len(hit)
+    def _added(self, i: int, bulk: list[list[str]]) -> None:
+        # A joiner learns thousands of members in one push-pull: members a node added in
+        # bulk come as lists of names (the table's `bulk`), counted at C speed.
+        if self.healthy[i]:
+            faulty = self.faulty_names
+            for names in bulk:
+                hit = faulty.intersection(names)
+                self.good += len(names) - len(hit)
                 for j in map(self.index.__getitem__, hit):
                     self.alive_views[j] += 1
                     self._milestones(j)
-                self._milestones(i)
-            return
+            self._milestones(i)
+        bulk.clear()
+
+    def _changes(self, i: int, changes: list[Change]) -> None:
         index, healthy = self.index, self.healthy
         observer_ok = healthy[i]
         for node, old, new in changes:
@@ -220,7 +219,6 @@ class Sim(Views):
         self.faulty_names = {self.names[j] for j in self.faulty_idx}
         self.healthy = [i not in self.crash_set and i not in self.freeze_set for i in range(n)]
         self.h = sum(self.healthy)
-        self.added = [0] * n
         self.alive_views = [0] * n
         self.bad_views = [0] * n
         self.good = 0
@@ -246,6 +244,7 @@ class Sim(Views):
         m = Swim(self._sign(me), self.rng, self.sc.config, vouch=self._vouch,
                  sign=self._sign, size=self.sizes.of, vouch_many=self._vouch_many)
         m.digest = Digest(self.hashes)
+        m.bulk = []  # members added in bulk: counted from their names (Views._added)
         m.measure = self.sizes.entries
         return m
 
@@ -369,6 +368,8 @@ class Sim(Views):
     def _handle(self, i: int, out: tuple[list[Send], list[Change]]) -> None:
         changes = dispatch(out, self.ports[i])
         node = self.nodes[i]
+        if node.bulk:
+            self._added(i, node.bulk)
         if changes:
             self._changes(i, changes)
         d = node.next_deadline()

@@ -104,7 +104,10 @@ class Table:
         # Bytes of many entries (a push-pull's pages): the simulator sums cached sizes.
         self.measure: Callable[[list[Entry]], int] = lambda states: len(encode(states))
         self.learned = 0  # members found alive (new or back): push-pull comes back soon
-        self.added = 0  # of them, members we never heard of added in bulk (_add_many)
+        # Members we never heard of added in bulk (_add_many): a change each, unless a caller
+        # that counts them itself (the simulator: 10^8 of them) sets a list here; then each
+        # bulk add appends its list of names instead, for that caller to take.
+        self.bulk: list[list[str]] | None = None
         self.down: set[str] = set()  # members we hold down (not left): push-pull tries them
         self.accuser: str | None = None  # who last held us suspect or down (we refuted)
         self.awareness = Awareness(self.cfg.awareness_max)
