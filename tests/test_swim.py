@@ -17,6 +17,7 @@ from flock_node.membership.lifeguard import Suspicion, suspicion_bounds
 from flock_node.membership.messages import (
     ALIVE,
     DOWN,
+    FORGOTTEN,
     LEFT,
     SUSPECT,
     Ack,
@@ -135,6 +136,21 @@ def test_a_leave_is_announced_and_gossiped_to_all():
     sim.advance(sim.now + 8)
     assert sim.views(8) == {LEFT: 11}
     assert not sim.false_dead
+
+
+def test_a_crashed_member_is_reaped_and_every_listener_told_once():
+    sim = flock(config=Config(reap_after=5.0))
+    x, name = 7, sim.names[7]
+    heard: dict[int, list] = {k: [] for k in range(12) if k != x}
+    for k, changes in heard.items():
+        sim.nodes[k].listeners.append(changes.append)
+    sim.silent[x] = True  # crashed
+    sim.advance(sim.now + 60)
+    for k, changes in heard.items():
+        # Suspected, held down, then no longer listed: once each, never back.
+        assert [new for n, _, new in changes if n == name] == [SUSPECT, DOWN, FORGOTTEN]
+        assert name not in sim.nodes[k].table and name not in sim.nodes[k].down
+    assert sim.views(x) == {None: 11}
 
 
 def test_a_node_that_lost_its_state_rejoins_and_replaces_its_old_entry():

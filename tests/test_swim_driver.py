@@ -210,3 +210,16 @@ def test_the_view_answers_as_the_heartbeat_membership(state):
     assert (m.name, m.state, m.tags, m.last_seen) == ("b", state, ["web"], 3.0)
     assert v.get("b") is m and v.get("zz") is None
     assert v.match("b*") == ["b"] and v.match(tag="web") == ["b"] and v.match(tag="db") == []
+
+
+def test_a_reaped_member_is_forgotten_by_the_view():
+    a, _ = _pair()
+    v = SwimView(a)
+    v.heard("b", 3.0)
+    v.changed("b", 3.0)
+    b = a.table.pop("b")  # reaped by the table...
+    v.forget("b")  # ...and told (the driver does it on a "forgotten" change)
+    assert v.get("b") is None
+    a.table["b"] = b  # the same name back later: nothing remembered of the old one
+    m = v.get("b")
+    assert m is not None and (m.last_seen, m.since) == (0.0, 0.0)

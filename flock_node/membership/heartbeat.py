@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
 
+from flock_node.membership.messages import FORGOTTEN  # a transition only: no longer listed
+
 ALIVE, SUSPECT, DOWN, LEFT = "alive", "suspect", "down", "left"
-FORGOTTEN = "forgotten"  # a transition only: the member is no longer listed
 CLASH = "name_clash"  # a transition only: a heartbeat refused, the established member kept
 MIN_INTERVAL, MAX_INTERVAL = 0.05, 60.0  # seconds: heartbeat intervals outside are refused
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import msgspec
 
 ALIVE, SUSPECT, DOWN, LEFT = "alive", "suspect", "down", "left"
+FORGOTTEN = "forgotten"  # a change only: a down or left member reaped, no longer listed
 
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
 Count = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]

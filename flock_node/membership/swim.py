@@ -20,6 +20,7 @@ from flock_node.membership.antientropy import AntiEntropy
 from flock_node.membership.gossip import retransmit_limit
 from flock_node.membership.messages import (
     DOWN,
+    FORGOTTEN,
     LEFT,
     SUSPECT,
     Ack,
@@ -153,7 +154,7 @@ class Swim(AntiEntropy):
                 e = self.table.get(arg)
                 if e is not None and type(e) is Mark and e.state in (DOWN, LEFT):
                     self._drop(arg)
-                    self.down.discard(arg)
+                    self._note(arg, e.state, FORGOTTEN)  # told, as the mesh tells it
         return self._flush(now)
 
     def next_deadline(self) -> float | None:

@@ -95,4 +95,8 @@ class SwimView:
         return match_members(self.members(), pattern, tag, include_gone)
 
     def forget(self, name: str) -> None:
-        """Nothing to do: the table reaps its gone members itself."""
+        """`name` was reaped from the table: its times go too (names come and go in a
+        long-lived flock; kept, they would add up)."""
+        self._seen.pop(name, None)
+        self._since.pop(name, None)
+        self._cache.pop(name, None)
