@@ -1,15 +1,15 @@
 """Who is in the flock.
 
-`heartbeat` is the state machine the agent runs today (heartbeats over a Bus0 full mesh);
-`swim` is SWIM with Lifeguard for flocks of thousands, a pure state machine not yet driven
-over nng; `sim` runs it on a virtual clock and a simulated network.
+`swim` is SWIM with Lifeguard for flocks of thousands, a pure state machine, the agent's
+default membership (driven over nng by `driver`); `sim` runs it on a virtual clock and a
+simulated network. `heartbeat` is the former full mesh (`--membership mesh`), whose member
+and transition shapes both share.
 """
 
 from flock_node.membership.heartbeat import (
     ALIVE,
     CLASH,
     DOWN,
-    FORGOTTEN,
     LEFT,
     MAX_INTERVAL,
     MIN_INTERVAL,
@@ -19,6 +19,7 @@ from flock_node.membership.heartbeat import (
     Transition,
     admit,
 )
+from flock_node.membership.messages import FORGOTTEN
 
 __all__ = ["ALIVE", "CLASH", "DOWN", "FORGOTTEN", "LEFT", "MAX_INTERVAL", "MIN_INTERVAL",
            "SUSPECT", "Member", "Membership", "Transition", "admit"]

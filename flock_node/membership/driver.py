@@ -21,8 +21,8 @@ from typing import Any
 from flock_node import __version__
 from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Listener, Me
 from flock_node.membership.agentswim import AgentSwim
-from flock_node.membership.heartbeat import ALIVE, DOWN, FORGOTTEN, LEFT, SUSPECT, Transition, admit
-from flock_node.membership.messages import Alive, BadMessage, Message, decode, encode
+from flock_node.membership.heartbeat import ALIVE, DOWN, LEFT, SUSPECT, Transition, admit
+from flock_node.membership.messages import FORGOTTEN, Alive, BadMessage, Message, decode, encode
 from flock_node.membership.ring import RING, Ring
 from flock_node.membership.statements import Notary
 from flock_node.membership.table import Change, Config, Output
