@@ -5,7 +5,9 @@
 - it checks a batch's signatures and reads its hashes in one pass: a forged statement in a
   batch of signed ones is still refused;
 - a catch-up request equal to our last one, our table unchanged since, is answered with
-  nothing without being unpacked.
+  nothing without being unpacked;
+- a catch-up request's epochs are packed straight from the table's: the same bytes as
+  building them first and packing them.
 """
 
 import random
@@ -102,3 +104,26 @@ def test_an_equal_catch_up_request_is_answered_with_nothing_unread(monkeypatch):
     assert unpacked == [mine]
     answered = [s.node for _, m in sends if isinstance(m, PushPull) for s in m.states]
     assert "j9999" in answered and len(answered) <= 3  # the epoch that differs, not all
+
+
+def _recent_the_long_way(eps: dict, me: Alive, me_hash: int, k: int) -> bytes:
+    keys = sorted(eps)[-k:]
+    out = {e: tuple(eps[e]) for e in keys}
+    ep = epochs.epoch_of(me)
+    x, n = out.get(ep, (0, 0))
+    out[ep] = ((x + me_hash) & epochs.M64, n + 1)
+    return epochs.pack(out)
+
+
+def test_a_catch_up_request_packs_its_epochs_as_building_them_would():
+    rng = random.Random(5)
+    for _ in range(300):
+        eps = {rng.randrange(1000, 1400): [rng.getrandbits(64), rng.randrange(1, 90)]
+               for _ in range(rng.randrange(0, 60))}
+        if eps and rng.random() < 0.1:
+            eps[rng.choice(list(eps))][1] = 2**33  # a count past 4 bytes: clamped
+        inc = rng.choice([rng.randrange(1000, 1400), rng.randrange(0, 1000)]) << epochs.EPOCH_SHIFT
+        me = Alive("me", inc, "i", "me")
+        k = rng.choice([epochs.EPOCHS_SENT, 8, 1])
+        h = rng.getrandbits(48)
+        assert epochs.pack_recent(eps, me, h, k) == _recent_the_long_way(eps, me, h, k)

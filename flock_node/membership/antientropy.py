@@ -98,8 +98,8 @@ class AntiEntropy(Merging):
         """Our latest epochs, packed (epochs.py): kept until the table or we change."""
         packed = self._packed_still()
         if packed is None:
-            eps = epochs.recent(self.digest.epochs, self.me, entry_hash(self.me))
-            self._packed = (self.digest.writes, self.me, packed := epochs.pack(eps))
+            packed = epochs.pack_recent(self.digest.epochs, self.me, entry_hash(self.me))
+            self._packed = (self.digest.writes, self.me, packed)
         return packed
 
     def _packed_still(self) -> bytes | None:

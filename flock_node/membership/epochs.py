@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import struct
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from itertools import compress, repeat
 from operator import attrgetter, itemgetter, ne, rshift
@@ -29,6 +30,7 @@ EPOCHS_SENT = 1024  # a catch-up compares by epochs while the table spans fewer 
 _inc_of = attrgetter("incarnation")
 _first, _second = itemgetter(0), itemgetter(1)
 _NONE = (0, 0)  # an epoch not held: no entries, sum zero
+_COUNT_MAX = 0xFFFFFFFF  # a count on the wire: 4 bytes
 
 Epochs = dict[int, list[int]]  # epoch -> [sum of hashes modulo 2^64, entries]
 
@@ -38,13 +40,23 @@ def epoch_of(e: Entry) -> int:
     return e.incarnation >> EPOCH_SHIFT
 
 
-def recent(epochs: Epochs, me: Entry, me_hash: int, k: int = EPOCHS_SENT) -> dict[int, tuple[int, int]]:
-    """The latest `k` epochs, our own statement counted in."""
-    keys = list(epochs) if len(epochs) <= k else heapq.nlargest(k, epochs)
-    out: dict[int, tuple[int, int]] = dict(zip(keys, map(
-        tuple, map(epochs.__getitem__, keys)), strict=True))  # type: ignore[arg-type]
-    _add(out, epoch_of(me), me_hash)
-    return out
+def pack_recent(epochs: Epochs, me: Entry, me_hash: int, k: int = EPOCHS_SENT) -> bytes:
+    """The latest `k` epochs, our own statement counted in, packed (`pack`): read straight
+    from the table's epochs, no dict of them built on the way (a catch-up request is
+    packed anew each time the table changed: every exchange of a forming flock)."""
+    keys = sorted(epochs) if len(epochs) <= k else sorted(heapq.nlargest(k, epochs))
+    vals = list(map(epochs.__getitem__, keys))
+    sums, counts = list(map(_first, vals)), list(map(_second, vals))
+    ep = epoch_of(me)
+    i = bisect_left(keys, ep)
+    if i < len(keys) and keys[i] == ep:
+        sums[i] = (sums[i] + me_hash) & M64
+        counts[i] += 1
+    else:
+        keys.insert(i, ep)
+        sums.insert(i, me_hash & M64)
+        counts.insert(i, 1)
+    return _pack(keys, sums, counts)
 
 
 def _add(out: dict[int, tuple[int, int]], ep: int, h: int) -> None:
@@ -118,9 +130,14 @@ def pack(epochs: dict[int, tuple[int, int]]) -> bytes:
     """Wire bytes: each epoch, then each sum, then each count (20 bytes an epoch)."""
     keys = sorted(epochs)
     vals = list(map(epochs.__getitem__, keys))
+    return _pack(keys, list(map(_first, vals)), list(map(_second, vals)))
+
+
+def _pack(keys: list[int], sums: list[int], counts: list[int]) -> bytes:
     n = len(keys)
-    return struct.pack(f"<{n}q{n}Q{n}I", *keys, *map(_first, vals),
-                       *map(min, map(_second, vals), repeat(0xFFFFFFFF)))
+    if counts and max(counts) > _COUNT_MAX:  # clamped only when needed: min() a count is slow
+        counts = [min(c, _COUNT_MAX) for c in counts]
+    return struct.pack(f"<{n}q{n}Q{n}I", *keys, *sums, *counts)
 
 
 def unpack(data: bytes) -> dict[int, tuple[int, int]] | None:
