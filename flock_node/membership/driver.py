@@ -22,7 +22,7 @@ from flock_node import __version__
 from flock_node.discovery import VIEW_SYNC_HEARTBEATS, Listener, Me
 from flock_node.membership.agentswim import AgentSwim
 from flock_node.membership.heartbeat import ALIVE, DOWN, LEFT, SUSPECT, Transition, admit
-from flock_node.membership.messages import FORGOTTEN, Alive, BadMessage, Message, decode, encode
+from flock_node.membership.messages import Alive, BadMessage, Message, decode, encode
 from flock_node.membership.ring import RING, Ring
 from flock_node.membership.statements import Notary
 from flock_node.membership.table import Change, Config, Output
@@ -337,10 +337,7 @@ class SwimDriver:
 
     def _changed(self, c: Change, now: float) -> None:
         node, old, new = c
-        if new == FORGOTTEN:
-            self.membership.forget(node)  # reaped: what the view remembers of it goes too
-        else:
-            self.membership.changed(node, now)
+        self.membership.changed(node, now, new)
         m = self.membership.get(node)
         t = Transition(node, old, new, "joined" if old is None else "swim")
         log.info("%s: %s → %s", node, old or "new", new)

@@ -5,9 +5,8 @@
 
 One event heap orders message deliveries, timers and faults on a virtual clock; one seeded
 `random.Random` decides loss, delay and every protocol choice, so a seed replays a run exactly.
-Messages are passed by reference (never copied), and their bytes are counted as msgspec
-encodes them: small messages are encoded, a push-pull's size is the sum of its entries' sizes,
-each measured once per entry object (identical to encoding the whole message).
+Messages are passed by reference (never copied), their bytes counted as msgspec encodes them
+(a push-pull's: the sum of its entries' sizes, each measured once, as encoding it would give).
 """
 
 from __future__ import annotations
@@ -116,8 +115,7 @@ class Views:
         self._changes(i, [(n, state_of(e), _GONE) for n, e in m.table.items()])
 
     def _added(self, i: int, bulk: list[list[str]]) -> None:
-        # A joiner learns thousands of members in one push-pull: members a node added in
-        # bulk come as lists of names (the table's `bulk`), counted at C speed.
+        # Members added in bulk (a joiner's thousands) come as lists of names: C speed.
         if self.healthy[i]:
             faulty = self.faulty_names
             for names in bulk:
@@ -421,9 +419,8 @@ class Sim(Views):
 
 def _uncollected(run: Callable[[], None], then: Callable[[], T]) -> T:
     """Call `run`, then `then` (its result returned), without cycle collection: the protocol
-    makes no reference cycles (a run of 1,000 nodes leaves none), and at 10,000 nodes each
-    full collection would walk 10,000 tables of 10,000 entries (one as soon as collection
-    resumed, before the figures, cost seconds)."""
+    makes no reference cycles, and at 10,000 nodes each full collection would walk 10,000
+    tables of 10,000 entries (one as soon as collection resumed cost seconds)."""
     collecting = gc.isenabled()
     gc.disable()
     try:
@@ -498,7 +495,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    sys.stdout.flush()
-    # Out at once: at 10,000 nodes, collecting and freeing the run's 10,000 tables one object
-    # at a time took ~20 s after the figures were printed; the exit gives it all back.
+    sys.stdout.flush()  # then out at once: freeing 10,000 tables object by object took ~20 s
     os._exit(code)

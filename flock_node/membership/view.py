@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from flock_node.membership.heartbeat import Member, match_members
-from flock_node.membership.messages import Alive, Entry
+from flock_node.membership.messages import FORGOTTEN, Alive, Entry
 from flock_node.membership.table import Table, state_of
 from flock_node.protocol import Heartbeat
 
@@ -51,7 +51,7 @@ def member_of(e: Entry, seen: float, since: float) -> Member:
 
 class SwimView:
     """`Membership`'s read side over a SWIM table. `heard(node, now)` notes direct contact
-    (the member's age), `changed(node, now)` a change of its state."""
+    (the member's age), `changed(node, now, new)` a change of its state (`forgotten`: reaped)."""
 
     def __init__(self, table: Table) -> None:
         self.table = table
@@ -62,7 +62,10 @@ class SwimView:
     def heard(self, node: str, now: float) -> None:
         self._seen[node] = now
 
-    def changed(self, node: str, now: float) -> None:
+    def changed(self, node: str, now: float, new: str | None = None) -> None:
+        if new == FORGOTTEN:  # reaped from the table
+            self.forget(node)
+            return
         self._since[node] = now
         self._seen.setdefault(node, now)
 

@@ -8,6 +8,7 @@ import errno
 import fcntl
 import logging
 import os
+import random
 import socket as _socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -91,21 +92,44 @@ def _beside(bus: str, suffix: str, offset: int, what: str) -> str:
 
 def free_bus_port(host: str = "127.0.0.1") -> int:
     """A port P free on `host` with the RPC and SWIM ports beside it (P+1, P+2) free too: for
-    `--listen tcp://HOST:P` in tests, benchmarks and throw-away flocks."""
-    for _ in range(100):
-        with _socket.socket() as s:
-            s.bind((host, 0))
-            p = int(s.getsockname()[1])
-        if p >= 65533:
+    `--listen tcp://HOST:P` in tests, benchmarks and throw-away flocks.
+
+    Drawn below the kernel's ephemeral range when there is room: a port the kernel hands out
+    could go to any outgoing connection between this check and the agent's bind (in a busy
+    test run one took a P+2 so). Never the same P twice in one process."""
+    lo = _ephemeral_start()
+    for _ in range(200):
+        if lo > _LOW + 3000:
+            p = _rng.randrange(_LOW, lo - 3)
+        else:  # no room below: a port the kernel picks, as it picks them
+            with _socket.socket() as s:
+                s.bind((host, 0))
+                p = int(s.getsockname()[1])
+        if p >= 65533 or p in _handed:
             continue
         try:
-            with _socket.socket() as s1, _socket.socket() as s2:
+            with _socket.socket() as s0, _socket.socket() as s1, _socket.socket() as s2:
+                s0.bind((host, p))
                 s1.bind((host, p + 1))
                 s2.bind((host, p + 2))
         except OSError:
             continue
+        _handed.add(p)
         return p
     raise RuntimeError(f"no three free ports in a row on {host}")
+
+
+_LOW = 20000  # below: ports services commonly listen on
+_handed: set[int] = set()
+_rng = random.Random()
+
+
+def _ephemeral_start() -> int:
+    """Where the kernel's range of ports for outgoing connections starts (Linux), else 65536."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 65536
 
 
 def ipc_path(addr: str) -> str | None:
