@@ -320,3 +320,14 @@ def test_a_run_bigger_than_a_frame_is_paged_not_cut(flock_env):
         assert 0 < len(raw["items"]) < 80 and raw["next_offset"] == len(raw["items"])
     h = env.cli("history", "loud", "--limit", "1", timeout=60)
     assert h.returncode == 0 and h.stdout.count("execute[loud-") == 80, h.stderr
+
+
+def test_test_ports_are_drawn_below_the_kernels_range_for_outgoing_connections():
+    # A port in that range can go to any outgoing connection between the check and the
+    # agent's bind (CI saw an agent fail on its P+2 so); below it, none can.
+    lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = [free_port() for _ in range(30)]
+    assert len(set(ports)) == 30, ports  # never the same one twice in a process
+    assert all(p + 2 < lo for p in ports), (lo, ports)
+    with socket.socket() as s:  # and each is free to listen on, as are the two beside it
+        s.bind(("127.0.0.1", ports[-1] + 2))
