@@ -328,6 +328,8 @@ def test_test_ports_are_drawn_below_the_kernels_range_for_outgoing_connections()
     lo = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = [free_port() for _ in range(30)]
     assert len(set(ports)) == 30, ports  # never the same one twice in a process
+    ordered = sorted(ports)  # nor one agent's three ports overlapping another's
+    assert all(b - a >= 3 for a, b in zip(ordered, ordered[1:], strict=False)), ordered
     assert all(p + 2 < lo for p in ports), (lo, ports)
     with socket.socket() as s:  # and each is free to listen on, as are the two beside it
         s.bind(("127.0.0.1", ports[-1] + 2))

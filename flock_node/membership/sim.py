@@ -23,7 +23,6 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any, TypeVar
 
 from flock_node.argtypes import parsed, positive_seconds, whole_number
@@ -43,7 +42,6 @@ from flock_node.membership.wiresize import Hashes, Sizes
 
 _DELIVER, _TICK, _FAULT = 0, 1, 2
 _BAD = (SUSPECT, DOWN, LEFT)
-_node = itemgetter(0)
 _GONE = "gone"  # a member no longer in a table: neither alive nor bad
 INF = float("inf")
 T = TypeVar("T")
@@ -131,10 +129,9 @@ class Views:
         index, healthy = self.index, self.healthy
         observer_ok = healthy[i]
         for node, old, new in changes:
-            k = index.get(node)
-            if k is None:
+            j = index.get(node)
+            if j is None:
                 continue
-            j = k
             if healthy[j] and new in (DOWN, SUSPECT):
                 # A partition's verdicts keep arriving until the flock has re-converged:
                 # counted apart, they are the protocol working, not a false alarm.

@@ -96,7 +96,8 @@ def free_bus_port(host: str = "127.0.0.1") -> int:
 
     Drawn below the kernel's ephemeral range when there is room: a port the kernel hands out
     could go to any outgoing connection between this check and the agent's bind (in a busy
-    test run one took a P+2 so). Never the same P twice in one process."""
+    test run one took a P+2 so). Never three ports that overlap ones handed out before in
+    this process (an agent given them may not listen yet)."""
     lo = _ephemeral_start()
     for _ in range(200):
         if lo > _LOW + 3000:
@@ -105,7 +106,7 @@ def free_bus_port(host: str = "127.0.0.1") -> int:
             with _socket.socket() as s:
                 s.bind((host, 0))
                 p = int(s.getsockname()[1])
-        if p >= 65533 or p in _handed:
+        if p >= 65533 or not _handed.isdisjoint(range(p - 2, p + 3)):
             continue
         try:
             with _socket.socket() as s0, _socket.socket() as s1, _socket.socket() as s2:
